@@ -1,0 +1,1 @@
+"""Store: machines, profiles, plans and measured runs (SQLAlchemy 2.0, Alembic)."""

@@ -1,0 +1,1 @@
+"""Planner: the cost model, the search, and the `planner` command line."""

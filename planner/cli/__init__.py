@@ -1,0 +1,44 @@
+"""The `planner` command. Each command group lives in its own module and only parses options,
+calls one library function, and prints; library modules are imported inside the commands so
+that `planner --help` never imports torch, sqlalchemy or optuna.
+"""
+
+from __future__ import annotations
+
+import typer
+from typer.core import TyperGroup
+
+from planner.cli import apply, db, explain, models, plans, profile, tune
+
+
+class _CleanErrors(TyperGroup):
+    """Turns a `UserError` from any command into one line on stderr and exit status 2."""
+
+    def invoke(self, ctx):
+        from runtime.errors import UserError
+
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(
+    cls=_CleanErrors,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Measure, plan and run block offloading for diffusion transformers on small GPUs.",
+)
+app.add_typer(models.app, name="models", help="Models we know, their blocks, checkpoints.")
+app.add_typer(plans.app, name="plans", help="Stored plans: list, show, best, export, import.")
+app.add_typer(db.app, name="db", help="The store's schema: upgrade, current.")
+app.command("profile")(profile.profile)
+app.command("tune")(tune.tune)
+app.command("apply")(apply.apply)
+app.command("explain")(explain.explain)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,51 @@
+"""`planner models list | show | inspect`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from planner.cli._common import JsonOption, print_json, print_table
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("list")
+def list_models(json_out: JsonOption = False) -> None:
+    """The models offload-planner knows by name."""
+    from runtime.catalog import CATALOG
+
+    rows = [
+        {"id": s.id, "family": s.family, "dtype": s.storage_dtype.value, "description": s.description}
+        for s in CATALOG.values()
+    ]
+    if json_out:
+        print_json(rows)
+        return
+    print_table(None, ["model", "family", "dtype", "description"], [list(r.values()) for r in rows])
+
+
+@app.command("show")
+def show(
+    model: Annotated[str, typer.Argument(help="Model id from `planner models list`.")],
+    dtype: Annotated[str, typer.Option(help="Storage dtype: bf16, fp16, fp8, fp32.")] = "",
+    json_out: JsonOption = False,
+) -> None:
+    """Every block of MODEL with its kind, parameters and bytes; non-block modules; totals."""
+    from planner.budget import format_size
+    from runtime.dtypes import DType
+    from runtime.inventory import inventory
+
+    inv = inventory(model, DType.parse(dtype) if dtype else None)
+    if json_out:
+        print_json(inv.to_dict())
+        return
+    rows = [[b.index, b.name, b.kind, b.params, b.bytes, format_size(b.bytes)] for b in inv.blocks]
+    rows.append(["", "(non-block modules)", "", inv.non_block_params, inv.non_block_bytes, format_size(inv.non_block_bytes)])
+    rows.append(["", "total", "", inv.total_params, inv.total_bytes, format_size(inv.total_bytes)])
+    print_table(
+        f"{inv.model_id} ({inv.family}, {inv.storage_dtype.value})",
+        ["#", "block", "kind", "params", "bytes", "size"],
+        rows,
+    )

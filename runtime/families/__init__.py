@@ -1,0 +1,54 @@
+"""Registry of model family adapters, keyed by name.
+
+Adding a family is one new module here plus one `register(...)` line in `_BUILTIN`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from runtime.errors import UserError
+from runtime.families.base import FamilyAdapter
+
+_REGISTRY: dict[str, FamilyAdapter] = {}
+_BUILTIN = {"flux": "runtime.families.flux:FluxAdapter"}
+
+
+def register(adapter: FamilyAdapter) -> FamilyAdapter:
+    if adapter.name in _REGISTRY and type(_REGISTRY[adapter.name]) is not type(adapter):
+        raise ValueError(f"family {adapter.name!r} is registered twice")
+    _REGISTRY[adapter.name] = adapter
+    return adapter
+
+
+def _load_builtins() -> None:
+    for name, target in _BUILTIN.items():
+        if name not in _REGISTRY:
+            module_name, class_name = target.split(":")
+            register(getattr(importlib.import_module(module_name), class_name)())
+
+
+def get_family(name: str) -> FamilyAdapter:
+    _load_builtins()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise UserError(f"unknown model family {name!r}: known families are {known}") from None
+
+
+def family_of_module(module) -> FamilyAdapter:
+    """The adapter that recognises `module` (a transformer, not a pipeline)."""
+    _load_builtins()
+    for adapter in _REGISTRY.values():
+        if adapter.recognises(module):
+            return adapter
+    raise UserError(
+        f"no model family recognises {type(module).__name__}: "
+        f"supported families are {', '.join(sorted(_REGISTRY))}"
+    )
+
+
+def families() -> list[str]:
+    _load_builtins()
+    return sorted(_REGISTRY)

@@ -1,0 +1,117 @@
+"""The exact block inventory of a model: every block's parameters and bytes, by dtype.
+
+Built from the real architecture (on the `meta` device when it comes from a config), so the
+numbers are the model's own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+from runtime.dtypes import DType, storage_dtype
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockInfo:
+    name: str  # module path, e.g. "transformer_blocks.3"
+    kind: str  # e.g. "double"
+    index: int  # position in execution order
+    params: int
+    bytes_by_dtype: Mapping[str, int]  # storage dtype name -> bytes
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.bytes_by_dtype.values())
+
+
+@dataclasses.dataclass(frozen=True)
+class Inventory:
+    model_id: str
+    family: str
+    storage_dtype: DType
+    blocks: tuple[BlockInfo, ...]
+    non_block_params: int
+    non_block_bytes: int
+
+    @property
+    def block_params(self) -> int:
+        return sum(b.params for b in self.blocks)
+
+    @property
+    def total_params(self) -> int:
+        return self.block_params + self.non_block_params
+
+    @property
+    def block_bytes(self) -> int:
+        return sum(b.bytes for b in self.blocks)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.block_bytes + self.non_block_bytes
+
+    def block(self, name: str) -> BlockInfo:
+        for info in self.blocks:
+            if info.name == name:
+                return info
+        raise KeyError(name)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model_id,
+            "family": self.family,
+            "dtype": self.storage_dtype.value,
+            "blocks": [
+                {
+                    "name": b.name,
+                    "kind": b.kind,
+                    "index": b.index,
+                    "params": b.params,
+                    "bytes": b.bytes,
+                    "bytes_by_dtype": dict(b.bytes_by_dtype),
+                }
+                for b in self.blocks
+            ],
+            "non_block": {"params": self.non_block_params, "bytes": self.non_block_bytes},
+            "total": {"params": self.total_params, "bytes": self.total_bytes},
+        }
+
+
+def _tensor_bytes(module, storage: DType) -> tuple[int, dict[str, int]]:
+    params = 0
+    by_dtype: dict[str, int] = {}
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        numel = tensor.numel()
+        params += numel
+        dtype = storage_dtype(storage, tuple(tensor.shape))
+        by_dtype[dtype.value] = by_dtype.get(dtype.value, 0) + numel * dtype.itemsize
+    return params, by_dtype
+
+
+def inventory_of_module(model, adapter, model_id: str, storage: DType) -> Inventory:
+    """Inventory of a built model (on any device, meta included) stored as `storage`."""
+    blocks = []
+    block_ids = set()
+    for index, (name, kind, block) in enumerate(adapter.blocks(model)):
+        params, by_dtype = _tensor_bytes(block, storage)
+        blocks.append(BlockInfo(name, kind, index, params, by_dtype))
+        block_ids.update(id(t) for t in list(block.parameters()) + list(block.buffers()))
+    rest_params = 0
+    rest_bytes = 0
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if id(tensor) in block_ids:
+            continue
+        rest_params += tensor.numel()
+        rest_bytes += tensor.numel() * storage_dtype(storage, tuple(tensor.shape)).itemsize
+    return Inventory(model_id, adapter.name, storage, tuple(blocks), rest_params, rest_bytes)
+
+
+def inventory(model_id: str, storage: DType | None = None) -> Inventory:
+    """Inventory of a catalog model, built on `meta` (no weights, no memory)."""
+    from runtime.catalog import get_model
+    from runtime.families import get_family
+
+    spec = get_model(model_id)
+    adapter = get_family(spec.family)
+    model = adapter.build(spec.config, device="meta")
+    return inventory_of_module(model, adapter, model_id, storage or spec.storage_dtype)

@@ -1,0 +1,371 @@
+"""Plan format v1: the strict, versioned data file users share.
+
+A plan says, for one model at one workload on one target, where every block lives while the
+model runs. It is data only: loading never executes or unpickles anything, every field is
+checked, and `dump_plan(load_plan(text))` gives back the same text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from runtime.dtypes import DType
+from runtime.errors import PlanFormatError
+from runtime.workload import CfgMode, Workload
+
+FORMAT_VERSION = 1
+MAX_PLAN_FILE_BYTES = 10 * 1024 * 1024
+MAX_PREFETCH_DEPTH = 16
+MAX_BLOCKS = 4096
+MAX_BUDGET_BYTES = 1 << 50  # 1 PiB: anything beyond is a typo
+
+
+class Placement(str, enum.Enum):
+    RESIDENT = "resident"  # weights live on the compute device for the whole run
+    STREAMED = "streamed"  # weights live in host RAM and are copied into a ring slot per use
+
+
+class CastMode(str, enum.Enum):
+    PRE = "pre"  # host keeps the compute dtype; the device receives it ready to use
+    AUTO = "auto"  # the device receives the storage dtype (fp8) and casts just in time
+
+
+class HostMemory(str, enum.Enum):
+    PINNED = "pinned"
+    PAGEABLE = "pageable"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRef:
+    id: str
+    family: str
+    storage_dtype: DType
+    compute_dtype: DType
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    gpu_name: str
+    vram_budget_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockPlan:
+    name: str
+    kind: str
+    bytes: int  # storage bytes of the block, checked against the model when applied
+    placement: Placement
+    cast: CastMode
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+    step_ms: float
+    peak_vram_bytes: int
+    lower_bound_ms: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+    tool_version: str
+    profile_id: int | None
+    created: str  # ISO 8601
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    model: ModelRef
+    workload: Workload
+    target: Target
+    blocks: tuple[BlockPlan, ...]
+    prefetch_depth: int
+    host_memory: HostMemory
+    predictions: Predictions
+    provenance: Provenance
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def streamed(self) -> tuple[BlockPlan, ...]:
+        return tuple(b for b in self.blocks if b.placement is Placement.STREAMED)
+
+    @property
+    def resident(self) -> tuple[BlockPlan, ...]:
+        return tuple(b for b in self.blocks if b.placement is Placement.RESIDENT)
+
+
+# ---------------------------------------------------------------- writing
+
+
+def plan_to_dict(plan: Plan) -> dict[str, Any]:
+    return {
+        "format_version": plan.format_version,
+        "model": {
+            "id": plan.model.id,
+            "family": plan.model.family,
+            "storage_dtype": plan.model.storage_dtype.value,
+            "compute_dtype": plan.model.compute_dtype.value,
+        },
+        "workload": {
+            "height": plan.workload.height,
+            "width": plan.workload.width,
+            "batch": plan.workload.batch,
+            "cfg": plan.workload.cfg.value,
+            "text_tokens": plan.workload.text_tokens,
+        },
+        "target": {
+            "gpu_name": plan.target.gpu_name,
+            "vram_budget_bytes": plan.target.vram_budget_bytes,
+        },
+        "blocks": [
+            {
+                "name": b.name,
+                "kind": b.kind,
+                "bytes": b.bytes,
+                "placement": b.placement.value,
+                "cast": b.cast.value,
+            }
+            for b in plan.blocks
+        ],
+        "prefetch_depth": plan.prefetch_depth,
+        "host_memory": plan.host_memory.value,
+        "predictions": {
+            "step_ms": plan.predictions.step_ms,
+            "peak_vram_bytes": plan.predictions.peak_vram_bytes,
+            "lower_bound_ms": plan.predictions.lower_bound_ms,
+        },
+        "provenance": {
+            "tool_version": plan.provenance.tool_version,
+            "profile_id": plan.provenance.profile_id,
+            "created": plan.provenance.created,
+        },
+    }
+
+
+def dumps_plan(plan: Plan) -> str:
+    return json.dumps(plan_to_dict(plan), indent=2, allow_nan=False) + "\n"
+
+
+def save_plan(plan: Plan, path: str | Path) -> None:
+    """Write atomically: a reader never sees half a plan."""
+    path = Path(path)
+    text = dumps_plan(plan)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def load_plan(path: str | Path) -> Plan:
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise PlanFormatError(f"cannot read plan file {path}: {e.strerror}") from e
+    if size > MAX_PLAN_FILE_BYTES:
+        raise PlanFormatError(
+            f"plan file {path} is {size} bytes, over the 10 MB limit: it is not a plan file"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise PlanFormatError(f"plan file {path} is not UTF-8 text: it is not a plan file") from e
+    return loads_plan(text, source=str(path))
+
+
+def loads_plan(text: str, source: str = "plan") -> Plan:
+    if len(text.encode("utf-8")) > MAX_PLAN_FILE_BYTES:
+        raise PlanFormatError(f"{source} is over the 10 MB limit: it is not a plan file")
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except _Refused as e:
+        raise PlanFormatError(f"{source}: {e}") from None
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise PlanFormatError(f"{source} is not valid JSON ({e}): export it again") from None
+    return plan_from_dict(data, source)
+
+
+def plan_from_dict(data: Any, source: str = "plan") -> Plan:
+    r = _Reader(source)
+    r.object(data, "plan")
+    version = data.get("format_version")
+    if type(version) is int and version > FORMAT_VERSION:
+        raise PlanFormatError(
+            f"{source} has format_version {version}, newer than this tool reads "
+            f"({FORMAT_VERSION}): upgrade offload-planner (pip install -U offload-planner)"
+        )
+    r.keys(data, "plan", _TOP_KEYS)
+    if version != FORMAT_VERSION:
+        raise PlanFormatError(f"{source}: format_version must be {FORMAT_VERSION}, got {version!r}")
+
+    m = r.section(data, "model", {"id", "family", "storage_dtype", "compute_dtype"})
+    model = ModelRef(
+        id=r.string(m, "model.id"),
+        family=r.string(m, "model.family"),
+        storage_dtype=r.enum(m, "model.storage_dtype", DType),
+        compute_dtype=r.enum(m, "model.compute_dtype", DType),
+    )
+    w = r.section(data, "workload", {"height", "width", "batch", "cfg", "text_tokens"})
+    height = r.integer(w, "workload.height", 16, 16384)
+    width = r.integer(w, "workload.width", 16, 16384)
+    if height % 16 or width % 16:
+        raise PlanFormatError(f"{source}: workload height and width must be multiples of 16")
+    workload = Workload(
+        height=height,
+        width=width,
+        batch=r.integer(w, "workload.batch", 1, 64),
+        cfg=r.enum(w, "workload.cfg", CfgMode),
+        text_tokens=r.integer(w, "workload.text_tokens", 1, 4096),
+    )
+    t = r.section(data, "target", {"gpu_name", "vram_budget_bytes"})
+    target = Target(
+        gpu_name=r.string(t, "target.gpu_name"),
+        vram_budget_bytes=r.integer(t, "target.vram_budget_bytes", 1, MAX_BUDGET_BYTES),
+    )
+    blocks = _read_blocks(r, data)
+    depth = r.integer(data, "prefetch_depth", 1, MAX_PREFETCH_DEPTH)
+    host_memory = r.enum(data, "host_memory", HostMemory)
+    p = r.section(data, "predictions", {"step_ms", "peak_vram_bytes", "lower_bound_ms"})
+    predictions = Predictions(
+        step_ms=r.number(p, "predictions.step_ms"),
+        peak_vram_bytes=r.integer(p, "predictions.peak_vram_bytes", 0, MAX_BUDGET_BYTES),
+        lower_bound_ms=r.number(p, "predictions.lower_bound_ms"),
+    )
+    v = r.section(data, "provenance", {"tool_version", "profile_id", "created"})
+    profile_id = v["profile_id"]
+    if profile_id is not None:
+        profile_id = r.integer(v, "provenance.profile_id", 1, 2**63 - 1)
+    provenance = Provenance(
+        tool_version=r.string(v, "provenance.tool_version"),
+        profile_id=profile_id,
+        created=r.timestamp(v, "provenance.created"),
+    )
+    return Plan(model, workload, target, blocks, depth, host_memory, predictions, provenance)
+
+
+_TOP_KEYS = {
+    "format_version", "model", "workload", "target", "blocks", "prefetch_depth",
+    "host_memory", "predictions", "provenance",
+}
+_BLOCK_KEYS = {"name", "kind", "bytes", "placement", "cast"}
+
+
+def _read_blocks(r: "_Reader", data: dict) -> tuple[BlockPlan, ...]:
+    items = data["blocks"]
+    if type(items) is not list or not items:
+        raise PlanFormatError(f"{r.source}: blocks must be a non-empty list")
+    if len(items) > MAX_BLOCKS:
+        raise PlanFormatError(f"{r.source}: {len(items)} blocks is over the limit of {MAX_BLOCKS}")
+    blocks = []
+    seen = set()
+    for i, item in enumerate(items):
+        where = f"blocks[{i}]"
+        r.object(item, where)
+        r.keys(item, where, _BLOCK_KEYS)
+        name = r.string(item, f"{where}.name")
+        if name in seen:
+            raise PlanFormatError(f"{r.source}: block {name!r} appears twice in blocks")
+        seen.add(name)
+        blocks.append(
+            BlockPlan(
+                name=name,
+                kind=r.string(item, f"{where}.kind"),
+                bytes=r.integer(item, f"{where}.bytes", 0, MAX_BUDGET_BYTES),
+                placement=r.enum(item, f"{where}.placement", Placement),
+                cast=r.enum(item, f"{where}.cast", CastMode),
+            )
+        )
+    return tuple(blocks)
+
+
+class _Refused(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Refused(f"key {key!r} appears twice in one object; keep one")
+        out[key] = value
+    return out
+
+
+def _no_constants(name: str):
+    raise _Refused(f"{name} is not a number a plan may hold; write a finite number")
+
+
+class _Reader:
+    """Field-by-field checks; each failure names the field and what it must be."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, field: str, must: str, got: Any) -> PlanFormatError:
+        shown = repr(got)
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        return PlanFormatError(f"{self.source}: {field} must be {must}, got {shown}")
+
+    def object(self, value: Any, field: str) -> None:
+        if type(value) is not dict:
+            raise self.fail(field, "a JSON object", type(value).__name__)
+
+    def keys(self, obj: dict, field: str, expected: set[str]) -> None:
+        unknown = sorted(set(obj) - expected)
+        if unknown:
+            raise PlanFormatError(
+                f"{self.source}: unknown key {unknown[0]!r} in {field}; remove it "
+                f"(this tool reads plan format {FORMAT_VERSION})"
+            )
+        missing = sorted(expected - set(obj))
+        if missing:
+            raise PlanFormatError(f"{self.source}: {field} is missing the key {missing[0]!r}")
+
+    def section(self, data: dict, name: str, keys: set[str]) -> dict:
+        value = data[name]
+        self.object(value, name)
+        self.keys(value, name, keys)
+        return value
+
+    def string(self, obj: dict, field: str) -> str:
+        value = obj[field.rsplit(".", 1)[-1]]
+        if type(value) is not str or not value or len(value) > 256:
+            raise self.fail(field, "a non-empty string of at most 256 characters", value)
+        return value
+
+    def integer(self, obj: dict, field: str, low: int, high: int) -> int:
+        value = obj[field.rsplit(".", 1)[-1]]
+        if type(value) is not int or not low <= value <= high:
+            raise self.fail(field, f"an integer from {low} to {high}", value)
+        return value
+
+    def number(self, obj: dict, field: str) -> float:
+        value = obj[field.rsplit(".", 1)[-1]]
+        if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
+            raise self.fail(field, "a finite number, zero or more", value)
+        return float(value)
+
+    def enum(self, obj: dict, field: str, kind: type[enum.Enum]):
+        value = obj[field.rsplit(".", 1)[-1]]
+        try:
+            return kind(value)
+        except (ValueError, TypeError):
+            choices = ", ".join(repr(k.value) for k in kind)
+            raise self.fail(field, f"one of {choices}", value) from None
+
+    def timestamp(self, obj: dict, field: str) -> str:
+        from datetime import datetime
+
+        value = self.string(obj, field)
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            raise self.fail(field, "an ISO 8601 time", value) from None
+        return value

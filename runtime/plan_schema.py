@@ -1,0 +1,102 @@
+"""JSON Schema (draft 2020-12) of plan format v1, published by `planner plans schema`.
+
+`runtime.plan` is the reader that counts; this schema describes the same rules for other
+tools, and a test checks that every plan we write validates against it.
+"""
+
+from __future__ import annotations
+
+from runtime.dtypes import DType
+from runtime.plan import (
+    FORMAT_VERSION,
+    MAX_BLOCKS,
+    MAX_BUDGET_BYTES,
+    MAX_PREFETCH_DEPTH,
+    CastMode,
+    HostMemory,
+    Placement,
+)
+from runtime.workload import CfgMode
+
+
+def _obj(properties: dict) -> dict:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": sorted(properties),
+        "properties": properties,
+    }
+
+
+def _int(low: int, high: int) -> dict:
+    return {"type": "integer", "minimum": low, "maximum": high}
+
+
+_STRING = {"type": "string", "minLength": 1, "maxLength": 256}
+_NUMBER = {"type": "number", "minimum": 0}
+
+
+def _enum(kind) -> dict:
+    return {"enum": [k.value for k in kind]}
+
+
+def plan_schema() -> dict:
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": f"offload-planner plan, format {FORMAT_VERSION}",
+        **_obj(
+            {
+                "format_version": {"const": FORMAT_VERSION},
+                "model": _obj(
+                    {
+                        "id": _STRING,
+                        "family": _STRING,
+                        "storage_dtype": _enum(DType),
+                        "compute_dtype": _enum(DType),
+                    }
+                ),
+                "workload": _obj(
+                    {
+                        "height": {**_int(16, 16384), "multipleOf": 16},
+                        "width": {**_int(16, 16384), "multipleOf": 16},
+                        "batch": _int(1, 64),
+                        "cfg": _enum(CfgMode),
+                        "text_tokens": _int(1, 4096),
+                    }
+                ),
+                "target": _obj(
+                    {"gpu_name": _STRING, "vram_budget_bytes": _int(1, MAX_BUDGET_BYTES)}
+                ),
+                "blocks": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": MAX_BLOCKS,
+                    "items": _obj(
+                        {
+                            "name": _STRING,
+                            "kind": _STRING,
+                            "bytes": _int(0, MAX_BUDGET_BYTES),
+                            "placement": _enum(Placement),
+                            "cast": _enum(CastMode),
+                        }
+                    ),
+                },
+                "prefetch_depth": _int(1, MAX_PREFETCH_DEPTH),
+                "host_memory": _enum(HostMemory),
+                "predictions": _obj(
+                    {
+                        "step_ms": _NUMBER,
+                        "peak_vram_bytes": _int(0, MAX_BUDGET_BYTES),
+                        "lower_bound_ms": _NUMBER,
+                    }
+                ),
+                "provenance": _obj(
+                    {
+                        "tool_version": _STRING,
+                        "profile_id": {"oneOf": [{"type": "null"}, _int(1, 2**63 - 1)]},
+                        "created": {**_STRING, "format": "date-time"},
+                    }
+                ),
+            }
+        ),
+    }
