@@ -369,3 +369,63 @@ class _Reader:
         except ValueError:
             raise self.fail(field, "an ISO 8601 time", value) from None
         return value
+
+
+# ---------------------------------------------------------------- building
+
+
+def build_plan(
+    inventory,
+    streamed: "set[str] | frozenset[str]",
+    *,
+    workload: Workload,
+    target: Target,
+    prefetch_depth: int = 2,
+    host_memory: HostMemory = HostMemory.PINNED,
+    cast: CastMode = CastMode.PRE,
+    predictions: Predictions | None = None,
+    profile_id: int | None = None,
+    created: str | None = None,
+) -> Plan:
+    """A plan for `inventory` (a `runtime.inventory.Inventory`) streaming the named blocks.
+
+    `cast` applies to every block; it only matters for fp8 storage (use PRE otherwise).
+    """
+    from datetime import datetime, timezone
+
+    from runtime.dtypes import compute_dtype
+    from runtime.version import TOOL_VERSION
+
+    names = {b.name for b in inventory.blocks}
+    unknown = sorted(set(streamed) - names)
+    if unknown:
+        raise PlanFormatError(f"block {unknown[0]!r} is not in {inventory.model_id}")
+    blocks = tuple(
+        BlockPlan(
+            name=b.name,
+            kind=b.kind,
+            bytes=b.bytes,
+            placement=Placement.STREAMED if b.name in streamed else Placement.RESIDENT,
+            cast=cast,
+        )
+        for b in inventory.blocks
+    )
+    return Plan(
+        model=ModelRef(
+            id=inventory.model_id,
+            family=inventory.family,
+            storage_dtype=inventory.storage_dtype,
+            compute_dtype=compute_dtype(inventory.storage_dtype),
+        ),
+        workload=workload,
+        target=target,
+        blocks=blocks,
+        prefetch_depth=prefetch_depth,
+        host_memory=host_memory,
+        predictions=predictions or Predictions(step_ms=0.0, peak_vram_bytes=0, lower_bound_ms=0.0),
+        provenance=Provenance(
+            tool_version=TOOL_VERSION,
+            profile_id=profile_id,
+            created=created or datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        ),
+    )
