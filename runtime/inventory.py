@@ -115,3 +115,22 @@ def inventory(model_id: str, storage: DType | None = None) -> Inventory:
     adapter = get_family(spec.family)
     model = adapter.build(spec.config, device="meta")
     return inventory_of_module(model, adapter, model_id, storage or spec.storage_dtype)
+
+
+def device_bytes_by_dtype(block: BlockInfo, cast_on_host: bool) -> dict[str, int]:
+    """Bytes by dtype a block occupies on the device (and moves per copy when streamed).
+
+    fp8 storage with the cast on the host (`pre`) arrives in the compute dtype (bf16): its fp8
+    matrices take twice the bytes. Otherwise the device holds the storage dtype as it is.
+    """
+    from runtime.dtypes import DType, compute_dtype
+
+    out: dict[str, int] = {}
+    for name, num_bytes in block.bytes_by_dtype.items():
+        dtype = DType(name)
+        if cast_on_host and dtype.is_fp8:
+            target = compute_dtype(dtype)
+            num_bytes = num_bytes // dtype.itemsize * target.itemsize
+            dtype = target
+        out[dtype.value] = out.get(dtype.value, 0) + num_bytes
+    return out

@@ -74,3 +74,21 @@ def ring_of(placements: list[bool], depth: int) -> RingSchedule:
     """`placements[i]` is True where block i (execution order) is streamed."""
     streamed = tuple(i for i, s in enumerate(placements) if s)
     return RingSchedule(num_blocks=len(placements), streamed=streamed, depth=depth)
+
+
+def slot_bytes_by_dtype(streamed_blocks: list[dict[str, int]]) -> dict[str, int]:
+    """Size of one ring slot: for each dtype, the largest group any streamed block has.
+
+    A slot is one flat device buffer per dtype; a block's tensors of that dtype are views
+    packed back to back from offset 0 (FLUX tensor sizes keep every view aligned).
+    """
+    out: dict[str, int] = {}
+    for groups in streamed_blocks:
+        for dtype, num_bytes in groups.items():
+            out[dtype] = max(out.get(dtype, 0), num_bytes)
+    return out
+
+
+def ring_bytes(schedule: RingSchedule, streamed_blocks: list[dict[str, int]]) -> int:
+    """Device bytes the ring holds: `slots` slots of `slot_bytes_by_dtype`."""
+    return schedule.slots * sum(slot_bytes_by_dtype(streamed_blocks).values())
