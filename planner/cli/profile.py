@@ -1,8 +1,135 @@
-"""`planner profile` (owned by the profiler work; placeholder until it lands)."""
+"""`planner profile`: measure this machine's device and a model's blocks, store the profile.
+
+A stored profile of the same machine, model, workload, dtype and tool version is reused unless
+`--fresh`. Progress goes to stderr, so `--json` output on stdout stays clean.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
 
 import typer
 
+from planner.cli._common import DbOption, JsonOption, print_json, print_table
 
-def profile() -> None:
+
+def profile(
+    model: Annotated[str, typer.Option("--model", help="Model id from `planner models list`.")],
+    resolution: Annotated[str, typer.Option(help="Image size WIDTHxHEIGHT.")] = "1024x1024",
+    batch: Annotated[int, typer.Option(help="Images per prompt.")] = 1,
+    dtype: Annotated[str, typer.Option(help="Storage dtype (bf16, fp8, ...); default: the model's.")] = "",
+    device: Annotated[str, typer.Option(help="cuda:N or cpu; default: cuda:0 if present, else cpu.")] = "",
+    fresh: Annotated[bool, typer.Option("--fresh", help="Measure again even if a profile is stored.")] = False,
+    db: DbOption = None,
+    json_out: JsonOption = False,
+) -> None:
     """Measure this machine's GPU and a model's blocks."""
-    raise typer.Exit(1)
+    from db.store import open_store
+    from profiler.machine import machine_facts
+    from profiler.run import profile_model
+    from runtime.catalog import get_model
+    from runtime.dtypes import DType
+    from runtime.version import TOOL_VERSION
+    from runtime.workload import Workload, parse_resolution
+
+    spec = get_model(model)
+    width, height = parse_resolution(resolution)
+    workload = Workload(height=height, width=width, batch=batch, text_tokens=spec.text_tokens)
+    storage = DType.parse(dtype) if dtype else spec.storage_dtype
+    device = device or _default_device()
+    with open_store(db) as store:
+        found = None
+        if not fresh:
+            fingerprint = machine_facts(device).fingerprint
+            found = store.latest_profile(fingerprint, model, workload, storage, TOOL_VERSION)
+        if found is not None:
+            result, reused = found, True
+        else:
+            with _ProgressBar(not json_out) as progress:
+                result = profile_model(model, workload, storage, device, progress)
+            result, reused = result.with_id(store.save_profile(result)), False
+    _print(result, reused, json_out)
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+class _ProgressBar:
+    """A rich progress bar on stderr fed by profile_model's progress(stage, done, total)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=Console(stderr=True), transient=True,
+        )
+        self.bar.__enter__()
+        return self.update
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(f"measuring {stage}", total=total)
+        self.bar.update(self.tasks[stage], completed=done, total=total)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+def summary(p, reused: bool) -> dict:
+    """The figures a user reads first, with units in the keys."""
+    kinds: dict[str, list[float]] = {}
+    for b in p.blocks:
+        kinds.setdefault(b.kind, []).append(b.compute_ms)
+    return {
+        "id": p.id,
+        "reused": reused,
+        "device": p.device,
+        "gpu": p.machine.gpu_name,
+        "pinned_gbps": round(p.bandwidth.pinned_gbps, 2),
+        "pageable_gbps": round(p.bandwidth.pageable_gbps, 2),
+        "pinned_under_compute_gbps": round(p.bandwidth.pinned_under_compute_gbps, 2),
+        "copy_overhead_us": round(p.bandwidth.copy_overhead_us, 2),
+        "ms_per_block": {k: round(sum(v) / len(v), 3) for k, v in kinds.items()},
+        "compute_ms_per_step": round(p.compute_ms * p.workload.forwards_per_step, 3),
+        "activation_peak_bytes": p.activation_peak_bytes,
+        "source": p.source,
+    }
+
+
+def _print(p, reused: bool, json_out: bool) -> None:
+    import dataclasses
+
+    from planner.budget import format_size
+
+    facts = summary(p, reused)
+    if json_out:
+        print_json({**dataclasses.asdict(p), "summary": facts})
+        return
+    rows = [
+        ["profile", f"#{p.id}" + (" (stored, reused; --fresh to measure again)" if reused else "")],
+        ["device", f"{facts['gpu']} ({p.device})"],
+        ["workload", f"{p.model_id} {p.workload.resolution} batch {p.workload.batch} {p.storage_dtype.value}"],
+        ["pinned / pageable", f"{facts['pinned_gbps']} / {facts['pageable_gbps']} GB/s"],
+        ["pinned under compute", f"{facts['pinned_under_compute_gbps']} GB/s"],
+        ["copy overhead", f"{facts['copy_overhead_us']} us"],
+    ]
+    rows += [[f"{kind} block", f"{ms} ms/block"] for kind, ms in facts["ms_per_block"].items()]
+    rows += [
+        ["compute per step", f"{facts['compute_ms_per_step']} ms"],
+        ["activation peak", format_size(facts["activation_peak_bytes"])],
+        ["source", p.source],
+    ]
+    print_table(None, ["measure", "value"], rows)

@@ -1,0 +1,148 @@
+"""Per-block costs measured on the device: compute time, fp8 -> bf16 cast time, activation peak.
+
+One block at a time, so a GPU far smaller than the model profiles it: the block is copied from
+the model built on `meta`, materialised on the device with random weights of the right shape
+and dtype (`to_empty` + `normal_`: random weights time the same as real ones), run on
+representative inputs from the family adapter, and dropped. Blocks of one kind with the same
+shapes cost the same, so the caller measures each shape once (see `shape_key`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import statistics
+import time
+
+from runtime.dtypes import DType
+from runtime.workload import Workload
+
+WARMUP = 2
+REPEATS = 7
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockCost:
+    compute_ms: float  # median of REPEATS forwards after WARMUP
+    cast_ms: float  # median fp8 -> bf16 cast of the block's fp8 weights (0 if none)
+    activation_bytes: int
+    activation_measured: bool  # False: the reference formula (no allocator to ask on CPU)
+    flops: int
+
+    @property
+    def tflops(self) -> float:
+        """Achieved rate of the forward, TFLOP/s."""
+        return self.flops / (self.compute_ms * 1e-3) / 1e12 if self.compute_ms > 0 else 0.0
+
+
+def shape_key(kind: str, block) -> tuple:
+    """Blocks with equal keys have the same cost: kind, class and every parameter's shape."""
+    shapes = tuple((name, tuple(p.shape), str(p.dtype)) for name, p in block.named_parameters())
+    return (kind, type(block).__name__, shapes)
+
+
+def materialise(block_meta, device, dtype):
+    """A copy of a `meta` block on `device` in `dtype` with random weights: matrices
+    N(0, 1/fan_in) so activations keep their scale (no denormals, which run far slower on
+    CPUs), norm scales 1, biases N(0, 0.02)."""
+    import torch
+
+    block = copy.deepcopy(block_meta).to(dtype=dtype)
+    block = block.to_empty(device=device)
+    with torch.no_grad():
+        for name, tensor in list(block.named_parameters()) + list(block.named_buffers()):
+            if not tensor.is_floating_point():
+                continue
+            if tensor.dim() >= 2:
+                tensor.normal_(0.0, tensor.shape[-1] ** -0.5)
+            elif name.endswith("weight"):
+                tensor.fill_(1.0)
+            else:
+                tensor.normal_(0.0, 0.02)
+    return block.eval()
+
+
+def measure_block(
+    model_meta, adapter, kind: str, block_meta, workload: Workload, storage: DType, device, compute: DType
+) -> BlockCost:
+    """Cost of one block of `kind` at `workload` on `device` (a torch.device)."""
+    import torch
+
+    from profiler.flops import block_flops
+    from profiler.reference import activation_estimate
+
+    dtype = compute.torch()
+    block = materialise(block_meta, device, dtype)
+    inputs = adapter.block_inputs(model_meta, kind, workload, device, dtype)
+    try:
+        with torch.inference_mode():
+            for _ in range(WARMUP):
+                block(*inputs.args, **inputs.kwargs)
+            times = [_timed(device, lambda: block(*inputs.args, **inputs.kwargs)) for _ in range(REPEATS)]
+            if device.type == "cuda":
+                activation, measured = _activation_peak(device, block, inputs), True
+            else:
+                activation = activation_estimate(block_meta, workload, model_meta.config, compute)
+                measured = False
+        cast = _cast_ms(block, device) if storage.is_fp8 else 0.0
+    finally:
+        del block, inputs
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return BlockCost(
+        compute_ms=statistics.median(times) * 1e3,
+        cast_ms=cast,
+        activation_bytes=activation,
+        activation_measured=measured,
+        flops=block_flops(block_meta, kind, workload, model_meta.config),
+    )
+
+
+def _timed(device, fn) -> float:
+    """Seconds `fn` takes on `device`: CUDA events around it, perf_counter on CPU."""
+    import torch
+
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    begin = time.perf_counter()
+    fn()
+    return time.perf_counter() - begin
+
+
+def _activation_peak(device, block, inputs) -> int:
+    """Bytes the forward allocates at its peak beyond what was allocated before it."""
+    import torch
+
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    out = block(*inputs.args, **inputs.kwargs)
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) - before
+    del out
+    return int(peak)
+
+
+def _cast_ms(block, device) -> float:
+    """Median ms to cast the block's matrices from fp8 (e4m3) into preallocated bf16 buffers,
+    as the runtime does on the device when storage is fp8 (vectors are stored in bf16)."""
+    import torch
+
+    matrices = [p for p in block.parameters() if p.dim() >= 2]
+    fp8 = [m.detach().to(torch.float8_e4m3fn) for m in matrices]
+    out = [torch.empty(m.shape, dtype=torch.bfloat16, device=device) for m in matrices]
+
+    def cast() -> None:
+        for src, dst in zip(fp8, out):
+            dst.copy_(src)
+
+    cast()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    times = [_timed(device, cast) for _ in range(REPEATS)]
+    return statistics.median(times) * 1e3
