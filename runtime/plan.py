@@ -176,6 +176,8 @@ def load_plan(path: str | Path) -> Plan:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise PlanFormatError(f"plan file {path} is not UTF-8 text: it is not a plan file") from e
+    except OSError as e:
+        raise PlanFormatError(f"cannot read plan file {path}: {e.strerror}") from e
     return loads_plan(text, source=str(path))
 
 
@@ -186,7 +188,7 @@ def loads_plan(text: str, source: str = "plan") -> Plan:
         data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
     except _Refused as e:
         raise PlanFormatError(f"{source}: {e}") from None
-    except (json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, huge integers, deep nesting
         raise PlanFormatError(f"{source} is not valid JSON ({e}): export it again") from None
     return plan_from_dict(data, source)
 
@@ -201,7 +203,7 @@ def plan_from_dict(data: Any, source: str = "plan") -> Plan:
             f"({FORMAT_VERSION}): upgrade offload-planner (pip install -U offload-planner)"
         )
     r.keys(data, "plan", _TOP_KEYS)
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:
         raise PlanFormatError(f"{source}: format_version must be {FORMAT_VERSION}, got {version!r}")
 
     m = r.section(data, "model", {"id", "family", "storage_dtype", "compute_dtype"})
@@ -365,6 +367,8 @@ class _Reader:
 
         value = self.string(obj, field)
         try:
+            if "T" not in value:
+                raise ValueError(value)
             datetime.fromisoformat(value)
         except ValueError:
             raise self.fail(field, "an ISO 8601 time", value) from None

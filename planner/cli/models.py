@@ -49,3 +49,35 @@ def show(
         ["#", "block", "kind", "params", "bytes", "size"],
         rows,
     )
+
+
+@app.command("inspect")
+def inspect_command(
+    path: Annotated[
+        str,
+        typer.Argument(help="A .safetensors file, a diffusers model folder or a pipeline folder."),
+    ],
+    json_out: JsonOption = False,
+) -> None:
+    """Blocks of a local checkpoint with dtypes, tensors and bytes, read from headers only."""
+    from planner.budget import format_size
+    from runtime.checkpoint.inspect import inspect_checkpoint
+
+    report = inspect_checkpoint(path)
+    if json_out:
+        print_json(report.to_dict())
+        return
+    rows = [
+        [b.index, b.name, b.kind, ", ".join(b.dtypes), b.tensors, b.bytes, format_size(b.bytes)]
+        for b in report.blocks
+    ]
+    rest = report.non_block_bytes
+    rest_dtypes = ", ".join(sorted(report.non_block_bytes_by_dtype))
+    rows.append(
+        ["", "(non-block)", "", rest_dtypes, report.non_block_tensors, rest, format_size(rest)]
+    )
+    total = report.total_bytes
+    rows.append(["", "total", "", "", report.total_tensors, total, format_size(total)])
+    typer.echo(f"{report.path}: {report.family}, {report.naming.value} naming, "
+               f"{len(report.files)} file{'s' if len(report.files) > 1 else ''}")
+    print_table(None, ["#", "block", "kind", "dtype", "tensors", "bytes", "size"], rows)

@@ -1,0 +1,295 @@
+"""What a local checkpoint holds, block by block, from its headers alone.
+
+`inspect_checkpoint(path)` accepts a single `.safetensors` file, a diffusers model folder
+(`diffusion_pytorch_model.safetensors` or a sharded `...safetensors.index.json`), a pipeline
+folder with a `transformer/` subfolder, or an index file itself. It reads only headers, so a
+24 GB checkpoint answers at once, and asks the family adapters which block each tensor
+belongs to: no family is named here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
+
+from runtime.checkpoint.header import Header, TensorInfo, read_header
+from runtime.dtypes import SAFETENSORS_TO_DTYPE
+from runtime.errors import CheckpointError
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+INDEX_NAME = WEIGHTS_NAME + ".index.json"
+TRANSFORMER_FOLDER = "transformer"
+MAX_INDEX_BYTES = 100_000_000
+
+
+class Naming(str, enum.Enum):
+    DIFFUSERS = "diffusers"  # tensor names are diffusers module paths (transformer_blocks.N)
+    ORIGINAL = "original"  # the family's original release names (double_blocks.N)
+    MIXED = "mixed"  # both: a converted file that kept some original names
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockReport:
+    name: str  # diffusers module path, e.g. "transformer_blocks.3"
+    kind: str
+    index: int  # position in execution order
+    tensors: int
+    bytes_by_dtype: Mapping[str, int]  # storage name (bf16, fp8, ... or the tag) -> bytes
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.bytes_by_dtype.values())
+
+    @property
+    def dtypes(self) -> tuple[str, ...]:
+        return tuple(sorted(self.bytes_by_dtype))
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointReport:
+    path: Path  # what the user named
+    files: tuple[Path, ...]  # the safetensors files read
+    family: str
+    naming: Naming
+    blocks: tuple[BlockReport, ...]
+    non_block_tensors: int
+    non_block_bytes_by_dtype: Mapping[str, int]
+
+    @property
+    def non_block_bytes(self) -> int:
+        return sum(self.non_block_bytes_by_dtype.values())
+
+    @property
+    def block_bytes(self) -> int:
+        return sum(b.bytes for b in self.blocks)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.block_bytes + self.non_block_bytes
+
+    @property
+    def total_tensors(self) -> int:
+        return sum(b.tensors for b in self.blocks) + self.non_block_tensors
+
+    def to_dict(self) -> dict:
+        return {
+            "path": str(self.path),
+            "files": [str(f) for f in self.files],
+            "family": self.family,
+            "naming": self.naming.value,
+            "blocks": [
+                {
+                    "name": b.name,
+                    "kind": b.kind,
+                    "index": b.index,
+                    "dtypes": list(b.dtypes),
+                    "tensors": b.tensors,
+                    "bytes": b.bytes,
+                    "bytes_by_dtype": dict(b.bytes_by_dtype),
+                }
+                for b in self.blocks
+            ],
+            "non_block": {
+                "tensors": self.non_block_tensors,
+                "bytes": self.non_block_bytes,
+                "bytes_by_dtype": dict(self.non_block_bytes_by_dtype),
+            },
+            "total": {"tensors": self.total_tensors, "bytes": self.total_bytes},
+        }
+
+
+def storage_name(tag: str) -> str:
+    """Our dtype name for a safetensors tag (`BF16` -> `bf16`); the tag where we have none."""
+    dtype = SAFETENSORS_TO_DTYPE.get(tag)
+    return dtype.value if dtype is not None else tag
+
+
+def inspect_checkpoint(path: str | Path) -> CheckpointReport:
+    """The block-by-block contents of the checkpoint at `path` (file or diffusers folder)."""
+    path = Path(path)
+    headers = _read_headers(path)
+    tensors = [t for h in headers for t in h.tensors]
+    adapter = _pick_family(tensors, path)
+    return _report(path, tuple(h.path for h in headers), adapter, tensors)
+
+
+# ---------------------------------------------------------------- finding the files
+
+
+def _read_headers(path: Path) -> list[Header]:
+    if not path.exists():
+        raise CheckpointError(
+            f"checkpoint {path} does not exist: give a .safetensors file or a diffusers folder"
+        )
+    if path.is_dir():
+        return _read_folder(path)
+    if path.name.endswith(".index.json"):
+        return _read_index(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(
+            f"checkpoint {path} is not a .safetensors file: give a .safetensors file, an "
+            f"{INDEX_NAME} or a diffusers folder (pickled .ckpt/.bin files are not read)"
+        )
+    return [read_header(path)]
+
+
+def _read_folder(folder: Path) -> list[Header]:
+    if (folder / TRANSFORMER_FOLDER).is_dir():
+        folder = folder / TRANSFORMER_FOLDER
+    if (folder / WEIGHTS_NAME).is_file():
+        return [read_header(folder / WEIGHTS_NAME)]
+    if (folder / INDEX_NAME).is_file():
+        return _read_index(folder / INDEX_NAME)
+    raise CheckpointError(
+        f"folder {folder} holds neither {WEIGHTS_NAME} nor {INDEX_NAME}: give a diffusers "
+        f"model folder, a pipeline folder with {TRANSFORMER_FOLDER}/, or a .safetensors file"
+    )
+
+
+class _Duplicate(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Duplicate(repr(key))
+        out[key] = value
+    return out
+
+
+def _load_index(index: Path) -> dict[str, str]:
+    try:
+        if index.stat().st_size > MAX_INDEX_BYTES:
+            raise CheckpointError(f"index {index} is over 100 MB: it is not a diffusers index file")
+        data = json.loads(index.read_bytes().decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except OSError as e:
+        raise CheckpointError(f"cannot read index {index}: {e.strerror or e}") from e
+    except _Duplicate as e:
+        raise CheckpointError(
+            f"index {index} names {e} twice: download or export the checkpoint again"
+        ) from None
+    except (ValueError, RecursionError):
+        raise CheckpointError(
+            f"index {index} is not UTF-8 JSON: download or export the checkpoint again"
+        ) from None
+    weight_map = data.get("weight_map") if type(data) is dict else None
+    if type(weight_map) is not dict or not weight_map:
+        raise CheckpointError(
+            f"index {index} has no weight_map object of tensor names to shard files: "
+            f"download or export the checkpoint again"
+        )
+    for name, shard in weight_map.items():
+        if type(shard) is not str or not shard or Path(shard).name != shard:
+            raise CheckpointError(
+                f"index {index} maps tensor {name!r} to {shard!r}, not a file name in its "
+                f"folder: download or export the checkpoint again"
+            )
+    return weight_map
+
+
+def _read_index(index: Path) -> list[Header]:
+    weight_map = _load_index(index)
+    headers = []
+    for shard in sorted(set(weight_map.values())):
+        shard_path = index.parent / shard
+        if not shard_path.is_file():
+            raise CheckpointError(
+                f"index {index} names the shard {shard}, which is missing: download it again"
+            )
+        headers.append(read_header(shard_path))
+    _check_index(index, weight_map, headers)
+    return headers
+
+
+def _check_index(index: Path, weight_map: dict[str, str], headers: list[Header]) -> None:
+    seen: dict[str, str] = {}
+    for header in headers:
+        for tensor in header.tensors:
+            if tensor.name in seen:
+                raise CheckpointError(
+                    f"tensor {tensor.name!r} is in both {seen[tensor.name]} and "
+                    f"{header.path.name} of {index.parent}: download the checkpoint again"
+                )
+            seen[tensor.name] = header.path.name
+            listed = weight_map.get(tensor.name)
+            if listed != header.path.name:
+                where = f"lists it in {listed}" if listed else "does not list it"
+                raise CheckpointError(
+                    f"tensor {tensor.name!r} is in {header.path.name} but index {index} "
+                    f"{where}: download the checkpoint again"
+                )
+    missing = sorted(set(weight_map) - set(seen))
+    if missing:
+        raise CheckpointError(
+            f"index {index} lists tensor {missing[0]!r} in {weight_map[missing[0]]}, which "
+            f"does not hold it: download the checkpoint again"
+        )
+
+
+# ---------------------------------------------------------------- mapping to blocks
+
+
+def _pick_family(tensors: list[TensorInfo], path: Path):
+    from runtime.families import families, get_family
+
+    best, best_count = None, 0
+    for name in families():
+        adapter = get_family(name)
+        count = sum(1 for t in tensors if adapter.block_of_tensor(t.name) is not None)
+        if count > best_count:
+            best, best_count = adapter, count
+    if best is None:
+        raise CheckpointError(
+            f"no tensor of {path} belongs to a block of a known model family "
+            f"({', '.join(families())}): give a diffusion transformer checkpoint"
+        )
+    return best
+
+
+def _naming_of(tensor_name: str, block: str) -> Naming:
+    # Diffusers names are module paths, so they contain the block's path itself.
+    diffusers = tensor_name.startswith(block + ".") or f".{block}." in tensor_name
+    return Naming.DIFFUSERS if diffusers else Naming.ORIGINAL
+
+
+def _report(path: Path, files: tuple[Path, ...], adapter, tensors: list[TensorInfo]):
+    positions = {bl.attr: (i, bl.kind) for i, bl in enumerate(adapter.block_lists)}
+    per_block: dict[str, tuple[int, dict[str, int]]] = {}
+    rest_count, rest_bytes = 0, {}
+    namings = set()
+    for tensor in tensors:
+        block = adapter.block_of_tensor(tensor.name)
+        dtype = storage_name(tensor.dtype)
+        if block is None:
+            rest_count += 1
+            rest_bytes[dtype] = rest_bytes.get(dtype, 0) + tensor.nbytes
+            continue
+        namings.add(_naming_of(tensor.name, block))
+        count, by_dtype = per_block.get(block, (0, {}))
+        by_dtype[dtype] = by_dtype.get(dtype, 0) + tensor.nbytes
+        per_block[block] = (count + 1, by_dtype)
+
+    def order(name: str) -> tuple[int, int]:
+        attr, index = name.rsplit(".", 1)
+        return positions[attr][0], int(index)
+
+    blocks = tuple(
+        BlockReport(
+            name=name,
+            kind=positions[name.rsplit(".", 1)[0]][1],
+            index=i,
+            tensors=per_block[name][0],
+            bytes_by_dtype=MappingProxyType(per_block[name][1]),
+        )
+        for i, name in enumerate(sorted(per_block, key=order))
+    )
+    naming = namings.pop() if len(namings) == 1 else Naming.MIXED
+    return CheckpointReport(
+        path, files, adapter.name, naming, blocks, rest_count, MappingProxyType(rest_bytes)
+    )
