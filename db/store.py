@@ -1,0 +1,308 @@
+"""The store's public API: machines, profiles, plans and measured runs.
+
+    with open_store() as store:            # --db URL, else PLANNER_DB_URL, else the default file
+        plan_id = store.save_plan(plan)    # idempotent: same content, same id
+        store.record_run(plan_id, step_ms=3120.0, peak_vram_bytes=7 << 30, device="cuda:0")
+        best = store.best_plan("flux-dev", vram_bytes=8 << 30, gpu="rtx 4060")
+
+Every method runs in one transaction (db/session.py) and returns frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+from db.convert import StoredPlan, machine_values, plan_row, plan_text_and_hash, profile_row
+from db.convert import to_profile, to_stored_plan
+from db.errors import NotFound, StoreError
+from db.gpu import normalize_gpu_name
+from db.location import default_db_url, resolve_url
+from profiler.types import Profile
+from runtime.dtypes import DType
+from runtime.plan import Plan
+from runtime.workload import Workload
+
+__all__ = ["Store", "StoredPlan", "open_store", "default_db_url", "normalize_gpu_name"]
+T = TypeVar("T")
+
+
+def open_store(url: str | None = None, *, busy_timeout_s: float = 10.0, retries: int = 8) -> "Store":
+    """Open (and at first use create) the store at `url`; refuse a database at an old revision."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from db.migrate import check_schema
+    from db.session import make_engine, translate
+
+    url = resolve_url(url)
+    engine = make_engine(url, busy_timeout_s=busy_timeout_s)
+    try:
+        check_schema(engine, url)
+    except SQLAlchemyError as e:
+        engine.dispose()
+        raise translate(e, url) from e
+    except BaseException:
+        engine.dispose()
+        raise
+    return Store(url, engine, retries)
+
+
+class Store:
+    def __init__(self, url: str, engine, retries: int) -> None:
+        self.url = url
+        self._engine = engine
+        self._retries = retries
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def _run(self, work: Callable[..., T], *, write: bool = True) -> T:
+        from db.session import run_transaction
+
+        if self._engine is None:
+            raise StoreError(f"the store {self.url} is closed: open it again with open_store()")
+        return run_transaction(self._engine, self.url, work, write=write, retries=self._retries)
+
+    # ------------------------------------------------------------ profiles
+
+    def save_profile(self, profile: Profile) -> int:
+        """Store a profile and its blocks; the machine is found (or updated) by fingerprint."""
+        from sqlalchemy import select
+
+        from db.models import Machine
+
+        def work(session) -> int:
+            values = machine_values(profile.machine)
+            machine = session.scalars(
+                select(Machine).where(Machine.fingerprint == profile.machine.fingerprint)
+            ).one_or_none()
+            if machine is None:
+                machine = Machine(**values)
+                session.add(machine)
+            else:  # same machine, newer facts (a driver update, a new torch)
+                for name, value in values.items():
+                    setattr(machine, name, value)
+            row = profile_row(profile, machine)
+            session.add(row)
+            session.flush()
+            return row.id
+
+        try:
+            return self._run(work)
+        except StoreError as e:
+            from sqlalchemy.exc import IntegrityError
+
+            if not isinstance(e.__cause__, IntegrityError):
+                raise
+            return self._run(work)  # another process added this machine first: now we update it
+
+    def get_profile(self, profile_id: int) -> Profile:
+        from db.models import ProfileRow
+
+        def work(session) -> Profile:
+            row = session.get(ProfileRow, profile_id)
+            if row is None:
+                raise NotFound(f"no profile {profile_id} in {self.url}: see `planner profile` for ids")
+            return to_profile(row)
+
+        return self._run(work, write=False)
+
+    def latest_profile(
+        self, fingerprint: str, model_id: str, workload: Workload, storage_dtype: DType, tool_version: str
+    ) -> Profile | None:
+        """The newest profile of this machine, model, workload, dtype and tool version."""
+        from sqlalchemy import select
+
+        from db.models import Machine, ProfileRow
+
+        query = (
+            select(ProfileRow)
+            .join(Machine)
+            .where(
+                Machine.fingerprint == fingerprint,
+                ProfileRow.model_id == model_id,
+                ProfileRow.height == workload.height,
+                ProfileRow.width == workload.width,
+                ProfileRow.batch == workload.batch,
+                ProfileRow.cfg == workload.cfg.value,
+                ProfileRow.text_tokens == workload.text_tokens,
+                ProfileRow.storage_dtype == DType(storage_dtype).value,
+                ProfileRow.tool_version == tool_version,
+            )
+            .order_by(ProfileRow.id.desc())
+            .limit(1)
+        )
+
+        def work(session) -> Profile | None:
+            row = session.scalars(query).one_or_none()
+            return None if row is None else to_profile(row)
+
+        return self._run(work, write=False)
+
+    def list_profiles(self) -> list[Profile]:
+        from sqlalchemy import select
+        from sqlalchemy.orm import selectinload
+
+        from db.models import ProfileRow
+
+        query = (
+            select(ProfileRow)
+            .options(selectinload(ProfileRow.machine), selectinload(ProfileRow.blocks))
+            .order_by(ProfileRow.id)
+        )
+        return self._run(lambda s: [to_profile(r) for r in s.scalars(query)], write=False)
+
+    # ------------------------------------------------------------ plans
+
+    def save_plan(self, plan: Plan) -> int:
+        """Store a plan; the same content stored again returns the first id."""
+        from sqlalchemy import select
+        from sqlalchemy.exc import IntegrityError
+
+        from db.models import PlanRow, ProfileRow
+
+        text, digest = plan_text_and_hash(plan)
+        by_hash = select(PlanRow.id).where(PlanRow.content_hash == digest)
+
+        def work(session) -> int:
+            existing = session.scalar(by_hash)
+            if existing is not None:
+                return existing
+            profile_id = plan.provenance.profile_id
+            if profile_id is not None and session.get(ProfileRow, profile_id) is None:
+                profile_id = None  # made from a profile in another store: the JSON keeps the id
+            row = plan_row(plan, text, digest, profile_id)
+            session.add(row)
+            session.flush()
+            return row.id
+
+        try:
+            return self._run(work)
+        except StoreError as e:
+            if not isinstance(e.__cause__, IntegrityError):
+                raise
+            found = self._run(lambda s: s.scalar(by_hash), write=False)  # lost a race to a twin
+            if found is None:
+                raise
+            return found
+
+    def find_plan(self, plan: Plan) -> int | None:
+        """The id this exact plan content is stored under, or None."""
+        from sqlalchemy import select
+
+        from db.models import PlanRow
+
+        digest = plan_text_and_hash(plan)[1]
+        return self._run(lambda s: s.scalar(select(PlanRow.id).where(PlanRow.content_hash == digest)), write=False)
+
+    def get_plan(self, plan_id: int) -> StoredPlan:
+        from db.models import PlanRow
+
+        def work(session) -> StoredPlan:
+            rows = session.execute(_plans_query().where(PlanRow.id == plan_id)).all()
+            if not rows:
+                raise NotFound(f"no plan {plan_id} in {self.url}: `planner plans list` shows the ids")
+            return to_stored_plan(*rows[0])
+
+        return self._run(work, write=False)
+
+    def list_plans(
+        self,
+        model: str | None = None,
+        gpu: str | None = None,
+        max_vram: int | None = None,
+        resolution: str | tuple[int, int] | None = None,
+    ) -> list[StoredPlan]:
+        """Stored plans, oldest first, filtered by model, GPU name, budget and resolution."""
+        from db.models import PlanRow
+
+        query = _plans_query().order_by(PlanRow.id)
+        if model is not None:
+            query = query.where(PlanRow.model_id == model)
+        if max_vram is not None:
+            query = query.where(PlanRow.budget_bytes <= max_vram)
+        if resolution is not None:
+            width, height = _resolution(resolution)
+            query = query.where(PlanRow.width == width, PlanRow.height == height)
+        wanted = None if gpu is None else normalize_gpu_name(gpu)
+
+        def work(session) -> list[StoredPlan]:
+            return [
+                to_stored_plan(*row)
+                for row in session.execute(query)
+                if wanted is None or normalize_gpu_name(row[0].gpu_name) == wanted
+            ]
+
+        return self._run(work, write=False)
+
+    def best_plan(
+        self, model: str, vram_bytes: int, gpu: str | None = None, resolution: str | None = None
+    ) -> StoredPlan | None:
+        """The fastest plan that fits `vram_bytes`: best measured time, else predicted."""
+        plans = self.list_plans(model=model, gpu=gpu, max_vram=vram_bytes, resolution=resolution)
+        return min(plans, key=lambda p: (p.ranking_ms, p.id), default=None)
+
+    def remove_plan(self, plan_id: int) -> None:
+        """Remove a plan and its measured runs."""
+        from sqlalchemy import delete
+
+        from db.models import PlanRow, RunRow
+
+        def work(session) -> None:
+            if session.get(PlanRow, plan_id) is None:
+                raise NotFound(f"no plan {plan_id} in {self.url}: `planner plans list` shows the ids")
+            session.execute(delete(RunRow).where(RunRow.plan_id == plan_id))
+            session.execute(delete(PlanRow).where(PlanRow.id == plan_id))
+
+        self._run(work)
+
+    # ------------------------------------------------------------ runs
+
+    def record_run(self, plan_id: int, step_ms: float, peak_vram_bytes: int, device: str) -> int:
+        """Store one measured run of a stored plan."""
+        import math
+
+        from db.models import PlanRow, RunRow
+
+        if not (isinstance(step_ms, (int, float)) and math.isfinite(step_ms) and step_ms > 0):
+            raise StoreError(f"step_ms {step_ms!r} is not a measured time: give a positive number of ms")
+        if not isinstance(peak_vram_bytes, int) or peak_vram_bytes < 0:
+            raise StoreError(f"peak_vram_bytes {peak_vram_bytes!r} is not a size: give bytes, zero or more")
+
+        def work(session) -> int:
+            if session.get(PlanRow, plan_id) is None:
+                raise NotFound(f"no plan {plan_id} in {self.url}: store the plan before its runs")
+            row = RunRow(plan_id=plan_id, step_ms=float(step_ms), peak_vram_bytes=peak_vram_bytes, device=device)
+            session.add(row)
+            session.flush()
+            return row.id
+
+        return self._run(work)
+
+
+def _plans_query():
+    """Plans with their best measured step time and number of runs."""
+    from sqlalchemy import func, select
+
+    from db.models import PlanRow, RunRow
+
+    return (
+        select(PlanRow, func.min(RunRow.step_ms), func.count(RunRow.id))
+        .outerjoin(RunRow, RunRow.plan_id == PlanRow.id)
+        .group_by(PlanRow.id)
+    )
+
+
+def _resolution(value: str | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(value, tuple):
+        return value
+    from runtime.workload import parse_resolution
+
+    return parse_resolution(value)
