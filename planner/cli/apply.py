@@ -1,8 +1,56 @@
-"""`planner apply` (owned by the runtime work; placeholder until it lands)."""
+"""`planner apply PLAN --weights DIR --prompt ...`: generate one image under a plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
+from planner.cli._common import DbOption, JsonOption, print_json
 
-def apply() -> None:
-    """Generate an image with a plan applied."""
-    raise typer.Exit(1)
+
+def apply(
+    plan_file: Annotated[Path, typer.Argument(help="plan.json from `planner tune`.")],
+    weights: Annotated[Path, typer.Option("--weights", help="Local diffusers FLUX pipeline folder.")],
+    prompt: Annotated[str, typer.Option("--prompt", help="Text prompt.")],
+    steps: Annotated[Optional[int], typer.Option(help="Denoising steps (default: the model's).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    guidance: Annotated[Optional[float], typer.Option(help="Guidance scale (default: the model's).")] = None,
+    height: Annotated[Optional[int], typer.Option(help="Image height (default: the plan's).")] = None,
+    width: Annotated[Optional[int], typer.Option(help="Image width (default: the plan's).")] = None,
+    transformer: Annotated[Optional[Path], typer.Option("--transformer", help="Single-file transformer .safetensors (diffusers names).")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Image file to write.")] = Path("image.png"),
+    device: Annotated[Optional[str], typer.Option(help="Compute device (default: cuda if present).")] = None,
+    db: DbOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Generate an image with a plan applied, and measure it against the plan."""
+    from planner.budget import format_size
+    from runtime.catalog import CATALOG
+    from runtime.generate import GenerateConfig, generate, record_run
+    from runtime.plan import load_plan
+
+    plan = load_plan(plan_file)
+    spec = CATALOG.get(plan.model.id)
+    config = GenerateConfig(
+        weights=weights, prompt=prompt, output=output,
+        steps=steps or (spec.default_steps if spec else 28), seed=seed,
+        guidance=guidance if guidance is not None else (spec.default_guidance if spec else 3.5),
+        height=height, width=width, transformer_file=transformer, device=device,
+    )
+    result = generate(plan, config)
+    run_id = record_run(db, plan, result) if db else None
+    if json_out:
+        print_json(result.to_dict() | {"run_id": run_id})
+        return
+    peak = format_size(result.peak_vram_bytes) if result.peak_vram_bytes is not None \
+        else "not measured on CPU"
+    ratio = f"{result.ratio_to_lower_bound:.2f}x" if result.ratio_to_lower_bound is not None \
+        else "n/a (plan has no lower bound)"
+    typer.echo(f"wrote {result.output}")
+    typer.echo(f"{result.seconds_per_step:.3f} s/step over {result.steps} steps on {result.device}")
+    typer.echo(f"peak VRAM {peak} (plan predicted {format_size(result.predicted_peak_vram_bytes)})")
+    typer.echo(f"ratio to the plan's lower bound ({result.lower_bound_ms:.1f} ms/step): {ratio}")
+    if run_id is not None:
+        typer.echo(f"recorded run {run_id}")

@@ -1,0 +1,61 @@
+"""`apply_plan`: run a model under an offload plan; the returned handle undoes it."""
+
+from __future__ import annotations
+
+
+def apply_plan(module_or_pipeline, plan, device=None):
+    """Apply `plan` to a transformer (or a diffusers pipeline's `.transformer`).
+
+    `device` is the compute device (default: CUDA when available, else CPU). The plan is
+    checked against the model before anything is touched; a mismatch raises
+    `PlanMismatchError` and leaves the model as it was. Applying the same plan again returns
+    the same handle; a different plan is refused until `handle.remove()` is called.
+    Returns an `OffloadHandle` (`stats`, `enable_timing()`, `timings()`, `remove()`).
+    """
+    import torch
+
+    from runtime.engine import offload
+    from runtime.errors import UserError
+    from runtime.families import family_of_module
+    from runtime.plan import Plan
+
+    if not isinstance(plan, Plan):
+        raise UserError(
+            f"plan must be a runtime.plan.Plan, got {type(plan).__name__}: load it with "
+            f"runtime.plan.load_plan(path)"
+        )
+    model = getattr(module_or_pipeline, "transformer", None)
+    if not isinstance(model, torch.nn.Module):
+        model = module_or_pipeline
+    if not isinstance(model, torch.nn.Module):
+        raise UserError(
+            f"cannot apply a plan to {type(module_or_pipeline).__name__}: pass a transformer "
+            f"module or a diffusers pipeline that has one"
+        )
+    device = _resolve_device(device)
+    existing = offload.refuse_other_plan(model, plan, device)
+    if existing is not None:
+        return existing
+    return offload.apply(model, family_of_module(model), plan, device)
+
+
+def _resolve_device(device):
+    import torch
+
+    from runtime.errors import UserError
+
+    if device is None:
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
+            else torch.device("cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise UserError(f"device {device!r} is not a torch device: use cuda, cuda:0 or cpu") from e
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {device} was asked for but CUDA is not available: use cpu")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    elif device.type != "cpu":
+        raise UserError(f"device {device} is not supported: use cuda or cpu")
+    return device

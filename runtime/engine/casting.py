@@ -1,0 +1,55 @@
+"""Just-in-time casts for fp8 weights kept in fp8 on the device (`auto` cast mode).
+
+Each module that directly owns fp8 tensors gets a forward pre-hook that points them at a cast
+copy in the compute dtype (made on the current, compute stream) and a forward hook that points
+them back at the fp8 data. The cast copy lives only while that module runs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def owns_fp8(module) -> bool:
+    tensors = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
+    return any(t.dtype in FP8_DTYPES for t in tensors)
+
+
+class JustInTimeCast:
+    """Hooks for one module: cast fp8 tensors to `compute` for the length of its forward."""
+
+    def __init__(self, module, compute: torch.dtype) -> None:
+        self.compute = compute
+        self.tensors = list(module.parameters(recurse=False)) + list(
+            module.buffers(recurse=False)
+        )
+        self.stash: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.handles = [
+            module.register_forward_pre_hook(torch.compiler.disable(self.before)),
+            module.register_forward_hook(torch.compiler.disable(self.after), always_call=True),
+        ]
+
+    def before(self, module, args):
+        self.after(module, args, None)  # a forward that raised may have left casts behind
+        for tensor in self.tensors:
+            if tensor.dtype in FP8_DTYPES:
+                self.stash.append((tensor, tensor.data))
+                tensor.data = tensor.data.to(self.compute)
+
+    def after(self, module, args, output):
+        while self.stash:
+            tensor, data = self.stash.pop()
+            tensor.data = data
+
+    def remove(self) -> None:
+        self.after(None, None, None)
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
+def install_casts(root, compute: torch.dtype) -> list[JustInTimeCast]:
+    """Cast hooks on every module under `root` that owns fp8 tensors."""
+    return [JustInTimeCast(m, compute) for m in root.modules() if owns_fp8(m)]

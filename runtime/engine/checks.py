@@ -1,0 +1,90 @@
+"""Plan against model: everything is checked before anything is touched.
+
+Family, block names, count, order and kinds, each block's bytes (from the real module's
+inventory), the dtype of every stored tensor, and that the model is not already under some
+other offloading. Each mismatch is one `PlanMismatchError` sentence naming the input and the fix.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from runtime.dtypes import DType, compute_dtype, storage_dtype
+from runtime.errors import PlanMismatchError
+from runtime.inventory import Inventory, inventory_of_module
+
+_FOREIGN_HOOKS = ("_hf_hook", "_diffusers_hook")
+_RETUNE = "build a plan for this model (planner tune)"
+
+
+def check_plan(model, adapter, plan) -> Inventory:
+    """The model's inventory under the plan's storage dtype, once the plan fits the model."""
+    if plan.model.family != adapter.name:
+        raise PlanMismatchError(
+            f"the plan is for a {plan.model.family} model ({plan.model.id}) but this is a "
+            f"{adapter.name} model: {_RETUNE}"
+        )
+    if plan.model.compute_dtype is not compute_dtype(plan.model.storage_dtype):
+        raise PlanMismatchError(
+            f"the plan computes in {plan.model.compute_dtype.value} but stores "
+            f"{plan.model.storage_dtype.value}, which computes in "
+            f"{compute_dtype(plan.model.storage_dtype).value}: {_RETUNE}"
+        )
+    _check_untouched(model)
+    inv = inventory_of_module(model, adapter, plan.model.id, plan.model.storage_dtype)
+    _check_blocks(inv, plan)
+    _check_dtypes(model, plan.model.storage_dtype, plan.model.id)
+    return inv
+
+
+def _check_untouched(model) -> None:
+    for name, module in model.named_modules():
+        if any(hasattr(module, attr) for attr in _FOREIGN_HOOKS):
+            raise PlanMismatchError(
+                f"module {name or type(model).__name__!r} is already under accelerate or "
+                f"diffusers offloading hooks: load the model without them, then apply the plan"
+            )
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if tensor.device.type == "meta":
+            raise PlanMismatchError(
+                f"tensor {name} has no data (meta device): load the model's weights, then "
+                f"apply the plan"
+            )
+
+
+def _check_blocks(inv: Inventory, plan) -> None:
+    if len(inv.blocks) != len(plan.blocks):
+        raise PlanMismatchError(
+            f"the plan has {len(plan.blocks)} blocks for {plan.model.id} but the model has "
+            f"{len(inv.blocks)}: {_RETUNE}"
+        )
+    for have, want in zip(inv.blocks, plan.blocks):
+        if have.name != want.name or have.kind != want.kind:
+            raise PlanMismatchError(
+                f"block {have.index} of the model is {have.name} ({have.kind}) but the plan "
+                f"has {want.name} ({want.kind}) there: {_RETUNE}"
+            )
+        if have.bytes != want.bytes:
+            raise PlanMismatchError(
+                f"block {have.name} holds {have.bytes} bytes in "
+                f"{plan.model.storage_dtype.value} but the plan says {want.bytes}: the plan is "
+                f"for another model or dtype; {_RETUNE}"
+            )
+
+
+def _check_dtypes(model, storage: DType, model_id: str) -> None:
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if not tensor.is_floating_point():
+            continue
+        want = storage_dtype(storage, tuple(tensor.shape)).torch()
+        if tensor.dtype != want:
+            got = str(tensor.dtype).removeprefix("torch.")
+            raise PlanMismatchError(
+                f"tensor {name} is {got} but the plan for {model_id} stores it as "
+                f"{DType.from_torch(want).value}: load the model in "
+                f"{storage.value} or {_RETUNE} from the model as loaded"
+            )
+
+
+def is_fp8(dtype: torch.dtype) -> bool:
+    return dtype in (torch.float8_e4m3fn, torch.float8_e5m2)

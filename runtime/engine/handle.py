@@ -1,0 +1,130 @@
+"""What `apply_plan` returns: stats of what was allocated, timings, and `remove()`."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class OffloadStats:
+    """Bytes the engine placed, counted from the tensors it actually holds."""
+
+    device: str
+    resident_blocks: int
+    streamed_blocks: int
+    resident_bytes: int  # resident blocks' tensors on the device
+    non_block_bytes: int  # embedders, norms, projections on the device
+    ring_bytes: int  # all slots of the ring
+    slots: int
+    pinned_bytes: int  # streamed blocks' host buffers allocated as pinned
+    pageable_bytes: int  # streamed blocks' host buffers in pageable memory
+
+    @property
+    def device_weight_bytes(self) -> int:
+        return self.resident_bytes + self.non_block_bytes + self.ring_bytes
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "device_weight_bytes": self.device_weight_bytes}
+
+
+class ForwardTimer:
+    """Wall time of each forward of the model, without synchronising inside the step."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.enabled = False
+        self.records: list[tuple] = []
+        self._start = None
+
+    def before(self, module, args):
+        if not self.enabled:
+            return
+        if self.cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record(torch.cuda.current_stream(self.device))
+        else:
+            self._start = time.perf_counter()
+
+    def after(self, module, args, output):
+        if not self.enabled or self._start is None:
+            return
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record(torch.cuda.current_stream(self.device))
+        else:
+            end = time.perf_counter()
+        self.records.append((self._start, end))
+        self._start = None
+
+    def milliseconds(self) -> tuple[float, ...]:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            return tuple(start.elapsed_time(end) for start, end in self.records)
+        return tuple((end - start) * 1000.0 for start, end in self.records)
+
+
+class OffloadHandle:
+    """A plan applied to a model. `remove()` puts the model back exactly as it was."""
+
+    def __init__(self, model, plan, device: torch.device, state) -> None:
+        self.model = model
+        self.plan = plan
+        self.device = device
+        self._state = state  # runtime.engine.offload.AppliedState
+        self._timer = state.timer
+
+    @property
+    def active(self) -> bool:
+        return self._state is not None
+
+    @property
+    def stats(self) -> OffloadStats:
+        self._require_active()
+        return self._state.stats(self.device)
+
+    @property
+    def resyncs(self) -> int:
+        """How often the ring restarted because blocks ran out of turn."""
+        self._require_active()
+        return self._state.ring.resyncs if self._state.ring is not None else 0
+
+    def ring_buffers(self) -> list[torch.Tensor]:
+        """The ring's flat device buffers (for inspection and memory checks)."""
+        self._require_active()
+        ring = self._state.ring
+        return [] if ring is None else [t for slot in ring.slot_buffers for t in slot.values()]
+
+    def enable_timing(self) -> None:
+        self._timer.enabled = True
+
+    def disable_timing(self) -> None:
+        self._timer.enabled = False
+
+    def reset_timing(self) -> None:
+        self._timer.records = []
+
+    def timings(self) -> tuple[float, ...]:
+        """Milliseconds of each forward since timing was enabled (synchronises on CUDA)."""
+        return self._timer.milliseconds()
+
+    def remove(self) -> None:
+        """Undo the plan: weights, devices, dtypes and hooks as before. Idempotent."""
+        if self._state is None:
+            return
+        from runtime.engine.offload import forget
+
+        state, self._state = self._state, None
+        state.undo()
+        forget(self.model, self)
+
+    def _require_active(self) -> None:
+        if self._state is None:
+            raise RuntimeError("this offload handle was removed; apply the plan again")
+
+    def __repr__(self) -> str:
+        status = "active" if self.active else "removed"
+        return f"<OffloadHandle {self.plan.model.id} on {self.device} ({status})>"

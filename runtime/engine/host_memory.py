@@ -1,0 +1,126 @@
+"""Host RAM: how much is available, and how much of the streamed weights may be pinned.
+
+Available host RAM is the smaller of the kernel's `MemAvailable` and the cgroup's room
+(limit minus usage, v2 or v1). Pinned (page-locked) memory cannot be swapped, so we pin only
+what fits below that minus a safety margin and fall back to pageable memory, with a warning,
+for the rest. A plan whose streamed weights do not fit in host RAM at all is refused before
+anything is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from runtime.errors import PlanMismatchError
+
+SAFETY_MARGIN_BYTES = 2 * 2**30  # left for the OS, the pipeline's other parts, the allocator
+_CGROUP_V2 = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory.current"))
+_CGROUP_V1 = (
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+    Path("/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+)
+_NO_LIMIT = 1 << 60  # cgroup v1 writes a huge number for "no limit"
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    if not text or text == "max":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _meminfo_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _cgroup_room() -> int | None:
+    for limit_path, usage_path in (_CGROUP_V2, _CGROUP_V1):
+        limit = _read_int(limit_path)
+        usage = _read_int(usage_path)
+        if limit is not None and usage is not None and limit < _NO_LIMIT:
+            return max(0, limit - usage)
+    return None
+
+
+def available_host_bytes() -> int:
+    """Host RAM this process can still use: min(MemAvailable, cgroup limit - usage)."""
+    candidates = [v for v in (_meminfo_available(), _cgroup_room()) if v is not None]
+    if not candidates:  # no /proc (macOS): what sysconf says is free
+        try:
+            candidates = [os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")]
+        except (ValueError, OSError, AttributeError):
+            return _NO_LIMIT
+    return min(candidates)
+
+
+@dataclasses.dataclass(frozen=True)
+class HostDecision:
+    """Which streamed blocks (by position in the streamed list) get pinned buffers."""
+
+    pinned: tuple[bool, ...]
+    needed_bytes: int  # host bytes the packs take
+    available_bytes: int
+    warning: str | None
+
+
+def decide_host_memory(
+    pack_bytes: list[int], freed_bytes: int, want_pinned: bool
+) -> HostDecision:
+    """Budget the streamed blocks' host buffers against available host RAM.
+
+    `pack_bytes[j]` is the host buffer size of the j-th streamed block; `freed_bytes` are the
+    host bytes of the original tensors that applying releases (packs replace them). Packing
+    goes block by block, so the peak needs one block more than the net.
+    """
+    available = available_host_bytes()
+    needed = sum(pack_bytes)
+    net = needed - freed_bytes + max(pack_bytes, default=0)
+    if net > available:
+        raise PlanMismatchError(
+            f"the plan's streamed blocks need {_gib(net)} more host RAM but only "
+            f"{_gib(available)} is available: free host memory or use a plan that streams fewer "
+            f"blocks (more VRAM)"
+        )
+    if not want_pinned:
+        return HostDecision(tuple(False for _ in pack_bytes), needed, available, None)
+    room = available - SAFETY_MARGIN_BYTES + freed_bytes - max(pack_bytes, default=0)
+    pinned = []
+    for num_bytes in pack_bytes:
+        fits = num_bytes <= room
+        pinned.append(fits)
+        room -= num_bytes if fits else 0
+    warning = None
+    if not all(pinned):
+        spilled = sum(b for b, p in zip(pack_bytes, pinned) if not p)
+        warning = (
+            f"pinned host memory limited by available RAM ({_gib(available)} with a "
+            f"{_gib(SAFETY_MARGIN_BYTES)} margin): {_gib(spilled)} of streamed weights use "
+            f"pageable memory instead, which copies slower"
+        )
+    return HostDecision(tuple(pinned), needed, available, warning)
+
+
+def _gib(num_bytes: int) -> str:
+    return f"{num_bytes / 2**30:.2f} GiB"
+
+
+def host_empty(numel: int, dtype, pinned: bool):
+    """A flat host tensor; page-locked when `pinned` and CUDA is there to pin it."""
+    import torch
+
+    pin = pinned and torch.cuda.is_available()
+    return torch.empty(numel, dtype=dtype, device="cpu", pin_memory=pin)

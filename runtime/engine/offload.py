@@ -1,0 +1,216 @@
+"""The worker behind `apply_plan`: place resident weights, pack streamed ones, hook the ring.
+
+Everything done to the model is recorded in `AppliedState` so that `undo()` (on `remove()`,
+or when applying fails half-way) puts back every tensor's device, dtype and values, the same
+tensor objects, and leaves no hook behind.
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+
+import torch
+
+from runtime.engine import packing
+from runtime.engine.casting import install_casts
+from runtime.engine.checks import check_plan, is_fp8
+from runtime.engine.handle import ForwardTimer, OffloadHandle, OffloadStats
+from runtime.engine.host_memory import decide_host_memory
+from runtime.engine.ring import Ring
+from runtime.errors import PlanMismatchError
+from runtime.inventory import device_bytes_by_dtype
+from runtime.plan import CastMode, Placement
+from runtime.schedule import ring_of
+
+_APPLIED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def applied_handle(model) -> OffloadHandle | None:
+    return _APPLIED.get(model)
+
+
+def forget(model, handle) -> None:
+    if _APPLIED.get(model) is handle:
+        del _APPLIED[model]
+
+
+class AppliedState:
+    """What was done to one model, in the order it was done."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.timer = ForwardTimer(device)
+        self.moved: list[tuple[torch.Tensor, torch.device, torch.dtype, str]] = []
+        self.layouts: list[packing.Layout] = []
+        self.host_buffers: list[dict[str, torch.Tensor]] = []
+        self.host_views: list[list[torch.Tensor]] = []
+        self.pinned: list[bool] = []
+        self.ring: Ring | None = None
+        self.hooks: list = []
+        self.casts: list = []
+        self.resident_block_count = 0
+
+    def stats(self, device: torch.device) -> OffloadStats:
+        def nbytes(kind: str) -> int:
+            return sum(t.numel() * t.element_size() for t, _, _, k in self.moved if k == kind)
+
+        pack = [sum(t.numel() * t.element_size() for t in b.values()) for b in self.host_buffers]
+        return OffloadStats(
+            device=str(device),
+            resident_blocks=self.resident_block_count,
+            streamed_blocks=len(self.layouts),
+            resident_bytes=nbytes("resident"),
+            non_block_bytes=nbytes("non_block"),
+            ring_bytes=self.ring.nbytes if self.ring is not None else 0,
+            slots=self.ring.schedule.slots if self.ring is not None else 0,
+            pinned_bytes=sum(b for b, p in zip(pack, self.pinned) if p),
+            pageable_bytes=sum(b for b, p in zip(pack, self.pinned) if not p),
+        )
+
+    def undo(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+        self.hooks = []
+        for cast in self.casts:
+            cast.remove()
+        self.casts = []
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
+        while self.layouts:
+            layout, views = self.layouts.pop(), self.host_views.pop()
+            packing.restore(layout, views)
+            self.host_buffers.pop()
+            self.pinned.pop()
+        for tensor, orig_device, orig_dtype, _ in reversed(self.moved):
+            tensor.data = tensor.data.to(device=orig_device, dtype=orig_dtype)
+        self.moved = []
+
+
+def apply(model, adapter, plan, device: torch.device) -> OffloadHandle:
+    """Check, then apply; a failure half-way undoes what was done and re-raises."""
+    inv = check_plan(model, adapter, plan)
+    compute = plan.model.compute_dtype.torch()
+    blocks = adapter.blocks(model)
+    by_name = {b.name: b for b in plan.blocks}
+    streamed = [by_name[name].placement is Placement.STREAMED for name, _, _ in blocks]
+    pre = [by_name[name].cast is CastMode.PRE for name, _, _ in blocks]
+    layouts = []
+    for (name, _, module), info, s, p in zip(blocks, inv.blocks, streamed, pre):
+        if s:
+            layout = packing.layout_of(module, p, compute)
+            assert layout.bytes_by_group() == device_bytes_by_dtype(info, p), name
+            layouts.append(layout)
+    freed = _host_bytes_released(model, blocks, streamed, device)
+    decision = decide_host_memory([l.bytes for l in layouts], freed, _wants_pinned(plan))
+    if decision.warning:
+        warnings.warn(decision.warning, stacklevel=3)
+
+    state = AppliedState(device)
+    handle = OffloadHandle(model, plan, device, state)
+    try:
+        _place_resident(state, model, blocks, streamed, pre, compute, device)
+        if layouts:
+            _pack_streamed(state, layouts, decision.pinned)
+            state.ring = Ring(
+                ring_of(streamed, plan.prefetch_depth),
+                state.layouts, state.host_buffers, state.host_views, device,
+            )
+            modules = [module for (_, _, module), s in zip(blocks, streamed) if s]
+            _hook_streamed(state, modules)
+        for (_, _, module), s, p in zip(blocks, streamed, pre):
+            if not p:
+                state.casts.extend(install_casts(module, compute))
+        timer = state.timer
+        state.hooks.append(model.register_forward_pre_hook(torch.compiler.disable(timer.before)))
+        state.hooks.append(
+            model.register_forward_hook(torch.compiler.disable(timer.after), always_call=True)
+        )
+    except BaseException:
+        state.undo()
+        raise
+    _APPLIED[model] = handle
+    return handle
+
+
+def _wants_pinned(plan) -> bool:
+    from runtime.plan import HostMemory
+
+    return plan.host_memory is HostMemory.PINNED
+
+
+def _host_bytes_released(model, blocks, streamed, device: torch.device) -> int:
+    """Host bytes of original tensors that applying frees (packed, or moved to the device)."""
+    leaving = set()
+    for (_, _, module), s in zip(blocks, streamed):
+        if s or device.type != "cpu":
+            leaving.update(id(t) for t in packing.unique_tensors(module))
+    if device.type != "cpu":
+        leaving.update(id(t) for t in packing.unique_tensors(model))
+    return sum(
+        t.numel() * t.element_size()
+        for t in packing.unique_tensors(model)
+        if id(t) in leaving and t.device.type == "cpu"
+    )
+
+
+def _place_resident(state, model, blocks, streamed, pre, compute, device) -> None:
+    """Resident blocks and non-block modules to the device; fp8 cast where the plan says."""
+    in_blocks = set()
+    for (_, _, module), s, p in zip(blocks, streamed, pre):
+        tensors = packing.unique_tensors(module)
+        in_blocks.update(id(t) for t in tensors)
+        if not s:
+            state.resident_block_count += 1
+            for tensor in tensors:
+                _move(state, tensor, device, packing.device_dtype(tensor.dtype, p, compute),
+                      "resident")
+    for tensor in packing.unique_tensors(model):
+        if id(tensor) not in in_blocks:
+            # non-block modules always hold the compute dtype: the pipeline reads the
+            # model's dtype from its first parameter, which is one of them
+            dtype = compute if is_fp8(tensor.dtype) else tensor.dtype
+            _move(state, tensor, device, dtype, "non_block")
+
+
+def _move(state, tensor, device, dtype, kind: str) -> None:
+    state.moved.append((tensor, tensor.device, tensor.dtype, kind))
+    tensor.data = tensor.data.to(device=device, dtype=dtype)
+
+
+def _pack_streamed(state, layouts, pinned) -> None:
+    for layout, pin in zip(layouts, pinned):
+        buffers, host_views = packing.pack_host(layout, pin)
+        state.layouts.append(layout)
+        state.host_buffers.append(buffers)
+        state.host_views.append(host_views)
+        state.pinned.append(pin)
+
+
+def _hook_streamed(state, modules) -> None:
+    ring = state.ring
+    for j, module in enumerate(modules):
+
+        def before(module, args, j=j):
+            ring.before(j)
+
+        def after(module, args, output, j=j):
+            ring.after(j)
+
+        state.hooks.append(module.register_forward_pre_hook(torch.compiler.disable(before)))
+        state.hooks.append(
+            module.register_forward_hook(torch.compiler.disable(after), always_call=True)
+        )
+
+
+def refuse_other_plan(model, plan, device) -> OffloadHandle | None:
+    """The handle when the same plan is applied again; refuse a different one."""
+    handle = applied_handle(model)
+    if handle is None:
+        return None
+    if handle.plan == plan and handle.device == device:
+        return handle
+    raise PlanMismatchError(
+        f"another plan ({handle.plan.model.id} on {handle.device}) is already applied to this "
+        f"model: call remove() on its handle first, then apply the new plan"
+    )

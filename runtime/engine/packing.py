@@ -1,0 +1,121 @@
+"""Packing: a block's tensors laid out back to back, one flat buffer per device dtype.
+
+The layout is fixed (parameters in `named_parameters` order, then buffers), so the host
+buffer, every ring slot and the views into them agree. Sizes per dtype group are exactly
+`runtime.inventory.device_bytes_by_dtype` of the block: fp8 tensors become the compute dtype
+when cast on the host (`pre`), everything else keeps its storage dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from runtime.dtypes import DType
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One tensor of a block: where it sits in its dtype group and what it was."""
+
+    tensor: torch.Tensor  # the nn.Parameter or buffer object itself (identity is kept)
+    group: str  # device dtype name, e.g. "bf16"
+    offset: int  # elements from the start of the group
+    numel: int
+    shape: tuple[int, ...]
+    orig_dtype: torch.dtype
+    orig_device: torch.device
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    entries: tuple[Entry, ...]
+    numel_by_group: dict[str, int]
+
+    def bytes_by_group(self) -> dict[str, int]:
+        return {g: n * DType(g).itemsize for g, n in self.numel_by_group.items()}
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.bytes_by_group().values())
+
+
+def unique_tensors(module) -> list[torch.Tensor]:
+    """Parameters then buffers of `module`, each once, in a fixed order."""
+    seen: set[int] = set()
+    out = []
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            out.append(tensor)
+    return out
+
+
+def device_dtype(dtype: torch.dtype, cast_on_host: bool, compute: torch.dtype) -> torch.dtype:
+    """The dtype a stored tensor has on the device."""
+    if cast_on_host and dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        return compute
+    return dtype
+
+
+def layout_of(module, cast_on_host: bool, compute: torch.dtype) -> Layout:
+    entries = []
+    numel_by_group: dict[str, int] = {}
+    for tensor in unique_tensors(module):
+        group = DType.from_torch(device_dtype(tensor.dtype, cast_on_host, compute)).value
+        offset = numel_by_group.get(group, 0)
+        numel = tensor.numel()
+        entries.append(
+            Entry(tensor, group, offset, numel, tuple(tensor.shape), tensor.dtype, tensor.device)
+        )
+        numel_by_group[group] = offset + numel
+    return Layout(tuple(entries), numel_by_group)
+
+
+def empty_group_buffers(numel_by_group: dict[str, int], device, *, pinned: bool = False):
+    """One flat tensor per dtype group, on `device` (host buffers may be pinned)."""
+    from runtime.engine.host_memory import host_empty
+
+    out = {}
+    for group, numel in numel_by_group.items():
+        dtype = DType(group).torch()
+        if torch.device(device).type == "cpu":
+            out[group] = host_empty(numel, dtype, pinned)
+        else:
+            out[group] = torch.empty(numel, dtype=dtype, device=device)
+    return out
+
+
+def views(layout: Layout, buffers: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """One view per entry into `buffers`, shaped like the tensor it stands for."""
+    return [
+        buffers[e.group].narrow(0, e.offset, e.numel).view(e.shape) for e in layout.entries
+    ]
+
+
+def pack_host(layout: Layout, pinned: bool) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """Copy (and cast) the block's tensors into fresh host buffers; point them at the copies.
+
+    The original storage is released as each tensor's `.data` moves to its host view.
+    """
+    buffers = empty_group_buffers(layout.numel_by_group, "cpu", pinned=pinned)
+    host_views = views(layout, buffers)
+    for entry, view in zip(layout.entries, host_views):
+        view.copy_(entry.tensor.data)
+        entry.tensor.data = view
+    return buffers, host_views
+
+
+def bind(layout: Layout, targets: list[torch.Tensor]) -> None:
+    """Point every tensor of the block at `targets` (views into a slot or the host pack)."""
+    for entry, target in zip(layout.entries, targets):
+        entry.tensor.data = target
+
+
+def restore(layout: Layout, sources: list[torch.Tensor]) -> None:
+    """Give every tensor its own storage again, in its original dtype and device."""
+    for entry, source in zip(layout.entries, sources):
+        entry.tensor.data = source.to(
+            device=entry.orig_device, dtype=entry.orig_dtype, copy=True
+        )
