@@ -1,4 +1,13 @@
 """Runtime: knows model families and executes offload plans.
 
-Importing this package touches nothing heavy; torch is imported by the modules that need it.
+`from runtime import apply_plan` is the Python API. Importing this package touches nothing
+heavy; torch is imported by the modules that need it, when they are first used.
 """
+
+
+def __getattr__(name: str):
+    if name == "apply_plan":
+        from runtime.apply import apply_plan
+
+        return apply_plan
+    raise AttributeError(f"module 'runtime' has no attribute {name!r}")
