@@ -32,7 +32,18 @@ class Inventory:
     storage_dtype: DType
     blocks: tuple[BlockInfo, ...]
     non_block_params: int
-    non_block_bytes: int
+    non_block_bytes_by_dtype: Mapping[str, int]
+
+    @property
+    def non_block_bytes(self) -> int:
+        return sum(self.non_block_bytes_by_dtype.values())
+
+    @property
+    def non_block_device_bytes(self) -> int:
+        """Bytes the non-block modules take on the device: the runtime keeps them in the
+        compute dtype (fp8 storage arrives as bf16), as the pipeline reads the model's dtype
+        from them."""
+        return sum(_device_groups(self.non_block_bytes_by_dtype, cast_on_host=True).values())
 
     @property
     def block_params(self) -> int:
@@ -72,15 +83,23 @@ class Inventory:
                 }
                 for b in self.blocks
             ],
-            "non_block": {"params": self.non_block_params, "bytes": self.non_block_bytes},
+            "non_block": {
+                "params": self.non_block_params,
+                "bytes": self.non_block_bytes,
+                "bytes_by_dtype": dict(self.non_block_bytes_by_dtype),
+            },
             "total": {"params": self.total_params, "bytes": self.total_bytes},
         }
 
 
 def _tensor_bytes(module, storage: DType) -> tuple[int, dict[str, int]]:
+    return _tensor_bytes_of(list(module.parameters()) + list(module.buffers()), storage)
+
+
+def _tensor_bytes_of(tensors, storage: DType) -> tuple[int, dict[str, int]]:
     params = 0
     by_dtype: dict[str, int] = {}
-    for tensor in list(module.parameters()) + list(module.buffers()):
+    for tensor in tensors:
         numel = tensor.numel()
         params += numel
         dtype = storage_dtype(storage, tuple(tensor.shape))
@@ -96,14 +115,9 @@ def inventory_of_module(model, adapter, model_id: str, storage: DType) -> Invent
         params, by_dtype = _tensor_bytes(block, storage)
         blocks.append(BlockInfo(name, kind, index, params, by_dtype))
         block_ids.update(id(t) for t in list(block.parameters()) + list(block.buffers()))
-    rest_params = 0
-    rest_bytes = 0
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        if id(tensor) in block_ids:
-            continue
-        rest_params += tensor.numel()
-        rest_bytes += tensor.numel() * storage_dtype(storage, tuple(tensor.shape)).itemsize
-    return Inventory(model_id, adapter.name, storage, tuple(blocks), rest_params, rest_bytes)
+    rest = [t for t in list(model.parameters()) + list(model.buffers()) if id(t) not in block_ids]
+    rest_params, rest_by_dtype = _tensor_bytes_of(rest, storage)
+    return Inventory(model_id, adapter.name, storage, tuple(blocks), rest_params, rest_by_dtype)
 
 
 def inventory(model_id: str, storage: DType | None = None) -> Inventory:
@@ -123,10 +137,14 @@ def device_bytes_by_dtype(block: BlockInfo, cast_on_host: bool) -> dict[str, int
     fp8 storage with the cast on the host (`pre`) arrives in the compute dtype (bf16): its fp8
     matrices take twice the bytes. Otherwise the device holds the storage dtype as it is.
     """
-    from runtime.dtypes import DType, compute_dtype
+    return _device_groups(block.bytes_by_dtype, cast_on_host)
+
+
+def _device_groups(bytes_by_dtype: Mapping[str, int], cast_on_host: bool) -> dict[str, int]:
+    from runtime.dtypes import compute_dtype
 
     out: dict[str, int] = {}
-    for name, num_bytes in block.bytes_by_dtype.items():
+    for name, num_bytes in bytes_by_dtype.items():
         dtype = DType(name)
         if cast_on_host and dtype.is_fp8:
             target = compute_dtype(dtype)

@@ -60,7 +60,11 @@ def test_flux_dev_blocks(dev):
 
 def test_flux_dev_totals(dev):
     assert dev["model"] == "flux-dev" and dev["family"] == "flux" and dev["dtype"] == "bf16"
-    assert dev["non_block"] == {"params": DEV_NON_BLOCK, "bytes": 2 * DEV_NON_BLOCK}
+    assert dev["non_block"] == {
+        "params": DEV_NON_BLOCK,
+        "bytes": 2 * DEV_NON_BLOCK,
+        "bytes_by_dtype": {"bf16": 2 * DEV_NON_BLOCK},
+    }
     assert dev["total"] == {"params": DEV_TOTAL, "bytes": 2 * DEV_TOTAL}
     assert 19 * DOUBLE_PARAMS + 38 * SINGLE_PARAMS + DEV_NON_BLOCK == DEV_TOTAL
 
