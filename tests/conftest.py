@@ -5,6 +5,14 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def _private_default_store(tmp_path_factory, monkeypatch):
+    """Commands that use the default store write into a test-private data directory,
+    never the user's; a PLANNER_DB_URL from the environment does not leak in."""
+    monkeypatch.delenv("PLANNER_DB_URL", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.getbasetemp() / "xdg-data"))
+
+
 def pytest_runtest_setup(item):
     if item.get_closest_marker("gpu") is not None:
         import torch

@@ -65,7 +65,7 @@ def test_apply_json(weights, tmp_path):
     data = json.loads(result.output[result.output.index("{"):])
     assert data["steps"] == 1 and len(data["step_ms"]) == 1 and data["peak_vram_bytes"] is None
     assert data["ratio_to_lower_bound"] == pytest.approx(data["step_ms"][0] / 4.0)
-    assert data["run_id"] is None and out.is_file()
+    assert isinstance(data["run_id"], int) and out.is_file()  # recorded in the default store
 
 
 @pytest.mark.parametrize("case", ["missing plan", "other model", "missing weights"])
@@ -84,3 +84,21 @@ def test_bad_input_is_one_line_exit_2(weights, tmp_path, case):
     assert result.exit_code == 2, result.output
     lines = [l for l in result.output.splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and not out.exists()
+
+
+def test_apply_records_the_measured_run_in_the_store(weights, tmp_path):
+    from db.store import open_store
+    from runtime.plan import load_plan
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    plan_path = _plan(tmp_path)
+    args = ["apply", str(plan_path), "--weights", str(weights), "--prompt", "a cat",
+            "--steps", "2", "-o", str(tmp_path / "o.png"), "--device", "cpu", "--db", url]
+    for _ in range(2):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+    with open_store(url) as store:
+        stored = store.list_plans()
+    assert len(stored) == 1, "the same plan is stored once"
+    assert stored[0].plan == load_plan(plan_path)
+    assert stored[0].runs == 2 and stored[0].best_measured_ms > 0

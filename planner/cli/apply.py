@@ -31,7 +31,11 @@ def apply(
     from runtime.generate import GenerateConfig, generate, record_run
     from runtime.plan import load_plan
 
+    from db.store import open_store
+
     plan = load_plan(plan_file)
+    with open_store(db):  # a locked, read-only or out-of-date store fails here, before any work
+        pass
     spec = CATALOG.get(plan.model.id)
     config = GenerateConfig(
         weights=weights, prompt=prompt, output=output,
@@ -40,7 +44,7 @@ def apply(
         height=height, width=width, transformer_file=transformer, device=device,
     )
     result = generate(plan, config)
-    run_id = record_run(db, plan, result) if db else None
+    run_id = record_run(db, plan, result)
     if json_out:
         print_json(result.to_dict() | {"run_id": run_id})
         return
@@ -52,5 +56,4 @@ def apply(
     typer.echo(f"{result.seconds_per_step:.3f} s/step over {result.steps} steps on {result.device}")
     typer.echo(f"peak VRAM {peak} (plan predicted {format_size(result.predicted_peak_vram_bytes)})")
     typer.echo(f"ratio to the plan's lower bound ({result.lower_bound_ms:.1f} ms/step): {ratio}")
-    if run_id is not None:
-        typer.echo(f"recorded run {run_id}")
+    typer.echo(f"recorded run {run_id}")
