@@ -1,8 +1,80 @@
-"""`planner explain` (owned by the planner work; placeholder until it lands)."""
+"""`planner explain`: where a plan's time goes, block by block, and a timeline picture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
+from planner.cli._common import DbOption, JsonOption, print_json, print_table
 
-def explain() -> None:
-    """Show where a plan's time goes."""
-    raise typer.Exit(1)
+
+def explain(
+    plan_file: Annotated[Path, typer.Argument(help="A plan.json written by `planner tune`.")],
+    png: Annotated[Optional[Path], typer.Option("--png", help="Write a timeline of both streams here.")] = None,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help="Explain with this reference GPU's profile.")] = None,
+    profile: Annotated[Optional[int], typer.Option("--profile", help="Explain with this stored profile id.")] = None,
+    db: DbOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Show where a plan's time goes: compute, copy and wait per block over one step."""
+    from planner.explain import explain as explain_plan
+    from planner.explain import render_timeline
+    from runtime.plan import load_plan
+
+    plan = load_plan(plan_file)
+    result = explain_plan(plan, _profile_for(plan, gpu, profile, db))
+    if png is not None:
+        render_timeline(result, png)
+    if json_out:
+        print_json({**result.to_dict(), "png": str(png) if png else None})
+        return
+    _print(result, png)
+
+
+def _profile_for(plan, gpu: str | None, profile_id: int | None, db: str | None):
+    """--profile, else --gpu, else the plan's stored profile, else its target's reference."""
+    from runtime.errors import UserError
+
+    if gpu is not None and profile_id is not None:
+        raise UserError("--gpu and --profile both name a profile: give one of them")
+    profile_id = profile_id if profile_id is not None or gpu is not None else plan.provenance.profile_id
+    if profile_id is not None:
+        from db.store import open_store
+
+        with open_store(db) as store:
+            return store.get_profile(profile_id)
+    from profiler.reference import find_gpu, reference_profile
+
+    name = gpu or plan.target.gpu_name
+    try:
+        spec = find_gpu(name)
+    except UserError:
+        raise UserError(
+            f"the plan's target {name!r} is not a reference GPU and the plan names no stored profile: "
+            f"pass --gpu NAME or --profile ID"
+        ) from None
+    return reference_profile(spec.id, plan.model.id, plan.workload, plan.model.storage_dtype)
+
+
+def _print(result, png: Path | None) -> None:
+    from planner.budget import format_size
+
+    p = result.prediction
+    rows = [
+        [r.name, r.kind, r.placement, f"{r.compute_ms:.2f}", f"{r.cast_ms:.2f}", f"{r.copy_ms:.2f}", f"{r.wait_ms:.2f}"]
+        for r in result.rows
+    ]
+    print_table(
+        f"{result.plan.model.id}: one steady step (ms)",
+        ["block", "kind", "placement", "compute", "cast", "copy", "wait"],
+        rows,
+    )
+    ratio = f" ({p.step_ms / p.lower_bound_ms:.2f}x the lower bound)" if p.lower_bound_ms > 0 else ""
+    typer.echo(
+        f"step {p.step_ms / 1000:.3f} s{ratio}; compute stream idle {result.wait_ms:.1f} ms; "
+        f"peak VRAM {format_size(p.peak_vram_bytes)}"
+    )
+    if png is not None:
+        typer.echo(f"timeline written to {png}")

@@ -1,8 +1,96 @@
-"""`planner tune` (owned by the planner work; placeholder until it lands)."""
+"""`planner tune`: find the fastest plan that fits a VRAM budget, store it, write plan.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
+from planner.cli._common import DbOption, JsonOption, print_json, print_table
 
-def tune() -> None:
-    """Find the fastest plan that fits a VRAM budget."""
-    raise typer.Exit(1)
+
+def tune(
+    model: Annotated[str, typer.Option("--model", help="Model id from `planner models list`.")],
+    vram: Annotated[str, typer.Option("--vram", help="VRAM budget, e.g. 8GB (GB means GiB).")],
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help="Plan from this reference GPU's profile.")] = None,
+    profile: Annotated[Optional[int], typer.Option("--profile", help="Plan from this stored profile id.")] = None,
+    resolution: Annotated[str, typer.Option(help="Image size WIDTHxHEIGHT.")] = "1024x1024",
+    batch: Annotated[int, typer.Option(help="Images per step.")] = 1,
+    dtype: Annotated[str, typer.Option(help="Storage dtype: bf16 or fp8 (default: the model's).")] = "",
+    trials: Annotated[Optional[int], typer.Option(help="Optuna trials.")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Stop the search after this many seconds.")] = None,
+    seed: Annotated[int, typer.Option(help="Search seed: same seed, same plan.")] = 0,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the plan here.")] = None,
+    verify: Annotated[int, typer.Option(help="Run the K best candidates on this GPU; keep the fastest.")] = 0,
+    db: DbOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Find the fastest plan that fits a VRAM budget (Optuna over the cost model)."""
+    from planner.budget import parse_size
+    from planner.search import DEFAULT_TRIALS
+    from planner.tuning import TuneRequest, summary
+    from planner.tuning import tune as run_tune
+    from runtime.catalog import get_model
+    from runtime.dtypes import DType
+    from runtime.plan import save_plan
+    from runtime.workload import Workload, parse_resolution
+
+    spec = get_model(model)
+    width, height = parse_resolution(resolution)
+    workload = Workload(height=height, width=width, batch=batch, text_tokens=spec.text_tokens)
+    request = TuneRequest(
+        model_id=spec.id,
+        budget_bytes=parse_size(vram, "--vram"),
+        workload=workload,
+        storage_dtype=DType.parse(dtype) if dtype else spec.storage_dtype,
+        gpu=gpu,
+        profile_id=profile,
+        trials=trials or DEFAULT_TRIALS,
+        timeout_s=timeout,
+        seed=seed,
+        db_url=db,
+        verify=verify,
+    )
+    outcome = run_tune(request)
+    if output is not None:
+        save_plan(outcome.plan, output)
+    data = summary(outcome)
+    if json_out:
+        print_json({**data, "output": str(output) if output else None})
+        return
+    _print(data, output)
+
+
+def _print(data: dict, output: Path | None) -> None:
+    from planner.budget import format_size
+
+    p = data["placement"]
+    counts = ", ".join(
+        f"{c['resident']} {kind} resident / {c['streamed']} streamed" for kind, c in p["blocks"].items()
+    )
+    source = data["profile"]
+    where = f"reference profile of {source['target']}" if source["reference"] else f"profile {source['id']} ({source['target']})"
+    lines = [
+        f"plan {data['plan_id']} for {data['plan']['model']['id']} within {format_size(data['plan']['target']['vram_budget_bytes'])}, from the {where}",
+        f"  blocks:        {counts} (pattern {p['pattern']})",
+        f"  prefetch:      depth {p['depth']}, cast {p['cast']}, host memory {p['host_memory']}",
+        f"  host RAM:      {format_size(data['host_bytes'])} {p['host_memory']} for streamed blocks",
+        f"  predicted:     {data['step_ms'] / 1000:.3f} s/step, peak VRAM {format_size(data['peak_vram_bytes'])}",
+    ]
+    if data["ratio_to_bound"] is not None:
+        lines.append(
+            f"  lower bound:   {data['lower_bound_ms'] / 1000:.3f} s/step (this plan is {data['ratio_to_bound']:.2f}x it)"
+        )
+    if data["measured_step_ms"] is not None:
+        lines.append(f"  measured:      {data['measured_step_ms'] / 1000:.3f} s/step")
+    if output is not None:
+        lines.append(f"  written to:    {output}")
+    typer.echo("\n".join(lines))
+    rows = [["tuned (this plan)", "offload-planner", f"{data['step_ms'] / 1000:.3f}", format_size(data["peak_vram_bytes"])]]
+    for row in data["policies"]:
+        if row["fits"]:
+            rows.append([row["policy"], row["peer"], f"{row['step_ms'] / 1000:.3f}", format_size(row["peak_vram_bytes"])])
+        else:
+            rows.append([row["policy"], row["peer"], "does not fit", ""])
+    print_table("peer policies at the same budget (predicted)", ["policy", "as in", "s/step", "peak VRAM"], rows)

@@ -1,0 +1,299 @@
+"""The cost model: a discrete-event simulation of the runtime's streaming schedule.
+
+It simulates exactly the rule in `runtime.schedule` (read its docstring): blocks run in
+execution order, forward after forward; streamed blocks are numbered with one use counter `g`
+across forwards and steps; use `g` sits in ring slot `g % slots` with `slots = min(depth, m)`;
+copies of uses 0..slots-1 are issued first; compute of `g` waits for the copy of `g`; the copy
+of `g + slots` is issued once compute of `g` is enqueued and starts when compute of `g` has
+finished (slot free) and the copy before it on the single FIFO copy stream has finished.
+
+Durations, in ms:
+- copy of a block = per-copy overhead x its dtype groups + device bytes / bandwidth, where the
+  bytes are `device_bytes_by_dtype(block, cast_on_host=(cast is pre))` and the bandwidth is
+  `pinned_under_compute_gbps` from pinned host memory. Pageable host memory blocks the host
+  for the copy, so a pageable copy is serialised with compute, at `pageable_gbps`.
+- compute of a block = `compute_ms`, plus `cast_ms` when fp8 storage is cast on the device
+  (`auto`), for streamed and resident blocks alike.
+- each forward starts with the non-block modules (`non_block_ms`).
+
+Memory: peak VRAM = device weight bytes + activation peak + workspace, where device weight
+bytes = resident blocks' device bytes + the non-block modules' device bytes
+(`Inventory.non_block_device_bytes`: the runtime keeps them in the compute dtype) + the ring
+(`runtime.schedule.ring_bytes`). The runtime reports the same device weight bytes.
+
+Lower bound at a budget V (see `CostModel.lower_bound_ms`): for each cast mode the search may
+use, max(compute of every forward incl. the casts that mode makes unavoidable, bytes that
+must stream / best bandwidth), and the smallest of those over cast modes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+from runtime.errors import UserError
+from runtime.inventory import device_bytes_by_dtype
+from runtime.plan import CastMode, HostMemory
+from runtime.schedule import ring_bytes, ring_of
+
+DEFAULT_STEPS = 4  # simulated steps at least; the last one is the steady state reported
+MAX_STEPS = 8
+NON_BLOCK = "non-block"
+
+
+class Stream(str, enum.Enum):
+    COPY = "copy"
+    COMPUTE = "compute"
+
+
+class EventKind(str, enum.Enum):
+    COPY = "copy"
+    COMPUTE = "compute"
+    CAST = "cast"
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One interval on one stream, in ms from the start of the steady step."""
+
+    stream: Stream
+    start_ms: float
+    end_ms: float
+    block: str
+    kind: EventKind
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """What the cost model needs of a plan: per block (execution order) streamed or not and
+    its cast mode, the prefetch depth and the host memory kind."""
+
+    streamed: tuple[bool, ...]
+    casts: tuple[CastMode, ...]
+    depth: int
+    host_memory: HostMemory
+
+    @classmethod
+    def uniform(cls, streamed, cast: CastMode, depth: int, host_memory: HostMemory) -> "Layout":
+        streamed = tuple(bool(s) for s in streamed)
+        return cls(streamed, (cast,) * len(streamed), depth, host_memory)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    step_ms: float  # steady-state time of one step (the last simulated step)
+    peak_vram_bytes: int
+    device_weight_bytes: int
+    lower_bound_ms: float
+    timeline: tuple[Event, ...]  # one steady step, both streams
+
+
+class CostModel:
+    """Precomputed per-block durations and bytes for one inventory and one profile."""
+
+    def __init__(self, inventory, profile) -> None:
+        check_same_blocks(inventory, profile)
+        self.inventory = inventory
+        self.profile = profile
+        self.names = tuple(b.name for b in inventory.blocks)
+        self.forwards = profile.workload.forwards_per_step
+        self.fp8 = inventory.storage_dtype.is_fp8
+        self.fixed_bytes = (
+            inventory.non_block_device_bytes + profile.activation_peak_bytes + profile.workspace_bytes
+        )
+        bw = profile.bandwidth
+        self._gbps = {HostMemory.PINNED: bw.pinned_under_compute_gbps, HostMemory.PAGEABLE: bw.pageable_gbps}
+        self.best_gbps = max(self._gbps.values())
+        self.dev = {  # cast -> per block {dtype: bytes} on the device
+            cast: tuple(device_bytes_by_dtype(b, cast_on_host=cast is CastMode.PRE) for b in inventory.blocks)
+            for cast in CastMode
+        }
+        self.dev_total = {cast: tuple(sum(d.values()) for d in groups) for cast, groups in self.dev.items()}
+        self.compute = tuple(b.compute_ms for b in profile.blocks)
+        self.cast_ms = tuple(b.cast_ms if self.fp8 else 0.0 for b in profile.blocks)
+        self.copy = {
+            (cast, host): tuple(
+                bw.copy_overhead_us / 1000.0 * sum(1 for v in self.dev[cast][i].values() if v)
+                + self.dev_total[cast][i] / (self._gbps[host] * 1e6)
+                for i in range(len(self.names))
+            )
+            for cast in CastMode
+            for host in HostMemory
+        }
+
+    # ------------------------------------------------------------ memory
+
+    def device_weight_bytes(self, layout: Layout) -> int:
+        self._check(layout)
+        resident = sum(
+            self.dev_total[c][i] for i, (s, c) in enumerate(zip(layout.streamed, layout.casts)) if not s
+        )
+        streamed = [self.dev[c][i] for i, (s, c) in enumerate(zip(layout.streamed, layout.casts)) if s]
+        ring = ring_bytes(ring_of(list(layout.streamed), layout.depth), streamed) if streamed else 0
+        return resident + self.inventory.non_block_device_bytes + ring
+
+    def peak_bytes(self, layout: Layout) -> int:
+        return self.device_weight_bytes(layout) - self.inventory.non_block_device_bytes + self.fixed_bytes
+
+    # ------------------------------------------------------------ time
+
+    def block_compute_ms(self, i: int, cast: CastMode) -> float:
+        return self.compute[i] + (self.cast_ms[i] if cast is CastMode.AUTO else 0.0)
+
+    def copy_ms(self, i: int, cast: CastMode, host: HostMemory) -> float:
+        return self.copy[(cast, host)][i]
+
+    def step_ms(self, layout: Layout) -> float:
+        return self._simulate(layout, record=False)[0]
+
+    def predict(self, layout: Layout, budget_bytes: int | None = None) -> Prediction:
+        """Step time, memory and timeline of `layout`; the lower bound is taken at
+        `budget_bytes`, or at the layout's own peak when no budget is given."""
+        step, timeline = self._simulate(layout, record=True)
+        weights = self.device_weight_bytes(layout)
+        peak = weights - self.inventory.non_block_device_bytes + self.fixed_bytes
+        bound = self.lower_bound_ms(peak if budget_bytes is None else budget_bytes)
+        return Prediction(step, peak, weights, bound, timeline)
+
+    def lower_bound_ms(self, budget_bytes: int) -> float:
+        """No plan within `budget_bytes` can step faster than this.
+
+        For a cast mode: compute = forwards x (non-block + every block's compute, plus every
+        block's cast under `auto`, since resident blocks cast too). Bytes that must stream =
+        all block device bytes minus what can stay resident: the budget less non-block bytes,
+        activation peak, workspace and one ring slot of the smallest block (a plan that
+        streams anything holds at least that). The bound is max(compute, forwards x must-stream
+        bytes / the best bandwidth), minimised over the cast modes of the search space.
+        """
+        bounds = []
+        for cast in self.cast_modes():
+            totals = self.dev_total[cast]
+            compute = self.forwards * (
+                self.profile.non_block_ms + sum(self.block_compute_ms(i, cast) for i in range(len(totals)))
+            )
+            room = budget_bytes - self.fixed_bytes
+            if room >= sum(totals):
+                must_stream = 0
+            else:
+                must_stream = max(0, sum(totals) - max(0, room - min(totals)))
+            transfer = self.forwards * must_stream / (self.best_gbps * 1e6)
+            bounds.append(max(compute, transfer))
+        return min(bounds)
+
+    def cast_modes(self) -> tuple[CastMode, ...]:
+        return (CastMode.PRE, CastMode.AUTO) if self.fp8 else (CastMode.PRE,)
+
+    # ------------------------------------------------------------ simulation
+
+    def _check(self, layout: Layout) -> None:
+        if len(layout.streamed) != len(self.names) or len(layout.casts) != len(self.names):
+            raise UserError(
+                f"a layout of {len(layout.streamed)} blocks does not fit {self.inventory.model_id}, "
+                f"which has {len(self.names)}: give one entry per block"
+            )
+        if not 1 <= layout.depth <= 16:
+            raise UserError(f"prefetch depth {layout.depth} is out of range: give 1 to 16")
+
+    def _simulate(self, layout: Layout, record: bool) -> tuple[float, tuple[Event, ...]]:
+        self._check(layout)
+        n = len(self.names)
+        comp = [self.block_compute_ms(i, c) for i, c in enumerate(layout.casts)]
+        copy = [self.copy_ms(i, c, layout.host_memory) for i, c in enumerate(layout.casts)]
+        pageable = layout.host_memory is HostMemory.PAGEABLE
+        streamed = [i for i in range(n) if layout.streamed[i]]
+        m = len(streamed)
+        slots = min(layout.depth, m)
+        nb = self.profile.non_block_ms
+        sim = _Sim(record)
+        for g in range(slots):  # initial copies, before the first step
+            sim.copy(g, streamed[g], copy[streamed[g]], 0.0, step=-1)
+        if pageable:
+            sim.t_comp = sim.t_copy
+        ends = [0.0]
+        step = 0
+        while step < DEFAULT_STEPS or (step < MAX_STEPS and not _settled(ends)):
+            for f in range(self.forwards):
+                q = step * self.forwards + f
+                sim.compute(NON_BLOCK, nb, 0.0, 0.0, step)
+                j = 0
+                for i in range(n):
+                    if not layout.streamed[i]:
+                        sim.compute(i, comp[i], 0.0, comp[i] - self.compute[i], step)
+                        continue
+                    g = q * m + j
+                    j += 1
+                    end = sim.compute(i, comp[i], sim.copy_done.pop(g), comp[i] - self.compute[i], step)
+                    nxt = streamed[(g + slots) % m]
+                    sim.copy(g + slots, nxt, copy[nxt], end, step)
+                    if pageable:
+                        sim.t_comp = sim.t_copy
+            ends.append(sim.t_comp)
+            step += 1
+        step_ms = ends[-1] - ends[-2]
+        if not record:
+            return step_ms, ()
+        return step_ms, sim.timeline(step - 1, ends[-2], self.names)
+
+
+def _settled(ends: list[float]) -> bool:
+    a, b = ends[-1] - ends[-2], ends[-2] - ends[-3]
+    return abs(a - b) <= 1e-9 * max(1.0, a)
+
+
+class _Sim:
+    """Stream cursors and, when recording, raw events (step, stream, start, end, block, kind)."""
+
+    def __init__(self, record: bool) -> None:
+        self.t_comp = 0.0
+        self.t_copy = 0.0
+        self.copy_done: dict[int, float] = {}
+        self.record = record
+        self.events: list[tuple] = []
+
+    def copy(self, use: int, block: int, duration: float, ready: float, step: int) -> None:
+        start = max(ready, self.t_copy)
+        self.t_copy = start + duration
+        self.copy_done[use] = self.t_copy
+        if self.record:
+            self.events.append((step, Stream.COPY, start, self.t_copy, block, EventKind.COPY))
+
+    def compute(self, block, duration: float, ready: float, cast: float, step: int) -> float:
+        start = max(self.t_comp, ready)
+        self.t_comp = start + duration
+        if self.record:
+            if cast > 0:
+                self.events.append((step, Stream.COMPUTE, start, start + cast, block, EventKind.CAST))
+            self.events.append((step, Stream.COMPUTE, start + cast, self.t_comp, block, EventKind.COMPUTE))
+        return self.t_comp
+
+    def timeline(self, step: int, origin: float, names: tuple[str, ...]) -> tuple[Event, ...]:
+        """Events of `step`, plus copies of earlier steps still running when it starts."""
+        out = []
+        for s, stream, start, end, block, kind in self.events:
+            if s == step or (stream is Stream.COPY and s < step and end > origin):
+                name = block if isinstance(block, str) else names[block]
+                out.append(Event(stream, start - origin, end - origin, name, kind))
+        return tuple(out)
+
+
+def check_same_blocks(inventory, profile) -> None:
+    """The profile must describe the inventory's blocks: same model, dtype, names and bytes."""
+    what = f"profile {profile.id}" if profile.id is not None else f"the profile ({profile.source})"
+    fix = (
+        f"profile {inventory.model_id} in {inventory.storage_dtype.value} again "
+        f"(planner profile --model {inventory.model_id}) or pick the matching profile"
+    )
+    if profile.model_id != inventory.model_id or profile.storage_dtype != inventory.storage_dtype:
+        raise UserError(
+            f"{what} is for {profile.model_id} in {profile.storage_dtype.value}, not "
+            f"{inventory.model_id} in {inventory.storage_dtype.value}: {fix}"
+        )
+    ours = [(b.name, b.kind, b.bytes) for b in inventory.blocks]
+    theirs = [(b.name, b.kind, b.bytes) for b in profile.blocks]
+    if ours != theirs:
+        raise UserError(f"{what} does not describe the same blocks as {inventory.model_id}: {fix}")
+
+
+def predict(inventory, profile, layout: Layout, budget_bytes: int | None = None) -> Prediction:
+    """Predicted steady step time, peak VRAM and timeline of `layout` under `profile`."""
+    return CostModel(inventory, profile).predict(layout, budget_bytes)

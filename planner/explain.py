@@ -1,0 +1,142 @@
+"""Where a plan's time goes: per-block compute, cast, copy and wait from the cost model, and a
+picture of both streams over one steady step (matplotlib, imported only to draw)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from planner.costmodel import NON_BLOCK, CostModel, EventKind, Layout, Prediction, Stream
+from runtime.errors import PlanMismatchError, UserError
+from runtime.plan import Placement, Plan
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockRow:
+    name: str
+    kind: str
+    placement: str
+    compute_ms: float
+    cast_ms: float
+    copy_ms: float  # its copy's duration, on the copy stream (0 for resident blocks)
+    wait_ms: float  # compute stream idle just before it: the bubble this block waits in
+
+
+@dataclasses.dataclass(frozen=True)
+class Explanation:
+    plan: Plan
+    prediction: Prediction
+    rows: tuple[BlockRow, ...]
+
+    @property
+    def wait_ms(self) -> float:
+        return sum(r.wait_ms for r in self.rows)
+
+    def to_dict(self) -> dict:
+        p = self.prediction
+        return {
+            "step_ms": p.step_ms,
+            "peak_vram_bytes": p.peak_vram_bytes,
+            "device_weight_bytes": p.device_weight_bytes,
+            "lower_bound_ms": p.lower_bound_ms,
+            "wait_ms": self.wait_ms,
+            "blocks": [dataclasses.asdict(r) for r in self.rows],
+            "timeline": [
+                {"stream": e.stream.value, "start_ms": e.start_ms, "end_ms": e.end_ms, "block": e.block, "kind": e.kind.value}
+                for e in p.timeline
+            ],
+        }
+
+
+def layout_of(plan: Plan, inventory) -> Layout:
+    """The cost model's view of a plan, checked block by block against the model."""
+    names = [b.name for b in inventory.blocks]
+    if [b.name for b in plan.blocks] != names:
+        raise PlanMismatchError(
+            f"the plan's blocks do not match {inventory.model_id} in execution order: tune the plan again"
+        )
+    return Layout(
+        streamed=tuple(b.placement is Placement.STREAMED for b in plan.blocks),
+        casts=tuple(b.cast for b in plan.blocks),
+        depth=plan.prefetch_depth,
+        host_memory=plan.host_memory,
+    )
+
+
+def explain(plan: Plan, profile, inventory=None) -> Explanation:
+    """Per-block times of `plan` under `profile` over one steady step."""
+    from runtime.inventory import inventory as inventory_of
+
+    inv = inventory or inventory_of(plan.model.id, plan.model.storage_dtype)
+    if profile.workload != plan.workload:
+        raise UserError(
+            f"the profile is for {profile.workload.resolution} batch {profile.workload.batch}, the plan for "
+            f"{plan.workload.resolution} batch {plan.workload.batch}: use a profile of the plan's workload"
+        )
+    model = CostModel(inv, profile)
+    layout = layout_of(plan, inv)
+    prediction = model.predict(layout, plan.target.vram_budget_bytes)
+    waits = _waits(prediction)
+    rows = []
+    for i, b in enumerate(plan.blocks):
+        cast = layout.casts[i]
+        rows.append(
+            BlockRow(
+                name=b.name,
+                kind=b.kind,
+                placement=b.placement.value,
+                compute_ms=model.compute[i] * model.forwards,
+                cast_ms=(model.block_compute_ms(i, cast) - model.compute[i]) * model.forwards,
+                copy_ms=model.copy_ms(i, cast, layout.host_memory) * model.forwards if layout.streamed[i] else 0.0,
+                wait_ms=waits.get(b.name, 0.0),
+            )
+        )
+    return Explanation(plan, prediction, tuple(rows))
+
+
+def _waits(prediction: Prediction) -> dict[str, float]:
+    """Idle time on the compute stream before each block's first event, summed over forwards."""
+    out: dict[str, float] = {}
+    last_end, last_block = 0.0, None
+    for e in sorted((e for e in prediction.timeline if e.stream is Stream.COMPUTE), key=lambda e: e.start_ms):
+        if e.block != last_block and e.block != NON_BLOCK:
+            out[e.block] = out.get(e.block, 0.0) + max(0.0, e.start_ms - last_end)
+        last_end, last_block = e.end_ms, e.block
+    return out
+
+
+_COLORS = {EventKind.COMPUTE: "#4c72b0", EventKind.CAST: "#dd8452", EventKind.COPY: "#55a868"}
+
+
+def render_timeline(explanation: Explanation, path: str | Path, title: str = "") -> Path:
+    """A PNG of both streams over one steady step; gaps on the compute row are the bubbles."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserError("--png needs matplotlib: pip install 'offload-planner[plot]'") from None
+    matplotlib.use("Agg", force=True)
+    from matplotlib import pyplot as plt
+    from matplotlib.patches import Patch
+
+    lanes = {Stream.COMPUTE: 1, Stream.COPY: 0}
+    fig, ax = plt.subplots(figsize=(14, 2.8), dpi=110)
+    try:
+        for e in explanation.prediction.timeline:
+            color = "#8c8c8c" if e.block == NON_BLOCK else _COLORS[e.kind]
+            ax.broken_barh([(e.start_ms, e.end_ms - e.start_ms)], (lanes[e.stream] - 0.4, 0.8),
+                           facecolors=color, edgecolors="white", linewidth=0.3)
+        step = explanation.prediction.step_ms
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.axvline(step, color="black", linewidth=0.8, linestyle="--")
+        ax.set_yticks([0, 1], ["copy", "compute"])
+        ax.set_xlabel("ms from the start of a steady step")
+        ax.set_title(title or f"{explanation.plan.model.id}: {step / 1000:.3f} s/step, "
+                     f"compute stream idle {explanation.wait_ms:.0f} ms")
+        ax.legend(handles=[Patch(color=c, label=k.value) for k, c in _COLORS.items()]
+                  + [Patch(color="#8c8c8c", label="non-block")], loc="upper right", fontsize=7, ncol=4)
+        fig.tight_layout()
+        path = Path(path)
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return path

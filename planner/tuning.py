@@ -1,0 +1,280 @@
+"""`planner tune` as a library: find the profile, search, build the plan, store it.
+
+The CLI parses options into a `TuneRequest` and calls `tune()`; everything it prints comes
+from `summary()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+from planner.costmodel import CostModel, Prediction
+from planner.search import DEFAULT_TRIALS, Scored, SearchResult, Settings, search
+from planner.space import Candidate, space_of
+from runtime.dtypes import DType
+from runtime.errors import UserError
+from runtime.plan import Plan, Predictions, Target, build_plan
+from runtime.workload import CfgMode, Workload
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneRequest:
+    model_id: str
+    budget_bytes: int
+    workload: Workload
+    storage_dtype: DType
+    gpu: str | None = None  # reference GPU id: plan from its reference profile
+    profile_id: int | None = None  # a stored profile
+    trials: int = DEFAULT_TRIALS
+    timeout_s: float | None = None
+    seed: int = 0
+    db_url: str | None = None
+    verify: int = 0  # run this many best candidates on the GPU and keep the measured best
+
+    def __post_init__(self) -> None:
+        if self.gpu is not None and self.profile_id is not None:
+            raise UserError("--gpu and --profile both name a profile: give one of them")
+        if not 1 <= self.trials <= 100_000:
+            raise UserError(f"--trials {self.trials} is out of range: give 1 to 100000")
+        if self.timeout_s is not None and not self.timeout_s > 0:
+            raise UserError(f"--timeout {self.timeout_s} is not a duration: give seconds above 0")
+        if not 0 <= self.verify <= 32:
+            raise UserError(f"--verify {self.verify} is out of range: give 1 to 32 candidates")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileSource:
+    profiles: Mapping[CfgMode, object]  # profiler.types.Profile by CFG mode
+    target_name: str  # reference GPU id, or the GPU name the profile was measured on
+    profile_id: int | None  # stored profile id; None for a reference profile
+    reference: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneOutcome:
+    plan: Plan
+    prediction: Prediction
+    result: SearchResult
+    source: ProfileSource
+    inventory: object
+    plan_id: int
+    chosen: Scored  # the candidate the plan was built from
+    measured_step_ms: float | None = None
+
+
+def cfg_modes(workload: Workload) -> tuple[CfgMode, ...]:
+    """CFG modes to search: none for guidance-distilled models, else batched and sequential
+    (the workload's own mode first)."""
+    if workload.cfg is CfgMode.NONE:
+        return (CfgMode.NONE,)
+    other = CfgMode.SEQUENTIAL if workload.cfg is CfgMode.BATCHED else CfgMode.BATCHED
+    return (workload.cfg, other)
+
+
+def resolve_profiles(req: TuneRequest) -> ProfileSource:
+    """The profile(s) to plan from: --gpu, --profile, this machine's GPU, or a clear refusal."""
+    if req.gpu is not None:
+        from profiler.reference import find_gpu, reference_profile
+
+        spec = find_gpu(req.gpu)
+        profiles = {
+            cfg: reference_profile(spec.id, req.model_id, dataclasses.replace(req.workload, cfg=cfg), req.storage_dtype)
+            for cfg in cfg_modes(req.workload)
+        }
+        return ProfileSource(profiles, spec.id, None, True)
+    if req.profile_id is not None:
+        from db.store import open_store
+
+        with open_store(req.db_url) as store:
+            profile = store.get_profile(req.profile_id)
+        if profile.model_id != req.model_id:
+            raise UserError(
+                f"profile {req.profile_id} is of {profile.model_id}, not {req.model_id}: "
+                f"pass --model {profile.model_id} or a profile of {req.model_id}"
+            )
+        return ProfileSource({profile.workload.cfg: profile}, profile.machine.gpu_name, profile.id, False)
+    return _this_machine(req)
+
+
+def _this_machine(req: TuneRequest) -> ProfileSource:
+    import torch
+
+    if not torch.cuda.is_available():
+        from profiler.reference import reference_gpus
+
+        ids = ", ".join(spec.id for spec in reference_gpus())
+        raise UserError(
+            f"no GPU on this machine and no profile given: pass --gpu NAME (one of {ids}) "
+            f"or --profile ID (a stored profile, see `planner profile`)"
+        )
+    from db.store import open_store
+    from profiler.machine import machine_facts
+    from profiler.run import profile_model
+    from runtime.version import TOOL_VERSION
+
+    device = f"cuda:{torch.cuda.current_device()}"
+    facts = machine_facts(device)
+    with open_store(req.db_url) as store:
+        profile = store.latest_profile(facts.fingerprint, req.model_id, req.workload, req.storage_dtype, TOOL_VERSION)
+        if profile is None:
+            profile = profile_model(req.model_id, req.workload, req.storage_dtype, device)
+            profile = profile.with_id(store.save_profile(profile))
+    return ProfileSource({profile.workload.cfg: profile}, facts.gpu_name, profile.id, False)
+
+
+def plan_of(inventory, source: ProfileSource, scored: Scored, budget: int) -> tuple[Plan, Prediction]:
+    """The plan file for a scored candidate, with the cost model's full prediction."""
+    c = scored.candidate
+    profile = source.profiles[c.cfg]
+    space = space_of(inventory, tuple(source.profiles))
+    layout = space.layout(c)
+    prediction = CostModel(inventory, profile).predict(layout, budget)
+    streamed = {b.name for b, s in zip(inventory.blocks, layout.streamed) if s}
+    plan = build_plan(
+        inventory,
+        streamed,
+        workload=profile.workload,
+        target=Target(source.target_name, budget),
+        prefetch_depth=c.depth,
+        host_memory=c.host_memory,
+        cast=c.cast,
+        predictions=Predictions(prediction.step_ms, prediction.peak_vram_bytes, prediction.lower_bound_ms),
+        profile_id=source.profile_id,
+    )
+    return plan, prediction
+
+
+def tune(req: TuneRequest) -> TuneOutcome:
+    """Search the space for `req` and store the best plan (and return everything found)."""
+    from runtime.inventory import inventory as inventory_of
+
+    if req.verify:
+        _require_gpu_for_verify()
+    source = resolve_profiles(req)
+    inv = inventory_of(req.model_id, req.storage_dtype)
+    settings = Settings(req.budget_bytes, trials=req.trials, timeout_s=req.timeout_s, seed=req.seed)
+    result = search(inv, source.profiles, settings)
+    best, measured = result.best, None
+    if req.verify:
+        best, measured = _verify(inv, source, result, req)
+    plan, prediction = plan_of(inv, source, best, req.budget_bytes)
+    from db.store import open_store
+
+    with open_store(req.db_url) as store:
+        plan_id = store.save_plan(plan)
+    return TuneOutcome(plan, prediction, result, source, inv, plan_id, best, measured)
+
+
+def _require_gpu_for_verify() -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError("--verify runs candidates on a CUDA GPU and this machine has none: drop --verify")
+
+
+def _verify(inv, source: ProfileSource, result: SearchResult, req: TuneRequest) -> tuple[Scored, float]:
+    """Run the `req.verify` best predicted candidates through the runtime; keep the fastest."""
+    from db.store import open_store
+    from runtime.catalog import get_model
+    from runtime.families import get_family
+
+    ranked = sorted(
+        (s for s in result.pareto if s.peak_vram_bytes <= req.budget_bytes), key=lambda s: s.step_ms
+    )
+    candidates = [result.best] + [s for s in ranked if s.candidate != result.best.candidate]
+    adapter = get_family(get_model(req.model_id).family)
+    if not hasattr(adapter, "model_inputs"):
+        raise UserError(
+            f"--verify needs whole-model inputs from the {adapter.name} family adapter, which this "
+            f"version lacks: drop --verify and measure with `planner apply`"
+        )
+    spec = get_model(req.model_id)
+    model = adapter.build(spec.config, device="cpu", dtype=req.storage_dtype.torch())
+    measured = []
+    with open_store(req.db_url) as store:
+        for scored in candidates[: req.verify]:
+            plan, _ = plan_of(inv, source, scored, req.budget_bytes)
+            step_ms, peak = _measure(model, adapter, plan)
+            store.record_run(store.save_plan(plan), step_ms, peak, "cuda")
+            measured.append((step_ms, scored))
+    step_ms, scored = min(measured, key=lambda m: m[0])
+    return scored, step_ms
+
+
+def _measure(model, adapter, plan, steps: int = 3) -> tuple[float, int]:
+    import torch
+
+    from runtime.apply import apply_plan
+
+    handle = apply_plan(model, plan, device="cuda")
+    try:
+        inputs = adapter.model_inputs(model, plan.workload, handle.device)
+        torch.cuda.reset_peak_memory_stats(handle.device)
+        with torch.inference_mode():
+            model(**inputs)  # warm-up
+            handle.enable_timing()
+            for _ in range(steps * plan.workload.forwards_per_step):
+                model(**inputs)
+        times = handle.timings()
+        per_step = sum(times[-plan.workload.forwards_per_step:])
+        return per_step, int(torch.cuda.max_memory_allocated(handle.device))
+    finally:
+        handle.remove()
+
+
+def host_bytes(outcome: TuneOutcome) -> int:
+    """Host RAM the streamed blocks occupy, in the dtype the plan keeps them on the host."""
+    model = CostModel(outcome.inventory, outcome.source.profiles[outcome.plan.workload.cfg])
+    cast = outcome.plan.blocks[0].cast
+    names = {b.name for b in outcome.plan.streamed}
+    return sum(t for b, t in zip(outcome.inventory.blocks, model.dev_total[cast]) if b.name in names)
+
+
+def summary(outcome: TuneOutcome) -> dict:
+    """Everything `planner tune` prints, as JSON-ready data."""
+    from runtime.plan import plan_to_dict
+
+    res, plan, pred = outcome.result, outcome.plan, outcome.prediction
+    space = space_of(outcome.inventory, tuple(outcome.source.profiles))
+    best = outcome.chosen
+    return {
+        "plan_id": outcome.plan_id,
+        "plan": plan_to_dict(plan),
+        "profile": {
+            "id": outcome.source.profile_id,
+            "reference": outcome.source.reference,
+            "target": outcome.source.target_name,
+        },
+        "placement": {**best.candidate.to_dict(), "blocks": _counts(best.candidate, space)},
+        "host_bytes": host_bytes(outcome),
+        "step_ms": pred.step_ms,
+        "peak_vram_bytes": pred.peak_vram_bytes,
+        "device_weight_bytes": pred.device_weight_bytes,
+        "lower_bound_ms": pred.lower_bound_ms,
+        "ratio_to_bound": pred.step_ms / pred.lower_bound_ms if pred.lower_bound_ms > 0 else None,
+        "measured_step_ms": outcome.measured_step_ms,
+        "policies": [
+            {
+                "policy": p.value,
+                "peer": p.peer,
+                "fits": s is not None,
+                "step_ms": s.step_ms if s else None,
+                "peak_vram_bytes": s.peak_vram_bytes if s else None,
+                "placement": s.candidate.to_dict() if s else None,
+            }
+            for p, s in res.policies
+        ],
+        "pareto": [
+            {"peak_vram_bytes": s.peak_vram_bytes, "step_ms": s.step_ms, "placement": s.candidate.to_dict()}
+            for s in res.pareto
+        ],
+        "search": {"trials": res.trials, "seconds": res.seconds, "min_budget_bytes": res.min_budget_bytes},
+    }
+
+
+def _counts(c: Candidate, space) -> dict:
+    return {
+        run.kind: {"resident": c.count(run.kind), "streamed": len(run.positions) - c.count(run.kind)}
+        for run in space.kinds
+    }
