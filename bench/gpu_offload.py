@@ -36,38 +36,6 @@ def _sync_ms(fn, device) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
-def _inputs(device, tokens=4096, text=512):
-    import torch
-
-    g = torch.Generator().manual_seed(0)
-    bf16 = torch.bfloat16
-    return dict(
-        hidden_states=torch.randn(1, tokens, 64, generator=g).to(device, bf16),
-        encoder_hidden_states=torch.randn(1, text, 4096, generator=g).to(device, bf16),
-        pooled_projections=torch.randn(1, 768, generator=g).to(device, bf16),
-        timestep=torch.tensor([0.5], device=device, dtype=bf16),
-        guidance=torch.tensor([3.5], device=device, dtype=bf16),
-        img_ids=torch.zeros(tokens, 3, device=device), txt_ids=torch.zeros(text, 3, device=device),
-    )
-
-
-def _random_flux(dtype):
-    """flux-dev's architecture on CPU with random weights (init skipped: fast)."""
-    import torch
-
-    from runtime.catalog import get_model
-    from runtime.families import get_family
-
-    spec = get_model("flux-dev")
-    model = get_family("flux").build(spec.config, device="meta")
-    model = model.to_empty(device="cpu").to(dtype)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32).mul_(0.02).to(dtype))
-    return model.eval()
-
-
 def pinned_bandwidth_gbps(device, nbytes=1 << 30) -> float:
     import torch
 
@@ -147,13 +115,16 @@ def main() -> int:
     from runtime.dtypes import DType
     from runtime.families import get_family
     from runtime.inventory import inventory_of_module
+    from runtime.random_weights import random_model
+    from runtime.workload import Workload
 
     device = torch.device("cuda", torch.cuda.current_device())
     total_mem = torch.cuda.get_device_properties(device).total_memory
-    model = _random_flux(torch.bfloat16)
+    model = random_model("flux-dev", DType.BF16)
     adapter = get_family("flux")
     inv = inventory_of_module(model, adapter, "flux-dev", DType.BF16)
-    inputs = _inputs(device)
+    workload = Workload(1024, 1024, text_tokens=512)
+    inputs = adapter.model_inputs(model, workload, device, torch.bfloat16)
     bandwidth = pinned_bandwidth_gbps(device)
     compute_ms, activation = block_compute_ms(model, inputs, device)
     print(f"pinned H2D {bandwidth:.1f} GB/s; block compute {compute_ms:.0f} ms/forward; "

@@ -178,19 +178,14 @@ def _verify(inv, source: ProfileSource, result: SearchResult, req: TuneRequest) 
     from db.store import open_store
     from runtime.catalog import get_model
     from runtime.families import get_family
+    from runtime.random_weights import random_model
 
     ranked = sorted(
         (s for s in result.pareto if s.peak_vram_bytes <= req.budget_bytes), key=lambda s: s.step_ms
     )
     candidates = [result.best] + [s for s in ranked if s.candidate != result.best.candidate]
     adapter = get_family(get_model(req.model_id).family)
-    if not hasattr(adapter, "model_inputs"):
-        raise UserError(
-            f"--verify needs whole-model inputs from the {adapter.name} family adapter, which this "
-            f"version lacks: drop --verify and measure with `planner apply`"
-        )
-    spec = get_model(req.model_id)
-    model = adapter.build(spec.config, device="cpu", dtype=req.storage_dtype.torch())
+    model = random_model(req.model_id, req.storage_dtype)
     measured = []
     with open_store(req.db_url) as store:
         for scored in candidates[: req.verify]:
@@ -209,7 +204,9 @@ def _measure(model, adapter, plan, steps: int = 3) -> tuple[float, int]:
 
     handle = apply_plan(model, plan, device="cuda")
     try:
-        inputs = adapter.model_inputs(model, plan.workload, handle.device)
+        inputs = adapter.model_inputs(
+            model, plan.workload, handle.device, plan.model.compute_dtype.torch()
+        )
         torch.cuda.reset_peak_memory_stats(handle.device)
         with torch.inference_mode():
             model(**inputs)  # warm-up

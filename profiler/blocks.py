@@ -42,23 +42,12 @@ def shape_key(kind: str, block) -> tuple:
 
 
 def materialise(block_meta, device, dtype):
-    """A copy of a `meta` block on `device` in `dtype` with random weights: matrices
-    N(0, 1/fan_in) so activations keep their scale (no denormals, which run far slower on
-    CPUs), norm scales 1, biases N(0, 0.02)."""
-    import torch
+    """A copy of a `meta` block on `device` in `dtype` with random weights."""
+    from runtime.random_weights import fill_random_
 
     block = copy.deepcopy(block_meta).to(dtype=dtype)
     block = block.to_empty(device=device)
-    with torch.no_grad():
-        for name, tensor in list(block.named_parameters()) + list(block.named_buffers()):
-            if not tensor.is_floating_point():
-                continue
-            if tensor.dim() >= 2:
-                tensor.normal_(0.0, tensor.shape[-1] ** -0.5)
-            elif name.endswith("weight"):
-                tensor.fill_(1.0)
-            else:
-                tensor.normal_(0.0, 0.02)
+    fill_random_(block)
     return block.eval()
 
 

@@ -54,6 +54,11 @@ class FamilyAdapter(abc.ABC):
     def block_inputs(self, model, kind: str, workload: Workload, device, dtype) -> BlockInputs:
         """Representative inputs for one block of `kind` at `workload` (random values)."""
 
+    @abc.abstractmethod
+    def model_inputs(self, model, workload: Workload, device, dtype) -> dict[str, Any]:
+        """Keyword arguments for one whole-model forward at `workload` (random latents and
+        text states, a mid-schedule timestep), returning a tuple (`return_dict=False`)."""
+
     def recognises(self, module) -> bool:
         return isinstance(module, self.model_class())
 

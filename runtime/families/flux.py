@@ -63,14 +63,9 @@ class FluxAdapter(FamilyAdapter):
         config = model.config
         dim = config.num_attention_heads * config.attention_head_dim
         batch = workload.forward_batch
-        image_tokens = (workload.height // PIXELS_PER_TOKEN_SIDE) * (
-            workload.width // PIXELS_PER_TOKEN_SIDE
-        )
+        image_tokens = image_tokens_of(workload)
         text_tokens = workload.text_tokens
-        generator = torch.Generator(device="cpu").manual_seed(0)
-
-        def rand(*shape):
-            return torch.randn(*shape, generator=generator).to(device=device, dtype=dtype)
+        rand = _random_tensors(device, dtype)
 
         ids = torch.zeros(text_tokens + image_tokens, 3)
         rope = FluxPosEmbed(theta=10000, axes_dim=list(config.axes_dims_rope))
@@ -82,3 +77,41 @@ class FluxAdapter(FamilyAdapter):
             "image_rotary_emb": (cos.to(device), sin.to(device)),
         }
         return BlockInputs(args=(), kwargs=kwargs)
+
+    def model_inputs(self, model, workload: Workload, device, dtype) -> dict[str, Any]:
+        import torch
+
+        config = model.config
+        batch = workload.forward_batch
+        image_tokens = image_tokens_of(workload)
+        rand = _random_tensors(device, dtype)
+        inputs = {
+            "hidden_states": rand(batch, image_tokens, config.in_channels),
+            "encoder_hidden_states": rand(batch, workload.text_tokens, config.joint_attention_dim),
+            "pooled_projections": rand(batch, config.pooled_projection_dim),
+            "timestep": torch.full((batch,), 0.5, device=device, dtype=dtype),
+            "img_ids": torch.zeros(image_tokens, 3, device=device, dtype=dtype),
+            "txt_ids": torch.zeros(workload.text_tokens, 3, device=device, dtype=dtype),
+            "return_dict": False,
+        }
+        if config.guidance_embeds:
+            inputs["guidance"] = torch.full((batch,), 3.5, device=device, dtype=dtype)
+        return inputs
+
+
+def image_tokens_of(workload: Workload) -> int:
+    """Tokens the transformer sees for the image: one per 16x16 pixels."""
+    side = PIXELS_PER_TOKEN_SIDE
+    return (workload.height // side) * (workload.width // side)
+
+
+def _random_tensors(device, dtype):
+    """A seeded maker of random tensors, drawn on the CPU so every device gets the same values."""
+    import torch
+
+    generator = torch.Generator(device="cpu").manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=generator).to(device=device, dtype=dtype)
+
+    return rand
