@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 from db.errors import DatabaseLocked, StoreError
 from db.location import parse_url, prepare_sqlite_file, safe_url, sqlite_path, unwritable
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 T = TypeVar("T")
 _WRITE = "planner_write"

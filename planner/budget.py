@@ -26,7 +26,7 @@ MAX_BYTES = 2**50
 
 def parse_size(text: str, what: str = "size") -> int:
     """Bytes for a size such as `8GB`; a clear `UserError` for anything else."""
-    hint = f"write it like 8GB, 7.5G, 8192MiB or a number of bytes (GB means GiB, 2**30)"
+    hint = "write it like 8GB, 7.5G, 8192MiB or a number of bytes (GB means GiB, 2**30)"
     match = _SIZE.match(str(text))
     if not match:
         raise UserError(f"{what} {text!r} is not a size: {hint}")

@@ -15,6 +15,7 @@ import statistics
 import threading
 import time
 
+from profiler.timing import timed
 from profiler.types import Bandwidth, BandwidthPoint
 
 MIB = 2**20
@@ -135,7 +136,7 @@ def _under_compute_cuda(device, size: int) -> float:
     torch.matmul(a, b)  # warm-up: cuBLAS handle and kernel selection
     dst.copy_(src, non_blocking=True)
     torch.cuda.synchronize(device)
-    matmul_s = _timed_cuda(lambda: torch.matmul(a, b))
+    matmul_s = timed(device, lambda: torch.matmul(a, b))
     copy_s = _timed_copy(device, src, dst, True)
     loops = max(4, int(3 * copy_s / max(matmul_s, 1e-6)) + 1)  # compute outlasts the copy 3x
     side = torch.cuda.Stream(device)
@@ -152,17 +153,6 @@ def _under_compute_cuda(device, size: int) -> float:
         torch.cuda.synchronize(device)
         times.append(start.elapsed_time(end) / 1e3)
     return size / statistics.median(times) / 1e9
-
-
-def _timed_cuda(fn) -> float:
-    import torch
-
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / 1e3
 
 
 def _under_compute_cpu(device, size: int) -> float:

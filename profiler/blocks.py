@@ -12,8 +12,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import statistics
-import time
 
+from profiler.timing import timed as _timed
 from runtime.dtypes import DType
 from runtime.workload import Workload
 
@@ -85,22 +85,6 @@ def measure_block(
         activation_measured=measured,
         flops=block_flops(block_meta, kind, workload, model_meta.config),
     )
-
-
-def _timed(device, fn) -> float:
-    """Seconds `fn` takes on `device`: CUDA events around it, perf_counter on CPU."""
-    import torch
-
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
-    begin = time.perf_counter()
-    fn()
-    return time.perf_counter() - begin
 
 
 def _activation_peak(device, block, inputs) -> int:

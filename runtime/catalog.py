@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from runtime.dtypes import DType
 from runtime.errors import UserError
+
+if TYPE_CHECKING:
+    from runtime.workload import Workload
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +27,13 @@ class ModelSpec:
     default_steps: int
     default_guidance: float
     description: str
+
+    def workload(self, resolution: str = "1024x1024", batch: int = 1) -> "Workload":
+        """The workload of one image at `resolution` (WIDTHxHEIGHT) with this model's text length."""
+        from runtime.workload import Workload, parse_resolution
+
+        width, height = parse_resolution(resolution)
+        return Workload(height=height, width=width, batch=batch, text_tokens=self.text_tokens)
 
 
 def _spec(**fields) -> ModelSpec:

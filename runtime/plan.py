@@ -16,6 +16,7 @@ from typing import Any
 
 from runtime.dtypes import DType
 from runtime.errors import PlanFormatError
+from runtime.strict_json import DuplicateKey, NonFiniteConstant, loads_strict
 from runtime.workload import CfgMode, Workload
 
 FORMAT_VERSION = 1
@@ -185,9 +186,13 @@ def loads_plan(text: str, source: str = "plan") -> Plan:
     if len(text.encode("utf-8")) > MAX_PLAN_FILE_BYTES:
         raise PlanFormatError(f"{source} is over the 10 MB limit: it is not a plan file")
     try:
-        data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
-    except _Refused as e:
-        raise PlanFormatError(f"{source}: {e}") from None
+        data = loads_strict(text)
+    except DuplicateKey as e:
+        raise PlanFormatError(f"{source}: key {e.key!r} appears twice in one object; keep one") from None
+    except NonFiniteConstant as e:
+        raise PlanFormatError(
+            f"{source}: {e.name} is not a number a plan may hold; write a finite number"
+        ) from None
     except (ValueError, RecursionError) as e:  # JSONDecodeError, huge integers, deep nesting
         raise PlanFormatError(f"{source} is not valid JSON ({e}): export it again") from None
     return plan_from_dict(data, source)
@@ -284,23 +289,6 @@ def _read_blocks(r: "_Reader", data: dict) -> tuple[BlockPlan, ...]:
             )
         )
     return tuple(blocks)
-
-
-class _Refused(ValueError):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
-    out: dict = {}
-    for key, value in pairs:
-        if key in out:
-            raise _Refused(f"key {key!r} appears twice in one object; keep one")
-        out[key] = value
-    return out
-
-
-def _no_constants(name: str):
-    raise _Refused(f"{name} is not a number a plan may hold; write a finite number")
 
 
 class _Reader:

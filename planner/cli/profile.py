@@ -30,11 +30,9 @@ def profile(
     from runtime.catalog import get_model
     from runtime.dtypes import DType
     from runtime.version import TOOL_VERSION
-    from runtime.workload import Workload, parse_resolution
 
     spec = get_model(model)
-    width, height = parse_resolution(resolution)
-    workload = Workload(height=height, width=width, batch=batch, text_tokens=spec.text_tokens)
+    workload = spec.workload(resolution, batch)
     storage = DType.parse(dtype) if dtype else spec.storage_dtype
     device = device or _default_device()
     with open_store(db) as store:

@@ -34,11 +34,9 @@ def tune(
     from runtime.catalog import get_model
     from runtime.dtypes import DType
     from runtime.plan import save_plan
-    from runtime.workload import Workload, parse_resolution
 
     spec = get_model(model)
-    width, height = parse_resolution(resolution)
-    workload = Workload(height=height, width=width, batch=batch, text_tokens=spec.text_tokens)
+    workload = spec.workload(resolution, batch)
     request = TuneRequest(
         model_id=spec.id,
         budget_bytes=parse_size(vram, "--vram"),

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 from runtime.dtypes import SAFETENSORS_DTYPES
 from runtime.errors import CheckpointError
+from runtime.strict_json import DuplicateKey, NonFiniteConstant, loads_strict
 
 MAX_HEADER_BYTES = 100_000_000  # the reference reader's limit
 MAX_TENSOR_BYTES = 2**62  # no real tensor comes near; beyond it is corruption
@@ -101,23 +102,6 @@ def _read_raw(f, path: Path, file_bytes: int) -> tuple[int, bytes]:
     return header_bytes, raw
 
 
-class _Refused(ValueError):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
-    out: dict = {}
-    for key, value in pairs:
-        if key in out:
-            raise _Refused(f"names {key!r} twice in one object")
-        out[key] = value
-    return out
-
-
-def _no_constants(name: str):
-    raise _Refused(f"holds {name}, which is not a number safetensors allows")
-
-
 def _parse(raw: bytes, path: Path) -> tuple[dict[str, dict], dict[str, str]]:
     try:
         text = raw.decode("utf-8")
@@ -127,9 +111,15 @@ def _parse(raw: bytes, path: Path) -> tuple[dict[str, dict], dict[str, str]]:
         raise CheckpointError(f"the header of {path} does not start with a JSON object: {_FIX}")
     try:
         # Trailing spaces (the writer pads the header to 8 bytes) are JSON whitespace.
-        data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
-    except _Refused as e:
-        raise CheckpointError(f"the header of {path} {e}: {_FIX}") from None
+        data = loads_strict(text)
+    except DuplicateKey as e:
+        raise CheckpointError(
+            f"the header of {path} names {e.key!r} twice in one object: {_FIX}"
+        ) from None
+    except NonFiniteConstant as e:
+        raise CheckpointError(
+            f"the header of {path} holds {e.name}, which is not a number safetensors allows: {_FIX}"
+        ) from None
     except (ValueError, RecursionError) as e:
         if isinstance(e, json.JSONDecodeError):
             reason = e.msg

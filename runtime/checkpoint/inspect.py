@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
@@ -19,6 +18,7 @@ from typing import Mapping
 from runtime.checkpoint.header import Header, TensorInfo, read_header
 from runtime.dtypes import SAFETENSORS_TO_DTYPE
 from runtime.errors import CheckpointError
+from runtime.strict_json import DuplicateKey, loads_strict
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = WEIGHTS_NAME + ".index.json"
@@ -150,29 +150,16 @@ def _read_folder(folder: Path) -> list[Header]:
     )
 
 
-class _Duplicate(ValueError):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
-    out: dict = {}
-    for key, value in pairs:
-        if key in out:
-            raise _Duplicate(repr(key))
-        out[key] = value
-    return out
-
-
 def _load_index(index: Path) -> dict[str, str]:
     try:
         if index.stat().st_size > MAX_INDEX_BYTES:
             raise CheckpointError(f"index {index} is over 100 MB: it is not a diffusers index file")
-        data = json.loads(index.read_bytes().decode("utf-8"), object_pairs_hook=_no_duplicates)
+        data = loads_strict(index.read_bytes().decode("utf-8"))
     except OSError as e:
         raise CheckpointError(f"cannot read index {index}: {e.strerror or e}") from e
-    except _Duplicate as e:
+    except DuplicateKey as e:
         raise CheckpointError(
-            f"index {index} names {e} twice: download or export the checkpoint again"
+            f"index {index} names {e.key!r} twice: download or export the checkpoint again"
         ) from None
     except (ValueError, RecursionError):
         raise CheckpointError(
