@@ -31,6 +31,7 @@ class TuneRequest:
     seed: int = 0
     db_url: str | None = None
     verify: int = 0  # run this many best candidates on the GPU and keep the measured best
+    fresh: bool = False  # measure this machine's GPU again even if a profile is stored
 
     def __post_init__(self) -> None:
         if self.gpu is not None and self.profile_id is not None:
@@ -108,19 +109,13 @@ def _this_machine(req: TuneRequest) -> ProfileSource:
             f"no GPU on this machine and no profile given: pass --gpu NAME (one of {ids}) "
             f"or --profile ID (a stored profile, see `planner profile`)"
         )
-    from db.store import open_store
-    from profiler.machine import machine_facts
-    from profiler.run import profile_model
-    from runtime.version import TOOL_VERSION
+    from profiler.stored import stored_or_measured
 
     device = f"cuda:{torch.cuda.current_device()}"
-    facts = machine_facts(device)
-    with open_store(req.db_url) as store:
-        profile = store.latest_profile(facts.fingerprint, req.model_id, req.workload, req.storage_dtype, TOOL_VERSION)
-        if profile is None:
-            profile = profile_model(req.model_id, req.workload, req.storage_dtype, device)
-            profile = profile.with_id(store.save_profile(profile))
-    return ProfileSource({profile.workload.cfg: profile}, facts.gpu_name, profile.id, False)
+    profile, _ = stored_or_measured(
+        req.model_id, req.workload, req.storage_dtype, device, req.db_url, fresh=req.fresh
+    )
+    return ProfileSource({profile.workload.cfg: profile}, profile.machine.gpu_name, profile.id, False)
 
 
 def plan_of(inventory, source: ProfileSource, scored: Scored, budget: int) -> tuple[Plan, Prediction]:

@@ -24,28 +24,18 @@ def profile(
     json_out: JsonOption = False,
 ) -> None:
     """Measure this machine's GPU and a model's blocks."""
-    from db.store import open_store
-    from profiler.machine import machine_facts
-    from profiler.run import profile_model
+    from profiler.stored import stored_or_measured
     from runtime.catalog import get_model
     from runtime.dtypes import DType
-    from runtime.version import TOOL_VERSION
 
     spec = get_model(model)
     workload = spec.workload(resolution, batch)
     storage = DType.parse(dtype) if dtype else spec.storage_dtype
     device = device or _default_device()
-    with open_store(db) as store:
-        found = None
-        if not fresh:
-            fingerprint = machine_facts(device).fingerprint
-            found = store.latest_profile(fingerprint, model, workload, storage, TOOL_VERSION)
-        if found is not None:
-            result, reused = found, True
-        else:
-            with _ProgressBar(not json_out) as progress:
-                result = profile_model(model, workload, storage, device, progress)
-            result, reused = result.with_id(store.save_profile(result)), False
+    with _ProgressBar(not json_out) as progress:
+        result, reused = stored_or_measured(
+            spec.id, workload, storage, device, db, fresh=fresh, progress=progress
+        )
     _print(result, reused, json_out)
 
 

@@ -23,6 +23,7 @@ def tune(
     seed: Annotated[int, typer.Option(help="Search seed: same seed, same plan.")] = 0,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the plan here.")] = None,
     verify: Annotated[int, typer.Option(help="Run the K best candidates on this GPU; keep the fastest.")] = 0,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Profile this machine's GPU again even if a profile is stored.")] = False,
     db: DbOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -49,6 +50,7 @@ def tune(
         seed=seed,
         db_url=db,
         verify=verify,
+        fresh=fresh,
     )
     outcome = run_tune(request)
     if output is not None:
