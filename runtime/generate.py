@@ -12,7 +12,7 @@ import os
 import statistics
 from pathlib import Path
 
-from runtime.errors import CheckpointError, UserError
+from runtime.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +25,7 @@ class GenerateConfig:
     guidance: float = 3.5
     height: int | None = None  # default: the plan's workload
     width: int | None = None
-    transformer_file: Path | None = None  # single-file transformer, diffusers naming
+    transformer_file: Path | None = None  # single-file transformer, diffusers or BFL naming
     device: str | None = None
 
 
@@ -68,33 +68,13 @@ def load_pipeline(weights: Path, transformer_file: Path | None, dtype):
 
 def _transformer_from_file(weights: Path, path: Path):
     """Build the transformer from the folder's config and load one file's tensors as they are
-    stored (an fp8 checkpoint stays fp8)."""
+    stored (an fp8 checkpoint stays fp8), in diffusers or original (BFL/ComfyUI) naming."""
     from diffusers import FluxTransformer2DModel
-    from safetensors.torch import load_file
 
-    from runtime.families import get_family
+    from runtime.checkpoint.load import load_transformer
 
-    if not path.is_file():
-        raise UserError(f"transformer file {path} does not exist: give a .safetensors file")
     config = FluxTransformer2DModel.load_config(weights, subfolder="transformer")
-    config = {k: v for k, v in config.items() if not k.startswith("_")}
-    model = get_family("flux").build(config, device="meta")
-    try:
-        state = load_file(str(path))
-    except Exception as e:  # safetensors raises its own error types
-        raise CheckpointError(f"cannot read {path} as safetensors ({e}): give a .safetensors file") from e
-    expected = set(model.state_dict())
-    missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - expected)
-    if missing or unexpected:
-        first = (missing or unexpected)[0]
-        what = "lacks" if missing else "has the unknown tensor"
-        raise CheckpointError(
-            f"transformer file {path} {what} {first!r}: give a FLUX transformer checkpoint "
-            f"with diffusers tensor names"
-        )
-    model.load_state_dict(state, assign=True, strict=True)
-    return model.eval()
+    return load_transformer(path, config, family="flux")
 
 
 def _encode(pipe, prompt: str, max_sequence_length: int, device):

@@ -59,6 +59,13 @@ class FamilyAdapter(abc.ABC):
         """Keyword arguments for one whole-model forward at `workload` (random latents and
         text states, a mid-schedule timestep), returning a tuple (`return_dict=False`)."""
 
+    def convert_original(self, state: dict, shapes: Mapping[str, tuple]) -> dict:
+        """Tensors of a checkpoint in the original release's naming (prefix already stripped),
+        under diffusers module names. Pops what it maps out of `state`, so what is left is
+        unknown; raises KeyError for a missing tensor. Families without such a naming keep
+        this default."""
+        raise NotImplementedError
+
     def recognises(self, module) -> bool:
         return isinstance(module, self.model_class())
 

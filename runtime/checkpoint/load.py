@@ -1,0 +1,136 @@
+"""Load a single-file transformer checkpoint into a model built from its diffusers config.
+
+The file may use either naming `inspect_checkpoint` tells apart: diffusers module paths
+(`transformer_blocks.N...`) or the original release's (BFL's `double_blocks.N.img_attn.qkv`,
+with q, k and v fused), the latter possibly under ComfyUI's `model.diffusion_model.` prefix.
+Original names go through diffusers' own converter. Tensors are read with safetensors (nothing
+is unpickled) and put into the model with `assign=True`, so they keep the dtypes they are
+stored in: an fp8 file loads as fp8 storage (matrices float8_e4m3fn, the rest bf16).
+
+Every refusal is one `CheckpointError` naming the file, the first offending tensor and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from runtime.checkpoint.inspect import Naming, inspect_checkpoint
+from runtime.errors import CheckpointError, UserError
+
+COMFYUI_PREFIX = "model.diffusion_model."
+_FIX = "give the transformer checkpoint of the model that the weights folder's config describes"
+
+
+def load_transformer(path: str | Path, config: Mapping[str, Any], family: str = "flux"):
+    """The `family` transformer built from `config` (a diffusers config, `_`-keys allowed),
+    holding the tensors of the safetensors file at `path` in their stored dtypes."""
+    from runtime.families import get_family
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"transformer file {path} does not exist: give a .safetensors file")
+    report = inspect_checkpoint(path)  # checks the header and tells the naming apart
+    if report.family != family:
+        raise CheckpointError(
+            f"transformer file {path} holds a {report.family} model, not {family}: {_FIX}"
+        )
+    if report.naming is Naming.MIXED:
+        raise CheckpointError(
+            f"transformer file {path} mixes diffusers and original tensor names: export it "
+            f"again in one naming"
+        )
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    model = get_family(family).build(config, device="meta")
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    state = _read(path)
+    if report.naming is Naming.ORIGINAL:
+        state, leftover = _to_diffusers(family, state, shapes, path)
+    else:
+        leftover = []
+    _check(path, state, leftover, shapes)
+    model.load_state_dict(_fresh(state), assign=True, strict=True)
+    return model.eval()
+
+
+def _fresh(state: dict) -> dict:
+    """Every tensor in its own new storage, same dtype, copied one at a time so the file's
+    copy is freed as it goes. Then the numbers do not depend on the file's naming or layout
+    (CPU kernels round differently for weights at other addresses mod 16), and no split
+    part of a fused tensor keeps the whole of it alive."""
+    return {name: state.pop(name).clone() for name in list(state)}
+
+
+def _read(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(
+            f"cannot read {path} as safetensors ({e}): give a .safetensors file"
+        ) from e
+
+
+def _check(path: Path, state: dict, leftover: list[str], shapes: dict) -> None:
+    """Names and shapes against the model; `leftover` are file names no converter used."""
+    missing = sorted(set(shapes) - set(state))
+    if missing:
+        raise CheckpointError(
+            f"transformer file {path} lacks the tensor {missing[0]!r} (diffusers name): {_FIX}"
+        )
+    unexpected = leftover + sorted(set(state) - set(shapes))
+    if unexpected:
+        raise CheckpointError(
+            f"transformer file {path} has the unknown tensor {unexpected[0]!r}: {_FIX}"
+        )
+    for name, shape in shapes.items():
+        if tuple(state[name].shape) != shape:
+            raise CheckpointError(
+                f"transformer file {path} stores {name!r} (diffusers name) with shape "
+                f"{list(state[name].shape)} but the model needs {list(shape)}: {_FIX}"
+            )
+
+
+# ---------------------------------------------------------------- original names
+
+
+def _to_diffusers(family: str, state: dict, shapes: dict, path: Path) -> tuple[dict, list[str]]:
+    """Original names converted to diffusers names, and the file names left unused."""
+    from runtime.families import get_family
+
+    adapter = get_family(family)
+    stripped: dict[str, str] = {}  # name without the prefix -> name in the file
+    unprefixed = {}
+    for name, tensor in state.items():
+        short = name.removeprefix(COMFYUI_PREFIX)
+        if short in stripped:
+            raise CheckpointError(
+                f"transformer file {path} holds both {stripped[short]!r} and {name!r}: "
+                f"export it again with one name per tensor"
+            )
+        stripped[short] = name
+        unprefixed[short] = tensor
+    try:
+        converted = adapter.convert_original(unprefixed, shapes)  # pops what it maps
+    except NotImplementedError:
+        raise CheckpointError(
+            f"transformer file {path} uses the original {family} names, which cannot be "
+            f"converted yet: give a file with diffusers tensor names"
+        ) from None
+    except KeyError as e:
+        shown = _prefix_like(stripped, e.args[0] if e.args else "?")
+        raise CheckpointError(
+            f"transformer file {path} lacks the tensor {shown!r}: {_FIX}"
+        ) from None
+    except (IndexError, RuntimeError, ValueError) as e:
+        raise CheckpointError(
+            f"transformer file {path} cannot be converted from original names ({e}): {_FIX}"
+        ) from e
+    return converted, sorted(stripped[name] for name in unprefixed)
+
+
+def _prefix_like(stripped: dict[str, str], name: str) -> str:
+    """`name` as the file would spell it: with the prefix its other tensors carry."""
+    prefixed = any(full.startswith(COMFYUI_PREFIX) for full in stripped.values())
+    return COMFYUI_PREFIX + name if prefixed else name
