@@ -15,14 +15,14 @@ from typing import Callable, TypeVar
 from db.convert import StoredPlan, machine_values, plan_row, plan_text_and_hash, profile_row
 from db.convert import to_profile, to_stored_plan
 from db.errors import NotFound, StoreError
-from db.gpu import normalize_gpu_name
+from profiler.gpus import normalize as normalize_gpu_name
 from db.location import default_db_url, resolve_url
 from profiler.types import Profile
 from runtime.dtypes import DType
 from runtime.plan import Plan
 from runtime.workload import Workload
 
-__all__ = ["Store", "StoredPlan", "open_store", "default_db_url", "normalize_gpu_name"]
+__all__ = ["Store", "StoredPlan", "open_store", "default_db_url"]
 T = TypeVar("T")
 
 

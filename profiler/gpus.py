@@ -148,6 +148,11 @@ def normalize(name: str) -> str:
     return "-".join(w for w in words if w and w not in _VENDOR_WORDS)
 
 
+def same_gpu(a: str, b: str) -> bool:
+    """True where two names mean one card: "NVIDIA GeForce RTX 4060" and "rtx-4060"."""
+    return normalize(a) == normalize(b)
+
+
 def specs() -> tuple[GpuSpec, ...]:
     return _SPECS
 

@@ -152,11 +152,12 @@ def test_best_plan_across_machines_prefers_measured(store):
 
 
 def test_gpu_name_normaliser():
-    from db.gpu import normalize_gpu_name, same_gpu
+    from profiler.gpus import normalize as normalize_gpu_name
+    from profiler.gpus import same_gpu
 
-    assert normalize_gpu_name("NVIDIA GeForce RTX 4060") == "rtx 4060"
+    assert normalize_gpu_name("NVIDIA GeForce RTX 4060") == "rtx-4060"
     assert same_gpu("NVIDIA GeForce RTX 4060", "rtx-4060") and same_gpu("Rtx_4060 ", "rtx 4060")
-    assert normalize_gpu_name("NVIDIA RTX A6000") == "rtx a6000"
+    assert normalize_gpu_name("NVIDIA RTX A6000") == "rtx-a6000"
     assert not same_gpu("rtx 4060", "rtx 4060 ti")
 
 
