@@ -12,9 +12,13 @@ import torch
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
+def is_fp8(dtype: torch.dtype) -> bool:
+    return dtype in FP8_DTYPES
+
+
 def owns_fp8(module) -> bool:
     tensors = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
-    return any(t.dtype in FP8_DTYPES for t in tensors)
+    return any(is_fp8(t.dtype) for t in tensors)
 
 
 class JustInTimeCast:
@@ -34,7 +38,7 @@ class JustInTimeCast:
     def before(self, module, args):
         self.after(module, args, None)  # a forward that raised may have left casts behind
         for tensor in self.tensors:
-            if tensor.dtype in FP8_DTYPES:
+            if is_fp8(tensor.dtype):
                 self.stash.append((tensor, tensor.data))
                 tensor.data = tensor.data.to(self.compute)
 

@@ -7,8 +7,6 @@ other offloading. Each mismatch is one `PlanMismatchError` sentence naming the i
 
 from __future__ import annotations
 
-import torch
-
 from runtime.dtypes import DType, compute_dtype, storage_dtype
 from runtime.errors import PlanMismatchError
 from runtime.inventory import Inventory, inventory_of_module
@@ -85,6 +83,3 @@ def _check_dtypes(model, storage: DType, model_id: str) -> None:
                 f"{storage.value} or {_RETUNE} from the model as loaded"
             )
 
-
-def is_fp8(dtype: torch.dtype) -> bool:
-    return dtype in (torch.float8_e4m3fn, torch.float8_e5m2)

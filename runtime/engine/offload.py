@@ -14,7 +14,7 @@ import torch
 
 from runtime.engine import packing
 from runtime.engine.casting import install_casts
-from runtime.engine.checks import check_plan, is_fp8
+from runtime.engine.checks import check_plan
 from runtime.engine.handle import ForwardTimer, OffloadHandle, OffloadStats
 from runtime.engine.host_memory import decide_host_memory
 from runtime.engine.ring import Ring
@@ -167,9 +167,9 @@ def _place_resident(state, model, blocks, streamed, pre, compute, device) -> Non
                       "resident")
     for tensor in packing.unique_tensors(model):
         if id(tensor) not in in_blocks:
-            # non-block modules always hold the compute dtype: the pipeline reads the
-            # model's dtype from its first parameter, which is one of them
-            dtype = compute if is_fp8(tensor.dtype) else tensor.dtype
+            # non-block modules always hold the compute dtype (cast as `pre` does): the
+            # pipeline reads the model's dtype from its first parameter, which is one of them
+            dtype = packing.device_dtype(tensor.dtype, True, compute)
             _move(state, tensor, device, dtype, "non_block")
 
 

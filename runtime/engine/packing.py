@@ -13,6 +13,7 @@ import dataclasses
 import torch
 
 from runtime.dtypes import DType
+from runtime.engine.casting import is_fp8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +55,7 @@ def unique_tensors(module) -> list[torch.Tensor]:
 
 def device_dtype(dtype: torch.dtype, cast_on_host: bool, compute: torch.dtype) -> torch.dtype:
     """The dtype a stored tensor has on the device."""
-    if cast_on_host and dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+    if cast_on_host and is_fp8(dtype):
         return compute
     return dtype
 
