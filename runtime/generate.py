@@ -166,6 +166,5 @@ def record_run(url: str | None, plan, result: GenerateResult) -> int:
     with open_store(url) as store:
         plan_id = store.save_plan(plan)
         return store.record_run(
-            plan_id, statistics.fmean(result.step_ms) if result.step_ms else 0.0,
-            result.peak_vram_bytes or 0, result.device,
+            plan_id, result.seconds_per_step * 1000.0, result.peak_vram_bytes or 0, result.device,
         )
