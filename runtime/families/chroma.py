@@ -173,7 +173,6 @@ class ChromaAdapter(FamilyAdapter):
     # ------------------------------------------------------------------ inputs
 
     def block_inputs(self, model, kind: str, workload: Workload, device, dtype) -> BlockInputs:
-        import torch
         from diffusers.models.transformers.transformer_flux import FluxPosEmbed
 
         config = model.config
