@@ -14,6 +14,7 @@ from runtime.families.base import FamilyAdapter
 _REGISTRY: dict[str, FamilyAdapter] = {}
 _BUILTIN = {
     "flux": "runtime.families.flux:FluxAdapter",
+    "sd3": "runtime.families.sd3:SD3Adapter",
 }
 
 

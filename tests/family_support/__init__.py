@@ -19,6 +19,7 @@ import importlib
 
 _MODULES = {
     "flux": "tests.family_support.flux",
+    "sd3": "tests.family_support.sd3",
 }
 
 
