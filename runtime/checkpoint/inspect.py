@@ -280,10 +280,11 @@ def _non_block_names(family: str) -> frozenset[str]:
     return frozenset(names)
 
 
-def _naming_of(tensor_name: str, block: str) -> Naming:
-    # Diffusers names are module paths, so they contain the block's path itself.
-    diffusers = tensor_name.startswith(block + ".") or f".{block}." in tensor_name
-    return Naming.DIFFUSERS if diffusers else Naming.ORIGINAL
+def _naming_of(adapter, tensor_name: str, block: str) -> Naming | None:
+    original = adapter.is_original_name(tensor_name, block)
+    if original is None:
+        return None
+    return Naming.ORIGINAL if original else Naming.DIFFUSERS
 
 
 def _report(path: Path, files: tuple[Path, ...], adapter, tensors: list[TensorInfo]):
@@ -298,7 +299,9 @@ def _report(path: Path, files: tuple[Path, ...], adapter, tensors: list[TensorIn
             rest_count += 1
             rest_bytes[dtype] = rest_bytes.get(dtype, 0) + tensor.nbytes
             continue
-        namings.add(_naming_of(tensor.name, block))
+        naming = _naming_of(adapter, tensor.name, block)
+        if naming is not None:
+            namings.add(naming)
         count, by_dtype = per_block.get(block, (0, {}))
         by_dtype[dtype] = by_dtype.get(dtype, 0) + tensor.nbytes
         per_block[block] = (count + 1, by_dtype)
@@ -317,7 +320,8 @@ def _report(path: Path, files: tuple[Path, ...], adapter, tensors: list[TensorIn
         )
         for i, name in enumerate(sorted(per_block, key=order))
     )
-    naming = namings.pop() if len(namings) == 1 else Naming.MIXED
+    # a file whose block tensors are all spelled alike in both namings needs no conversion
+    naming = Naming.MIXED if len(namings) > 1 else (namings.pop() if namings else Naming.DIFFUSERS)
     return CheckpointReport(
         path, files, adapter.name, naming, blocks, rest_count, MappingProxyType(rest_bytes)
     )
