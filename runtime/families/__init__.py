@@ -15,6 +15,7 @@ _REGISTRY: dict[str, FamilyAdapter] = {}
 _BUILTIN = {
     "flux": "runtime.families.flux:FluxAdapter",
     "sd3": "runtime.families.sd3:SD3Adapter",
+    "z-image": "runtime.families.z_image:ZImageAdapter",
 }
 
 

@@ -20,6 +20,7 @@ import importlib
 _MODULES = {
     "flux": "tests.family_support.flux",
     "sd3": "tests.family_support.sd3",
+    "z-image": "tests.family_support.z_image",
 }
 
 
