@@ -87,7 +87,7 @@ MODELS = (
             "dual_attention_layers": (0, 1), "qk_norm": "rms_norm",
         },
         storage_dtype=DType.FP32, text_tokens=16, default_steps=2, default_guidance=4.5,
-        cfg=CfgMode.BATCHED,
+        cfg=CfgMode.BATCHED, default_resolution="64x64",
         description="tiny SD3.5 for tests: 4 joint blocks (2 dual-attention, last context-pre-only)",
         config_source="ours (test model)",
     ),
@@ -135,6 +135,7 @@ class SD3Adapter(FamilyAdapter):
         import torch
 
         config = model.config
+        _check_size(config, workload)
         batch = workload.forward_batch
         rand = _random_tensors(device, dtype)
         return {
@@ -187,6 +188,17 @@ class SD3Adapter(FamilyAdapter):
             latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
             image = pipe.vae.decode(latents.to(pipe.vae.dtype), return_dict=False)[0]
         return pipe.image_processor.postprocess(image, output_type="pil")
+
+
+def _check_size(config, workload: Workload) -> None:
+    """The learned position table covers `pos_embed_max_size` tokens a side: refuse larger
+    images here, in one sentence, rather than deep inside the forward."""
+    most = config.pos_embed_max_size * config.patch_size * VAE_SCALE
+    if max(workload.height, workload.width) > most:
+        raise UserError(
+            f"resolution {workload.resolution} is beyond this SD3 model's position table: "
+            f"give at most {most} pixels a side"
+        )
 
 
 def image_tokens_of(workload: Workload, patch_size: int = 2) -> int:

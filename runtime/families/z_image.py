@@ -26,6 +26,7 @@ from typing import Any, Mapping
 
 from runtime.catalog import model_spec
 from runtime.dtypes import DType
+from runtime.errors import UserError
 from runtime.families.base import BlockInputs, BlockList, FamilyAdapter
 from runtime.workload import CfgMode, Workload
 
@@ -75,6 +76,7 @@ MODELS = (
             "t_scale": 1000.0, "axes_dims": (4, 6, 6), "axes_lens": (128, 32, 32),
         },
         storage_dtype=DType.FP32, text_tokens=16, default_steps=2, default_guidance=0.0,
+        default_resolution="64x64",
         description="tiny Z-Image for tests: 2 noise + 2 context refiner blocks, 3 layers",
         config_source="ours (test model)",
     ),
@@ -140,6 +142,7 @@ class ZImageAdapter(FamilyAdapter):
         import torch
 
         config = model.config
+        _check_size(config, workload)
         batch = workload.forward_batch
         rand = _random_tensors(device, dtype)
         height, width = workload.height // VAE_SCALE, workload.width // VAE_SCALE
@@ -184,6 +187,25 @@ class ZImageAdapter(FamilyAdapter):
             latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
             image = pipe.vae.decode(latents, return_dict=False)[0]
         return pipe.image_processor.postprocess(image, output_type="pil")
+
+
+def _check_size(config, workload: Workload) -> None:
+    """Rotary tables cover `axes_lens` positions per axis (text, then the image's frame, rows,
+    columns): refuse what they do not cover in one sentence (on `meta` nothing would fail)."""
+    patch = VAE_SCALE * config.all_patch_size[0]
+    rows, columns = workload.height // patch, workload.width // patch
+    text = workload.text_tokens + (-workload.text_tokens) % 32
+    if rows > config.axes_lens[1] or columns > config.axes_lens[2]:
+        most = min(config.axes_lens[1], config.axes_lens[2]) * patch
+        raise UserError(
+            f"resolution {workload.resolution} is beyond this Z-Image model's rotary tables: "
+            f"give at most {most} pixels a side"
+        )
+    if text + 1 >= config.axes_lens[0]:
+        raise UserError(
+            f"text length {workload.text_tokens} is beyond this Z-Image model's rotary tables: "
+            f"give at most {(config.axes_lens[0] - 2) // 32 * 32} tokens"
+        )
 
 
 def _rotary_tables(model, workload: Workload):
