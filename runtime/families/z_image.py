@@ -220,11 +220,15 @@ def _rotary_tables(model, workload: Workload):
     image = torch.zeros(config.in_channels, 1, height, width)
     text = torch.zeros(workload.text_tokens, 1)
     patch, frame_patch = config.all_patch_size[0], config.all_f_patch_size[0]
-    _, _, _, image_ids, text_ids, _, _ = model.patchify_and_embed([image], [text], patch, frame_patch)
+    images, texts, _, image_ids, text_ids, _, _ = model.patchify_and_embed(
+        [image], [text], patch, frame_patch
+    )
     rope = RopeEmbedder(
         theta=config.rope_theta, axes_dims=list(config.axes_dims), axes_lens=list(config.axes_lens)
     )
-    return rope(image_ids[0]), rope(text_ids[0])
+    # the text's id grid is made for its padded length and then padded again, so it holds
+    # more ids than tokens; the forward cuts the table to the tokens (`_prepare_sequence`)
+    return rope(image_ids[0])[: len(images[0])], rope(text_ids[0])[: len(texts[0])]
 
 
 def _random_tensors(device, dtype):
