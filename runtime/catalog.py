@@ -49,7 +49,7 @@ class ModelSpec:
         width, height = parse_resolution(resolution or self.default_resolution)
         return Workload(
             height=height, width=width, batch=batch, cfg=cfg or self.cfg,
-            text_tokens=self.text_tokens, frames=frames or self.default_frames,
+            text_tokens=self.text_tokens, frames=self.default_frames if frames is None else frames,
         )
 
 
