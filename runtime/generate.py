@@ -26,6 +26,7 @@ class GenerateConfig:
     guidance: float = 3.5
     height: int | None = None  # default: the plan's workload
     width: int | None = None
+    frames: int | None = None  # default: the plan's workload
     transformer_file: Path | None = None  # single-file transformer, diffusers or original naming
     device: str | None = None
 
@@ -117,6 +118,7 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
     workload = dc.replace(
         plan.workload, height=config.height or plan.workload.height,
         width=config.width or plan.workload.width,
+        frames=config.frames if config.frames is not None else plan.workload.frames,
     )
     pipe = load_pipeline(
         adapter, config.weights, config.transformer_file, plan.model.compute_dtype.torch()
@@ -132,8 +134,8 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
         handle.enable_timing()
         latents = pipe(
             **kwargs, num_inference_steps=config.steps, height=workload.height,
-            width=workload.width, generator=generator, output_type="latent",
-        ).images
+            width=workload.width, generator=generator, output_type="latent", return_dict=False,
+        )[0]  # FLUX's images, a video pipeline's frames: the first output either way
         forward_ms = handle.timings()
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         stats = handle.stats
