@@ -15,8 +15,9 @@ def tune(
     vram: Annotated[str, typer.Option("--vram", help="VRAM budget, e.g. 8GB (GB means GiB).")],
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="Plan from this reference GPU's profile.")] = None,
     profile: Annotated[Optional[int], typer.Option("--profile", help="Plan from this stored profile id.")] = None,
-    resolution: Annotated[str, typer.Option(help="Image size WIDTHxHEIGHT.")] = "1024x1024",
+    resolution: Annotated[Optional[str], typer.Option(help="Image size WIDTHxHEIGHT (default: the model's).")] = None,
     batch: Annotated[int, typer.Option(help="Images per step.")] = 1,
+    frames: Annotated[Optional[int], typer.Option(help="Video frames (default: the model's; 1 for images).")] = None,
     dtype: Annotated[str, typer.Option(help="Storage dtype: bf16 or fp8 (default: the model's).")] = "",
     trials: Annotated[Optional[int], typer.Option(help="Optuna trials.")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="Stop the search after this many seconds.")] = None,
@@ -37,7 +38,7 @@ def tune(
     from runtime.plan import save_plan
 
     spec = get_model(model)
-    workload = spec.workload(resolution, batch)
+    workload = spec.workload(resolution, batch, frames)
     request = TuneRequest(
         model_id=spec.id,
         budget_bytes=parse_size(vram, "--vram"),
