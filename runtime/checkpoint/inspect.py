@@ -239,10 +239,8 @@ def _pick_family(tensors: list[TensorInfo], path: Path):
     return best
 
 
-def _naming_of(tensor_name: str, block: str) -> Naming:
-    # Diffusers names are module paths, so they contain the block's path itself.
-    diffusers = tensor_name.startswith(block + ".") or f".{block}." in tensor_name
-    return Naming.DIFFUSERS if diffusers else Naming.ORIGINAL
+def _naming_of(adapter, tensor_name: str, block: str) -> Naming:
+    return Naming.ORIGINAL if adapter.is_original_name(tensor_name, block) else Naming.DIFFUSERS
 
 
 def _report(path: Path, files: tuple[Path, ...], adapter, tensors: list[TensorInfo]):
@@ -257,7 +255,7 @@ def _report(path: Path, files: tuple[Path, ...], adapter, tensors: list[TensorIn
             rest_count += 1
             rest_bytes[dtype] = rest_bytes.get(dtype, 0) + tensor.nbytes
             continue
-        namings.add(_naming_of(tensor.name, block))
+        namings.add(_naming_of(adapter, tensor.name, block))
         count, by_dtype = per_block.get(block, (0, {}))
         by_dtype[dtype] = by_dtype.get(dtype, 0) + tensor.nbytes
         per_block[block] = (count + 1, by_dtype)

@@ -87,6 +87,12 @@ class FamilyAdapter(abc.ABC):
         text states, a mid-schedule timestep), returning a tuple (`return_dict=False`).
         Must work with `device="meta"` (see the module docstring)."""
 
+    def is_original_name(self, tensor_name: str, block: str) -> bool:
+        """Whether a tensor of `block` (as `block_of_tensor` named it) is in the original
+        release's naming. The default holds where the namings differ in the block path
+        (FLUX's `double_blocks.N` vs `transformer_blocks.N`): diffusers names contain it."""
+        return not (tensor_name.startswith(block + ".") or f".{block}." in tensor_name)
+
     def convert_original(self, state: dict, shapes: Mapping[str, tuple]) -> dict:
         """Tensors of a checkpoint in the original release's naming (prefix already stripped),
         under diffusers module names. Pops what it maps out of `state`, so what is left is
