@@ -11,7 +11,6 @@ from runtime.dtypes import DType, compute_dtype, storage_dtype
 from runtime.errors import PlanMismatchError
 from runtime.inventory import Inventory, inventory_of_module
 
-_FOREIGN_HOOKS = ("_hf_hook", "_diffusers_hook")
 _RETUNE = "build a plan for this model (planner tune)"
 
 
@@ -35,9 +34,19 @@ def check_plan(model, adapter, plan) -> Inventory:
     return inv
 
 
+def _under_foreign_hooks(module) -> bool:
+    """accelerate's hook, or a diffusers hook registry holding hooks. An empty registry is
+    not offloading: diffusers pipelines leave one on a model each `cache_context` they open
+    (WanPipeline on `transformer_2` before its first forward, where the expert switch applies)."""
+    if hasattr(module, "_hf_hook"):
+        return True
+    registry = getattr(module, "_diffusers_hook", None)
+    return registry is not None and bool(getattr(registry, "hooks", True))
+
+
 def _check_untouched(model) -> None:
     for name, module in model.named_modules():
-        if any(hasattr(module, attr) for attr in _FOREIGN_HOOKS):
+        if _under_foreign_hooks(module):
             raise PlanMismatchError(
                 f"module {name or type(model).__name__!r} is already under accelerate or "
                 f"diffusers offloading hooks: load the model without them, then apply the plan"
