@@ -38,6 +38,7 @@ HOST_COPY_GBPS = 10.0
 class Phase:
     expert: str  # pipeline attribute: "transformer" or "transformer_2"
     steps: int
+    layout: Layout
     prediction: Prediction
 
 
@@ -93,8 +94,8 @@ def predict_experts(
     budget_bytes: int | None = None, experts: tuple[str, str] = ("transformer", "transformer_2"),
 ) -> ExpertsPrediction:
     phases = (
-        Phase(experts[0], steps[0], model.predict(high, budget_bytes)),
-        Phase(experts[1], steps[1], model.predict(low, budget_bytes)),
+        Phase(experts[0], steps[0], high, model.predict(high, budget_bytes)),
+        Phase(experts[1], steps[1], low, model.predict(low, budget_bytes)),
     )
     return ExpertsPrediction(phases, switch_of(model, high, low))
 
@@ -112,3 +113,35 @@ def _resident_bytes(model: CostModel, layout: Layout) -> int:
     return sum(
         model.dev_total[c][i] for i, (s, c) in enumerate(zip(layout.streamed, layout.casts)) if not s
     )
+
+
+def split_steps(experts, steps: int) -> tuple[int, int]:
+    """(high-noise, low-noise) steps of a run of `steps` for a catalog model's `Experts`, on a
+    flow-matching Euler schedule at the released sampling's shift (the pipeline's own
+    scheduler decides at run time; the engine follows whatever it calls)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return phase_steps(FlowMatchEulerDiscreteScheduler(shift=experts.shift), steps, experts.boundary_ratio)
+
+
+def plan_experts(model: CostModel, high: Layout, candidates, experts, steps: int,
+                 budget_bytes: int) -> ExpertsPrediction:
+    """Both experts' placements for a run of `steps`: the high-noise expert keeps `high` (the
+    search's best), the low-noise one the best of `candidates` counting the switch into it."""
+    split = split_steps(experts, steps)
+    low = choose_low_noise(model, high, [high, *candidates], split[1], budget_bytes)
+    return predict_experts(model, high, low, split, budget_bytes, experts.attrs[:2])
+
+
+def experts_to_dict(pred: ExpertsPrediction) -> dict:
+    return {
+        "phases": [
+            {"expert": p.expert, "steps": p.steps, "step_ms": p.prediction.step_ms,
+             "peak_vram_bytes": p.prediction.peak_vram_bytes,
+             "streamed_blocks": sum(p.layout.streamed)}
+            for p in pred.phases
+        ],
+        "switch": dataclasses.asdict(pred.switch),
+        "peak_vram_bytes": pred.peak_vram_bytes,
+        "total_ms": pred.total_ms,
+    }

@@ -180,3 +180,50 @@ def test_an_empty_diffusers_hook_registry_is_not_offloading():
     HookRegistry.check_if_exists_or_initialize(model).register_hook(ModelHook(), "someone-else")
     with pytest.raises(PlanMismatchError, match="offloading hooks"):
         apply_plan(model, _plan((0,)), "cpu")
+
+
+def test_apply_plan_on_a_two_expert_pipeline_runs_each_expert_in_turn(pipe_and_embeds):
+    from planner.experts import phase_steps
+    from runtime.apply import apply_plan
+    from runtime.engine.experts import ExpertsHandle
+    from runtime.errors import PlanMismatchError
+
+    pipe, embeds = pipe_and_embeds
+    expected = _denoise(pipe, embeds)
+    plan = _plan((1, 3))
+    handle = apply_plan(pipe, plan, "cpu")
+    try:
+        assert isinstance(handle, ExpertsHandle) and apply_plan(pipe, plan, "cpu") is handle
+        with pytest.raises(PlanMismatchError, match="already applied"):
+            apply_plan(pipe, _plan((0,)), "cpu")
+        handle.enable_timing()
+        got = _denoise(pipe, embeds)
+        assert handle.switches == 1 and handle.stats.streamed_blocks == 2
+        high, low = phase_steps(pipe.scheduler, STEPS, BOUNDARY)
+        assert len(handle.timings()) == 2 * (high + low) - 1  # the switching one is not timed
+    finally:
+        handle.remove()
+    assert torch.equal(got, expected)
+    assert apply_plan(pipe, plan, "cpu") is not handle  # removed: a fresh one applies
+    apply_plan(pipe, plan, "cpu").remove()
+
+
+def test_planner_apply_writes_the_two_expert_clip(pipe_and_embeds, tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from planner.cli import app
+    from runtime.plan import save_plan
+
+    pipe, _ = pipe_and_embeds
+    pipe.save_pretrained(tmp_path / "pipe", safe_serialization=True)
+    save_plan(_plan((0, 2)), tmp_path / "plan.json")
+    out = tmp_path / "clip.webp"
+    result = CliRunner().invoke(app, [
+        "apply", str(tmp_path / "plan.json"), "--weights", str(tmp_path / "pipe"),
+        "--prompt", "a cat on the mat", "--steps", "4", "--frames", "5", "-o", str(out),
+        "--device", "cpu", "--db", f"sqlite:///{tmp_path / 'store.db'}",
+    ])
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as clip:
+        assert clip.size == (64, 64) and clip.n_frames == 5

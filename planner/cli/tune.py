@@ -83,6 +83,8 @@ def _print(data: dict, output: Path | None) -> None:
         lines.append(
             f"  lower bound:   {data['lower_bound_ms'] / 1000:.3f} s/step (this plan is {data['ratio_to_bound']:.2f}x it)"
         )
+    if data["experts"] is not None:
+        lines.extend(_experts_lines(data["experts"]))
     if data["measured_step_ms"] is not None:
         lines.append(f"  measured:      {data['measured_step_ms'] / 1000:.3f} s/step")
     if output is not None:
@@ -95,3 +97,18 @@ def _print(data: dict, output: Path | None) -> None:
         else:
             rows.append([row["policy"], row["peer"], "does not fit", ""])
     print_table("peer policies at the same budget (predicted)", ["policy", "as in", "s/step", "peak VRAM"], rows)
+
+
+def _experts_lines(experts: dict) -> list[str]:
+    from planner.budget import format_size
+
+    phases = ", then ".join(
+        f"{p['expert']} {p['steps']} steps at {p['step_ms'] / 1000:.3f} s" for p in experts["phases"]
+    )
+    switch = experts["switch"]
+    return [
+        f"  experts:       {phases} (this placement each)",
+        f"  expert switch: {format_size(switch['out_bytes'])} out, {format_size(switch['in_bytes'])} in, "
+        f"{format_size(switch['packed_bytes'])} packed: {switch['ms'] / 1000:.2f} s once per clip; "
+        f"whole clip {experts['total_ms'] / 1000:.1f} s",
+    ]

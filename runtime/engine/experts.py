@@ -13,9 +13,12 @@ model of this switch is `planner.experts.switch_of`.
 
 from __future__ import annotations
 
+import weakref
 from typing import Mapping
 
-from runtime.errors import UserError
+from runtime.errors import PlanMismatchError, UserError
+
+_APPLIED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # first expert -> handle
 
 
 class ExpertsHandle:
@@ -31,6 +34,21 @@ class ExpertsHandle:
         self._hooks: list = []
         self._timing = False
         self._done_ms: list[float] = []
+        self._resyncs = 0
+
+    @property
+    def plan(self):
+        """The first expert's plan (what `apply_plan` was given)."""
+        return next(iter(self.plans.values()))
+
+    @property
+    def stats(self):
+        """The active expert's `OffloadStats`: what the device holds now."""
+        return self.handle.stats
+
+    @property
+    def resyncs(self) -> int:
+        return self._resyncs + self.handle.resyncs
 
     @property
     def handle(self):
@@ -49,6 +67,7 @@ class ExpertsHandle:
             return
         if self._handle is not None:
             self._done_ms.extend(self._handle.timings())
+            self._resyncs += self._handle.resyncs
             self._handle.remove()
             self._handle = None
             if self.device.type == "cuda":
@@ -69,6 +88,10 @@ class ExpertsHandle:
         return (*self._done_ms, *self.handle.timings())
 
     def remove(self) -> None:
+        """Undo: the active plan removed, the hooks gone; both experts as before. Idempotent."""
+        first = getattr(self.pipe, next(iter(self.plans)))
+        if _APPLIED.get(first) is self:
+            del _APPLIED[first]
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
@@ -94,6 +117,12 @@ def apply_experts(pipe, plans: Mapping[str, object], device=None) -> ExpertsHand
                 f"(e.g. transformer and transformer_2)"
             )
     handle = ExpertsHandle(pipe, plans, _resolve_device(device))
+    first = getattr(pipe, next(iter(plans)))
+    if first in _APPLIED:
+        raise PlanMismatchError(
+            "other plans are already applied to these experts: call remove() on their handle "
+            "first, then apply the new plans"
+        )
     try:
         handle.activate(next(iter(plans)))
         for attr in plans:
@@ -105,4 +134,19 @@ def apply_experts(pipe, plans: Mapping[str, object], device=None) -> ExpertsHand
     except BaseException:
         handle.remove()
         raise
+    _APPLIED[first] = handle
     return handle
+
+
+def applied_experts(pipe, plan, device) -> ExpertsHandle | None:
+    """The handle when `plan` is applied again to every expert on `device`; None when none
+    is applied (a different plan is refused by `apply_experts`)."""
+    handle = _APPLIED.get(getattr(pipe, "transformer", None))
+    if handle is None:
+        return None
+    if handle.device == device and all(p == plan for p in handle.plans.values()):
+        return handle
+    raise PlanMismatchError(
+        f"another plan ({handle.plan.model.id} on {handle.device}) is already applied to these "
+        f"experts: call remove() on its handle first, then apply the new plan"
+    )

@@ -21,7 +21,7 @@ import dataclasses
 import re
 from typing import Any, Mapping
 
-from runtime.catalog import model_spec
+from runtime.catalog import Experts, model_spec
 from runtime.dtypes import DType
 from runtime.errors import UserError
 from runtime.families.base import BlockInputs, BlockList, FamilyAdapter
@@ -102,6 +102,8 @@ MODELS = (
         ),
         config_source=_SOURCE.format("Wan2.2-T2V-A14B", "Wan2.2", "wan_t2v_A14B.py"),
         stated_params="14B",  # per expert; the model card states 27B total, 14B active
+        # wan_t2v_A14B.py: boundary 0.875, sample_shift 12.0, sample_steps 40
+        experts=Experts(("transformer", "transformer_2"), boundary_ratio=0.875, shift=12.0),
     ),
     model_spec(
         id="wan2.2-ti2v-5b", family="wan", config=_5B, storage_dtype=DType.BF16,
