@@ -129,6 +129,16 @@ def test_wan22_a14b_at_480p_81_frames_fits_12gb_on_an_rtx_4070(tmp_path):
     assert load_plan(out).model.id == "wan2.2-t2v-a14b"
     streamed = sum(c["streamed"] for c in data["placement"]["blocks"].values())
     assert 0 < streamed < 40  # 28.6 GB of blocks cannot all stay, some can
+    experts = data["experts"]
+    assert [p["expert"] for p in experts["phases"]] == ["transformer", "transformer_2"]
+    assert sum(p["steps"] for p in experts["phases"]) == 40
+    assert experts["peak_vram_bytes"] <= parse_size("12GB", "--vram")
+    assert experts["switch"]["in_bytes"] > 0 and experts["switch"]["ms"] > 0
+    explained = runner.invoke(app, ["explain", str(out)])
+    assert explained.exit_code == 0, explained.output
+    assert "expert switch:" in explained.output and "transformer_2" in explained.output
+    one = runner.invoke(app, ["explain", str(out), "--json"])
+    assert json.loads(one.output)["experts"]["switch"] == experts["switch"]
 
 
 @pytest.mark.parametrize(
