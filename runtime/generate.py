@@ -64,9 +64,26 @@ def load_pipeline(adapter, weights: Path, transformer_file: Path | None, dtype):
     extra = {}
     if transformer_file is not None:
         extra["transformer"] = _transformer_from_file(adapter, weights, Path(transformer_file))
-    return pipeline_class.from_pretrained(
+    pipe = pipeline_class.from_pretrained(
         weights, local_files_only=True, torch_dtype=dtype, **extra
     )
+    for name in ("transformer", "transformer_2"):
+        _drop_fp32_kept(getattr(pipe, name, None), dtype)
+    return pipe
+
+
+def _drop_fp32_kept(model, dtype) -> None:
+    """fp32 tensors of a model loaded in a 16-bit `dtype`, cast to it. diffusers keeps a
+    class's `_keep_in_fp32_modules` (Wan's norms, modulation tables, time embedder, rotary
+    tables) in fp32 when loading; a plan stores the model in one dtype, as the released bf16
+    single files do, and those modules compute in fp32 inside their forward anyway."""
+    import torch
+
+    if model is None or dtype not in (torch.bfloat16, torch.float16):
+        return
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.dtype == torch.float32:
+            tensor.data = tensor.data.to(dtype)
 
 
 def _transformer_from_file(adapter, weights: Path, path: Path):

@@ -189,3 +189,29 @@ def test_wan_and_flux_names_are_not_claimed_by_the_other():
         assert flux.block_of_tensor(name) is None, name
         assert wan.block_of_tensor(name) is not None, name
     assert wan.block_of_tensor("vace_blocks.0.after_proj.bias") is None
+
+
+def test_planner_apply_in_bf16_where_diffusers_keeps_wan_modules_in_fp32(tmp_path):
+    """WanPipeline.from_pretrained(torch_dtype=bf16) keeps norms, modulation tables and the
+    time embedder in fp32; a bf16 plan runs on it (they are brought to bf16 as loaded)."""
+    from PIL import Image
+
+    from runtime.plan import Target, build_plan, save_plan
+    from tests.family_support.wan import build_tiny_pipeline
+
+    build_tiny_pipeline().save_pretrained(tmp_path / "pipe", safe_serialization=True)
+    inv = inventory("tiny-wan", DType.BF16)
+    plan = build_plan(inv, {b.name for b in inv.blocks[1::2]},
+                      workload=get_model("tiny-wan").workload("64x64", frames=5),
+                      target=Target("cpu", 1 << 30), prefetch_depth=2)
+    assert plan.model.compute_dtype is DType.BF16
+    save_plan(plan, tmp_path / "plan.json")
+    out = tmp_path / "clip.gif"
+    result = runner.invoke(app, [
+        "apply", str(tmp_path / "plan.json"), "--weights", str(tmp_path / "pipe"),
+        "--prompt", "a red cat", "--steps", "2", "--frames", "5", "-o", str(out),
+        "--device", "cpu", "--db", f"sqlite:///{tmp_path / 'store.db'}",
+    ])
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as clip:
+        assert clip.n_frames == 5
