@@ -19,8 +19,9 @@ def apply(
     guidance: Annotated[Optional[float], typer.Option(help="Guidance scale (default: the model's).")] = None,
     height: Annotated[Optional[int], typer.Option(help="Image height (default: the plan's).")] = None,
     width: Annotated[Optional[int], typer.Option(help="Image width (default: the plan's).")] = None,
+    frames: Annotated[Optional[int], typer.Option(help="Video frames (default: the plan's).")] = None,
     transformer: Annotated[Optional[Path], typer.Option("--transformer", help="Single-file transformer .safetensors (diffusers or original BFL/ComfyUI names; fp8 kept).")] = None,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Image file to write.")] = Path("image.png"),
+    output: Annotated[Path, typer.Option("-o", "--output", help="Image file to write; a video's frames go into an animated .webp or .gif.")] = Path("image.png"),
     device: Annotated[Optional[str], typer.Option(help="Compute device (default: cuda if present).")] = None,
     lora: Annotated[Optional[list[str]], typer.Option("--lora", help="LoRA file to load, FILE or FILE:SCALE; repeatable.")] = None,
     db: DbOption = None,
@@ -45,7 +46,8 @@ def apply(
         weights=weights, prompt=prompt, output=output,
         steps=steps or (spec.default_steps if spec else 28), seed=seed,
         guidance=guidance if guidance is not None else (spec.default_guidance if spec else 3.5),
-        height=height, width=width, transformer_file=transformer, device=device, loras=loras,
+        height=height, width=width, frames=frames, transformer_file=transformer, device=device,
+        loras=loras,
     )
     result = generate(plan, config)
     run_id = record_run(db, plan, result)

@@ -76,5 +76,10 @@ def _print(result, png: Path | None) -> None:
         f"step {p.step_ms / 1000:.3f} s{ratio}; compute stream idle {result.wait_ms:.1f} ms; "
         f"peak VRAM {format_size(p.peak_vram_bytes)}"
     )
+    if result.experts is not None:
+        from planner.cli.tune import _experts_lines
+        from planner.experts import experts_to_dict
+
+        typer.echo("\n".join(line.strip() for line in _experts_lines(experts_to_dict(result.experts))))
     if png is not None:
         typer.echo(f"timeline written to {png}")

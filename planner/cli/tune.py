@@ -15,8 +15,9 @@ def tune(
     vram: Annotated[str, typer.Option("--vram", help="VRAM budget, e.g. 8GB (GB means GiB).")],
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="Plan from this reference GPU's profile.")] = None,
     profile: Annotated[Optional[int], typer.Option("--profile", help="Plan from this stored profile id.")] = None,
-    resolution: Annotated[str, typer.Option(help="Image size WIDTHxHEIGHT.")] = "1024x1024",
+    resolution: Annotated[Optional[str], typer.Option(help="Image size WIDTHxHEIGHT (default: the model's).")] = None,
     batch: Annotated[int, typer.Option(help="Images per step.")] = 1,
+    frames: Annotated[Optional[int], typer.Option(help="Video frames (default: the model's; 1 for images).")] = None,
     dtype: Annotated[str, typer.Option(help="Storage dtype: bf16 or fp8 (default: the model's).")] = "",
     trials: Annotated[Optional[int], typer.Option(help="Optuna trials.")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="Stop the search after this many seconds.")] = None,
@@ -37,7 +38,7 @@ def tune(
     from runtime.plan import save_plan
 
     spec = get_model(model)
-    workload = spec.workload(resolution, batch)
+    workload = spec.workload(resolution, batch, frames)
     request = TuneRequest(
         model_id=spec.id,
         budget_bytes=parse_size(vram, "--vram"),
@@ -82,6 +83,8 @@ def _print(data: dict, output: Path | None) -> None:
         lines.append(
             f"  lower bound:   {data['lower_bound_ms'] / 1000:.3f} s/step (this plan is {data['ratio_to_bound']:.2f}x it)"
         )
+    if data["experts"] is not None:
+        lines.extend(_experts_lines(data["experts"]))
     if data["measured_step_ms"] is not None:
         lines.append(f"  measured:      {data['measured_step_ms'] / 1000:.3f} s/step")
     if output is not None:
@@ -94,3 +97,18 @@ def _print(data: dict, output: Path | None) -> None:
         else:
             rows.append([row["policy"], row["peer"], "does not fit", ""])
     print_table("peer policies at the same budget (predicted)", ["policy", "as in", "s/step", "peak VRAM"], rows)
+
+
+def _experts_lines(experts: dict) -> list[str]:
+    from planner.budget import format_size
+
+    phases = ", then ".join(
+        f"{p['expert']} {p['steps']} steps at {p['step_ms'] / 1000:.3f} s" for p in experts["phases"]
+    )
+    switch = experts["switch"]
+    return [
+        f"  experts:       {phases} (this placement each)",
+        f"  expert switch: {format_size(switch['out_bytes'])} out, {format_size(switch['in_bytes'])} in, "
+        f"{format_size(switch['packed_bytes'])} packed: {switch['ms'] / 1000:.2f} s once per clip; "
+        f"whole clip {experts['total_ms'] / 1000:.1f} s",
+    ]

@@ -18,6 +18,7 @@ _BUILTIN = {
     "chroma": "runtime.families.chroma:ChromaAdapter",
     "sd3": "runtime.families.sd3:SD3Adapter",
     "z-image": "runtime.families.z_image:ZImageAdapter",
+    "wan": "runtime.families.wan:WanAdapter",
 }
 
 

@@ -23,6 +23,7 @@ _MODULES = {
     "chroma": "tests.family_support.chroma",
     "sd3": "tests.family_support.sd3",
     "z-image": "tests.family_support.z_image",
+    "wan": "tests.family_support.wan",
 }
 
 
