@@ -41,9 +41,7 @@ def check_plan(model, adapter, plan) -> Inventory:
 
 def _active_foreign_hooks(module) -> bool:
     """accelerate's `_hf_hook` is always active; diffusers leaves an empty `_diffusers_hook`
-    registry behind after an ordinary pipeline call (and WanPipeline one on `transformer_2`
-    before its first forward, where the expert switch applies), which holds no hook and is
-    harmless."""
+    registry behind after an ordinary pipeline call, which holds no hook and is harmless."""
     if hasattr(module, "_hf_hook"):
         return True
     registry = getattr(module, "_diffusers_hook", None)
