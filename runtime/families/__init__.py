@@ -19,6 +19,7 @@ _BUILTIN = {
     "sd3": "runtime.families.sd3:SD3Adapter",
     "z-image": "runtime.families.z_image:ZImageAdapter",
     "wan": "runtime.families.wan:WanAdapter",
+    "ltx-video": "runtime.families.ltx_video:LTXVideoAdapter",
 }
 
 

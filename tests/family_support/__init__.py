@@ -24,6 +24,7 @@ _MODULES = {
     "sd3": "tests.family_support.sd3",
     "z-image": "tests.family_support.z_image",
     "wan": "tests.family_support.wan",
+    "ltx-video": "tests.family_support.ltx_video",
 }
 
 
