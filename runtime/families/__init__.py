@@ -20,6 +20,7 @@ _BUILTIN = {
     "z-image": "runtime.families.z_image:ZImageAdapter",
     "wan": "runtime.families.wan:WanAdapter",
     "ltx-video": "runtime.families.ltx_video:LTXVideoAdapter",
+    "hunyuan-video": "runtime.families.hunyuan_video:HunyuanVideoAdapter",
 }
 
 

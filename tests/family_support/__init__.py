@@ -25,6 +25,7 @@ _MODULES = {
     "z-image": "tests.family_support.z_image",
     "wan": "tests.family_support.wan",
     "ltx-video": "tests.family_support.ltx_video",
+    "hunyuan-video": "tests.family_support.hunyuan_video",
 }
 
 
