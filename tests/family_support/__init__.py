@@ -19,6 +19,7 @@ import importlib
 
 _MODULES = {
     "flux": "tests.family_support.flux",
+    "qwen-image": "tests.family_support.qwen_image",
 }
 
 
