@@ -15,6 +15,7 @@ _REGISTRY: dict[str, FamilyAdapter] = {}
 _BUILTIN = {
     "flux": "runtime.families.flux:FluxAdapter",
     "qwen-image": "runtime.families.qwen_image:QwenImageAdapter",
+    "hunyuan-image": "runtime.families.hunyuan_image:HunyuanImageAdapter",
 }
 
 

@@ -20,6 +20,7 @@ import importlib
 _MODULES = {
     "flux": "tests.family_support.flux",
     "qwen-image": "tests.family_support.qwen_image",
+    "hunyuan-image": "tests.family_support.hunyuan_image",
 }
 
 

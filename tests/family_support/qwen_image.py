@@ -43,27 +43,11 @@ def tiny_tokenizer():
     return fast, len(vocab)
 
 
-def build_tiny_pipeline(model_id: str = "tiny-qwen-image", seed: int = 0):
-    """A QwenImagePipeline whose transformer is exactly the catalog's `model_id` (fp32, CPU)."""
-    import torch
-    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline
+def tiny_text_encoder(hidden: int):
+    """A 2-layer Qwen2_5_VLForConditionalGeneration of width `hidden` and its tokenizer."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from runtime.catalog import get_model
-    from runtime.families import get_family
-
-    assert model_id in TINY_MODELS
-    spec = get_model(model_id)
-    torch.manual_seed(seed)
-    transformer = get_family("qwen-image").build(spec.config, device="cpu")
-    z_dim = spec.config["in_channels"] // 4
-    vae = AutoencoderKLQwenImage(
-        base_dim=8, z_dim=z_dim, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-        latents_mean=[0.1, -0.2, 0.3, 0.0][:z_dim], latents_std=[1.5, 0.8, 1.2, 1.0][:z_dim],
-    )
     tokenizer, vocab = tiny_tokenizer()
-    hidden = spec.config["joint_attention_dim"]
     config = Qwen2_5_VLConfig(
         text_config={
             "hidden_size": hidden, "intermediate_size": 37, "num_hidden_layers": 2,
@@ -78,10 +62,31 @@ def build_tiny_pipeline(model_id: str = "tiny-qwen-image", seed: int = 0):
         vocab_size=vocab, image_token_id=vocab + 1, video_token_id=vocab + 2,
         vision_start_token_id=vocab + 3, vision_end_token_id=vocab + 4,
     )
-    text_encoder = Qwen2_5_VLForConditionalGeneration(config)
+    return Qwen2_5_VLForConditionalGeneration(config).eval(), tokenizer
+
+
+def build_tiny_pipeline(model_id: str = "tiny-qwen-image", seed: int = 0):
+    """A QwenImagePipeline whose transformer is exactly the catalog's `model_id` (fp32, CPU)."""
+    import torch
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline
+
+    from runtime.catalog import get_model
+    from runtime.families import get_family
+
+    assert model_id in TINY_MODELS
+    spec = get_model(model_id)
+    torch.manual_seed(seed)
+    transformer = get_family("qwen-image").build(spec.config, device="cpu")
+    z_dim = spec.config["in_channels"] // 4
+    vae = AutoencoderKLQwenImage(
+        base_dim=8, z_dim=z_dim, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.1, -0.2, 0.3, 0.0][:z_dim], latents_std=[1.5, 0.8, 1.2, 1.0][:z_dim],
+    )
+    text_encoder, tokenizer = tiny_text_encoder(spec.config["joint_attention_dim"])
     return QwenImagePipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae.eval(),
-        text_encoder=text_encoder.eval(), tokenizer=tokenizer, transformer=transformer,
+        text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer,
     )
 
 
