@@ -223,14 +223,19 @@ def _check_index(index: Path, weight_map: dict[str, str], headers: list[Header])
 
 
 def _pick_family(tensors: list[TensorInfo], path: Path):
+    """The family claiming the most block tensors; on a tie, the one more of whose block
+    lists the file holds (FLUX's two lists are HunyuanImage's last two under the same
+    names, and a FLUX file lacks HunyuanImage's refiner list)."""
     from runtime.families import families, get_family
 
-    best, best_count = None, 0
+    best, best_score = None, (0, 0.0)
     for name in families():
         adapter = get_family(name)
-        count = sum(1 for t in tensors if adapter.block_of_tensor(t.name) is not None)
-        if count > best_count:
-            best, best_count = adapter, count
+        blocks = [b for b in (adapter.block_of_tensor(t.name) for t in tensors) if b is not None]
+        lists = {b.rsplit(".", 1)[0] for b in blocks}
+        score = (len(blocks), len(lists) / len(adapter.block_lists))
+        if score > best_score:
+            best, best_score = adapter, score
     if best is None:
         raise CheckpointError(
             f"no tensor of {path} belongs to a block of a known model family "
