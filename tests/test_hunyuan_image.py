@@ -114,3 +114,32 @@ def test_a_flux_file_is_flux_even_where_a_hunyuan_like_family_sorts_first(tmp_pa
     save_file({k: v.contiguous() for k, v in random_model("tiny-hunyuanimage").state_dict().items()},
               str(hunyuan_file))
     assert inspect_checkpoint(hunyuan_file).family == "a-hunyuan-copy"  # ties with hunyuan-image
+
+
+
+def test_tune_plans_cfg_as_the_pipeline_runs_it():
+    from planner.tuning import TuneRequest, tune
+
+    spec = get_model("hunyuanimage-2.1")
+    request = TuneRequest(  # at 1024x1024 within 16 GB, one batched forward would be faster
+        model_id=spec.id, budget_bytes=16 << 30, workload=spec.workload("1024x1024"),
+        storage_dtype=spec.storage_dtype, gpu="rtx-4080", trials=20, db_url="sqlite://",
+    )
+    assert tune(request).plan.workload.cfg is CfgMode.SEQUENTIAL
+
+
+def test_tune_plans_at_the_models_own_resolution(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from planner.cli import app
+
+    plan_file = tmp_path / "plan.json"
+    result = CliRunner().invoke(app, [
+        "tune", "--model", "hunyuanimage-2.1", "--vram", "16GB", "--gpu", "rtx-4080",
+        "--trials", "5", "--db", f"sqlite:///{tmp_path / 'store.db'}", "-o", str(plan_file),
+    ])
+    assert result.exit_code == 0, result.output
+    workload = json.loads(plan_file.read_text())["workload"]
+    assert (workload["width"], workload["height"]) == (2048, 2048)
