@@ -92,3 +92,26 @@ def test_flux_and_qwen_image_do_not_claim_each_others_blocks():
     assert claimed["flux"][0] > claimed["flux"][1]
     assert claimed["qwen-image"][1] > claimed["qwen-image"][0]
     assert claimed["qwen-image"][1] == sum(1 for n in qwen_names if n.startswith("transformer_blocks."))
+
+
+def test_the_issues_tune_writes_a_plan_that_fits_with_peers_compared(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from planner.cli import app
+
+    plan_file = tmp_path / "plan.json"
+    result = CliRunner().invoke(app, [
+        "tune", "--model", "qwen-image", "--vram", "16GB", "--gpu", "rtx-4080",
+        "--db", f"sqlite:///{tmp_path / 'store.db'}", "-o", str(plan_file), "--json",
+    ])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(plan_file.read_text())
+    assert plan["workload"]["cfg"] == "sequential"
+    assert 0 < plan["predictions"]["peak_vram_bytes"] <= 16 << 30
+    assert any(b["placement"] == "streamed" for b in plan["blocks"])
+    summary = json.loads(result.output)
+    peers = {p["policy"]: p for p in summary["policies"]}
+    assert {"stream-all", "resident-prefix", "spread"} <= set(peers)
+    assert all(summary["step_ms"] <= p["step_ms"] for p in peers.values() if p["fits"])
