@@ -224,15 +224,16 @@ def _check_index(index: Path, weight_map: dict[str, str], headers: list[Header])
 
 
 def _pick_family(tensors: list[TensorInfo], path: Path):
-    """The family whose blocks hold the most of the file's tensors. Families can spell their
-    blocks alike (FLUX's and SD3's diffusers names are both `transformer_blocks.N.`), so a
-    tie goes to the family whose architecture has more of the file's other tensors."""
+    """The family that claims the most of the file's tensors (by default its block tensors;
+    see `FamilyAdapter.claims`). Families can spell their blocks alike (FLUX's and SD3's
+    diffusers names are both `transformer_blocks.N.`), so a tie goes to the family whose
+    architecture has more of the file's other tensors."""
     from runtime.families import families, get_family
 
+    names = [t.name for t in tensors]
     counts = {}
     for name in families():
-        adapter = get_family(name)
-        count = sum(1 for t in tensors if adapter.block_of_tensor(t.name) is not None)
+        count = get_family(name).claims(names)
         if count:
             counts[name] = count
     if not counts:
