@@ -194,45 +194,76 @@ class CostModel:
         if not 1 <= layout.depth <= 16:
             raise UserError(f"prefetch depth {layout.depth} is out of range: give 1 to 16")
 
-    def _simulate(self, layout: Layout, record: bool) -> tuple[float, tuple[Event, ...]]:
+    def _durations(self, layout: Layout):
         self._check(layout)
-        n = len(self.names)
         comp = [self.block_compute_ms(i, c) for i, c in enumerate(layout.casts)]
         copy = [self.copy_ms(i, c, layout.host_memory) for i, c in enumerate(layout.casts)]
-        pageable = layout.host_memory is HostMemory.PAGEABLE
-        streamed = [i for i in range(n) if layout.streamed[i]]
+        streamed = [i for i in range(len(self.names)) if layout.streamed[i]]
+        return comp, copy, streamed
+
+    def _forward(self, sim: "_Sim", layout: Layout, q: int, durations, step: int) -> None:
+        """Forward `q` (counted across steps) on both streams, from the cursors where they are."""
+        comp, copy, streamed = durations
         m = len(streamed)
         slots = min(layout.depth, m)
-        nb = self.profile.non_block_ms
+        pageable = layout.host_memory is HostMemory.PAGEABLE
+        sim.compute(NON_BLOCK, self.profile.non_block_ms, 0.0, 0.0, step)
+        j = 0
+        for i in range(len(self.names)):
+            if not layout.streamed[i]:
+                sim.compute(i, comp[i], 0.0, comp[i] - self.compute[i], step)
+                continue
+            g = q * m + j
+            j += 1
+            end = sim.compute(i, comp[i], sim.copy_done.pop(g), comp[i] - self.compute[i], step)
+            nxt = streamed[(g + slots) % m]
+            sim.copy(g + slots, nxt, copy[nxt], end, step)
+            if pageable:
+                sim.t_comp = sim.t_copy
+
+    def _simulate(self, layout: Layout, record: bool) -> tuple[float, tuple[Event, ...]]:
+        durations = self._durations(layout)
+        _, copy, streamed = durations
+        slots = min(layout.depth, len(streamed))
         sim = _Sim(record)
         for g in range(slots):  # initial copies, before the first step
             sim.copy(g, streamed[g], copy[streamed[g]], 0.0, step=-1)
-        if pageable:
+        if layout.host_memory is HostMemory.PAGEABLE:
             sim.t_comp = sim.t_copy
         ends = [0.0]
         step = 0
         while step < DEFAULT_STEPS or (step < MAX_STEPS and not _settled(ends)):
             for f in range(self.forwards):
-                q = step * self.forwards + f
-                sim.compute(NON_BLOCK, nb, 0.0, 0.0, step)
-                j = 0
-                for i in range(n):
-                    if not layout.streamed[i]:
-                        sim.compute(i, comp[i], 0.0, comp[i] - self.compute[i], step)
-                        continue
-                    g = q * m + j
-                    j += 1
-                    end = sim.compute(i, comp[i], sim.copy_done.pop(g), comp[i] - self.compute[i], step)
-                    nxt = streamed[(g + slots) % m]
-                    sim.copy(g + slots, nxt, copy[nxt], end, step)
-                    if pageable:
-                        sim.t_comp = sim.t_copy
+                self._forward(sim, layout, step * self.forwards + f, durations, step)
             ends.append(sim.t_comp)
             step += 1
         step_ms = ends[-1] - ends[-2]
         if not record:
             return step_ms, ()
         return step_ms, sim.timeline(step - 1, ends[-2], self.names)
+
+    def synchronized_step_ms(self, layout: Layout) -> float:
+        """One step when the device is synchronised before and after every forward.
+
+        That is how a benchmark times forwards with a host clock (`torch.cuda.synchronize()`
+        around each). The engine runs the same schedule, but each forward starts with both
+        streams idle and its first `slots` streamed blocks already in the ring (the previous
+        forward's wrap-around prefetch finished inside the previous synchronize), and it ends
+        when both streams are done: the synchronize also waits for this forward's own
+        wrap-around copies of the next forward's first blocks, which in a denoising loop run
+        under the next forward's compute instead. A deeper ring prefetches more of those
+        blocks at the tail of the forward, so here a deeper ring can be slower.
+        """
+        durations = self._durations(layout)
+        m = len(durations[2])
+        slots = min(layout.depth, m)
+        total = 0.0
+        for f in range(self.forwards):
+            sim = _Sim(False)
+            sim.copy_done = {f * m + g: 0.0 for g in range(slots)}
+            self._forward(sim, layout, f, durations, 0)
+            total += max(sim.t_comp, sim.t_copy)
+        return total
 
 
 def _settled(ends: list[float]) -> bool:
