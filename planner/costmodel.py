@@ -21,9 +21,10 @@ bytes = resident blocks' device bytes + the non-block modules' device bytes
 (`Inventory.non_block_device_bytes`: the runtime keeps them in the compute dtype) + the ring
 (`runtime.schedule.ring_bytes`). The runtime reports the same device weight bytes.
 
-Lower bound at a budget V (see `CostModel.lower_bound_ms`): for each cast mode the search may
-use, max(compute of every forward incl. the casts that mode makes unavoidable, bytes that
-must stream / best bandwidth), and the smallest of those over cast modes.
+Lower bound at a budget V (`CostModel.lower_bound_ms`, `planner.floor`): the real floor, the
+best any placement could do within V: max(compute of every forward plus the casts a placement
+cannot avoid, the fewest bytes that must stream / the best bandwidth), minimised over which
+blocks stay resident and each block's cast.
 """
 
 from __future__ import annotations
@@ -84,8 +85,9 @@ class Prediction:
     step_ms: float  # steady-state time of one step (the last simulated step)
     peak_vram_bytes: int
     device_weight_bytes: int
-    lower_bound_ms: float
+    lower_bound_ms: float  # the real floor at the budget (planner.floor)
     timeline: tuple[Event, ...]  # one steady step, both streams
+    synchronized_step_ms: float  # one step with the device synchronised around every forward
 
 
 class CostModel:
@@ -153,32 +155,18 @@ class CostModel:
         weights = self.device_weight_bytes(layout)
         peak = weights - self.inventory.non_block_device_bytes + self.fixed_bytes
         bound = self.lower_bound_ms(peak if budget_bytes is None else budget_bytes)
-        return Prediction(step, peak, weights, bound, timeline)
+        return Prediction(step, peak, weights, bound, timeline, self.synchronized_step_ms(layout))
 
     def lower_bound_ms(self, budget_bytes: int) -> float:
-        """No plan within `budget_bytes` can step faster than this.
+        """The real floor at `budget_bytes`: no placement, cast choice or depth the engine can
+        run within the budget steps faster (`planner.floor`)."""
+        from planner.floor import floor_ms, groups_of
 
-        For a cast mode: compute = forwards x (non-block + every block's compute, plus every
-        block's cast under `auto`, since resident blocks cast too). Bytes that must stream =
-        all block device bytes minus what can stay resident: the budget less non-block bytes,
-        activation peak, workspace and one ring slot of the smallest block (a plan that
-        streams anything holds at least that). The bound is max(compute, forwards x must-stream
-        bytes / the best bandwidth), minimised over the cast modes of the search space.
-        """
-        bounds = []
-        for cast in self.cast_modes():
-            totals = self.dev_total[cast]
-            compute = self.forwards * (
-                self.profile.non_block_ms + sum(self.block_compute_ms(i, cast) for i in range(len(totals)))
-            )
-            room = budget_bytes - self.fixed_bytes
-            if room >= sum(totals):
-                must_stream = 0
-            else:
-                must_stream = max(0, sum(totals) - max(0, room - min(totals)))
-            transfer = self.forwards * must_stream / (self.best_gbps * 1e6)
-            bounds.append(max(compute, transfer))
-        return min(bounds)
+        groups = groups_of(self.dev_total[CastMode.PRE], self.dev_total[CastMode.AUTO], self.cast_ms)
+        compute = self.profile.non_block_ms + sum(self.compute)
+        # below the smallest plan's need, the floor of the smallest plan (everything streamed)
+        room = max(budget_bytes - self.fixed_bytes, max(g.auto_bytes for g in groups))
+        return floor_ms(groups, compute, room, self.best_gbps, self.forwards)
 
     def cast_modes(self) -> tuple[CastMode, ...]:
         return (CastMode.PRE, CastMode.AUTO) if self.fp8 else (CastMode.PRE,)

@@ -86,3 +86,15 @@ def test_the_one_outlier_is_noise_not_schedule(h100):
     _, _, measured = h100
     a, b = (s["ms_by_depth"]["4"] for s in measured["depth_sweeps"] if s["plan"] == "plan_16.json")
     assert b / a - 1 > 0.10
+
+
+def test_the_recorded_plans_against_the_real_floor(h100):
+    # the floor at each budget is at least the bound the plans carry (a bound over whole
+    # blocks and a ring slot of the largest streamed block is tighter than over bytes), and the
+    # tuned plans' steady predictions sit within 6 % of it
+    inv, model, measured = h100
+    for row in measured["plans"]:
+        plan, layout = _plan(inv, row["plan"])
+        floor = model.lower_bound_ms(plan.target.vram_budget_bytes)
+        assert floor >= plan.predictions.lower_bound_ms * (1 - 1e-9)
+        assert 1 - 1e-9 <= model.step_ms(layout) / floor <= 1.06

@@ -80,7 +80,8 @@ def _print(data: dict, output: Path | None) -> None:
     ]
     if data["ratio_to_bound"] is not None:
         lines.append(
-            f"  lower bound:   {data['lower_bound_ms'] / 1000:.3f} s/step (this plan is {data['ratio_to_bound']:.2f}x it)"
+            f"  floor:         {data['lower_bound_ms'] / 1000:.3f} s/step, the best any placement does within the "
+            f"budget (this plan is {data['ratio_to_bound']:.2f}x it)"
         )
     if data["measured_step_ms"] is not None:
         lines.append(f"  measured:      {data['measured_step_ms'] / 1000:.3f} s/step")
