@@ -56,6 +56,57 @@ def replay() -> list[dict]:
     return rows
 
 
+HOPPER_CUBLAS_WORKSPACE = 32 * 2**20  # torch's default on sm90; not measured on that machine
+
+
+def peaks_and_retune() -> tuple[list[dict], list[dict]]:
+    """Peaks of the recorded plans with the workspace measured as profiler.run does now, and
+    the plans `tune` would make again from that profile at the same budgets."""
+    from planner.costmodel import CostModel
+    from planner.explain import layout_of
+    from planner.search import Settings, search
+    from planner.space import space_of
+    from profiler.flops import meta_model
+    from profiler.profile_json import load_profile_json
+    from profiler.run import _carried_bytes
+    from runtime.inventory import inventory
+    from runtime.plan import load_plan
+    from runtime.workload import CfgMode
+
+    inv = inventory("flux-dev")
+    profile = load_profile_json(DATA / "profile_flux-dev_1024_bf16.json")
+    meta, adapter = meta_model("flux-dev")
+    workspace = _carried_bytes(meta, adapter, profile.workload, profile.compute_dtype) + HOPPER_CUBLAS_WORKSPACE
+    profile = dataclasses.replace(profile, workspace_bytes=workspace)
+    model = CostModel(inv, profile)
+    measured = json.loads((DATA / "measured.json").read_text())
+    peaks, tuned = [], []
+    for r in measured["plans"]:
+        plan = load_plan(DATA / r["plan"])
+        layout = layout_of(plan, inv)
+        new = model.peak_bytes(layout)
+        peaks.append({
+            "plan": r["plan"], "measured_peak_alloc": r["peak_alloc"], "measured_peak_reserved": r["peak_reserved"],
+            "predicted_before": plan.predictions.peak_vram_bytes,
+            "error_before": round(plan.predictions.peak_vram_bytes / r["peak_alloc"] - 1, 4),
+            "predicted_after": new, "error_after": round(new / r["peak_alloc"] - 1, 4),
+        })
+        budget = plan.target.vram_budget_bytes
+        best = search(inv, {CfgMode.NONE: profile}, Settings(budget, trials=40)).best
+        streamed = space_of(inv).layout(best.candidate)
+        tuned.append({
+            "budget_gib": r["budget_gib"], "recorded_streamed": sum(layout.streamed),
+            "streamed": sum(streamed.streamed), "depth": best.candidate.depth,
+            "peak_vram_bytes": best.peak_vram_bytes, "usable_bytes": model.usable_bytes(budget),
+            "steady_ms": round(best.step_ms, 2),
+            "synchronized_ms": round(model.synchronized_step_ms(streamed), 2),
+            "floor_ms": round(model.lower_bound_ms(budget), 2),
+            "ratio_to_floor": round(best.step_ms / model.lower_bound_ms(budget), 4),
+            "recorded_plan_steady_ms": round(model.step_ms(layout), 2),
+        })
+    return peaks, tuned
+
+
 def trace_facts(path: Path) -> dict:
     """Waits and latencies of one traced forward (ms and us; absolute times are stretched by
     the profiler's own CPU overhead, the order and the GPU-side gaps are not)."""
@@ -104,6 +155,7 @@ def main() -> int:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     rows = replay()
+    peaks, tuned = peaks_and_retune()
     traces = {}
     for path in sorted(args.evidence.glob("trace_*.json.gz")) if args.evidence.is_dir() else []:
         traces[path.name] = trace_facts(path)
@@ -111,6 +163,12 @@ def main() -> int:
         print(f"{r['plan']:13} {r['run']:14} depth {r['depth']}: measured {r['measured_ms']:6.1f} ms, "
               f"before {r['predicted_before_ms']:6.1f} ({r['error_before']:+.1%}), "
               f"after {r['predicted_after_ms']:6.1f} ({r['error_after']:+.1%})")
+    for r in peaks:
+        print(f"{r['plan']:13} peak: measured {r['measured_peak_alloc'] / 2**30:.2f} GiB, before "
+              f"{r['predicted_before'] / 2**30:.2f} ({r['error_before']:+.1%}), after {r['predicted_after'] / 2**30:.2f} "
+              f"({r['error_after']:+.1%})")
+    for r in tuned:
+        print("tuned again:", json.dumps(r))
     for name, facts in traces.items():
         print(name, json.dumps(facts))
     result = {
@@ -120,6 +178,10 @@ def main() -> int:
         "before": "CostModel.step_ms: steady state, forward after forward with no synchronisation (what the plans carry)",
         "after": "CostModel.synchronized_step_ms: each forward between two device synchronisations, as the runs were timed",
         "rows": rows,
+        "peaks": peaks,
+        "peaks_note": "after = the recorded profile with the workspace profiler.run measures now: the largest block's "
+                      "inputs (33.0 MB) + 32 MiB cuBLAS workspace (torch's Hopper default, not measured there)",
+        "tuned_again": tuned,
         "traces": traces,
     }
     out = ROOT / "bench" / "results" / "replay_h100.json"

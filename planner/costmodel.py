@@ -16,10 +16,14 @@ Durations, in ms:
   (`auto`), for streamed and resident blocks alike.
 - each forward starts with the non-block modules (`non_block_ms`).
 
-Memory: peak VRAM = device weight bytes + activation peak + workspace, where device weight
-bytes = resident blocks' device bytes + the non-block modules' device bytes
-(`Inventory.non_block_device_bytes`: the runtime keeps them in the compute dtype) + the ring
-(`runtime.schedule.ring_bytes`). The runtime reports the same device weight bytes.
+Memory: peak VRAM = device weight bytes + activation peak + workspace: what torch's allocator
+holds at its peak (`torch.cuda.max_memory_allocated`). Device weight bytes = resident blocks'
+device bytes + the non-block modules' device bytes (`Inventory.non_block_device_bytes`: the
+runtime keeps them in the compute dtype) + the ring (`runtime.schedule.ring_bytes`); the
+runtime reports the same device weight bytes. The workspace is the profile's: tensors carried
+between blocks and library workspaces, measured as they are used. A plan fits a budget when
+its peak is at most `usable_bytes(budget)`: the budget less what the card keeps outside the
+allocator (CUDA context, other processes) and a margin (`planner.reserve`).
 
 Lower bound at a budget V (`CostModel.lower_bound_ms`, `planner.floor`): the real floor, the
 best any placement could do within V: max(compute of every forward plus the casts a placement
@@ -32,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+from planner import reserve
 from runtime.errors import UserError
 from runtime.inventory import device_bytes_by_dtype
 from runtime.plan import CastMode, HostMemory
@@ -103,6 +108,7 @@ class CostModel:
         self.fixed_bytes = (
             inventory.non_block_device_bytes + profile.activation_peak_bytes + profile.workspace_bytes
         )
+        self.available_bytes = reserve.available_bytes(profile)  # what the card gives the allocator
         bw = profile.bandwidth
         self._gbps = {HostMemory.PINNED: bw.pinned_under_compute_gbps, HostMemory.PAGEABLE: bw.pageable_gbps}
         self.best_gbps = max(self._gbps.values())
@@ -133,6 +139,14 @@ class CostModel:
         streamed = [self.dev[c][i] for i, (s, c) in enumerate(zip(layout.streamed, layout.casts)) if s]
         ring = ring_bytes(ring_of(list(layout.streamed), layout.depth), streamed) if streamed else 0
         return resident + self.inventory.non_block_device_bytes + ring
+
+    def usable_bytes(self, budget_bytes: int) -> int:
+        """What a plan's peak may reach within `budget_bytes` on this card (`planner.reserve`)."""
+        return reserve.usable_bytes(budget_bytes, self.available_bytes)
+
+    def budget_needed(self, peak_bytes: int) -> int | None:
+        """The smallest budget a plan of `peak_bytes` fits, or None where this card cannot."""
+        return reserve.budget_needed(peak_bytes, self.available_bytes)
 
     def peak_bytes(self, layout: Layout) -> int:
         return self.device_weight_bytes(layout) - self.inventory.non_block_device_bytes + self.fixed_bytes
@@ -165,7 +179,7 @@ class CostModel:
         groups = groups_of(self.dev_total[CastMode.PRE], self.dev_total[CastMode.AUTO], self.cast_ms)
         compute = self.profile.non_block_ms + sum(self.compute)
         # below the smallest plan's need, the floor of the smallest plan (everything streamed)
-        room = max(budget_bytes - self.fixed_bytes, max(g.auto_bytes for g in groups))
+        room = max(self.usable_bytes(budget_bytes) - self.fixed_bytes, max(g.auto_bytes for g in groups))
         return floor_ms(groups, compute, room, self.best_gbps, self.forwards)
 
     def cast_modes(self) -> tuple[CastMode, ...]:

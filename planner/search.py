@@ -5,6 +5,8 @@ depth, the host memory kind, the cast mode (fp8 storage only) and the CFG mode (
 only). The remaining kind (the one with the most blocks, the finest step) is filled to the
 most that fits the budget less a `slack` of 0..MAX_SLACK blocks, so nearly every trial is
 feasible. Trials over the budget are marked infeasible through the sampler's constraints.
+"The budget" inside is the room a plan's peak may fill: the VRAM budget less what the card
+keeps outside the allocator and a margin (`planner.reserve`).
 Before the study, an analytic pass scores every candidate with the fill kind filled to the
 most that fits (slack 0; 480 candidates for bf16 FLUX, 960 for fp8); its best are enqueued
 next to the peer policies. The peers are also scored directly, so the result is never
@@ -56,6 +58,7 @@ class SearchResult:
     trials: int
     seconds: float
     min_budget_bytes: int
+    room_bytes: int  # what a plan's peak may fill within the budget (planner.reserve)
 
 
 class Evaluator:
@@ -81,8 +84,12 @@ class Evaluator:
             self.scored[c] = Scored(c, step, self.peak(c))
         return self.scored[c]
 
-    def min_budget_bytes(self) -> int:
-        """The smallest budget any candidate fits: every block streamed at depth 1."""
+    def usable(self, budget: int) -> int:
+        """What a candidate's peak may reach within `budget` (`planner.reserve`)."""
+        return min(m.usable_bytes(budget) for m in self.models.values())
+
+    def min_peak_bytes(self) -> int:
+        """The smallest peak of any candidate: every block streamed at depth 1."""
         counts = {run.kind: 0 for run in self.space.kinds}
         return min(
             self.peak(self.space.candidate(counts, Pattern.PREFIX, 1, cast, self.space.hosts[0], cfg))
@@ -115,10 +122,18 @@ def _best(scored, budget: int) -> Scored | None:
 
 
 def check_budget(ev: Evaluator, budget: int) -> int:
+    """The smallest budget any plan fits (refusing `budget` below it, or a card too small)."""
     from planner.budget import format_size
 
-    need = ev.min_budget_bytes()
-    if budget < need:
+    peak = ev.min_peak_bytes()
+    need = max(m.budget_needed(peak) or 0 for m in ev.models.values())
+    if any(m.budget_needed(peak) is None for m in ev.models.values()):
+        raise UserError(
+            f"no plan of {ev.inventory.model_id} at this workload fits this card: even with every block "
+            f"streamed it needs {format_size(peak)} beside what the card keeps for the CUDA context; "
+            f"use a smaller resolution or batch, or a larger card"
+        )
+    if ev.usable(budget) < peak:
         raise UserError(
             f"no plan fits a VRAM budget of {format_size(budget)} for {ev.inventory.model_id} at this "
             f"workload: give --vram {format_size(_round_up(need)).replace(' ', '')} or more"
@@ -140,12 +155,13 @@ def search(inventory, profiles: Mapping[CfgMode, object], settings: Settings) ->
     started = time.perf_counter()
     ev = Evaluator(inventory, profiles)
     need = check_budget(ev, settings.budget_bytes)
-    peers = policy_candidates(ev.space, ev.peak, settings.budget_bytes)
+    room = ev.usable(settings.budget_bytes)
+    peers = policy_candidates(ev.space, ev.peak, room)
     policies = tuple((p, ev.score(c) if c is not None else None) for p, c in peers.items())
-    frontier = _frontier(ev, settings.budget_bytes)
+    frontier = _frontier(ev, room)
     seeds = [c for c in peers.values() if c is not None] + [s.candidate for s in frontier[:SEEDED_FRONTIER]]
-    trials = _run_study(ev, settings, seeds)
-    best = _best(ev.scored.values(), settings.budget_bytes)
+    trials = _run_study(ev, settings, seeds, room)
+    best = _best(ev.scored.values(), room)
     assert best is not None, "stream-all fits whenever the budget check passed"
     return SearchResult(
         best=best,
@@ -154,6 +170,7 @@ def search(inventory, profiles: Mapping[CfgMode, object], settings: Settings) ->
         trials=trials,
         seconds=time.perf_counter() - started,
         min_budget_bytes=need,
+        room_bytes=room,
     )
 
 
@@ -183,10 +200,11 @@ def _frontier(ev: Evaluator, budget: int) -> list[Scored]:
     return sorted(found.values(), key=lambda s: (s.step_ms, s.peak_vram_bytes))
 
 
-def _run_study(ev: Evaluator, settings: Settings, seeds: list[Candidate]) -> int:
+def _run_study(ev: Evaluator, settings: Settings, seeds: list[Candidate], budget: int) -> int:
+    """The study; `budget` is the room a candidate's peak may fill (`Evaluator.usable`)."""
     import optuna
 
-    space, budget = ev.space, settings.budget_bytes
+    space = ev.space
     others = [run for run in space.kinds if run.kind != space.fill_kind]
 
     def decode(trial) -> Candidate:
@@ -262,9 +280,10 @@ def exhaustive(inventory, profiles: Mapping[CfgMode, object], budget_bytes: int)
     For benchmarks: it scores every candidate that fits the budget (thousands for FLUX).
     """
     ev = Evaluator(inventory, profiles)
+    room = ev.usable(budget_bytes)
     count = 0
     for c in ev.space.enumerate():
-        if ev.peak(c) <= budget_bytes:
+        if ev.peak(c) <= room:
             ev.score(c)
             count += 1
-    return _best(ev.scored.values(), budget_bytes), count
+    return _best(ev.scored.values(), room), count

@@ -176,7 +176,7 @@ def _verify(inv, source: ProfileSource, result: SearchResult, req: TuneRequest) 
     from runtime.random_weights import random_model
 
     ranked = sorted(
-        (s for s in result.pareto if s.peak_vram_bytes <= req.budget_bytes), key=lambda s: s.step_ms
+        (s for s in result.pareto if s.peak_vram_bytes <= result.room_bytes), key=lambda s: s.step_ms
     )
     candidates = [result.best] + [s for s in ranked if s.candidate != result.best.candidate]
     adapter = get_family(get_model(req.model_id).family)

@@ -21,7 +21,10 @@ The assumptions, each a named constant below:
   The single-stream block's peak is at its concat: 4 hidden of MLP activations + 1 of attention
   output + 5 of the concatenation + 2 for the residual and the normed input; the double block
   stays under it. Attention runs as flash/memory-efficient SDPA, so no seq^2 score matrix.
-- Workspace: 768 MiB for the CUDA context (~300-500 MiB), cuBLAS workspaces and allocator slack.
+- Workspace: 128 MiB of what torch's allocator holds besides weights and a block's activation:
+  cuBLAS/cuBLASLt workspaces (8-64 MiB by card) and the hidden states carried between blocks
+  (33 MB for FLUX at 1024x1024). The CUDA context is outside the allocator: `planner.reserve`
+  takes a stated margin for it off the card's memory.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ PAGEABLE_EFFICIENCY = 0.35
 COPY_OVERHEAD_US = 6.0
 MEMORY_EFFICIENCY = 0.8
 ACTIVATION_FACTOR = 12
-WORKSPACE_BYTES = 768 * 2**20
+WORKSPACE_BYTES = 128 * 2**20
 _MIB = 2**20
 
 
