@@ -91,6 +91,17 @@ class Inventory:
             "total": {"params": self.total_params, "bytes": self.total_bytes},
         }
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "Inventory":
+        """The inverse of `to_dict` (for the model cache: data this tool wrote itself)."""
+        blocks = tuple(
+            BlockInfo(b["name"], b["kind"], b["index"], b["params"], dict(b["bytes_by_dtype"]))
+            for b in data["blocks"]
+        )
+        rest = data["non_block"]
+        return cls(data["model"], data["family"], DType(data["dtype"]), blocks, rest["params"],
+                   dict(rest["bytes_by_dtype"]))
+
 
 def _tensor_bytes(module, storage: DType) -> tuple[int, dict[str, int]]:
     return _tensor_bytes_of(list(module.parameters()) + list(module.buffers()), storage)
@@ -121,14 +132,31 @@ def inventory_of_module(model, adapter, model_id: str, storage: DType) -> Invent
 
 
 def inventory(model_id: str, storage: DType | None = None) -> Inventory:
-    """Inventory of a catalog model, built on `meta` (no weights, no memory)."""
+    """Inventory of a catalog model, derived on `meta` (no weights, no memory) once and then
+    read from the model cache (`runtime.model_cache`)."""
+    from runtime.catalog import get_model
+    from runtime.model_cache import cached
+
+    spec = get_model(model_id)
+    storage = storage or spec.storage_dtype
+    data = cached("inventory", spec, inventory_args(storage),
+                  lambda: derive_inventory(model_id, storage).to_dict())
+    return Inventory.from_dict(data)
+
+
+def inventory_args(storage: DType) -> dict:
+    return {"storage": storage.value}
+
+
+def derive_inventory(model_id: str, storage: DType) -> Inventory:
+    """The inventory built from the model on `meta`."""
     from runtime.catalog import get_model
     from runtime.families import get_family
 
     spec = get_model(model_id)
     adapter = get_family(spec.family)
     model = adapter.build(spec.config, device="meta")
-    return inventory_of_module(model, adapter, model_id, storage or spec.storage_dtype)
+    return inventory_of_module(model, adapter, model_id, storage)
 
 
 def device_bytes_by_dtype(block: BlockInfo, cast_on_host: bool) -> dict[str, int]:

@@ -12,7 +12,7 @@ from planner.cli._common import DbOption, JsonOption, print_json
 
 def apply(
     plan_file: Annotated[Path, typer.Argument(help="plan.json from `planner tune`.")],
-    weights: Annotated[Path, typer.Option("--weights", help="Local diffusers FLUX pipeline folder.")],
+    weights: Annotated[Path, typer.Option("--weights", help="Local diffusers pipeline folder of the plan's model.")],
     prompt: Annotated[str, typer.Option("--prompt", help="Text prompt.")],
     steps: Annotated[Optional[int], typer.Option(help="Denoising steps (default: the model's).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -27,7 +27,7 @@ def apply(
 ) -> None:
     """Generate an image with a plan applied, and measure it against the plan."""
     from planner.budget import format_size
-    from runtime.catalog import CATALOG
+    from runtime.catalog import find_model
     from runtime.generate import GenerateConfig, generate, record_run
     from runtime.plan import load_plan
 
@@ -36,7 +36,7 @@ def apply(
     plan = load_plan(plan_file)
     with open_store(db):  # a locked, read-only or out-of-date store fails here, before any work
         pass
-    spec = CATALOG.get(plan.model.id)
+    spec = find_model(plan.model.id)
     config = GenerateConfig(
         weights=weights, prompt=prompt, output=output,
         steps=steps or (spec.default_steps if spec else 28), seed=seed,
