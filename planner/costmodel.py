@@ -7,6 +7,18 @@ copies of uses 0..slots-1 are issued first; compute of `g` waits for the copy of
 of `g + slots` is issued once compute of `g` is enqueued and starts when compute of `g` has
 finished (slot free) and the copy before it on the single FIFO copy stream has finished.
 
+Two ways forwards follow each other, one schedule:
+- steady (`step_ms`, what the search minimises): forward after forward with no host
+  synchronisation, as a denoising loop runs them; the wrap-around prefetch of the next
+  forward's first streamed blocks runs under the next forward's compute. Here a deeper ring
+  never loses: every copy may start no later.
+- synchronized (`synchronized_step_ms`): the device synchronised before and after every
+  forward, as a benchmark timing forwards with a host clock does. The synchronize waits for
+  the wrap-around copies too, so a deeper ring, which prefetches more at the tail, can lose.
+  The H100 runs were timed this way: replayed, it matches them within 2.3 %
+  (tests/test_replay_h100.py, bench/replay_h100.py).
+Both assume the host enqueues work ahead of the device (the runtime never blocks the host).
+
 Durations, in ms:
 - copy of a block = per-copy overhead x its dtype groups + device bytes / bandwidth, where the
   bytes are `device_bytes_by_dtype(block, cast_on_host=(cast is pre))` and the bandwidth is

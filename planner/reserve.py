@@ -30,9 +30,13 @@ ALLOCATOR_MARGIN = 0.02
 
 def available_bytes(profile) -> float:
     """Device bytes the allocator could hold at most on the profile's card (see module doc)."""
-    if profile.device == "cpu" or not profile.device.startswith("cuda"):
+    if profile.device == "cpu":
         return math.inf
-    live = None if profile.is_estimate else _live_available(profile)
+    if profile.is_estimate:  # a reference GPU ("reference:<id>")
+        return max(0, profile.machine.gpu_memory_bytes - CONTEXT_MARGIN_BYTES)
+    if not profile.device.startswith("cuda"):
+        return math.inf
+    live = _live_available(profile)
     if live is not None:
         return live
     return max(0, profile.machine.gpu_memory_bytes - CONTEXT_MARGIN_BYTES)
