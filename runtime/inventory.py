@@ -103,10 +103,6 @@ class Inventory:
                    dict(rest["bytes_by_dtype"]))
 
 
-def _tensor_bytes(module, storage: DType) -> tuple[int, dict[str, int]]:
-    return _tensor_bytes_of(list(module.parameters()) + list(module.buffers()), storage)
-
-
 def _tensor_bytes_of(tensors, storage: DType) -> tuple[int, dict[str, int]]:
     params = 0
     by_dtype: dict[str, int] = {}
@@ -118,14 +114,18 @@ def _tensor_bytes_of(tensors, storage: DType) -> tuple[int, dict[str, int]]:
     return params, by_dtype
 
 
-def inventory_of_module(model, adapter, model_id: str, storage: DType) -> Inventory:
-    """Inventory of a built model (on any device, meta included) stored as `storage`."""
+def inventory_of_module(
+    model, adapter, model_id: str, storage: DType, skip: frozenset[int] = frozenset()
+) -> Inventory:
+    """Inventory of a built model (on any device, meta included) stored as `storage`;
+    tensors whose ids are in `skip` (adapter weights) are left out."""
     blocks = []
-    block_ids = set()
+    block_ids = set(skip)
     for index, (name, kind, block) in enumerate(adapter.blocks(model)):
-        params, by_dtype = _tensor_bytes(block, storage)
+        tensors = [t for t in list(block.parameters()) + list(block.buffers()) if id(t) not in skip]
+        params, by_dtype = _tensor_bytes_of(tensors, storage)
         blocks.append(BlockInfo(name, kind, index, params, by_dtype))
-        block_ids.update(id(t) for t in list(block.parameters()) + list(block.buffers()))
+        block_ids.update(id(t) for t in tensors)
     rest = [t for t in list(model.parameters()) + list(model.buffers()) if id(t) not in block_ids]
     rest_params, rest_by_dtype = _tensor_bytes_of(rest, storage)
     return Inventory(model_id, adapter.name, storage, tuple(blocks), rest_params, rest_by_dtype)

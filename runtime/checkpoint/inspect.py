@@ -225,10 +225,11 @@ def _check_index(index: Path, weight_map: dict[str, str], headers: list[Header])
 def _pick_family(tensors: list[TensorInfo], path: Path):
     from runtime.families import families, get_family
 
+    names = [t.name for t in tensors]
     best, best_count = None, 0
     for name in families():
         adapter = get_family(name)
-        count = sum(1 for t in tensors if adapter.block_of_tensor(t.name) is not None)
+        count = adapter.claims(names)
         if count > best_count:
             best, best_count = adapter, count
     if best is None:

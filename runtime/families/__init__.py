@@ -14,6 +14,8 @@ from runtime.families.base import FamilyAdapter
 _REGISTRY: dict[str, FamilyAdapter] = {}
 _BUILTIN = {
     "flux": "runtime.families.flux:FluxAdapter",
+    "flux2": "runtime.families.flux2:Flux2Adapter",
+    "chroma": "runtime.families.chroma:ChromaAdapter",
 }
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from runtime.workload import Workload
 
@@ -75,6 +75,13 @@ class FamilyAdapter(abc.ABC):
     def block_of_tensor(self, tensor_name: str) -> str | None:
         """The block (diffusers module path, e.g. `transformer_blocks.3`) a checkpoint tensor
         belongs to, for every naming this family's checkpoints use; None for non-block tensors."""
+
+    def claims(self, tensor_names: Sequence[str]) -> int:
+        """How many tensors of a checkpoint (all its names) this family claims: `inspect` takes
+        the family that claims the most. By default its block tensors. A family whose block
+        names another family's also match overrides this to tell its files apart, e.g. by a
+        tensor only it has (a file holding it is claimed whole: `len(tensor_names)`)."""
+        return sum(1 for name in tensor_names if self.block_of_tensor(name) is not None)
 
     @abc.abstractmethod
     def block_inputs(self, model, kind: str, workload: Workload, device, dtype) -> BlockInputs:

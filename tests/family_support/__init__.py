@@ -19,6 +19,8 @@ import importlib
 
 _MODULES = {
     "flux": "tests.family_support.flux",
+    "flux2": "tests.family_support.flux2",
+    "chroma": "tests.family_support.chroma",
 }
 
 
