@@ -101,7 +101,9 @@ def _prompt_kwargs(adapter, pipe, prompt: str, workload, guidance: float, device
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    # tensors, and lists of them (Z-Image's pipeline takes one embedding per prompt), move
+    return {k: torch.utils._pytree.tree_map_only(torch.Tensor, lambda t: t.to(device), v)
+            for k, v in kwargs.items()}
 
 
 def generate(plan, config: GenerateConfig) -> GenerateResult:

@@ -94,6 +94,13 @@ class FamilyAdapter(abc.ABC):
         text states, a mid-schedule timestep), returning a tuple (`return_dict=False`).
         Must work with `device="meta"` (see the module docstring)."""
 
+    def is_original_name(self, tensor_name: str, block: str) -> bool | None:
+        """Whether a tensor of `block` is spelled in the original naming (True), the diffusers
+        one (False), or alike in both (None: it does not tell the file's naming). By default
+        diffusers names are module paths holding the block's path and original names do not;
+        families whose original names share the block paths say it by the rest of the name."""
+        return not (tensor_name.startswith(block + ".") or f".{block}." in tensor_name)
+
     def convert_original(self, state: dict, shapes: Mapping[str, tuple]) -> dict:
         """Tensors of a checkpoint in the original release's naming (prefix already stripped),
         under diffusers module names. Pops what it maps out of `state`, so what is left is

@@ -21,6 +21,8 @@ _MODULES = {
     "flux": "tests.family_support.flux",
     "flux2": "tests.family_support.flux2",
     "chroma": "tests.family_support.chroma",
+    "sd3": "tests.family_support.sd3",
+    "z-image": "tests.family_support.z_image",
 }
 
 
