@@ -21,6 +21,8 @@ _BUILTIN = {
     "wan": "runtime.families.wan:WanAdapter",
     "ltx-video": "runtime.families.ltx_video:LTXVideoAdapter",
     "hunyuan-video": "runtime.families.hunyuan_video:HunyuanVideoAdapter",
+    "qwen-image": "runtime.families.qwen_image:QwenImageAdapter",
+    "hunyuan-image": "runtime.families.hunyuan_image:HunyuanImageAdapter",
 }
 
 

@@ -26,6 +26,8 @@ _MODULES = {
     "wan": "tests.family_support.wan",
     "ltx-video": "tests.family_support.ltx_video",
     "hunyuan-video": "tests.family_support.hunyuan_video",
+    "qwen-image": "tests.family_support.qwen_image",
+    "hunyuan-image": "tests.family_support.hunyuan_image",
 }
 
 
