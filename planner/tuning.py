@@ -160,7 +160,8 @@ def tune(req: TuneRequest) -> TuneOutcome:
 
     with open_store(req.db_url) as store:
         plan_id = store.save_plan(plan)
-    return TuneOutcome(plan, prediction, result, source, inv, plan_id, best, measured, experts)
+    return TuneOutcome(plan, prediction, result, source, inv, plan_id, best, measured,
+                       experts=experts)
 
 
 def experts_of(inv, source: ProfileSource, scored: Scored, req: TuneRequest):

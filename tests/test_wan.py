@@ -229,3 +229,24 @@ def test_models_of_one_architecture_keep_their_own_ids():
                                      "--db", "sqlite://", "--json"])
         assert result.exit_code == 0, result.output
         assert json.loads(result.output)["plan"]["model"]["id"] == model_id
+
+
+def test_ti2v_blocks_take_a_timestep_per_token():
+    """The 48-channel (Wan 2.2 VAE) layout: block inputs carry (batch, tokens, 6, width)
+    modulation, as the forward makes it from per-token timesteps, and the model runs."""
+    import torch
+
+    from runtime.families import get_family
+
+    adapter = get_family("wan")
+    config = {**get_model("tiny-wan").config, "in_channels": 48, "out_channels": 48}
+    model = adapter.build(config, device="cpu")
+    workload = get_model("tiny-wan").workload("64x64", frames=5)  # 16x VAE: 2 x 2 x 2 tokens
+    name, kind, block = adapter.blocks(model)[0]
+    inputs = adapter.block_inputs(model, kind, workload, "cpu", torch.float32)
+    assert tuple(inputs.kwargs["temb"].shape) == (1, 8, 6, 32)
+    with torch.no_grad():
+        out = block(*inputs.args, **inputs.kwargs)
+        whole = model(**adapter.model_inputs(model, workload, "cpu", torch.float32))[0]
+    assert out.shape == (1, 8, 32) and torch.isfinite(out).all()
+    assert tuple(whole.shape) == (1, 48, 2, 4, 4)

@@ -178,7 +178,8 @@ class WanAdapter(FamilyAdapter):
             "hidden_states": rand(batch, tokens, dim),
             "encoder_hidden_states": rand(batch, workload.text_tokens, dim),
             "temb": temb,
-            "rotary_emb": (cos.to(device), sin.to(device)),
+            # in the model's dtype, as its rotary buffers are once loaded for a plan
+            "rotary_emb": (cos.to(device=device, dtype=dtype), sin.to(device=device, dtype=dtype)),
         }
         return BlockInputs(args=(), kwargs=kwargs)
 
