@@ -150,3 +150,26 @@ def test_flux_files_are_not_claimed_by_hunyuanvideo(tmp_path):
         path = tmp_path / f"{name}.safetensors"
         save_file(tensors, str(path))
         assert inspect_checkpoint(path).family == "flux", name
+
+
+def test_planner_apply_in_bf16_writes_every_frame(tmp_path):
+    from PIL import Image
+
+    from runtime.plan import Target, build_plan, save_plan
+    from tests.family_support.hunyuan_video import build_tiny_pipeline
+
+    build_tiny_pipeline().save_pretrained(tmp_path / "pipe", safe_serialization=True)
+    inv = inventory("tiny-hunyuanvideo", DType.BF16)
+    plan = build_plan(inv, {b.name for b in inv.blocks[1::2]},
+                      workload=get_model("tiny-hunyuanvideo").workload("64x64", frames=5),
+                      target=Target("cpu", 1 << 30), prefetch_depth=2)
+    save_plan(plan, tmp_path / "plan.json")
+    out = tmp_path / "clip.gif"
+    result = runner.invoke(app, [
+        "apply", str(tmp_path / "plan.json"), "--weights", str(tmp_path / "pipe"),
+        "--prompt", "a red cat", "--steps", "2", "--frames", "9", "-o", str(out),
+        "--device", "cpu", "--db", f"sqlite:///{tmp_path / 'store.db'}",
+    ])
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as clip:
+        assert (clip.size, clip.n_frames) == ((64, 64), 9)

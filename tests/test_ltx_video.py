@@ -158,3 +158,26 @@ def test_ltx_and_the_image_families_do_not_claim_each_others_files():
              "model.diffusion_model.transformer_blocks.0.ff.net.2.weight", "vae.encoder.conv_in.conv.weight"]
     assert ltx.claims(names) == 3
     assert [ltx.block_of_tensor(n) for n in names] == ["transformer_blocks.0"] * 2 + [None]
+
+
+def test_planner_apply_in_bf16_writes_every_frame(tmp_path):
+    from PIL import Image
+
+    from runtime.plan import Target, build_plan, save_plan
+    from tests.family_support.ltx_video import build_tiny_pipeline
+
+    build_tiny_pipeline().save_pretrained(tmp_path / "pipe", safe_serialization=True)
+    inv = inventory("tiny-ltx-video", DType.BF16)
+    plan = build_plan(inv, {b.name for b in inv.blocks[1::2]},
+                      workload=get_model("tiny-ltx-video").workload("64x64", frames=9),
+                      target=Target("cpu", 1 << 30), prefetch_depth=2)
+    save_plan(plan, tmp_path / "plan.json")
+    out = tmp_path / "clip.webp"
+    result = runner.invoke(app, [
+        "apply", str(tmp_path / "plan.json"), "--weights", str(tmp_path / "pipe"),
+        "--prompt", "a red cat", "--steps", "2", "--frames", "17", "-o", str(out),
+        "--device", "cpu", "--db", f"sqlite:///{tmp_path / 'store.db'}",
+    ])
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as clip:
+        assert (clip.size, clip.n_frames) == ((64, 64), 17)
