@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from runtime.dtypes import DType
 from runtime.errors import PlanFormatError
 from runtime.strict_json import DuplicateKey, NonFiniteConstant, loads_strict
-from runtime.workload import CfgMode, Workload
+from runtime.workload import MAX_FRAMES, CfgMode, Workload
 
 FORMAT_VERSION = 1
 MAX_PLAN_FILE_BYTES = 10 * 1024 * 1024
@@ -117,6 +117,8 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
             "batch": plan.workload.batch,
             "cfg": plan.workload.cfg.value,
             "text_tokens": plan.workload.text_tokens,
+            # a video's frames; image plans keep the text (and hash) they had before frames
+            **({"frames": plan.workload.frames} if plan.workload.frames != 1 else {}),
         },
         "target": {
             "gpu_name": plan.target.gpu_name,
@@ -218,7 +220,10 @@ def plan_from_dict(data: Any, source: str = "plan") -> Plan:
         storage_dtype=r.enum(m, "model.storage_dtype", DType),
         compute_dtype=r.enum(m, "model.compute_dtype", DType),
     )
-    w = r.section(data, "workload", {"height", "width", "batch", "cfg", "text_tokens"})
+    w = data["workload"]
+    r.object(w, "workload")
+    r.keys({k: v for k, v in w.items() if k != "frames"}, "workload",
+           {"height", "width", "batch", "cfg", "text_tokens"})
     height = r.integer(w, "workload.height", 16, 16384)
     width = r.integer(w, "workload.width", 16, 16384)
     if height % 16 or width % 16:
@@ -229,6 +234,7 @@ def plan_from_dict(data: Any, source: str = "plan") -> Plan:
         batch=r.integer(w, "workload.batch", 1, 64),
         cfg=r.enum(w, "workload.cfg", CfgMode),
         text_tokens=r.integer(w, "workload.text_tokens", 1, 4096),
+        frames=r.integer(w, "workload.frames", 1, MAX_FRAMES) if "frames" in w else 1,
     )
     t = r.section(data, "target", {"gpu_name", "vram_budget_bytes"})
     target = Target(
