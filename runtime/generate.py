@@ -62,7 +62,7 @@ def load_pipeline(adapter, weights: Path, transformer_file: Path | None, dtype):
         )
     extra = {}
     if transformer_file is not None:
-        extra["transformer"] = _transformer_from_file(adapter, weights, Path(transformer_file))
+        extra[adapter.denoiser] = _transformer_from_file(adapter, weights, Path(transformer_file))
     return pipeline_class.from_pretrained(
         weights, local_files_only=True, torch_dtype=dtype, **extra
     )
@@ -73,7 +73,7 @@ def _transformer_from_file(adapter, weights: Path, path: Path):
     stored (an fp8 checkpoint stays fp8), in diffusers or the family's original naming."""
     from runtime.checkpoint.load import load_transformer
 
-    config = adapter.model_class().load_config(weights, subfolder="transformer")
+    config = adapter.model_class().load_config(weights, subfolder=adapter.denoiser)
     return load_transformer(path, config, family=adapter.name)
 
 

@@ -52,6 +52,12 @@ def family_of_module(module) -> FamilyAdapter:
     )
 
 
+def denoiser_attributes() -> list[str]:
+    """The pipeline attributes (and subfolders) that hold a family's model, e.g. `transformer`."""
+    _load_builtins()
+    return list(dict.fromkeys(adapter.denoiser for adapter in _REGISTRY.values()))
+
+
 def families() -> list[str]:
     _load_builtins()
     return sorted(_REGISTRY)
