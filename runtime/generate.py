@@ -81,7 +81,7 @@ def _prompt_kwargs(adapter, pipe, prompt: str, workload, guidance: float, device
     """Run the text encoders (on the device if they fit, else on the CPU), then drop them."""
     import torch
 
-    encoders = [getattr(pipe, name) for name in adapter.text_encoders]
+    encoders = [getattr(pipe, name, None) for name in adapter.text_encoders]
     encoders = [enc for enc in encoders if enc is not None]
     target = torch.device("cpu")
     if device.type == "cuda":
@@ -93,7 +93,8 @@ def _prompt_kwargs(adapter, pipe, prompt: str, workload, guidance: float, device
     with torch.no_grad():
         kwargs = adapter.prompt_kwargs(pipe, prompt, workload, guidance, target)
     for name in adapter.text_encoders:  # drop-and-reload: the next run loads them again
-        setattr(pipe, name, None)
+        if hasattr(pipe, name):  # a family's pipelines may lack one (SD 1.5 has one CLIP)
+            setattr(pipe, name, None)
     del encoders
     gc.collect()
     if device.type == "cuda":
