@@ -19,6 +19,7 @@ import importlib
 
 _MODULES = {
     "flux": "tests.family_support.flux",
+    "unet": "tests.family_support.unet",
 }
 
 
