@@ -138,3 +138,18 @@ def test_sdxl_tune_at_4gb_on_an_rtx_3060_writes_a_plan_that_fits(tmp_path):
     assert plan["predictions"]["peak_vram_bytes"] <= 4 * 2**30
     placements = {b["name"]: b["placement"] for b in plan["blocks"]}
     assert placements["up_blocks.0"] == "streamed"  # 1.2B params, 2.4 GB: cannot stay
+
+
+def test_search_finds_the_exhaustive_best_for_sd15():
+    """Nine one-block kinds: the analytic pass covers every subset (patterns coincide), so the
+    search's plan is the best of the whole space."""
+    from planner.search import Settings, exhaustive, search
+    from profiler.reference import reference_profile
+    from runtime.workload import CfgMode
+
+    inv = inventory("sd1.5")
+    workload = get_model("sd1.5").workload("512x512")
+    profiles = {CfgMode.BATCHED: reference_profile("rtx-3060", "sd1.5", workload)}
+    budget = 2 * 2**30
+    best, _ = exhaustive(inv, profiles, budget)
+    assert search(inv, profiles, Settings(budget, trials=20)).best.step_ms == best.step_ms
