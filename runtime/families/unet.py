@@ -38,7 +38,7 @@ LDM_LAYERS_PER_BLOCK = 2
 LDM_PREFIX = "model.diffusion_model."
 
 _DIFFUSERS_BLOCK = re.compile(
-    r"^(?:model\.diffusion_model\.|diffusion_model\.|unet\.)?(?:(down_blocks|up_blocks)\.(\d+)|mid_block)\."
+    r"^(?:model\.diffusion_model\.|diffusion_model\.)?(?:(down_blocks|up_blocks)\.(\d+)|mid_block)\."
 )
 _ORIGINAL_BLOCK = re.compile(
     r"^(?:model\.diffusion_model\.|diffusion_model\.)?(?:(input_blocks|output_blocks)\.(\d+)|middle_block)\."
