@@ -23,6 +23,7 @@ _BUILTIN = {
     "hunyuan-video": "runtime.families.hunyuan_video:HunyuanVideoAdapter",
     "qwen-image": "runtime.families.qwen_image:QwenImageAdapter",
     "hunyuan-image": "runtime.families.hunyuan_image:HunyuanImageAdapter",
+    "unet": "runtime.families.unet:UNetAdapter",
 }
 
 
@@ -59,6 +60,12 @@ def family_of_module(module) -> FamilyAdapter:
         f"no model family recognises {type(module).__name__}: "
         f"supported families are {', '.join(sorted(_REGISTRY))}"
     )
+
+
+def denoiser_attributes() -> list[str]:
+    """The pipeline attributes (and subfolders) that hold a family's model, e.g. `transformer`."""
+    _load_builtins()
+    return list(dict.fromkeys(adapter.denoiser for adapter in _REGISTRY.values()))
 
 
 def families() -> list[str]:

@@ -28,6 +28,7 @@ _MODULES = {
     "hunyuan-video": "tests.family_support.hunyuan_video",
     "qwen-image": "tests.family_support.qwen_image",
     "hunyuan-image": "tests.family_support.hunyuan_image",
+    "unet": "tests.family_support.unet",
 }
 
 
