@@ -181,3 +181,19 @@ def test_planner_apply_in_bf16_writes_every_frame(tmp_path):
     assert result.exit_code == 0, result.output
     with Image.open(out) as clip:
         assert (clip.size, clip.n_frames) == ((64, 64), 17)
+
+
+def test_guidance_that_turns_cfg_on_is_refused_for_a_plan_without_cfg():
+    import dataclasses
+
+    from runtime.errors import UserError
+    from runtime.families import get_family
+    from runtime.workload import CfgMode
+    from tests.family_support.ltx_video import build_tiny_pipeline
+
+    pipe, adapter = build_tiny_pipeline(), get_family("ltx-video")
+    workload = dataclasses.replace(get_model("tiny-ltx-video").workload("64x64"), cfg=CfgMode.NONE)
+    with pytest.raises(UserError, match="not tuned for"):
+        adapter.prompt_kwargs(pipe, "a cat", workload, 3.0, torch.device("cpu"))
+    kwargs = adapter.prompt_kwargs(pipe, "a cat", workload, 1.0, torch.device("cpu"))
+    assert "negative_prompt_embeds" not in kwargs

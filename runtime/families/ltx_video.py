@@ -183,6 +183,11 @@ class LTXVideoAdapter(FamilyAdapter):
     def prompt_kwargs(self, pipe, prompt: str, workload: Workload, guidance: float, device) -> dict:
         latent_shape(workload)  # refuses what the pipeline would round
         cfg = guidance > 1.0  # as LTXPipeline.do_classifier_free_guidance
+        if cfg and workload.cfg is CfgMode.NONE:
+            raise UserError(
+                f"guidance {guidance} makes LTXPipeline run CFG at twice the batch, which this "
+                f"plan was not tuned for: give --guidance 1 or a plan tuned with CFG"
+            )
         embeds, mask, negative, negative_mask = pipe.encode_prompt(
             prompt, negative_prompt="", do_classifier_free_guidance=cfg,
             max_sequence_length=workload.text_tokens, device=device,
