@@ -173,3 +173,21 @@ def test_planner_apply_in_bf16_writes_every_frame(tmp_path):
     assert result.exit_code == 0, result.output
     with Image.open(out) as clip:
         assert (clip.size, clip.n_frames) == ((64, 64), 9)
+
+
+def test_decode_is_the_pipelines_own():
+    """`decode` of the pipeline's latents gives the frames HunyuanVideoPipeline returns."""
+    import numpy as np
+
+    from runtime.families import get_family
+    from tests.family_support.hunyuan_video import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline()
+    adapter, workload = get_family("hunyuan-video"), get_model("tiny-hunyuanvideo").workload("64x64")
+    kwargs = adapter.prompt_kwargs(pipe, "a cat", workload, 6.0, "cpu")
+    run = dict(kwargs, num_inference_steps=2, height=64, width=64, return_dict=False)
+    frames = pipe(**run, output_type="pil", generator=torch.Generator().manual_seed(0))[0][0]
+    latents = pipe(**run, output_type="latent", generator=torch.Generator().manual_seed(0))[0]
+    decoded = adapter.decode(pipe, latents, workload)
+    assert len(decoded) == len(frames) == 5
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(decoded, frames))

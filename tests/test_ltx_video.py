@@ -197,3 +197,31 @@ def test_guidance_that_turns_cfg_on_is_refused_for_a_plan_without_cfg():
         adapter.prompt_kwargs(pipe, "a cat", workload, 3.0, torch.device("cpu"))
     kwargs = adapter.prompt_kwargs(pipe, "a cat", workload, 1.0, torch.device("cpu"))
     assert "negative_prompt_embeds" not in kwargs
+
+
+@pytest.mark.parametrize("timestep_conditioning", [False, True], ids=["0.9.0-vae", "0.9.1-vae"])
+def test_decode_is_the_pipelines_own(timestep_conditioning):
+    """`decode` of the pipeline's latents gives the frames LTXPipeline itself returns, for the
+    VAEs with and without timestep conditioning."""
+    import numpy as np
+    from diffusers import AutoencoderKLLTXVideo
+
+    from runtime.families import get_family
+    from tests.family_support.ltx_video import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline()
+    if timestep_conditioning:
+        config = {k: v for k, v in pipe.vae.config.items() if not k.startswith("_")}
+        torch.manual_seed(1)
+        pipe.vae = AutoencoderKLLTXVideo(**{**config, "timestep_conditioning": True}).eval()
+    generator = torch.Generator().manual_seed(2)  # released VAEs carry per-channel statistics
+    pipe.vae.latents_mean.copy_(0.1 * torch.randn(8, generator=generator))
+    pipe.vae.latents_std.copy_(0.5 + torch.rand(8, generator=generator))
+    adapter, workload = get_family("ltx-video"), get_model("tiny-ltx-video").workload("64x64")
+    kwargs = adapter.prompt_kwargs(pipe, "a cat", workload, 3.0, "cpu")
+    run = dict(kwargs, num_inference_steps=2, height=64, width=64, return_dict=False)
+    frames = pipe(**run, output_type="pil", generator=torch.Generator().manual_seed(0))[0][0]
+    latents = pipe(**run, output_type="latent", generator=torch.Generator().manual_seed(0))[0]
+    decoded = adapter.decode(pipe, latents, workload)
+    assert len(decoded) == len(frames) == 9
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(decoded, frames))
