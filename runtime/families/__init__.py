@@ -14,6 +14,7 @@ from runtime.families.base import FamilyAdapter
 _REGISTRY: dict[str, FamilyAdapter] = {}
 _BUILTIN = {
     "flux": "runtime.families.flux:FluxAdapter",
+    "comfy-flux": "runtime.families.comfy_flux:ComfyFluxAdapter",
 }
 
 
