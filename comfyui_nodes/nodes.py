@@ -98,10 +98,10 @@ class OffloadPlanTune:
 
         url = db_url.strip() or None
         outcome = tune_for(model, model_id.strip(), vram, resolution, gpu, trials, url)
-        clone, injection = attach_plan(model, outcome.plan)
+        clone, attachment = attach_plan(model, outcome.plan)
         measured_ms = None
         if measure_steps > 0:
-            measured = measure(clone, injection, measure_steps)
+            measured = measure(clone, attachment, measure_steps)
             record(outcome.plan_id, measured, url)
             measured_ms = measured.step_ms
         text = describe(outcome.plan, outcome.plan_id, measured_ms)

@@ -1,55 +1,77 @@
-"""A plan on a ComfyUI `ModelPatcher`, through the patcher's own injection point.
+"""A plan on a ComfyUI `ModelPatcher`: applied for the length of each sampling run.
 
-ComfyUI changes a model only inside `ModelPatcher`: loading (`load`, `partially_load`), adding
-weight patches (LoRA), reading the state dict, unloading (`partially_unload`, `detach`). Each of
-these first *ejects* the patcher's injections and injects them again when it is done
-(`use_ejected`, `patch_model`, `detach`). So the plan is an injection:
+ComfyUI changes a model only through `ModelPatcher`, and it does so before sampling
+(`load_models_gpu`: moving weights, writing weight patches such as LoRAs) and after it
+(`cleanup`, unloading, detaching). Between the two, the sampler only calls the model. So the
+plan is a `WrappersMP.SAMPLER_SAMPLE` wrapper on the patcher, around the sampler's denoising
+loop:
 
-- inject (after ComfyUI has loaded the model and written its weight patches, LoRA included):
-  `runtime.apply_plan` on the diffusion model, on the patcher's load device. ComfyUI's own
-  pinning of offloaded weights is undone first (our packs are pinned by the engine instead).
-- eject (before ComfyUI touches the model in any way): `handle.remove()`, which puts every
-  tensor back where ComfyUI had it, the same tensor objects, and removes every hook.
+- on entry, ComfyUI has loaded the model and written its patches; `runtime.apply_plan` puts the
+  resident blocks and non-block modules on the patcher's load device and streams the rest
+  through the ring (ComfyUI's own pins of offloaded weights are released first: the engine pins
+  its packed copies instead);
+- on exit, normal or not, `handle.remove()` puts every tensor back exactly where ComfyUI had
+  it, the same tensor objects, and removes every hook. A `CallbacksMP.ON_CLEANUP` and an
+  `ON_DETACH` callback remove it too, should a run end without the wrapper's exit.
 
-ComfyUI therefore never sees a streamed weight, never moves a ring slot, and never unloads the
-ring behind our back: when it unloads the model it ejects first. The patcher that carries the
-plan is a clone (`clone(disable_dynamic=True)`: DynamicVRAM would fault weights in on its own),
-so the patcher passed in, and every other clone of the shared module, stay as they were.
+ComfyUI therefore never sees a streamed weight, never moves a ring slot or unloads the ring,
+and its memory accounting is its own (the plan's device memory is torch memory it can see as
+used while sampling, and none of it remains afterwards). The patcher that carries the plan is
+a clone (`clone(disable_dynamic=True)`: DynamicVRAM would fault weights in on its own); the
+patcher passed in and its other clones share the module but not the wrapper. Weight hooks
+(keyframed "hook" LoRAs) re-patch weights *during* sampling and are refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 KEY = "offload_planner"
 
 
 @dataclasses.dataclass
-class PlanInjection:
-    """The plan and what it did; the patcher's injections hold one per planned patcher."""
+class PlanAttachment:
+    """The plan a patcher carries and what applying it did."""
 
-    plan: object  # runtime.plan.Plan, already adopted for the module's family
-    handle: object | None = None  # runtime OffloadHandle while injected
-    injected: int = 0  # how often the plan was applied (a new ComfyUI load each time)
-    ejected: int = 0
+    plan: object  # runtime.plan.Plan, adopted for the module's family
+    handle: object | None = None  # runtime OffloadHandle while a sampling run is under way
+    applied: int = 0  # sampling runs (and measurements) the plan was applied for
+    removed: int = 0
     last_stats: object | None = None  # OffloadStats of the last application
 
-    def inject(self, patcher) -> None:
+    @contextlib.contextmanager
+    def running(self, patcher):
+        """The plan applied to `patcher`'s diffusion model for the length of the block."""
         from runtime import apply_plan
+        from runtime.errors import UserError
 
-        if self.handle is not None and self.handle.active:
-            return
+        if patcher.hook_patches:
+            raise UserError(
+                "the model carries weight hooks (keyframed hook LoRAs), which ComfyUI re-patches "
+                "while sampling: load LoRAs with the LoRA loader instead, then apply the plan"
+            )
+        self.remove()
         patcher.unpin_all_weights()
         self.handle = apply_plan(diffusion_model(patcher), self.plan, device=patcher.load_device)
         self.last_stats = self.handle.stats
-        self.injected += 1
+        self.applied += 1
+        try:
+            yield self.handle
+        finally:
+            self.remove()
 
-    def eject(self, patcher) -> None:
+    def remove(self, *_args) -> None:
+        """Undo the plan if it is applied (idempotent; also the cleanup and detach callback)."""
         if self.handle is None:
             return
         handle, self.handle = self.handle, None
         handle.remove()
-        self.ejected += 1
+        self.removed += 1
+
+    def sampler_wrapper(self, executor, guider, *args, **kwargs):
+        with self.running(guider.model_patcher):
+            return executor(guider, *args, **kwargs)
 
 
 def diffusion_model(patcher):
@@ -66,13 +88,15 @@ def diffusion_model(patcher):
 
 
 def attach_plan(patcher, plan):
-    """A clone of `patcher` that runs its diffusion model under `plan`.
+    """A clone of `patcher` whose sampling runs put its diffusion model under `plan`.
 
     `plan` may be tuned for the diffusers family of the model (e.g. `flux-dev`); it is adopted
     for ComfyUI's class by block correspondence and checked against the module's blocks and
-    bytes here, before anything is touched, so a mismatch is reported by the node itself.
-    Returns `(clone, injection)`.
+    bytes here, before anything is touched, so a mismatch is reported by the node itself. A
+    plan carried in from an earlier apply node is replaced. Returns `(clone, attachment)`.
     """
+    from comfy.patcher_extension import CallbacksMP, WrappersMP
+
     from runtime.engine.checks import check_plan
     from runtime.families import family_of_module
 
@@ -83,22 +107,18 @@ def attach_plan(patcher, plan):
         plan = adopt(plan)
     check_plan(module, adapter, plan)
     clone = patcher.clone(disable_dynamic=True)
-    clone.remove_injections(KEY)  # a plan carried in from an earlier apply node is replaced
-    injection = PlanInjection(plan)
-    clone.set_injections(KEY, [_injection_of(injection)])
-    return clone, injection
+    for kind in (WrappersMP.SAMPLER_SAMPLE,):
+        clone.remove_wrappers_with_key(kind, KEY)
+    for kind in (CallbacksMP.ON_CLEANUP, CallbacksMP.ON_DETACH):
+        clone.remove_callbacks_with_key(kind, KEY)
+    attachment = PlanAttachment(plan)
+    clone.set_attachments(KEY, attachment)
+    clone.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, KEY, attachment.sampler_wrapper)
+    clone.add_callback_with_key(CallbacksMP.ON_CLEANUP, KEY, attachment.remove)
+    clone.add_callback_with_key(CallbacksMP.ON_DETACH, KEY, attachment.remove)
+    return clone, attachment
 
 
-def injection_of(patcher) -> PlanInjection | None:
-    """The plan injection a patcher carries, if any."""
-    for entry in patcher.get_injections(KEY) or []:
-        return getattr(entry, "plan_injection", None)
-    return None
-
-
-def _injection_of(injection: PlanInjection):
-    from comfy.patcher_extension import PatcherInjection
-
-    entry = PatcherInjection(inject=injection.inject, eject=injection.eject)
-    entry.plan_injection = injection
-    return entry
+def attachment_of(patcher) -> PlanAttachment | None:
+    """The plan a patcher carries, if any."""
+    return patcher.get_attachment(KEY)

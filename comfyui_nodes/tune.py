@@ -54,8 +54,9 @@ def tune_for(patcher, model_id: str, vram: str, resolution: str, gpu: str, trial
     return tune(request)
 
 
-def measure(patcher, injection, steps: int) -> Measured:
-    """Load `patcher` the way the sampler does and time `steps` steps of its diffusion model."""
+def measure(patcher, attachment, steps: int) -> Measured:
+    """Load `patcher` the way the sampler does and time `steps` steps of its diffusion model
+    under the plan (applied and removed around the measurement, as around a sampling run)."""
     import comfy.model_management as mm
     import torch
 
@@ -64,26 +65,23 @@ def measure(patcher, injection, steps: int) -> Measured:
 
     mm.load_models_gpu([patcher])
     module = diffusion_model(patcher)
-    plan, handle = injection.plan, injection.handle
-    adapter = family_of_module(module)
-    inputs = adapter.model_inputs(module, plan.workload, handle.device, plan.model.compute_dtype.torch())
+    plan = attachment.plan
     forwards = plan.workload.forwards_per_step
-    cuda = handle.device.type == "cuda"
-    with torch.inference_mode():
+    with attachment.running(patcher) as handle, torch.inference_mode():
+        inputs = family_of_module(module).model_inputs(
+            module, plan.workload, handle.device, plan.model.compute_dtype.torch()
+        )
+        cuda = handle.device.type == "cuda"
         module(**inputs)  # warm-up: the ring's first turn, kernels chosen
         if cuda:
             torch.cuda.reset_peak_memory_stats(handle.device)
-        handle.reset_timing()
         handle.enable_timing()
-        try:
-            for _ in range(steps * forwards):
-                module(**inputs)
-        finally:
-            handle.disable_timing()
-    times = handle.timings()
-    step_ms = sum(times) / steps
-    peak = int(torch.cuda.max_memory_allocated(handle.device)) if cuda else 0
-    return Measured(step_ms, peak, str(handle.device))
+        for _ in range(steps * forwards):
+            module(**inputs)
+        times = handle.timings()
+        peak = int(torch.cuda.max_memory_allocated(handle.device)) if cuda else 0
+        device = str(handle.device)
+    return Measured(sum(times) / steps, peak, device)
 
 
 def record(plan_id: int, measured: Measured, db_url: str | None) -> None:

@@ -120,11 +120,11 @@ def test_plan_of_another_size_is_refused_before_anything_is_touched(comfy):
     )
     with pytest.raises(PlanMismatchError, match="blocks"):
         attach_plan(patcher, big)
-    assert not patcher.get_injections("offload_planner")
+    assert patcher.get_attachment("offload_planner") is None
     _assert_restored(diffusion_model(patcher), before)
 
 
-def test_sampling_under_the_plan_is_identical_and_undone_on_unload(comfy):
+def test_sampling_under_the_plan_is_identical_and_undone_afterwards(comfy):
     from comfyui_nodes.patcher import attach_plan, diffusion_model
 
     patcher = tiny_flux_patcher()
@@ -133,7 +133,7 @@ def test_sampling_under_the_plan_is_identical_and_undone_on_unload(comfy):
     plain = sample(patcher)
     comfy.model_management.unload_all_models()
 
-    planned, injection = attach_plan(patcher, tiny_plan())
+    planned, attachment = attach_plan(patcher, tiny_plan())
     seen, probe = _ring_bound_probe(module, "single_blocks.3")
     try:
         out = sample(planned)
@@ -141,12 +141,34 @@ def test_sampling_under_the_plan_is_identical_and_undone_on_unload(comfy):
         probe.remove()
     assert torch.equal(out, plain)
     assert seen and all(seen), "the streamed block did not run from a ring slot"
-    assert injection.injected >= 1
-    assert injection.last_stats.streamed_blocks == 3 and injection.last_stats.slots == 2
-    assert injection.handle is not None  # stays applied while ComfyUI keeps the model loaded
+    assert attachment.applied == 1 and attachment.removed == 1 and attachment.handle is None
+    assert attachment.last_stats.streamed_blocks == 3 and attachment.last_stats.slots == 2
+    # the model stays loaded in ComfyUI, exactly as it loaded it
+    assert planned in comfy.model_management.loaded_models()
+    _assert_restored(module, before)
+    comfy.model_management.unload_all_models()
+    _assert_restored(module, before)
 
-    comfy.model_management.unload_all_models()  # ComfyUI unloads: the plan is ejected first
-    assert injection.handle is None and injection.ejected == injection.injected
+
+def test_a_failing_sampling_run_still_undoes_the_plan(comfy):
+    from comfyui_nodes.patcher import attach_plan, diffusion_model
+
+    patcher = tiny_flux_patcher()
+    module = diffusion_model(patcher)
+    before = _state(module)
+    planned, attachment = attach_plan(patcher, tiny_plan())
+
+    def interrupt(step, x0, x, total_steps):
+        raise KeyboardInterrupt  # what ComfyUI's "cancel" raises inside the sampler
+
+    latent = torch.zeros(1, 4, 4, 4)
+    positive = [[torch.randn(1, 16, 32), {"pooled_output": torch.randn(1, 32), "guidance": 3.5}]]
+    with pytest.raises(KeyboardInterrupt):
+        comfy.sample.sample(
+            planned, torch.randn_like(latent), 2, 1.0, "euler", "simple", positive, positive,
+            latent, callback=interrupt,
+        )
+    assert attachment.applied == 1 and attachment.handle is None
     _assert_restored(module, before)
 
 
@@ -154,26 +176,26 @@ def test_sampling_again_reuses_the_loaded_model(comfy):
     from comfyui_nodes.patcher import attach_plan
 
     patcher = tiny_flux_patcher()
-    planned, injection = attach_plan(patcher, tiny_plan())
+    planned, attachment = attach_plan(patcher, tiny_plan())
     first = sample(planned)
     second = sample(planned)
     assert torch.equal(first, second)
-    assert injection.handle is not None and injection.injected == injection.ejected + 1
+    assert attachment.applied == attachment.removed == 2  # once per sampling run, not per eject
 
 
 def test_clones_share_the_module_but_not_the_plan(comfy):
-    from comfyui_nodes.patcher import attach_plan, diffusion_model, injection_of
+    from comfyui_nodes.patcher import attach_plan, diffusion_model, attachment_of
 
     patcher = tiny_flux_patcher()
     module = diffusion_model(patcher)
     before = _state(module)
     plain = sample(patcher)
-    planned, injection = attach_plan(patcher, tiny_plan())
-    assert injection_of(patcher) is None and injection_of(planned) is injection
+    planned, attachment = attach_plan(patcher, tiny_plan())
+    assert attachment_of(patcher) is None and attachment_of(planned) is attachment
     assert torch.equal(sample(planned), plain)
 
-    # The unplanned patcher (and a clone of it) loaded next: ComfyUI detaches the planned
-    # clone (same module), which ejects the plan; nothing of it is seen during their runs.
+    # The unplanned patcher (and a clone of it) sampled next: nothing of the plan is seen
+    # during their runs, and the planned clone's LoRA-free clone carries the plan on.
     sibling = patcher.clone()
     seen, probe = _ring_bound_probe(module, "single_blocks.3")
     try:
@@ -182,22 +204,23 @@ def test_clones_share_the_module_but_not_the_plan(comfy):
     finally:
         probe.remove()
     assert seen and not any(seen)
-    assert injection.handle is None
-    assert injection_of(sibling) is None
+    assert attachment.applied == 1 and attachment.handle is None
+    assert attachment_of(sibling) is None
+    assert attachment_of(planned.clone()) is attachment
     comfy.model_management.unload_all_models()
     _assert_restored(module, before)
 
 
 def test_a_second_apply_replaces_the_plan_it_is_given(comfy):
-    from comfyui_nodes.patcher import attach_plan, injection_of
+    from comfyui_nodes.patcher import attach_plan, attachment_of
 
     patcher = tiny_flux_patcher()
     first, _ = attach_plan(patcher, tiny_plan())
-    second, injection = attach_plan(first, tiny_plan({"transformer_blocks.0"}, depth=1))
-    assert len(second.get_injections("offload_planner")) == 1
-    assert injection_of(second) is injection
+    second, attachment = attach_plan(first, tiny_plan({"transformer_blocks.0"}, depth=1))
+    assert attachment_of(second) is attachment
+    assert len(second.get_wrappers("sampler_sample", "offload_planner")) == 1
     sample(second)
-    assert injection.last_stats.streamed_blocks == 1
+    assert attachment.last_stats.streamed_blocks == 1
 
 
 def _lora(module, blocks, rank: int = 2, seed: int = 3):
@@ -238,9 +261,9 @@ def test_lora_from_comfyuis_loader_works_under_the_plan(comfy, order):
     before = _state(module)
 
     if order == "lora then plan":
-        model, injection = attach_plan(with_lora(patcher), tiny_plan())
+        model, attachment = attach_plan(with_lora(patcher), tiny_plan())
     else:
-        planned, injection = attach_plan(patcher, tiny_plan())
+        planned, attachment = attach_plan(patcher, tiny_plan())
         model = with_lora(planned)
     seen, probe = _ring_bound_probe(module, "single_blocks.3")
     try:
@@ -250,7 +273,7 @@ def test_lora_from_comfyuis_loader_works_under_the_plan(comfy, order):
     assert seen and all(seen)
     torch.testing.assert_close(out, reference, rtol=0, atol=0)
     comfy.model_management.unload_all_models()
-    assert injection.handle is None
+    assert attachment.handle is None
     _assert_restored(module, before, same_objects=False)
 
 
@@ -315,11 +338,11 @@ def test_sampling_on_cuda_under_the_plan_matches_and_frees_the_ring(comfy, cuda_
     module = diffusion_model(patcher)
     plain = sample(patcher)
     comfy.model_management.unload_all_models()
-    planned, injection = attach_plan(patcher, tiny_plan())
+    planned, attachment = attach_plan(patcher, tiny_plan())
     out = sample(planned)
     torch.testing.assert_close(out, plain, rtol=1e-4, atol=1e-4)
-    stats = injection.last_stats
+    stats = attachment.last_stats
     assert stats.device.startswith("cuda") and stats.streamed_blocks == 3
     comfy.model_management.unload_all_models()
-    assert injection.handle is None
+    assert attachment.handle is None
     assert all(p.device.type == "cpu" for p in module.parameters())
