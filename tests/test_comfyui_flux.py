@@ -309,13 +309,13 @@ def test_adapter_builds_comfyuis_flux_on_meta_with_the_same_blocks(comfy):
     ]
 
 
-def test_block_names_of_checkpoint_tensors(comfy):
+def test_checkpoints_are_left_to_the_flux_family(comfy):
     from runtime.families import get_family
 
     adapter = get_family("comfy-flux")
-    assert adapter.block_of_tensor("model.diffusion_model.double_blocks.4.img_attn.qkv.weight") == "double_blocks.4"
-    assert adapter.block_of_tensor("single_transformer_blocks.7.proj_out.bias") == "single_blocks.7"
-    assert adapter.block_of_tensor("img_in.weight") is None
+    name = "model.diffusion_model.double_blocks.4.img_attn.qkv.weight"
+    assert adapter.block_of_tensor(name) is None
+    assert get_family("flux").block_of_tensor(name) == "transformer_blocks.4"
     with pytest.raises(NotImplementedError):
         adapter.pipeline_class()
 

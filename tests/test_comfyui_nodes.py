@@ -173,3 +173,41 @@ def test_tune_node_refuses_a_model_of_mixed_dtypes(pack, db_url):
         pack.NODE_CLASS_MAPPINGS["OffloadPlanTune"]().tune(
             patcher, "1GB", model_id="tiny-flux", gpu="rtx-4060", db_url=db_url,
         )
+
+
+def test_example_workflow_wires_our_node_into_a_comfyui_flux_graph(pack, comfy):
+    """The README's workflow: every node type is one ComfyUI (or this pack) defines, every link
+    joins an output and an input of the same type, and our node's widget values are valid for
+    its inputs, in their order."""
+    import json
+    import re
+
+    from comfy_fixtures import comfyui_root
+
+    workflow = json.loads((PACK / "example_workflows" / "flux_offload_plan.json").read_text())
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    ours = pack.NODE_CLASS_MAPPINGS
+    root = comfyui_root()
+    sources = (root / "nodes.py").read_text() + "".join(
+        p.read_text() for p in (root / "comfy_extras").glob("nodes_*.py")
+    )
+    for node in nodes.values():
+        defined = re.search(rf"^class {node['type']}\b", sources, re.MULTILINE)
+        assert node["type"] in ours or defined, node["type"]
+    for link_id, src, src_slot, dst, dst_slot, kind in workflow["links"]:
+        output = nodes[src]["outputs"][src_slot]
+        assert output["type"] == kind and link_id in output["links"]
+        assert nodes[dst]["inputs"][dst_slot] == {"name": nodes[dst]["inputs"][dst_slot]["name"], "type": kind, "link": link_id}
+    (apply,) = [n for n in nodes.values() if n["type"] == "OffloadPlanApply"]
+    types = ours["OffloadPlanApply"].INPUT_TYPES()
+    widgets = {**types["required"], **types["optional"]}
+    widgets.pop("model")
+    assert len(apply["widgets_values"]) == len(widgets)
+    for (name, spec), value in zip(widgets.items(), apply["widgets_values"]):
+        kind = spec[0]
+        if isinstance(kind, list):
+            assert value in kind, name
+        else:
+            assert isinstance(value, {"STRING": str, "INT": int}[kind]), name
+    assert [i["type"] for i in apply["inputs"]] == ["MODEL"]
+    assert [o["type"] for o in apply["outputs"]] == list(ours["OffloadPlanApply"].RETURN_TYPES)

@@ -28,17 +28,8 @@ from runtime.workload import Workload
 COMFY_FLUX_MODULE = "comfy.ldm.flux.model"
 SOURCE_FAMILY = "flux"  # the diffusers family whose plans this family adopts
 
-_BLOCK_NAME = re.compile(
-    r"^(?:model\.diffusion_model\.|diffusion_model\.|transformer\.)?"
-    r"(transformer_blocks|single_transformer_blocks|double_blocks|single_blocks)\.(\d+)\."
-)
 # diffusers block list -> ComfyUI (BFL) block list
-_FROM_DIFFUSERS = {
-    "transformer_blocks": "double_blocks",
-    "single_transformer_blocks": "single_blocks",
-    "double_blocks": "double_blocks",
-    "single_blocks": "single_blocks",
-}
+_FROM_DIFFUSERS = {"transformer_blocks": "double_blocks", "single_transformer_blocks": "single_blocks"}
 _PLAN_BLOCK = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)$")
 
 # Latent pixels per token side: the VAE downsamples 8x and the model patchifies 2x2.
@@ -80,10 +71,10 @@ class ComfyFluxAdapter(FamilyAdapter):
         return model.eval()
 
     def block_of_tensor(self, tensor_name: str) -> str | None:
-        match = _BLOCK_NAME.match(tensor_name)
-        if not match:
-            return None
-        return f"{_FROM_DIFFUSERS[match.group(1)]}.{int(match.group(2))}"
+        """None: this family reads no checkpoints. ComfyUI loads the files; `planner inspect`
+        and `planner apply` read the same files (BFL naming included) as the `flux` family,
+        which must win the checkpoint's family vote alone."""
+        return None
 
     def block_inputs(self, model, kind: str, workload: Workload, device, dtype) -> BlockInputs:
         batch = workload.forward_batch
