@@ -56,6 +56,32 @@ TINY_UNET_CONFIG = {
     "txt_ids_dims": [],
 }
 
+# A tiny FLUX.2 in ComfyUI's layout, block for block the catalog's tiny-flux2 (the settings
+# ComfyUI's model detection gives FLUX.2: global modulation, SwiGLU MLP, no biases).
+TINY_FLUX2_UNET_CONFIG = {
+    "image_model": "flux2",
+    "in_channels": 16,
+    "out_channels": 16,
+    "vec_in_dim": None,
+    "context_in_dim": 48,
+    "hidden_size": 32,
+    "mlp_ratio": 3.0,
+    "num_heads": 2,
+    "depth": 2,
+    "depth_single_blocks": 4,
+    "axes_dim": [4, 4, 4, 4],
+    "theta": 2000,
+    "patch_size": 1,
+    "qkv_bias": False,
+    "guidance_embed": True,
+    "txt_ids_dims": [3],
+    "global_modulation": True,
+    "mlp_silu_act": True,
+    "ops_bias": False,
+    "default_ref_method": "index",
+    "ref_index_scale": 10.0,
+}
+
 _state: dict = {}
 
 
@@ -168,13 +194,16 @@ def comfyui():
     return comfy
 
 
-def tiny_flux_patcher(seed: int = 0):
-    """A tiny real FLUX built by `comfy.supported_models.Flux`, seeded random fp32 weights, in
-    a CPU `ModelPatcher` as ComfyUI's loader makes it."""
+def tiny_flux_patcher(seed: int = 0, flux2: bool = False):
+    """A tiny real FLUX (or FLUX.2) built by `comfy.supported_models.Flux` (`Flux2`), seeded
+    random fp32 weights, in a CPU `ModelPatcher` as ComfyUI's loader makes it."""
     import torch
 
     comfy = comfyui()
-    config = comfy.supported_models.Flux(dict(TINY_UNET_CONFIG))
+    if flux2:
+        config = comfy.supported_models.Flux2(dict(TINY_FLUX2_UNET_CONFIG))
+    else:
+        config = comfy.supported_models.Flux(dict(TINY_UNET_CONFIG))
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({}, device=torch.device("cpu"))
     generator = torch.Generator().manual_seed(seed)

@@ -41,10 +41,21 @@ def test_a_flux_dev_plan_is_renamed_block_for_block_and_nothing_else_changes():
     assert loads_plan(dumps_plan(adopted)) == adopted  # still a valid plan file
 
 
+def test_a_flux2_plan_is_adopted_too():
+    inv = inventory("tiny-flux2", DType.FP32)
+    plan = build_plan(
+        inv, {"single_transformer_blocks.3"}, workload=Workload(height=32, width=32, text_tokens=16),
+        target=Target("rtx-4060", 1 << 30),
+    )
+    adopted = get_family("comfy-flux").adopt_plan(plan)
+    assert adopted.model.family == "comfy-flux" and adopted.model.id == "tiny-flux2"
+    assert [b.name for b in adopted.streamed] == ["single_blocks.3"]
+
+
 def test_plans_of_other_families_or_blocks_are_refused():
     plan = _plan(set())
     adapter = get_family("comfy-flux")
-    with pytest.raises(PlanMismatchError, match="tuned for a flux model"):
+    with pytest.raises(PlanMismatchError, match="use a plan tuned for a flux or flux2 model"):
         adapter.adopt_plan(dataclasses.replace(plan, model=dataclasses.replace(plan.model, family="sd3")))
     odd = dataclasses.replace(plan.blocks[0], name="blocks.0")
     with pytest.raises(PlanMismatchError, match="blocks.0 of the plan for flux-dev is not a FLUX block"):

@@ -325,8 +325,41 @@ def test_plan_of_another_family_is_refused_with_a_sentence(comfy):
 
     plan = tiny_plan()
     other = dataclasses.replace(plan, model=dataclasses.replace(plan.model, family="sd3"))
-    with pytest.raises(PlanMismatchError, match="flux model"):
+    with pytest.raises(PlanMismatchError, match="use a plan tuned for a flux or flux2 model"):
         get_family("comfy-flux").adopt_plan(other)
+
+
+def test_a_flux2_plan_runs_comfyuis_flux2_block_for_block(comfy):
+    """FLUX.2 is the same ComfyUI class with global modulation: a tiny-flux2 plan adopted onto
+    it fits byte for byte, and a forward under it is identical."""
+    from comfyui_nodes.patcher import diffusion_model
+    from runtime import apply_plan
+    from runtime.families import family_of_module
+
+    module = diffusion_model(tiny_flux_patcher(flux2=True))
+    adapter = family_of_module(module)
+    assert module.params.global_modulation and adapter.name == "comfy-flux"
+    workload = Workload(height=32, width=32, text_tokens=8)
+    plan = build_plan(
+        inventory("tiny-flux2", DType.FP32), {"transformer_blocks.1", "single_transformer_blocks.2"},
+        workload=workload, target=Target("cpu", 1 << 30), prefetch_depth=1,
+    )
+    adopted = adapter.adopt_plan(plan)
+    before = _state(module)
+    inputs = adapter.model_inputs(module, workload, "cpu", torch.float32)
+    with torch.no_grad():
+        plain = module(**inputs)
+        for name, kind, block in adapter.blocks(module):
+            block_in = adapter.block_inputs(module, kind, workload, "cpu", torch.float32)
+            assert block(*block_in.args, **block_in.kwargs) is not None, name
+        handle = apply_plan(module, adopted, device="cpu")
+        try:
+            assert handle.stats.streamed_blocks == 2
+            out = module(**inputs)
+        finally:
+            handle.remove()
+    assert torch.equal(out, plain)
+    _assert_restored(module, before)
 
 
 @pytest.mark.gpu

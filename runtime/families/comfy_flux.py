@@ -1,10 +1,11 @@
-"""FLUX.1 as ComfyUI builds it (`comfy.ldm.flux.model.Flux`): the original BFL layout,
-`double_blocks` and `single_blocks`, made of ComfyUI's `comfy.ops` layers.
+"""FLUX.1 and FLUX.2 as ComfyUI builds them (`comfy.ldm.flux.model.Flux`, one class for both):
+the original BFL layout, `double_blocks` and `single_blocks`, made of ComfyUI's `comfy.ops`
+layers.
 
 ComfyUI is not a dependency: this adapter is only asked about a module once ComfyUI has been
 imported by whoever built that module (the node pack, running inside ComfyUI). It has no catalog
-entries of its own. Plans are tuned for the diffusers family (`flux-dev`, ...) and carried over
-by block correspondence (`adopt_plan`): diffusers' `transformer_blocks.N` is BFL's
+entries of its own. Plans are tuned for the diffusers families (`flux`: `flux-dev`, ...;
+`flux2`) and carried over by block correspondence (`adopt_plan`): diffusers' `transformer_blocks.N` is BFL's
 `double_blocks.N`, `single_transformer_blocks.N` is `single_blocks.N`. The blocks hold the same
 tensors under other names (q, k, v fused into `qkv`; q, k, v and the MLP input fused into
 `linear1`), so every block's bytes are equal and are checked against the module as always.
@@ -26,7 +27,7 @@ from runtime.families.base import BlockInputs, BlockList, FamilyAdapter
 from runtime.workload import Workload
 
 COMFY_FLUX_MODULE = "comfy.ldm.flux.model"
-SOURCE_FAMILY = "flux"  # the diffusers family whose plans this family adopts
+SOURCE_FAMILIES = ("flux", "flux2")  # the diffusers families whose plans this family adopts
 
 # diffusers block list -> ComfyUI (BFL) block list
 _FROM_DIFFUSERS = {"transformer_blocks": "double_blocks", "single_transformer_blocks": "single_blocks"}
@@ -83,6 +84,11 @@ class ComfyFluxAdapter(FamilyAdapter):
         rand = _random_tensors(device, dtype)
         pe = _rope(model, batch, text_tokens + image_tokens, device)
         vec = rand(batch, model.hidden_size)
+        if model.params.global_modulation:  # FLUX.2: one modulation for all blocks of a kind
+            vec = (
+                (model.double_stream_modulation_img(vec), model.double_stream_modulation_txt(vec))
+                if kind == "double" else model.single_stream_modulation(vec)[0]
+            )
         if kind == "double":
             kwargs = {
                 "img": rand(batch, image_tokens, model.hidden_size),
@@ -121,10 +127,11 @@ class ComfyFluxAdapter(FamilyAdapter):
         block's bytes against the ComfyUI module. A plan of another family is refused."""
         if plan.model.family == self.name:
             return plan
-        if plan.model.family != SOURCE_FAMILY:
+        if plan.model.family not in SOURCE_FAMILIES:
             raise PlanMismatchError(
                 f"the plan is for a {plan.model.family} model ({plan.model.id}) but this is "
-                f"ComfyUI's FLUX: use a plan tuned for a flux model (planner tune --model flux-dev)"
+                f"ComfyUI's FLUX: use a plan tuned for a flux or flux2 model "
+                f"(planner tune --model flux-dev)"
             )
         blocks = []
         for block in plan.blocks:
@@ -160,7 +167,7 @@ def _rope(model, batch: int, tokens: int, device):
     """The rotary embedding the model's own `pe_embedder` makes for `tokens` positions."""
     import torch
 
-    ids = torch.zeros(batch, tokens, 3, device=device)
+    ids = torch.zeros(batch, tokens, len(model.params.axes_dim), device=device)
     return model.pe_embedder(ids)
 
 
