@@ -87,6 +87,22 @@ def diffusion_model(patcher):
     return module
 
 
+def refuse_fp8_vectors(module) -> None:
+    """ComfyUI's fp8 `weight_dtype` stores biases and norm scales in fp8 too; a plan's fp8
+    storage keeps them in bf16 (as the released fp8 checkpoints do), so such a module cannot
+    match any plan: say so here rather than as a dtype mismatch deep in the check."""
+    from runtime.engine.casting import is_fp8
+    from runtime.errors import UserError
+
+    for name, param in module.named_parameters():
+        if param.dim() < 2 and is_fp8(param.dtype):
+            raise UserError(
+                f"ComfyUI loaded this model with its biases and norms in fp8 too ({name} is "
+                f"{str(param.dtype).removeprefix('torch.')}), which offload plans do not "
+                f"describe: load it with weight_dtype 'default' (bf16), then apply the plan"
+            )
+
+
 def attach_plan(patcher, plan):
     """A clone of `patcher` whose sampling runs put its diffusion model under `plan`.
 
@@ -101,6 +117,7 @@ def attach_plan(patcher, plan):
     from runtime.families import family_of_module
 
     module = diffusion_model(patcher)
+    refuse_fp8_vectors(module)
     adapter = family_of_module(module)
     adopt = getattr(adapter, "adopt_plan", None)
     if adopt is not None:

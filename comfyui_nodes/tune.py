@@ -20,11 +20,12 @@ class Measured:
 
 def storage_dtype_of(patcher):
     """The dtype ComfyUI stores the diffusion model's block weights in, as a plan names it."""
-    from .patcher import diffusion_model
+    from .patcher import diffusion_model, refuse_fp8_vectors
     from runtime.dtypes import DType
     from runtime.errors import UserError
 
     module = diffusion_model(patcher)
+    refuse_fp8_vectors(module)
     dtypes = {p.dtype for p in module.parameters() if p.dim() >= 2}
     if len(dtypes) != 1:
         names = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
@@ -32,6 +33,25 @@ def storage_dtype_of(patcher):
             f"the model's weights mix dtypes ({names}): load it with one weight_dtype, then tune"
         )
     return DType.from_torch(dtypes.pop())
+
+
+def check_model_is(patcher, model_id: str, storage) -> None:
+    """Refuse, before any tuning, a MODEL whose blocks are not those of catalog `model_id`."""
+    from .patcher import diffusion_model
+    from runtime.errors import UserError
+    from runtime.families import family_of_module
+    from runtime.inventory import inventory, inventory_of_module
+
+    module = diffusion_model(patcher)
+    ours = inventory_of_module(module, family_of_module(module), model_id, storage)
+    theirs = inventory(model_id, storage)
+    if [(b.kind, b.bytes) for b in ours.blocks] != [(b.kind, b.bytes) for b in theirs.blocks]:
+        raise UserError(
+            f"the MODEL is not {model_id}: its {len(ours.blocks)} blocks hold "
+            f"{ours.block_bytes} bytes in {storage.value}, {model_id}'s {len(theirs.blocks)} "
+            f"hold {theirs.block_bytes}; set model_id to the catalog model it is "
+            f"(planner models list)"
+        )
 
 
 def tune_for(patcher, model_id: str, vram: str, resolution: str, gpu: str, trials: int,
@@ -42,11 +62,13 @@ def tune_for(patcher, model_id: str, vram: str, resolution: str, gpu: str, trial
     from runtime.catalog import get_model
 
     spec = get_model(model_id)
+    storage = storage_dtype_of(patcher)
+    check_model_is(patcher, spec.id, storage)
     request = TuneRequest(
         model_id=spec.id,
         budget_bytes=parse_size(vram, "vram"),
         workload=spec.workload(resolution.strip() or None),
-        storage_dtype=storage_dtype_of(patcher),
+        storage_dtype=storage,
         gpu=gpu.strip() or None,
         trials=trials,
         db_url=db_url,

@@ -165,6 +165,32 @@ def test_tune_node_tunes_applies_measures_and_records(pack, db_url):
     assert text.startswith(f"plan {stored.id}: ")
 
 
+def test_tune_node_refuses_another_model_before_tuning(pack, db_url):
+    from db.store import open_store
+
+    with pytest.raises(UserError, match="the MODEL is not tiny-flux2: its 8 blocks hold"):
+        pack.NODE_CLASS_MAPPINGS["OffloadPlanTune"]().tune(
+            tiny_flux_patcher(), "1GB", model_id="tiny-flux2", gpu="rtx-4060", db_url=db_url,
+        )
+    with open_store(db_url) as store:
+        assert store.list_plans() == []
+
+
+def test_nodes_refuse_comfyuis_all_fp8_weights_with_the_fix(pack, comfy, tmp_path):
+    patcher = tiny_flux_patcher()
+    with torch.no_grad():
+        for param in patcher.model.diffusion_model.parameters():
+            param.data = param.data.to(torch.float8_e4m3fn)  # as weight_dtype fp8_e4m3fn loads it
+    path = tmp_path / "plan.json"
+    save_plan(tiny_plan(set()), path)
+    with pytest.raises(UserError, match="weight_dtype 'default'"):
+        _apply(pack, patcher, source="plan file", plan_file=str(path))
+    with pytest.raises(UserError, match="weight_dtype 'default'"):
+        pack.NODE_CLASS_MAPPINGS["OffloadPlanTune"]().tune(
+            patcher, "1GB", model_id="tiny-flux", gpu="rtx-4060", db_url=f"sqlite:///{tmp_path}/x.db",
+        )
+
+
 def test_tune_node_refuses_a_model_of_mixed_dtypes(pack, db_url):
     patcher = tiny_flux_patcher()
     module = patcher.model.diffusion_model
