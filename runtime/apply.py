@@ -4,9 +4,9 @@ from __future__ import annotations
 
 
 def apply_plan(module_or_pipeline, plan, device=None):
-    """Apply `plan` to a transformer (or a diffusers pipeline's `.transformer`). A pipeline
-    with a second expert of the same architecture (Wan 2.2 A14B's `transformer_2`) runs the
-    plan on each expert in turn, one on the device at a time (`runtime.engine.experts`).
+    """Apply `plan` to a transformer (or a diffusers pipeline's `.transformer` or `.unet`). A
+    pipeline with a second expert of the same architecture (Wan 2.2 A14B's `transformer_2`)
+    runs the plan on each expert in turn, one on the device at a time (`runtime.engine.experts`).
 
     `device` is the compute device (default: CUDA when available, else CPU). The plan is
     checked against the model before anything is touched; a mismatch raises
@@ -18,7 +18,7 @@ def apply_plan(module_or_pipeline, plan, device=None):
 
     from runtime.engine import offload
     from runtime.errors import UserError
-    from runtime.families import family_of_module
+    from runtime.families import denoiser_attributes, family_of_module
     from runtime.plan import Plan
 
     if not isinstance(plan, Plan):
@@ -34,9 +34,10 @@ def apply_plan(module_or_pipeline, plan, device=None):
         if existing is not None:
             return existing
         return apply_experts(module_or_pipeline, {attr: plan for attr in experts}, device)
-    model = getattr(module_or_pipeline, "transformer", None)
-    if not isinstance(model, torch.nn.Module):
-        model = module_or_pipeline
+    model = module_or_pipeline
+    if not isinstance(model, torch.nn.Module):  # a pipeline: its transformer (or unet)
+        found = [getattr(model, name, None) for name in denoiser_attributes()]
+        model = next((m for m in found if isinstance(m, torch.nn.Module)), model)
     if not isinstance(model, torch.nn.Module):
         raise UserError(
             f"cannot apply a plan to {type(module_or_pipeline).__name__}: pass a transformer "
