@@ -70,7 +70,7 @@ def load_pipeline(adapter, weights: Path, transformer_file: Path | None, dtype):
     pipe = pipeline_class.from_pretrained(
         weights, local_files_only=True, torch_dtype=dtype, **extra
     )
-    for name in ("transformer", "transformer_2"):
+    for name in (adapter.denoiser, "transformer_2"):
         _drop_fp32_kept(getattr(pipe, name, None), dtype)
     return pipe
 

@@ -18,13 +18,13 @@ _BUILTIN = {
     "chroma": "runtime.families.chroma:ChromaAdapter",
     "sd3": "runtime.families.sd3:SD3Adapter",
     "z-image": "runtime.families.z_image:ZImageAdapter",
-    "wan": "runtime.families.wan:WanAdapter",
-    "ltx-video": "runtime.families.ltx_video:LTXVideoAdapter",
-    "hunyuan-video": "runtime.families.hunyuan_video:HunyuanVideoAdapter",
     "qwen-image": "runtime.families.qwen_image:QwenImageAdapter",
     "hunyuan-image": "runtime.families.hunyuan_image:HunyuanImageAdapter",
     "unet": "runtime.families.unet:UNetAdapter",
     "comfy-flux": "runtime.families.comfy_flux:ComfyFluxAdapter",
+    "wan": "runtime.families.wan:WanAdapter",
+    "ltx-video": "runtime.families.ltx_video:LTXVideoAdapter",
+    "hunyuan-video": "runtime.families.hunyuan_video:HunyuanVideoAdapter",
 }
 
 

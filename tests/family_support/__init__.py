@@ -23,12 +23,12 @@ _MODULES = {
     "chroma": "tests.family_support.chroma",
     "sd3": "tests.family_support.sd3",
     "z-image": "tests.family_support.z_image",
-    "wan": "tests.family_support.wan",
-    "ltx-video": "tests.family_support.ltx_video",
-    "hunyuan-video": "tests.family_support.hunyuan_video",
     "qwen-image": "tests.family_support.qwen_image",
     "hunyuan-image": "tests.family_support.hunyuan_image",
     "unet": "tests.family_support.unet",
+    "wan": "tests.family_support.wan",
+    "ltx-video": "tests.family_support.ltx_video",
+    "hunyuan-video": "tests.family_support.hunyuan_video",
 }
 
 
