@@ -24,8 +24,9 @@ Durations, in ms:
   bytes are `device_bytes_by_dtype(block, cast_on_host=(cast is pre))` and the bandwidth is
   `pinned_under_compute_gbps` from pinned host memory. Pageable host memory blocks the host
   for the copy, so a pageable copy is serialised with compute, at `pageable_gbps`.
-- compute of a block = `compute_ms`, plus `cast_ms` when fp8 storage is cast on the device
-  (`auto`), for streamed and resident blocks alike.
+- compute of a block = `compute_ms`, plus `cast_ms` when fp8 storage is cast, or quantized
+  storage (GGUF, NF4) dequantized, on the device (`auto`), for streamed and resident blocks
+  alike; `pre` sends (and keeps) the compute dtype, dequantized on the host.
 - each forward starts with the non-block modules (`non_block_ms`).
 
 Memory: peak VRAM = device weight bytes + activation peak + workspace: what torch's allocator
@@ -116,7 +117,7 @@ class CostModel:
         self.profile = profile
         self.names = tuple(b.name for b in inventory.blocks)
         self.forwards = profile.workload.forwards_per_step
-        self.fp8 = inventory.storage_dtype.is_fp8
+        self.fp8 = inventory.storage_dtype.casts  # fp8 or quantized: a cast (dequantization) per use
         self.fixed_bytes = (
             inventory.non_block_device_bytes + profile.activation_peak_bytes + profile.workspace_bytes
         )
