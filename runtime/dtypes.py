@@ -40,6 +40,11 @@ class DType(str, enum.Enum):
         return _ITEMSIZE[self]
 
     @property
+    def element_size(self) -> int:
+        """Bytes of one element of a buffer of this dtype (packed types are uint8 bytes)."""
+        return 1 if self.is_quantized else _ITEMSIZE[self]
+
+    @property
     def is_fp8(self) -> bool:
         return self in (DType.FP8, DType.FP8_E5M2)
 

@@ -103,14 +103,29 @@ class Inventory:
                    dict(rest["bytes_by_dtype"]))
 
 
-def _tensor_bytes_of(tensors, storage: DType) -> tuple[int, dict[str, int]]:
+def _tensor_bytes_of(tensors, storage: DType, as_stored: bool = False) -> tuple[int, dict[str, int]]:
+    """Params and bytes by dtype; `as_stored`: tensors of a loaded quantized checkpoint, whose
+    packed matrices carry their quant info and whose other tensors keep the file's dtype."""
+    from runtime.engine.quantized import quant_info
+
     params = 0
     by_dtype: dict[str, int] = {}
     for tensor in tensors:
-        numel = tensor.numel()
+        info = quant_info(tensor)
+        if info is not None:
+            numel = 1
+            for d in info.shape:
+                numel *= d
+            dtype, num_bytes = info.dtype, info.nbytes
+        else:
+            numel = tensor.numel()
+            if as_stored and tensor.device.type != "meta":
+                dtype = DType.from_torch(tensor.dtype)
+            else:
+                dtype = storage_dtype(storage, tuple(tensor.shape))
+            num_bytes = dtype.nbytes(numel)
         params += numel
-        dtype = storage_dtype(storage, tuple(tensor.shape))
-        by_dtype[dtype.value] = by_dtype.get(dtype.value, 0) + dtype.nbytes(numel)
+        by_dtype[dtype.value] = by_dtype.get(dtype.value, 0) + num_bytes
     return params, by_dtype
 
 
@@ -119,15 +134,18 @@ def inventory_of_module(
 ) -> Inventory:
     """Inventory of a built model (on any device, meta included) stored as `storage`;
     tensors whose ids are in `skip` (adapter weights) are left out."""
+    from runtime.engine.quantized import has_quantized
+
+    as_stored = storage.is_quantized and has_quantized(model)
     blocks = []
     block_ids = set(skip)
     for index, (name, kind, block) in enumerate(adapter.blocks(model)):
         tensors = [t for t in list(block.parameters()) + list(block.buffers()) if id(t) not in skip]
-        params, by_dtype = _tensor_bytes_of(tensors, storage)
+        params, by_dtype = _tensor_bytes_of(tensors, storage, as_stored)
         blocks.append(BlockInfo(name, kind, index, params, by_dtype))
         block_ids.update(id(t) for t in tensors)
     rest = [t for t in list(model.parameters()) + list(model.buffers()) if id(t) not in block_ids]
-    rest_params, rest_by_dtype = _tensor_bytes_of(rest, storage)
+    rest_params, rest_by_dtype = _tensor_bytes_of(rest, storage, as_stored)
     return Inventory(model_id, adapter.name, storage, tuple(blocks), rest_params, rest_by_dtype)
 
 
