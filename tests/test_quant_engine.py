@@ -113,3 +113,48 @@ def test_dequantized_weights_are_close_to_the_original(checkpoint):
     tolerance = {"q8_0": 0.01, "q4_0": 0.25, "nf4": 0.25}[kind]
     for (name, a), b in zip(original.named_parameters(), model.parameters()):
         assert (a - b.float()).abs().max() <= tolerance * max(a.abs().max(), 1e-3), name
+
+
+@pytest.mark.parametrize("storage", [DType.Q8_0, DType.Q4_K, DType.NF4])
+def test_profiler_times_dequantization(storage):
+    from profiler.blocks import dequant_ms
+
+    block = build_tiny_flux().transformer_blocks[0]
+    device = torch.device("cpu")
+    if storage is DType.Q4_K:  # no row of tiny-flux is a whole 256-element K-quant block
+        assert dequant_ms(block, device, storage) == 0.0
+        return
+    assert dequant_ms(block, device, storage) > 0.0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", sorted(FILES))
+def test_offloaded_equals_plain_on_cuda(kind, tmp_path, cuda_device):
+    """Dequantized on the GPU on use, streamed from pinned memory: the plain model dequantized
+    on the GPU with the same functions computes the same bits."""
+    path = FILES[kind](build_tiny_flux(), tmp_path)
+    reference = load(path).to(cuda_device)  # packed bytes on the GPU, dequantized there
+    dequantize_model(reference, torch.bfloat16)
+    reference.to(torch.bfloat16)
+    with torch.no_grad():
+        expected = [reference(**flux_inputs(s, torch.bfloat16, cuda_device)).sample for s in (0, 1)]
+    model = load(path)
+    inv = inventory_of_module(model, get_family("flux"), "tiny-flux", DType(kind))
+    plan = build_plan(inv, {b.name for b in inv.blocks[::2]}, workload=Workload(64, 64, text_tokens=8),
+                      target=Target("test", 1 << 30), prefetch_depth=2,
+                      host_memory=HostMemory.PINNED, cast=CastMode.AUTO)
+    handle = apply_plan(model, plan, device=cuda_device)
+    with torch.no_grad():
+        got = [model(**flux_inputs(s, torch.bfloat16, cuda_device)).sample for s in (0, 1)]
+    handle.remove()
+    for e, g in zip(expected, got):
+        assert torch.equal(e, g)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("storage", [DType.Q8_0, DType.NF4])
+def test_profiler_times_dequantization_on_cuda(storage, cuda_device):
+    from profiler.blocks import dequant_ms
+
+    block = build_tiny_flux().transformer_blocks[0].to(cuda_device)
+    assert dequant_ms(block, cuda_device, storage) > 0.0
