@@ -16,7 +16,7 @@ def tune(
     vram: Annotated[str, typer.Option("--vram", help="VRAM budget, e.g. 8GB (GB means GiB).")],
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="Plan from this reference GPU's profile.")] = None,
     profile: Annotated[Optional[int], typer.Option("--profile", help="Plan from this stored profile id.")] = None,
-    resolution: Annotated[str, typer.Option(help="Image size WIDTHxHEIGHT.")] = "1024x1024",
+    resolution: Annotated[Optional[str], typer.Option(help="Image size WIDTHxHEIGHT (default: the model's).")] = None,
     batch: Annotated[int, typer.Option(help="Images per step.")] = 1,
     dtype: Annotated[str, typer.Option(help="Storage dtype: bf16 or fp8 (default: the model's).")] = "",
     quant: Annotated[str, typer.Option("--quant", help="Plan for a quantized checkpoint you may not have: q8_0, q6_k, q5_k, q4_k, ..., nf4.")] = "",

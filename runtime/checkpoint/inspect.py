@@ -2,8 +2,9 @@
 
 `inspect_checkpoint(path)` accepts a single `.safetensors` file, a diffusers model folder
 (`diffusion_pytorch_model.safetensors` or a sharded `...safetensors.index.json`), a pipeline
-folder with a `transformer/` subfolder, an index file itself, or a `.gguf` file. Quantized
-blocks (GGUF, bitsandbytes NF4) are counted in their packed bytes (`runtime.checkpoint.stored`). It reads only headers, so a
+folder with a `transformer/` (or `unet/`) subfolder, an index file itself, or a `.gguf` file.
+Quantized blocks (GGUF, bitsandbytes NF4) are counted in their packed bytes
+(`runtime.checkpoint.stored`). It reads only headers, so a
 24 GB checkpoint answers at once, and asks the family adapters which block each tensor
 belongs to: no family is named here.
 """
@@ -147,15 +148,18 @@ def _read_headers(path: Path) -> list[Header]:
 
 
 def _read_folder(folder: Path) -> list[Header]:
-    if (folder / TRANSFORMER_FOLDER).is_dir():
-        folder = folder / TRANSFORMER_FOLDER
+    from runtime.families import denoiser_attributes
+
+    subfolders = [folder / name for name in denoiser_attributes() if (folder / name).is_dir()]
+    if subfolders:
+        folder = subfolders[0]
     if (folder / WEIGHTS_NAME).is_file():
         return [read_header(folder / WEIGHTS_NAME)]
     if (folder / INDEX_NAME).is_file():
         return _read_index(folder / INDEX_NAME)
     raise CheckpointError(
         f"folder {folder} holds neither {WEIGHTS_NAME} nor {INDEX_NAME}: give a diffusers "
-        f"model folder, a pipeline folder with {TRANSFORMER_FOLDER}/, or a .safetensors file"
+        f"model folder, a pipeline folder with {TRANSFORMER_FOLDER}/ (or unet/), or a .safetensors file"
     )
 
 
@@ -297,7 +301,8 @@ def _naming_of(adapter, tensor_name: str, block: str) -> Naming | None:
 
 
 def _report(path: Path, files: tuple[Path, ...], adapter, tensors: list[StoredTensor]):
-    positions = {bl.attr: (i, bl.kind) for i, bl in enumerate(adapter.block_lists)}
+    from runtime.families.base import block_position
+
     per_block: dict[str, tuple[int, dict[str, int]]] = {}
     rest_count, rest_bytes = 0, {}
     namings = set()
@@ -316,13 +321,12 @@ def _report(path: Path, files: tuple[Path, ...], adapter, tensors: list[StoredTe
         per_block[block] = (count + 1, by_dtype)
 
     def order(name: str) -> tuple[int, int]:
-        attr, index = name.rsplit(".", 1)
-        return positions[attr][0], int(index)
+        return block_position(adapter.block_lists, name)[0]
 
     blocks = tuple(
         BlockReport(
             name=name,
-            kind=positions[name.rsplit(".", 1)[0]][1],
+            kind=block_position(adapter.block_lists, name)[1],
             index=i,
             tensors=per_block[name][0],
             bytes_by_dtype=MappingProxyType(per_block[name][1]),
