@@ -168,7 +168,10 @@ from tests.family_support import support, tiny_models  # noqa: E402
 def test_every_family_in_gguf_and_nf4(family, model_id, tmp_path):
     from runtime.inventory import inventory
 
-    transformer = support(family).build_tiny_pipeline(model_id).transformer
+    from runtime.families import get_family
+
+    pipe = support(family).build_tiny_pipeline(model_id)
+    transformer = getattr(pipe, get_family(family).denoiser)
     state = {k: v.contiguous() for k, v in transformer.state_dict().items()}
     blocks = [b.name for b in inventory(model_id).blocks]
     original = support(family).to_original(dict(state))
