@@ -51,7 +51,7 @@ import enum
 
 from planner import reserve
 from runtime.errors import UserError
-from runtime.inventory import device_bytes_by_dtype
+from runtime.inventory import device_bytes_by_dtype, side_device_bytes
 from runtime.plan import CastMode, HostMemory
 from runtime.schedule import ring_bytes, ring_of
 
@@ -131,6 +131,7 @@ class CostModel:
         }
         self.dev_total = {cast: tuple(sum(d.values()) for d in groups) for cast, groups in self.dev.items()}
         self.compute = tuple(b.compute_ms for b in profile.blocks)
+        self.side = tuple(side_device_bytes(b) for b in inventory.blocks)
         self.cast_ms = tuple(b.cast_ms if self.fp8 else 0.0 for b in profile.blocks)
         self.copy = {
             (cast, host): tuple(
@@ -151,7 +152,10 @@ class CostModel:
         )
         streamed = [self.dev[c][i] for i, (s, c) in enumerate(zip(layout.streamed, layout.casts)) if s]
         ring = ring_bytes(ring_of(list(layout.streamed), layout.depth), streamed) if streamed else 0
-        return resident + self.inventory.non_block_device_bytes + ring
+        # NF4 streamed with `auto`: the absmax stays on the device beside the ring (quant state)
+        side = sum(self.side[i] for i, (s, c) in enumerate(zip(layout.streamed, layout.casts))
+                   if s and c is CastMode.AUTO)
+        return resident + self.inventory.non_block_device_bytes + ring + side
 
     def usable_bytes(self, budget_bytes: int) -> int:
         """What a plan's peak may reach within `budget_bytes` on this card (`planner.reserve`)."""

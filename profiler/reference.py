@@ -21,6 +21,9 @@ The assumptions, each a named constant below:
   element written, over DRAM bandwidth x 0.4 (`DEQUANT_EFFICIENCY`): the kernels unpack
   scales and codes before they stream (gguf dequant kernels and bitsandbytes' reach 30-50 %
   of a plain copy), so a Q4_K block dequantizes at about a third of an fp8 cast's rate per byte.
+  Its transient is one matrix at a time: about 6 bytes per element of the largest quantized
+  matrix (the fp16 dequantized copy, its bf16 cast and the unpacked codes), added to the
+  workspace (`DEQUANT_WORKSPACE_PER_ELEMENT`).
 - Compute and activation peaks come from the model's own forward traced on `meta`
   (`profiler.flops`): exact FLOPs, and the bytes live inside each block above what was live
   before it, attention as one fused op (flash/memory-efficient SDPA: no seq^2 score matrix).
@@ -51,6 +54,7 @@ COPY_OVERHEAD_US = 6.0
 MEMORY_EFFICIENCY = 0.8
 DEQUANT_EFFICIENCY = 0.4  # dequantization kernels: unpacking before streaming
 WORKSPACE_BYTES = 128 * 2**20
+DEQUANT_WORKSPACE_PER_ELEMENT = 6
 _MIB = 2**20
 
 
@@ -121,6 +125,24 @@ def _cast_ms(bytes_by_dtype, memory_gbps: float) -> float:
 
 
 @functools.lru_cache(maxsize=16)
+def _dequant_workspace(model_id: str, storage: DType) -> int:
+    """Transient bytes of dequantizing the model's largest quantized matrix (0 if none)."""
+    if not storage.is_quantized:
+        return 0
+    from runtime.catalog import get_model
+    from runtime.dtypes import storage_dtype
+    from runtime.families import get_family
+
+    spec = get_model(model_id)
+    model = get_family(spec.family).build(spec.config, device="meta")
+    largest = max(
+        (p.numel() for p in model.parameters() if storage_dtype(storage, tuple(p.shape)) is storage),
+        default=0,
+    )
+    return largest * DEQUANT_WORKSPACE_PER_ELEMENT
+
+
+@functools.lru_cache(maxsize=16)
 def _inventory(model_id: str, storage: DType):
     from runtime.inventory import inventory
 
@@ -176,7 +198,7 @@ def _reference_profile(spec: GpuSpec, model_id: str, workload: Workload, storage
         blocks=tuple(blocks),
         non_block_ms=flops.non_block / rate * 1e3,
         non_block_bytes=inv.non_block_bytes,
-        workspace_bytes=WORKSPACE_BYTES,
+        workspace_bytes=WORKSPACE_BYTES + _dequant_workspace(model_id, storage),
         is_estimate=True,
         source=f"estimate from {spec.source}",
         tool_version=TOOL_VERSION,

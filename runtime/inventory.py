@@ -200,6 +200,14 @@ def _device_groups(bytes_by_dtype: Mapping[str, int], cast_on_host: bool) -> dic
     return out
 
 
+def side_device_bytes(block: BlockInfo) -> int:
+    """Bytes a streamed block's quantized weights keep on the device beside the ring: NF4's
+    uint8 absmax (1 byte of each 33-byte block, as `runtime.dtypes.QUANT_BLOCKS` counts it)
+    lives in bitsandbytes' quant state, moved to the device once. GGUF keeps nothing aside."""
+    nf4 = block.bytes_by_dtype.get(DType.NF4.value, 0)
+    return nf4 // DType.NF4.nbytes(64)
+
+
 def quantization_of(block: BlockInfo) -> tuple[str, ...]:
     """The quant types a block's tensors are stored in (empty for a plain block)."""
     return tuple(sorted(d for d in block.bytes_by_dtype if DType(d).is_quantized))

@@ -45,12 +45,14 @@ def test_tune_quant_compares_formats(quant, tmp_path):
 
 
 def test_quant_is_faster_where_the_bus_binds(tmp_path):
-    """At 8 GB on an H100 bf16 flux-dev is transfer-bound: packed Q4_K streams ~3.5x fewer bytes."""
+    """At 8 GB on an H100 bf16 flux-dev is transfer-bound: Q4_K packs ~3.5x fewer bytes, kept
+    packed on the device or on the bus, and dequantized there."""
     data = json.loads(invoke("tune", "--model", "flux-dev", "--quant", "q4_k", "--vram", "8GB",
                              "--gpu", "h100", "--trials", "30", "--json").stdout)
     bf16 = next(r for r in data["formats"] if r["storage"] == "bf16")
     assert data["step_ms"] < bf16["step_ms"] * 0.8
-    assert data["placement"]["cast"] == "auto"
+    placement = data["placement"]
+    assert "auto" in (placement["cast"], placement.get("resident_cast"))
 
 
 def test_tune_refuses_two_storages_and_unknown_quant(tmp_path):

@@ -128,7 +128,7 @@ def apply_state(model, adapter, plan, device: torch.device) -> AppliedState:
             assert plan.model.storage_dtype is DType.NF4 or \
                 _base_bytes(layout, adapter_signature[0]) == device_bytes_by_dtype(info, p), name
             layouts.append(layout)
-    freed = _host_bytes_released(model, blocks, streamed, device)
+    freed = _host_bytes_released(model, blocks, streamed, device, pre)
     decision = decide_host_memory([l.bytes for l in layouts], freed, _wants_pinned(plan))
     if decision.warning:
         warnings.warn(decision.warning, stacklevel=3)
@@ -170,12 +170,14 @@ def _wants_pinned(plan) -> bool:
     return plan.host_memory is HostMemory.PINNED
 
 
-def _host_bytes_released(model, blocks, streamed, device: torch.device) -> int:
-    """Host bytes of original tensors that applying frees (packed, or moved to the device)."""
+def _host_bytes_released(model, blocks, streamed, device: torch.device, pre) -> int:
+    """Host bytes of original tensors that applying frees (packed, or moved to the device);
+    packed quantized bytes dequantized on the host (`pre`) are kept for `remove()`."""
     leaving = set()
-    for (_, _, module), s in zip(blocks, streamed):
+    for (_, _, module), s, p in zip(blocks, streamed, pre):
         if s or device.type != "cpu":
-            leaving.update(id(t) for t in packing.unique_tensors(module))
+            leaving.update(id(t) for t in packing.unique_tensors(module)
+                           if not (p and quantized.is_packed(t)))
     if device.type != "cpu":
         leaving.update(id(t) for t in packing.unique_tensors(model))
     return sum(
