@@ -179,7 +179,7 @@ def _host_bytes_released(model, blocks, streamed, device: torch.device, pre) -> 
             leaving.update(id(t) for t in packing.unique_tensors(module)
                            if not (p and quantized.is_packed(t)))
     if device.type != "cpu":
-        leaving.update(id(t) for t in packing.unique_tensors(model))
+        leaving.update(id(t) for t in packing.unique_tensors(model) if not quantized.is_packed(t))
     return sum(
         t.numel() * t.element_size()
         for t in packing.unique_tensors(model)
