@@ -71,7 +71,8 @@ def load_pipeline(adapter, weights: Path, transformer_file: Path | None, dtype):
         weights, local_files_only=True, torch_dtype=dtype, **extra
     )
     for name in (adapter.denoiser, "transformer_2"):
-        _drop_fp32_kept(getattr(pipe, name, None), dtype)
+        if name not in extra:  # a --transformer file keeps the dtypes it stores (GGUF's f32)
+            _drop_fp32_kept(getattr(pipe, name, None), dtype)
     return pipe
 
 
