@@ -22,6 +22,7 @@ _BUILTIN = {
     "hunyuan-image": "runtime.families.hunyuan_image:HunyuanImageAdapter",
     "unet": "runtime.families.unet:UNetAdapter",
     "wan": "runtime.families.wan:WanAdapter",
+    "comfy-flux": "runtime.families.comfy_flux:ComfyFluxAdapter",
 }
 
 
