@@ -71,7 +71,7 @@ def load_pipeline(adapter, weights: Path, transformer_file: Path | None, dtype):
         weights, local_files_only=True, torch_dtype=dtype, **extra
     )
     for name in (adapter.denoiser, "transformer_2"):
-        if name not in extra:  # a --transformer file keeps the dtypes it stores (GGUF's f32)
+        if name not in extra:  # a single file keeps the dtypes it stores
             _drop_fp32_kept(getattr(pipe, name, None), dtype)
     return pipe
 
@@ -83,10 +83,12 @@ def _drop_fp32_kept(model, dtype) -> None:
     single files do, and those modules compute in fp32 inside their forward anyway."""
     import torch
 
-    if model is None or dtype not in (torch.bfloat16, torch.float16):
+    kept = getattr(model, "_keep_in_fp32_modules", None)
+    if not kept or dtype not in (torch.bfloat16, torch.float16):
         return
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        if tensor.dtype == torch.float32:
+    named = list(model.named_parameters()) + list(model.named_buffers())
+    for name, tensor in named:  # diffusers' own rule: a kept module's name is a path component
+        if tensor.dtype == torch.float32 and any(m in name.split(".") for m in kept):
             tensor.data = tensor.data.to(dtype)
 
 

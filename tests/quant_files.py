@@ -29,10 +29,6 @@ def save_gguf(state: dict, path, quant: str = "Q8_0", bfl: bool = True, zero_blo
     writer = gguf.GGUFWriter(str(path), arch="flux")
     for name, tensor in tensors.items():
         array = tensor.detach().float().numpy()
-        if array.ndim > 4:  # ggml holds 4 dimensions: ComfyUI-GGUF's converter flattens video
-            # convolutions (Conv3d weights) and keeps their shape in metadata
-            writer.add_array(f"comfy.gguf.orig_shape.{name}", [int(d) for d in array.shape])
-            array = array.reshape(array.shape[0], -1)
         if array.ndim == 2 and array.shape[1] % block == 0:
             if zero_blocks:
                 packed = np.zeros((array.shape[0], array.shape[1] // block * type_size), np.uint8)

@@ -21,10 +21,10 @@ _BUILTIN = {
     "qwen-image": "runtime.families.qwen_image:QwenImageAdapter",
     "hunyuan-image": "runtime.families.hunyuan_image:HunyuanImageAdapter",
     "unet": "runtime.families.unet:UNetAdapter",
-    "comfy-flux": "runtime.families.comfy_flux:ComfyFluxAdapter",
     "wan": "runtime.families.wan:WanAdapter",
     "ltx-video": "runtime.families.ltx_video:LTXVideoAdapter",
     "hunyuan-video": "runtime.families.hunyuan_video:HunyuanVideoAdapter",
+    "comfy-flux": "runtime.families.comfy_flux:ComfyFluxAdapter",
 }
 
 
