@@ -111,13 +111,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
             "storage_dtype": plan.model.storage_dtype.value,
             "compute_dtype": plan.model.compute_dtype.value,
         },
-        "workload": {
-            "height": plan.workload.height,
-            "width": plan.workload.width,
-            "batch": plan.workload.batch,
-            "cfg": plan.workload.cfg.value,
-            "text_tokens": plan.workload.text_tokens,
-        },
+        "workload": _workload_to_dict(plan.workload),
         "target": {
             "gpu_name": plan.target.gpu_name,
             "vram_budget_bytes": plan.target.vram_budget_bytes,
@@ -147,38 +141,46 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
     }
 
 
+def _workload_to_dict(w: Workload) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "height": w.height,
+        "width": w.width,
+        "batch": w.batch,
+        "cfg": w.cfg.value,
+        "text_tokens": w.text_tokens,
+    }
+    frames = getattr(w, "frames", 1)
+    if frames != 1:  # written only for video: image plans keep their v1 text (and hash)
+        out["frames"] = frames
+    return out
+
+
 def dumps_plan(plan: Plan) -> str:
     return json.dumps(plan_to_dict(plan), indent=2, allow_nan=False) + "\n"
 
 
-def save_plan(plan: Plan, path: str | Path) -> None:
-    """Write atomically: a reader never sees half a plan."""
-    path = Path(path)
-    text = dumps_plan(plan)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+def save_plan(plan: Plan, path: str | Path, option: str = "plan file") -> None:
+    """Write atomically onto a regular file or a new path: a reader never sees half a plan,
+    and a symlink, device, FIFO or directory is refused (`option` names it in the message)."""
+    from runtime.files import write_atomic
+
+    write_atomic(path, dumps_plan(plan), option)
 
 
 # ---------------------------------------------------------------- reading
 
 
 def load_plan(path: str | Path) -> Plan:
+    """Read and check the plan file at `path`: a regular file of at most 10 MB (the bound holds
+    while reading, so /dev/zero, a FIFO or a growing stream is refused, never read to the end)."""
+    from runtime.files import read_bounded
+
     path = Path(path)
+    raw = read_bounded(path, MAX_PLAN_FILE_BYTES, "plan file", PlanFormatError)
     try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise PlanFormatError(f"cannot read plan file {path}: {e.strerror}") from e
-    if size > MAX_PLAN_FILE_BYTES:
-        raise PlanFormatError(
-            f"plan file {path} is {size} bytes, over the 10 MB limit: it is not a plan file"
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise PlanFormatError(f"plan file {path} is not UTF-8 text: it is not a plan file") from e
-    except OSError as e:
-        raise PlanFormatError(f"cannot read plan file {path}: {e.strerror}") from e
     return loads_plan(text, source=str(path))
 
 
@@ -218,18 +220,7 @@ def plan_from_dict(data: Any, source: str = "plan") -> Plan:
         storage_dtype=r.enum(m, "model.storage_dtype", DType),
         compute_dtype=r.enum(m, "model.compute_dtype", DType),
     )
-    w = r.section(data, "workload", {"height", "width", "batch", "cfg", "text_tokens"})
-    height = r.integer(w, "workload.height", 16, 16384)
-    width = r.integer(w, "workload.width", 16, 16384)
-    if height % 16 or width % 16:
-        raise PlanFormatError(f"{source}: workload height and width must be multiples of 16")
-    workload = Workload(
-        height=height,
-        width=width,
-        batch=r.integer(w, "workload.batch", 1, 64),
-        cfg=r.enum(w, "workload.cfg", CfgMode),
-        text_tokens=r.integer(w, "workload.text_tokens", 1, 4096),
-    )
+    workload = _read_workload(r, data)
     t = r.section(data, "target", {"gpu_name", "vram_budget_bytes"})
     target = Target(
         gpu_name=r.string(t, "target.gpu_name"),
@@ -254,6 +245,36 @@ def plan_from_dict(data: Any, source: str = "plan") -> Plan:
         created=r.timestamp(v, "provenance.created"),
     )
     return Plan(model, workload, target, blocks, depth, host_memory, predictions, provenance)
+
+
+_WORKLOAD_KEYS = {"height", "width", "batch", "cfg", "text_tokens"}
+MAX_FRAMES = 1024
+
+
+def _read_workload(r: "_Reader", data: dict) -> Workload:
+    w = data["workload"]
+    r.object(w, "workload")
+    r.keys({k: v for k, v in w.items() if k != "frames"}, "workload", _WORKLOAD_KEYS)
+    height = r.integer(w, "workload.height", 16, 16384)
+    width = r.integer(w, "workload.width", 16, 16384)
+    if height % 16 or width % 16:
+        raise PlanFormatError(f"{r.source}: workload height and width must be multiples of 16")
+    fields = dict(
+        height=height,
+        width=width,
+        batch=r.integer(w, "workload.batch", 1, 64),
+        cfg=r.enum(w, "workload.cfg", CfgMode),
+        text_tokens=r.integer(w, "workload.text_tokens", 1, 4096),
+    )
+    frames = r.integer(w, "workload.frames", 1, MAX_FRAMES) if "frames" in w else 1
+    if frames != 1:
+        if "frames" not in {f.name for f in dataclasses.fields(Workload)}:
+            raise PlanFormatError(
+                f"{r.source}: workload.frames {frames} is a video workload, which this tool does "
+                f"not run yet: upgrade offload-planner"
+            )
+        fields["frames"] = frames
+    return Workload(**fields)
 
 
 _TOP_KEYS = {
