@@ -25,7 +25,7 @@ _LOCKED_WORDS = ("database is locked", "database table is locked", "database is 
 _UNWRITABLE_WORDS = ("unable to open database file", "readonly database", "disk i/o error")
 
 
-def make_engine(url: str, *, busy_timeout_s: float = 10.0, foreign_keys: bool = True):
+def make_engine(url: str, *, busy_timeout_s: float = 1.0, foreign_keys: bool = True):
     """An engine for `url`; for SQLite with WAL, a busy timeout and BEGIN IMMEDIATE writes."""
     from sqlalchemy import create_engine, event
 
@@ -71,8 +71,8 @@ def translate(error: Exception, url: str) -> StoreError:
     lowered = text.lower()
     if any(w in lowered for w in _LOCKED_WORDS):
         return DatabaseLocked(
-            f"the database {safe_url(url)} stayed locked by another process past our retries: "
-            "let the other planner process finish, or run again"
+            f"the database {safe_url(url)} is locked by another process (still locked after a few "
+            "seconds of retries): let the other planner process finish, or run again"
         )
     if sqlite_path(url) is not None and any(w in lowered for w in _UNWRITABLE_WORDS):
         return unwritable(url, text)
@@ -118,7 +118,7 @@ def _quiet_rollback(session) -> None:
 
 def run_transaction(
     engine, url: str, work: Callable[["Session"], T], *, write: bool = True,
-    retries: int = 5, backoff_s: float = 0.05,
+    retries: int = 3, backoff_s: float = 0.05,
 ) -> T:
     """Run `work(session)` in one transaction, again from the start while the database is locked."""
     for attempt in range(retries + 1):

@@ -9,9 +9,9 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from store_fixtures import make_plan, store_url  # noqa: F401 (fixture)
+from store_fixtures import make_plan, measure, store_url  # noqa: F401 (fixture)
 
-HEAD = "0002_plan_content_hash"
+HEAD = "0003_trusted_plans"
 
 
 def planner(*args: str):
@@ -76,7 +76,7 @@ def test_list_show_best_rm(store_url, tmp_path):
         slow = store.save_plan(make_plan(step_ms=3000.0, gpu="NVIDIA GeForce RTX 4060", budget=6 << 30))
         fast = store.save_plan(make_plan(step_ms=1000.0, gpu="rtx-4060", budget=12 << 30, width=768))
         other = store.save_plan(make_plan(step_ms=10.0, gpu="NVIDIA GeForce RTX 4090", budget=24 << 30))
-        store.record_run(slow, 2500.0, 5 << 30, "cuda:0")
+        measure(store, slow, 2500.0, 5 << 30)
 
     table = _ok("plans", "list", "--db", store_url).stdout
     assert "NVIDIA GeForce RTX 4060" in table and "6.00 GiB" in table and "2500.0" in table
@@ -138,7 +138,7 @@ def test_db_current_and_upgrade(store_url):
     assert "run `planner db upgrade --db" in _ok("db", "current", "--db", store_url).stdout
     done = json.loads(_ok("db", "upgrade", "--db", store_url, "--json").stdout)
     assert (done["before"], done["after"]) == (None, HEAD)
-    assert "already at 0002_plan_content_hash" in _ok("db", "upgrade", "--db", store_url).stdout
+    assert f"already at {HEAD}" in _ok("db", "upgrade", "--db", store_url).stdout
     state = json.loads(_ok("db", "current", "--db", store_url, "--json").stdout)
     assert state["current"] == HEAD and state["up_to_date"] is True
     assert "up to date" in _ok("db", "current", "--db", store_url).stdout
