@@ -98,7 +98,7 @@ def _refusal(url: str, current: str | None, head: str) -> StoreError:
     if current not in known_revisions():
         return SchemaOutOfDate(
             f"database {shown} is at revision {current}, newer than this tool knows ({head}): "
-            "upgrade offload-planner (pip install -U offload-planner)"
+            "upgrade offload-planner (git pull in its repository, then pip install -e .)"
         )
     return SchemaOutOfDate(
         f"database {shown} is at revision {current}, this tool needs {head}: "

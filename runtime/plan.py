@@ -207,7 +207,7 @@ def plan_from_dict(data: Any, source: str = "plan") -> Plan:
     if type(version) is int and version > FORMAT_VERSION:
         raise PlanFormatError(
             f"{source} has format_version {version}, newer than this tool reads "
-            f"({FORMAT_VERSION}): upgrade offload-planner (pip install -U offload-planner)"
+            f"({FORMAT_VERSION}): upgrade offload-planner (git pull in its repository, then pip install -e .)"
         )
     r.keys(data, "plan", _TOP_KEYS)
     if type(version) is not int or version != FORMAT_VERSION:

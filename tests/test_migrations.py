@@ -154,7 +154,7 @@ def test_newer_schema_is_refused(store_url):
     with engine.begin() as conn:
         conn.execute(text("UPDATE planner_alembic_version SET version_num = '0099_future'"))
     engine.dispose()
-    with pytest.raises(SchemaOutOfDate, match="0099_future, newer than this tool knows.*pip install -U"):
+    with pytest.raises(SchemaOutOfDate, match=r"0099_future, newer than this tool knows.*pip install -e \."):
         open_store(store_url)
 
 

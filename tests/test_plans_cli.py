@@ -52,8 +52,8 @@ def _ids(url: str, *filters: str) -> list[int]:
 def test_import_twice_keeps_one_row(store_url, plan_file):
     first = json.loads(_ok("plans", "import", str(plan_file), "--db", store_url, "--json").stdout)
     second = json.loads(_ok("plans", "import", str(plan_file), "--db", store_url, "--json").stdout)
-    assert first == {"id": first["id"], "created": True}
-    assert second == {"id": first["id"], "created": False}
+    assert first == {"id": first["id"], "created": True, "catalog_model": True}
+    assert second == {"id": first["id"], "created": False, "catalog_model": True}
     assert _ids(store_url) == [first["id"]]
     text = _ok("plans", "import", str(plan_file), "--db", store_url).stdout
     assert f"already stored as plan {first['id']}" in text
@@ -94,13 +94,15 @@ def test_list_show_best_rm(store_url, tmp_path):
     def best(*args: str) -> int:
         return json.loads(_ok("plans", "best", "--model", "tiny-flux", "--db", store_url, "--json", *args).stdout)["id"]
 
-    assert best("--vram", "12GB", "--gpu", "rtx 4060") == fast
+    # best answers for the workload asked (1024x1024 unless --resolution says otherwise)
+    assert best("--vram", "12GB", "--gpu", "rtx 4060") == slow
+    assert best("--vram", "12GB", "--gpu", "rtx 4060", "--resolution", "768x1024") == fast
     assert best("--vram", "8GB", "--gpu", "rtx 4060") == slow
     assert best("--vram", "24GB") == other
     assert best("--vram", "12GB", "--resolution", "1024x1024") == slow
     assert "plan " in _ok("plans", "best", "--model", "tiny-flux", "--vram", "8GB", "--db", store_url).stdout
     line = _fails("plans", "best", "--model", "tiny-flux", "--vram", "4GB", "--gpu", "rtx 4060", "--db", store_url)
-    assert "no stored plan for tiny-flux on rtx 4060 fits 4.00 GiB" in line and "planner tune" in line
+    assert "no stored plan for tiny-flux (fp32, 1024x1024, batch 1) on rtx 4060 fits 4.00 GiB" in line and "planner tune" in line
 
     assert json.loads(_ok("plans", "rm", str(slow), "--db", store_url, "--json").stdout)["removed"] is True
     assert _ids(store_url) == [fast, other]

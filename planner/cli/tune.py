@@ -7,16 +7,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from planner.cli._common import DbOption, JsonOption, print_json, print_table
+from planner.cli._common import DbOption, JsonOption, echo, print_json, print_table
 
 
 def tune(
     model: Annotated[str, typer.Option("--model", help="Model id from `planner models list`.")],
     vram: Annotated[str, typer.Option("--vram", help="VRAM budget, e.g. 8GB (GB means GiB).")],
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="Plan from this reference GPU's profile.")] = None,
-    profile: Annotated[Optional[int], typer.Option("--profile", help="Plan from this stored profile id.")] = None,
-    resolution: Annotated[str, typer.Option(help="Image size WIDTHxHEIGHT.")] = "1024x1024",
-    batch: Annotated[int, typer.Option(help="Images per step.")] = 1,
+    profile: Annotated[Optional[int], typer.Option("--profile", help="Plan from this stored profile id (`planner profiles list`).")] = None,
+    resolution: Annotated[Optional[str], typer.Option(help="Image size WIDTHxHEIGHT (default 1024x1024, or the --profile's).")] = None,
+    batch: Annotated[Optional[int], typer.Option(help="Images per step (default 1, or the --profile's).")] = None,
     dtype: Annotated[str, typer.Option(help="Storage dtype: bf16 or fp8 (default: the model's).")] = "",
     trials: Annotated[Optional[int], typer.Option(help="Optuna trials.")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="Stop the search after this many seconds.")] = None,
@@ -24,6 +24,7 @@ def tune(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the plan here.")] = None,
     verify: Annotated[int, typer.Option(help="Run the K best candidates on this GPU; keep the fastest.")] = 0,
     fresh: Annotated[bool, typer.Option("--fresh", help="Profile this machine's GPU again even if a profile is stored.")] = False,
+    host_ram: Annotated[Optional[str], typer.Option("--host-ram", help="Host RAM the plan may pin, e.g. 32GB (default: what this machine can pin; 32 GiB for a reference --gpu).")] = None,
     db: DbOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -34,10 +35,13 @@ def tune(
     from planner.tuning import tune as run_tune
     from runtime.catalog import get_model
     from runtime.dtypes import DType
+    from runtime.files import check_target
     from runtime.plan import save_plan
 
     spec = get_model(model)
-    workload = spec.workload(resolution, batch)
+    if batch is not None and not 1 <= batch <= 64:
+        raise_user(f"--batch {batch} is out of range: give 1 to 64 images per step")
+    workload = spec.workload(resolution or "1024x1024", batch or 1)
     request = TuneRequest(
         model_id=spec.id,
         budget_bytes=parse_size(vram, "--vram"),
@@ -45,21 +49,53 @@ def tune(
         storage_dtype=DType.parse(dtype) if dtype else spec.storage_dtype,
         gpu=gpu,
         profile_id=profile,
-        trials=trials or DEFAULT_TRIALS,
+        trials=trials if trials is not None else DEFAULT_TRIALS,
         timeout_s=timeout,
         seed=seed,
         db_url=db,
         verify=verify,
         fresh=fresh,
+        host_ram_bytes=parse_size(host_ram, "--host-ram") if host_ram is not None else None,
+        workload_from_profile=resolution is None and batch is None,
     )
-    outcome = run_tune(request)
     if output is not None:
-        save_plan(outcome.plan, output)
+        check_target(output, "-o")  # before any work, and before anything is stored
+    with _Spinner(f"searching placements for {spec.id} ({request.trials} trials)", enabled=not json_out):
+        outcome = run_tune(request)
+    if output is not None:
+        save_plan(outcome.plan, output, option="-o")
     data = summary(outcome)
     if json_out:
         print_json({**data, "output": str(output) if output else None})
         return
     _print(data, output)
+
+
+def raise_user(message: str) -> None:
+    from runtime.errors import UserError
+
+    raise UserError(message)
+
+
+class _Spinner:
+    """A transient status line on stderr while the search runs (nothing on a pipe or with --json)."""
+
+    def __init__(self, text: str, enabled: bool) -> None:
+        self.text, self.enabled, self.status = text, enabled, None
+
+    def __enter__(self):
+        import sys
+
+        if self.enabled and sys.stderr.isatty():
+            from planner.cli._common import console
+
+            self.status = console(stderr=True).status(self.text)
+            self.status.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.status is not None:
+            self.status.__exit__(*exc)
 
 
 def _print(data: dict, output: Path | None) -> None:
@@ -75,7 +111,8 @@ def _print(data: dict, output: Path | None) -> None:
         f"plan {data['plan_id']} for {data['plan']['model']['id']} within {format_size(data['plan']['target']['vram_budget_bytes'])}, from the {where}",
         f"  blocks:        {counts} (pattern {p['pattern']})",
         f"  prefetch:      depth {p['depth']}, cast {p['cast']}, host memory {p['host_memory']}",
-        f"  host RAM:      {format_size(data['host_bytes'])} {p['host_memory']} for streamed blocks",
+        f"  host RAM:      {format_size(data['host_bytes'])} {p['host_memory']} for streamed blocks"
+        f" (limit {format_size(data['host_ram']['limit_bytes'])}, {data['host_ram']['limit_source']})",
         f"  predicted:     {data['step_ms'] / 1000:.3f} s/step, peak VRAM {format_size(data['peak_vram_bytes'])}",
     ]
     if data["ratio_to_bound"] is not None:
@@ -86,7 +123,8 @@ def _print(data: dict, output: Path | None) -> None:
         lines.append(f"  measured:      {data['measured_step_ms'] / 1000:.3f} s/step")
     if output is not None:
         lines.append(f"  written to:    {output}")
-    typer.echo("\n".join(lines))
+    for line in lines:
+        echo(line)
     rows = [["tuned (this plan)", "offload-planner", f"{data['step_ms'] / 1000:.3f}", format_size(data["peak_vram_bytes"])]]
     for row in data["policies"]:
         if row["fits"]:

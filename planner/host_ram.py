@@ -1,0 +1,109 @@
+"""Host RAM as part of the budget, and ties that go to fewer streamed bytes.
+
+The search (planner/search.py) ranks candidates by predicted step time under the VRAM budget.
+Two things it does not see are settled here, after it, through its public `Evaluator`:
+
+- Pinned host buffers cannot be swapped out: the streamed blocks' host copies (bf16 for an fp8
+  model cast on the host, `cast pre`) must fit the host RAM the user allows (`--host-ram`).
+  A candidate over it loses to one that fits: `cast auto` (fp8 on the host), more residents,
+  or pageable buffers.
+- Where several candidates predict the same step time, the one that streams the fewest bytes
+  wins (then the one that pins the least): a model that fits the GPU stays resident instead of
+  streaming blocks and pinning host RAM for nothing.
+
+The pool is what the search found (its best, the Pareto front, the peer policies) plus, for
+each, the variants that move fewer bytes or pin none: every cast and host memory kind, the fill
+kind filled to the most that fits, and every block resident.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from planner.search import Evaluator, Scored, SearchResult
+from planner.space import Candidate, Pattern
+from runtime.errors import UserError
+from runtime.plan import HostMemory
+
+# A reference GPU is planned for a machine we cannot see: this much host RAM is assumed
+# unless --host-ram says otherwise (a common desktop beside an 8-24 GB card).
+REFERENCE_HOST_RAM_BYTES = 32 << 30
+TIE_RELATIVE = 1e-3  # step times within 0.1% of each other are the same predicted speed
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    scored: Scored
+    pinned_bytes: int  # host bytes pinned for the streamed blocks
+    streamed_bytes: int  # bytes copied host-to-device per forward
+    host_ram_bytes: int  # the host RAM limit it was chosen under
+    changed: bool  # True where it differs from the search's own best
+
+
+def streamed_bytes(ev: Evaluator, c: Candidate) -> int:
+    """Bytes the streamed blocks occupy on the host (and move per forward) in `c`'s cast."""
+    flags = ev.space.streamed_flags(c)
+    totals = ev.models[c.cfg].dev_total[c.cast]
+    return sum(t for t, s in zip(totals, flags) if s)
+
+
+def pinned_bytes(ev: Evaluator, c: Candidate) -> int:
+    return streamed_bytes(ev, c) if c.host_memory is HostMemory.PINNED else 0
+
+
+def choose(
+    inventory, profiles, result: SearchResult, vram_budget: int, host_ram: int
+) -> Choice:
+    """The fastest candidate within both budgets; ties to fewer streamed, then pinned, bytes."""
+    ev = Evaluator(inventory, profiles)
+    pool = _pool(ev, result, vram_budget)
+    fits = [s for s in pool if s.peak_vram_bytes <= vram_budget and pinned_bytes(ev, s.candidate) <= host_ram]
+    if not fits:  # cannot happen: pageable stream-all fits whenever the search found anything
+        raise UserError("no plan fits both budgets: give a larger --vram or --host-ram")
+    fastest = min(s.step_ms for s in fits)
+    tied = [s for s in fits if s.step_ms <= fastest * (1 + TIE_RELATIVE) + 1e-9]
+    best = min(
+        tied,
+        key=lambda s: (streamed_bytes(ev, s.candidate), pinned_bytes(ev, s.candidate),
+                       s.step_ms, s.peak_vram_bytes, s.candidate.describe()),
+    )
+    return Choice(
+        scored=best,
+        pinned_bytes=pinned_bytes(ev, best.candidate),
+        streamed_bytes=streamed_bytes(ev, best.candidate),
+        host_ram_bytes=host_ram,
+        changed=best.candidate != result.best.candidate,
+    )
+
+
+def _pool(ev: Evaluator, result: SearchResult, budget: int) -> list[Scored]:
+    base = [result.best, *result.pareto, *(s for _, s in result.policies if s is not None)]
+    found: dict[Candidate, Scored] = {}
+    space = ev.space
+    for s in base:
+        c = s.candidate
+        for variant in _variants(ev, c, budget):
+            if variant not in found and ev.peak(variant) <= budget:
+                found[variant] = ev.score(variant)
+    everything = {run.kind: len(run.positions) for run in space.kinds}
+    for depth in space.depths:
+        for cast in space.casts:
+            for cfg in space.cfgs:
+                c = space.candidate(everything, Pattern.PREFIX, depth, cast, HostMemory.PINNED, cfg)
+                if c not in found and ev.peak(c) <= budget:
+                    found[c] = ev.score(c)
+    return list(found.values())
+
+
+def _variants(ev: Evaluator, c: Candidate, budget: int):
+    space = ev.space
+    for cast in space.casts:
+        for host in space.hosts:
+            v = dataclasses.replace(c, cast=cast, host_memory=host)
+            yield v
+            if c.pattern is Pattern.EXPLICIT:
+                continue
+            counts = dict(c.resident)
+            others = {k: n for k, n in counts.items() if k != space.fill_kind}
+            fill = ev.max_fill(others, c.pattern, c.depth, cast, host, c.cfg, budget)
+            yield space.candidate({**others, space.fill_kind: fill}, c.pattern, c.depth, cast, host, c.cfg)
