@@ -58,9 +58,9 @@ def row(gpu, workload, storage):
 
 
 def _flops(workload) -> int:
-    from profiler.flops import model_flops
+    from profiler.flops import model_trace
 
-    return model_flops(MODEL, workload).total
+    return model_trace(MODEL, workload).total
 
 
 def table(storage) -> list[dict]:

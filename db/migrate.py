@@ -56,8 +56,17 @@ def known_revisions() -> list[str]:
 def current_revision(connection) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
+    from alembic.util import CommandError
+
     context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
-    return context.get_current_revision()
+    try:
+        return context.get_current_revision()
+    except CommandError:  # more than one row: someone edited the table
+        heads = ", ".join(sorted(context.get_current_heads()))
+        raise SchemaOutOfDate(
+            f"the version table {VERSION_TABLE} holds several revisions ({heads}), which this tool "
+            f"never writes: delete every row but the revision the schema is at"
+        ) from None
 
 
 def _has_our_tables(connection) -> bool:

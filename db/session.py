@@ -33,10 +33,11 @@ def make_engine(url: str, *, busy_timeout_s: float = 1.0, foreign_keys: bool = T
     if parsed.drivername == "postgresql":  # psycopg 3 is the driver we ship, not psycopg2
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_pre_ping=True)
+        return _create(create_engine, parsed, url, pool_pre_ping=True)
 
+    refuse_in_memory(url)
     prepare_sqlite_file(url)
-    engine = create_engine(parsed, connect_args={"timeout": busy_timeout_s})
+    engine = _create(create_engine, parsed, url, connect_args={"timeout": busy_timeout_s})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):
@@ -57,6 +58,45 @@ def make_engine(url: str, *, busy_timeout_s: float = 1.0, foreign_keys: bool = T
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
+
+
+# Extras of this package that carry a dialect's driver.
+_EXTRAS = {"postgresql": "pip install -e '.[postgres]' (psycopg 3)"}
+
+
+def _create(create_engine, parsed, url: str, **kwargs):
+    """create_engine, with an unknown dialect or a missing driver as one sentence naming the fix."""
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    backend = parsed.get_backend_name()
+    try:
+        return create_engine(parsed, **kwargs)
+    except NoSuchModuleError as e:
+        raise StoreError(
+            f"database URL {safe_url(url)} names {parsed.drivername!r}, which SQLAlchemy does not "
+            f"know: use sqlite:////path/planner.db or postgresql+psycopg://user@host/dbname"
+        ) from e
+    except ImportError as e:
+        fix = _EXTRAS.get(backend, f"install the Python driver {e.name or parsed.drivername!r}")
+        raise StoreError(
+            f"database URL {safe_url(url)} needs the driver {e.name or parsed.drivername!r}, which is "
+            f"not installed: {fix}, or use a sqlite:/// URL"
+        ) from e
+    except ArgumentError as e:
+        raise StoreError(f"database URL {safe_url(url)} cannot be used ({e}): check its options") from e
+
+
+def refuse_in_memory(url: str) -> None:
+    """An in-memory SQLite database keeps nothing past the command: refuse it."""
+    parsed = parse_url(url)
+    database = parsed.database or ""
+    query = {k: str(v) for k, v in parsed.query.items()}
+    if (not database or database == ":memory:" or ":memory:" in database
+            or "mode=memory" in database or query.get("mode") == "memory"):
+        raise StoreError(
+            f"database URL {safe_url(url)} is an in-memory SQLite database, and nothing stored in it "
+            f"would be kept: give a file, e.g. sqlite:////path/planner.db, or leave --db out for the default"
+        )
 
 
 def reader(engine):

@@ -1,4 +1,5 @@
-"""Per-block costs measured on the device: compute time, fp8 -> bf16 cast time, activation peak.
+"""Per-block costs measured on the device: compute time, fp8 -> bf16 cast time, activation peak
+(on CPU, where no allocator reports a peak, the count from `profiler.flops`'s meta forward).
 
 One block at a time, so a GPU far smaller than the model profiles it: the block is copied from
 the model built on `meta`, materialised on the device with random weights of the right shape
@@ -52,14 +53,16 @@ def materialise(block_meta, device, dtype):
 
 
 def measure_block(
-    model_meta, adapter, kind: str, block_meta, workload: Workload, storage: DType, device, compute: DType
+    model_meta, adapter, kind: str, block_meta, workload: Workload, storage: DType, device,
+    compute: DType, trace=None,
 ) -> BlockCost:
-    """Cost of one block of `kind` at `workload` on `device` (a torch.device)."""
+    """Cost of one block of `kind` at `workload` on `device` (a torch.device). `trace` is the
+    block's `profiler.flops.BlockTrace` (FLOPs, activation counted on `meta`); without it the
+    model's forward is traced here."""
     import torch
 
-    from profiler.flops import block_flops
-    from profiler.reference import activation_estimate
-
+    if trace is None:
+        trace = _trace_of(model_meta, adapter, block_meta, workload, compute)
     dtype = compute.torch()
     block = materialise(block_meta, device, dtype)
     inputs = adapter.block_inputs(model_meta, kind, workload, device, dtype)
@@ -71,8 +74,7 @@ def measure_block(
             if device.type == "cuda":
                 activation, measured = _activation_peak(device, block, inputs), True
             else:
-                activation = activation_estimate(block_meta, workload, model_meta.config, compute)
-                measured = False
+                activation, measured = trace.activation_bytes, False
         cast = _cast_ms(block, device) if storage.is_fp8 else 0.0
     finally:
         del block, inputs
@@ -83,8 +85,25 @@ def measure_block(
         cast_ms=cast,
         activation_bytes=activation,
         activation_measured=measured,
-        flops=block_flops(block_meta, kind, workload, model_meta.config),
+        flops=trace.flops,
     )
+
+
+def _trace_of(model_meta, adapter, block_meta, workload: Workload, compute: DType):
+    from profiler.flops import trace_module
+
+    name = next(n for n, _, b in adapter.blocks(model_meta) if b is block_meta)
+    model = _in_dtype(model_meta, compute)
+    return trace_module(model, adapter, workload, compute).block(name)
+
+
+def _in_dtype(model_meta, compute: DType):
+    """`model_meta` in the compute dtype (a copy where it differs; meta copies are free)."""
+    import torch
+
+    if all(p.dtype == compute.torch() for p in model_meta.parameters()):
+        return model_meta
+    return torch.nn.Module.to(copy.deepcopy(model_meta), compute.torch())
 
 
 def _activation_peak(device, block, inputs) -> int:

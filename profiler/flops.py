@@ -1,184 +1,165 @@
-"""FLOPs of one block forward, counted from the module's real shapes.
+"""FLOPs and activation peaks of a model at a workload, counted from one forward on `meta`.
 
-Every `nn.Linear` costs 2 x in x out per token that passes through it (a multiply and an add
-per weight; the bias add is not counted, as `torch.utils.flop_counter` does not count it).
-Which tokens pass through a layer depends on the stream it belongs to: a FLUX double block
-runs `attn.to_q` and `ff` on image tokens, `attn.add_q_proj` and `ff_context` on text tokens,
-and its `norm1.linear` (modulation) once per sample on the time embedding; a single block runs
-everything but its modulation on image + text tokens. Those rules are kept per module class in
-`_RULES` (one registration per new block class). Attention adds QK^T and AV:
-2 x 2 x batch x heads x seq^2 x head_dim, seq = image + text tokens (joint attention).
+The family adapter makes whole-model inputs on the `meta` device, and the model (built on
+`meta`, so no memory and no arithmetic) runs one forward under torch's own `FlopCounterMode`,
+which counts every matmul, convolution and scaled-dot-product attention from shapes. The same
+forward runs under `_LiveBytes`, which adds up the bytes of every tensor an op allocates and
+subtracts them when the tensor dies: the peak of that count inside a block, above what was live
+when the block started, is the block's activation peak, as the profiler measures it on a GPU
+(`max_memory_allocated` over the forward minus what was allocated before). Attention counts as
+one fused op (no seq^2 score matrix), as flash/memory-efficient SDPA runs it.
 
-Works on a module built on the `meta` device: only shapes are read.
+No family is named here and none needs a rule: whatever its blocks do, the forward counts it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import functools
-from typing import Any, Mapping
+import weakref
 
-from runtime.errors import UserError
+from runtime.dtypes import DType
 from runtime.workload import Workload
 
 
-class Stream(str, enum.Enum):
-    IMAGE = "image"  # image tokens only
-    TEXT = "text"  # text tokens only
-    JOINT = "joint"  # image + text tokens
-    SAMPLE = "sample"  # one vector per sample (time embedding, modulation)
+@dataclasses.dataclass(frozen=True)
+class BlockTrace:
+    name: str
+    kind: str
+    flops: int  # one forward of this block
+    activation_bytes: int  # peak bytes allocated inside the block beyond what was live before
 
 
 @dataclasses.dataclass(frozen=True)
-class StreamRule:
-    """Which stream each Linear of a module class sees: first matching name prefix wins."""
-
-    default: Stream
-    prefixes: tuple[tuple[str, Stream], ...] = ()
-    joint_attention: bool = False  # one attention over image + text tokens
-    pixels_per_token_side: int = 16
-
-    def stream_of(self, linear_name: str) -> Stream:
-        for prefix, stream in self.prefixes:
-            if linear_name.startswith(prefix):
-                return stream
-        return self.default
-
-
-_FLUX_DOUBLE = StreamRule(
-    default=Stream.IMAGE,
-    prefixes=(
-        ("norm1.", Stream.SAMPLE),
-        ("norm1_context.", Stream.SAMPLE),
-        ("attn.add_", Stream.TEXT),
-        ("attn.to_add_out", Stream.TEXT),
-        ("ff_context.", Stream.TEXT),
-    ),
-    joint_attention=True,
-)
-_FLUX_SINGLE = StreamRule(default=Stream.JOINT, prefixes=(("norm.", Stream.SAMPLE),), joint_attention=True)
-_FLUX_MODEL = StreamRule(  # the non-block modules of the whole transformer
-    default=Stream.SAMPLE,  # time_text_embed.*, norm_out.linear
-    prefixes=(("x_embedder", Stream.IMAGE), ("proj_out", Stream.IMAGE), ("context_embedder", Stream.TEXT)),
-)
-
-# Keyed by module class name so that registering a rule imports nothing.
-_RULES: dict[str, StreamRule] = {
-    "FluxTransformerBlock": _FLUX_DOUBLE,
-    "FluxSingleTransformerBlock": _FLUX_SINGLE,
-    "FluxTransformer2DModel": _FLUX_MODEL,
-}
-
-
-def register_rule(class_name: str, rule: StreamRule) -> None:
-    _RULES[class_name] = rule
-
-
-def rule_of(module) -> StreamRule:
-    name = type(module).__name__
-    try:
-        return _RULES[name]
-    except KeyError:
-        raise UserError(
-            f"no FLOP rule for module class {name}: register one with profiler.flops.register_rule"
-        ) from None
-
-
-def image_tokens(workload: Workload, rule: StreamRule) -> int:
-    side = rule.pixels_per_token_side
-    return (workload.height // side) * (workload.width // side)
-
-
-def tokens(stream: Stream, workload: Workload, rule: StreamRule) -> int:
-    """Tokens of `stream` in one forward (batch included)."""
-    batch = workload.forward_batch
-    image = image_tokens(workload, rule)
-    per_sample = {
-        Stream.IMAGE: image,
-        Stream.TEXT: workload.text_tokens,
-        Stream.JOINT: image + workload.text_tokens,
-        Stream.SAMPLE: 1,
-    }[stream]
-    return batch * per_sample
-
-
-def linear_flops(module, workload: Workload, skip: frozenset[int] = frozenset()) -> int:
-    """2 x in x out x tokens for every nn.Linear in `module` (those in `skip` by id excluded)."""
-    import torch
-
-    rule = rule_of(module)
-    total = 0
-    for name, sub in module.named_modules():
-        if isinstance(sub, torch.nn.Linear) and id(sub) not in skip:
-            n_tokens = tokens(rule.stream_of(name), workload, rule)
-            total += 2 * sub.in_features * sub.out_features * n_tokens
-    return total
-
-
-def config_value(config: Mapping[str, Any] | Any, key: str) -> Any:
-    if isinstance(config, Mapping):
-        return config[key]
-    return getattr(config, key)
-
-
-def attention_flops(block, workload: Workload, config) -> int:
-    """QK^T and AV of the block's attention: 2 x 2 x batch x heads x seq^2 x head_dim."""
-    rule = rule_of(block)
-    if not rule.joint_attention:
-        return 0
-    heads = int(config_value(config, "num_attention_heads"))
-    head_dim = int(config_value(config, "attention_head_dim"))
-    seq = image_tokens(workload, rule) + workload.text_tokens
-    return 2 * 2 * workload.forward_batch * heads * seq * seq * head_dim
-
-
-def block_flops(block_module, kind: str, workload: Workload, config) -> int:
-    """FLOPs of one forward of `block_module` (a block of `kind`) at `workload`."""
-    del kind  # the module class decides the rule; kind is kept for callers that log it
-    return linear_flops(block_module, workload) + attention_flops(block_module, workload, config)
-
-
-def non_block_flops(model, adapter, workload: Workload) -> int:
-    """FLOPs of everything outside the blocks (embedders, norm_out, proj_out), one forward."""
-    in_blocks = set()
-    for _, _, block in adapter.blocks(model):
-        in_blocks.update(id(m) for m in block.modules())
-    return linear_flops(model, workload, skip=frozenset(in_blocks))
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelFlops:
-    blocks: tuple[tuple[str, str, int], ...]  # (name, kind, FLOPs) in execution order
-    non_block: int
+class ModelTrace:
+    blocks: tuple[BlockTrace, ...]  # execution order
+    non_block: int  # FLOPs outside the blocks (embedders, norm_out, proj_out), one forward
+    peak_bytes: int  # whole forward: peak allocated beyond the inputs
 
     @property
     def block_total(self) -> int:
-        return sum(f for _, _, f in self.blocks)
+        return sum(b.flops for b in self.blocks)
 
     @property
     def total(self) -> int:
         """One forward; multiply by `workload.forwards_per_step` for a step."""
         return self.block_total + self.non_block
 
+    def block(self, name: str) -> BlockTrace:
+        for trace in self.blocks:
+            if trace.name == name:
+                return trace
+        raise KeyError(name)
 
-@functools.lru_cache(maxsize=4)
-def meta_model(model_id: str):
-    """The catalog model built on `meta` (shapes only), with its adapter; cached."""
+
+@functools.lru_cache(maxsize=8)
+def meta_model(model_id: str, dtype: DType | None = None):
+    """The catalog model built on `meta` (shapes only; in `dtype` if given), with its adapter;
+    cached, so callers must not change it."""
     from runtime.catalog import get_model
     from runtime.families import get_family
 
     spec = get_model(model_id)
     adapter = get_family(spec.family)
-    return adapter.build(spec.config, device="meta"), adapter
+    return adapter.build(spec.config, device="meta", dtype=dtype.torch() if dtype else None), adapter
 
 
 @functools.lru_cache(maxsize=64)
-def model_flops(model_id: str, workload: Workload) -> ModelFlops:
-    """FLOPs of every block and of the non-block modules of a catalog model at `workload`."""
-    model, adapter = meta_model(model_id)
-    per_block = tuple(
-        (name, kind, block_flops(block, kind, workload, model.config))
-        for name, kind, block in adapter.blocks(model)
+def model_trace(model_id: str, workload: Workload, compute: DType = DType.BF16) -> ModelTrace:
+    """FLOPs and activation peaks of every block of a catalog model at `workload`."""
+    model, adapter = meta_model(model_id, compute)
+    return trace_module(model, adapter, workload, compute)
+
+
+def trace_module(model, adapter, workload: Workload, compute: DType) -> ModelTrace:
+    """One forward of `model` (on `meta`, parameters in `compute`) at `workload`."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    blocks = adapter.blocks(model)
+    inputs = adapter.model_inputs(model, workload, "meta", compute.torch())
+    live = _LiveBytes()
+    hooks = []
+    for name, _, block in blocks:
+        hooks.append(block.register_forward_pre_hook(lambda *_, name=name: live.enter(name)))
+        hooks.append(block.register_forward_hook(lambda *_, name=name: live.exit(name)))
+    try:
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter, live:
+            live.enter("")
+            model(**inputs)
+            live.exit("")
+    finally:
+        for hook in hooks:
+            hook.remove()
+    counts = counter.get_flop_counts()
+    root = type(model).__name__
+    traces = tuple(
+        BlockTrace(name, kind, sum(counts.get(f"{root}.{name}", {}).values()), live.peaks[name])
+        for name, kind, _ in blocks
     )
-    return ModelFlops(per_block, non_block_flops(model, adapter, workload))
+    block_total = sum(t.flops for t in traces)
+    return ModelTrace(traces, counter.get_total_flops() - block_total, live.peaks[""])
+
+
+def block_flops(model, adapter, block_name: str, workload: Workload, compute: DType) -> BlockTrace:
+    """The trace of one block of a `meta` model (runs the whole forward once)."""
+    return trace_module(model, adapter, workload, compute).block(block_name)
+
+
+class _LiveBytes:
+    """Counts bytes of tensors ops allocate while active; `peaks[name]` is the peak inside
+    each entered span above what was live when it was entered. Views and in-place results
+    allocate nothing; a tensor's bytes leave the count when it is freed."""
+
+    def __init__(self) -> None:
+        self.live = 0
+        self.peaks: dict[str, int] = {}
+        self._open: dict[str, tuple[int, int]] = {}  # name -> (live at entry, peak so far)
+        self._mode = None
+
+    def enter(self, name: str) -> None:
+        self._open[name] = (self.live, self.live)
+
+    def exit(self, name: str) -> None:
+        base, peak = self._open.pop(name)
+        self.peaks[name] = max(self.peaks.get(name, 0), peak - base)
+
+    def _allocated(self, num_bytes: int) -> None:
+        self.live += num_bytes
+        for name, (base, peak) in self._open.items():
+            if self.live > peak:
+                self._open[name] = (base, self.live)
+
+    def _freed(self, num_bytes: int) -> None:
+        self.live -= num_bytes
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        tracker = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                if not func.is_view:
+                    tracker._count(args, kwargs, out)
+                return out
+
+        self._mode = Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)
+        self._mode = None
+
+    def _count(self, args, kwargs, out) -> None:
+        import torch
+        from torch.utils._pytree import tree_flatten
+
+        given = {id(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        for tensor in tree_flatten(out)[0]:
+            if isinstance(tensor, torch.Tensor) and id(tensor) not in given:
+                num_bytes = tensor.untyped_storage().nbytes()
+                self._allocated(num_bytes)
+                weakref.finalize(tensor, self._freed, num_bytes)

@@ -2,8 +2,9 @@
 
 Steps: device facts, host-to-device bandwidth (sizes up to the largest block), then each
 distinct block shape once (FLUX has two: double and single), one block on the device at a time.
+FLOPs and (on CPU) activation peaks come from one traced forward on `meta` (`profiler.flops`).
 Non-block modules are timed from their FLOPs at the rate the blocks achieved (they are ~0.02 %
-of FLUX's FLOPs; the adapter has no whole-model inputs to run them directly).
+of FLUX's FLOPs).
 """
 
 from __future__ import annotations
@@ -49,17 +50,18 @@ def profile_model(
 
 def _profile(request: ProfileRequest, dev, progress: Progress) -> Profile:
     from profiler.bandwidth import copy_sizes, measure_bandwidth
-    from profiler.flops import meta_model, non_block_flops
+    from profiler.flops import meta_model, model_trace
     from profiler.machine import machine_facts
     from runtime.inventory import inventory_of_module
     from runtime.version import TOOL_VERSION
 
-    model, adapter = meta_model(request.model_id)
-    inv = inventory_of_module(model, adapter, request.model_id, request.storage)
     compute = compute_dtype(request.storage)
+    model, adapter = meta_model(request.model_id, compute)
+    inv = inventory_of_module(model, adapter, request.model_id, request.storage)
+    trace = model_trace(request.model_id, request.workload, compute)
     workspace = _workspace_bytes(dev)
     bandwidth = measure_bandwidth(dev, copy_sizes(max(b.bytes for b in inv.blocks)), progress)
-    costs = _measure_blocks(model, adapter, request, dev, compute, progress)
+    costs = _measure_blocks(model, adapter, request, dev, compute, trace, progress)
     blocks = tuple(
         BlockProfile(
             name=info.name,
@@ -83,7 +85,7 @@ def _profile(request: ProfileRequest, dev, progress: Progress) -> Profile:
         compute_dtype=compute,
         bandwidth=bandwidth,
         blocks=blocks,
-        non_block_ms=non_block_flops(model, adapter, request.workload) / rate,
+        non_block_ms=trace.non_block / rate,
         non_block_bytes=inv.non_block_bytes,
         workspace_bytes=workspace,
         is_estimate=False,
@@ -93,7 +95,7 @@ def _profile(request: ProfileRequest, dev, progress: Progress) -> Profile:
     )
 
 
-def _measure_blocks(model, adapter, request: ProfileRequest, dev, compute: DType, progress: Progress):
+def _measure_blocks(model, adapter, request: ProfileRequest, dev, compute: DType, trace, progress: Progress):
     """BlockCost for every block name; each distinct shape measured once and reused."""
     from profiler.blocks import measure_block, shape_key
 
@@ -107,7 +109,10 @@ def _measure_blocks(model, adapter, request: ProfileRequest, dev, compute: DType
     costs = {}
     for n, (key, names) in enumerate(by_shape.items()):
         kind, block = first[key]
-        cost = measure_block(model, adapter, kind, block, request.workload, request.storage, dev, compute)
+        cost = measure_block(
+            model, adapter, kind, block, request.workload, request.storage, dev, compute,
+            trace.block(names[0]),
+        )
         costs.update({name: cost for name in names})
         if progress:
             progress("blocks", n + 1, len(by_shape))
@@ -133,5 +138,5 @@ def _source(gpu_name: str, dev, activation_estimated: bool) -> str:
     if dev.type == "cpu":
         text += "; host-to-device is a host memcpy (pinned = pageable on CPU)"
     if activation_estimated:
-        text += "; activation bytes estimated with profiler.reference's formula"
+        text += "; activation bytes estimated by a forward counted on meta (profiler.flops)"
     return text + "; non-block time from non-block FLOPs at the blocks' measured rate"

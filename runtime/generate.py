@@ -1,5 +1,6 @@
-"""Generate one image with a plan applied: load a local FLUX pipeline, encode the prompt and
-drop the text encoders, denoise with the transformer under the plan, decode, measure.
+"""Generate one image (or clip) with a plan applied: load the model family's local diffusers
+pipeline, encode the prompt and drop the text encoders, denoise with the transformer under the
+plan, decode, measure. The family adapter says how its pipeline is driven.
 
 Nothing is fetched from a hub: loading is `local_files_only` with `HF_HUB_OFFLINE=1`.
 """
@@ -17,7 +18,7 @@ from runtime.errors import UserError
 
 @dataclasses.dataclass(frozen=True)
 class GenerateConfig:
-    weights: Path  # a diffusers FLUX pipeline folder
+    weights: Path  # a local diffusers pipeline folder of the plan's model family
     prompt: str
     output: Path
     steps: int
@@ -25,7 +26,7 @@ class GenerateConfig:
     guidance: float = 3.5
     height: int | None = None  # default: the plan's workload
     width: int | None = None
-    transformer_file: Path | None = None  # single-file transformer, diffusers or BFL naming
+    transformer_file: Path | None = None  # single-file transformer, diffusers or original naming
     device: str | None = None
 
 
@@ -46,77 +47,83 @@ class GenerateResult:
         return dataclasses.asdict(self) | {"step_ms": list(self.step_ms)}
 
 
-def load_pipeline(weights: Path, transformer_file: Path | None, dtype):
-    """A FluxPipeline from a local folder, its transformer optionally from one safetensors file."""
+def load_pipeline(adapter, weights: Path, transformer_file: Path | None, dtype):
+    """The family's pipeline from a local folder, its transformer optionally from one
+    safetensors file."""
     import torch  # noqa: F401
-    from diffusers import FluxPipeline
 
     os.environ["HF_HUB_OFFLINE"] = "1"
     weights = Path(weights)
+    pipeline_class = adapter.pipeline_class()
     if not (weights / "model_index.json").is_file():
         raise UserError(
-            f"weights folder {weights} has no model_index.json: give a local diffusers FLUX "
-            f"pipeline folder (save_pretrained or a downloaded snapshot)"
+            f"weights folder {weights} has no model_index.json: give a local diffusers "
+            f"{pipeline_class.__name__} folder (save_pretrained or a downloaded snapshot)"
         )
     extra = {}
     if transformer_file is not None:
-        extra["transformer"] = _transformer_from_file(weights, Path(transformer_file))
-    return FluxPipeline.from_pretrained(
+        extra["transformer"] = _transformer_from_file(adapter, weights, Path(transformer_file))
+    return pipeline_class.from_pretrained(
         weights, local_files_only=True, torch_dtype=dtype, **extra
     )
 
 
-def _transformer_from_file(weights: Path, path: Path):
+def _transformer_from_file(adapter, weights: Path, path: Path):
     """Build the transformer from the folder's config and load one file's tensors as they are
-    stored (an fp8 checkpoint stays fp8), in diffusers or original (BFL/ComfyUI) naming."""
-    from diffusers import FluxTransformer2DModel
-
+    stored (an fp8 checkpoint stays fp8), in diffusers or the family's original naming."""
     from runtime.checkpoint.load import load_transformer
 
-    config = FluxTransformer2DModel.load_config(weights, subfolder="transformer")
-    return load_transformer(path, config, family="flux")
+    config = adapter.model_class().load_config(weights, subfolder="transformer")
+    return load_transformer(path, config, family=adapter.name)
 
 
-def _encode(pipe, prompt: str, max_sequence_length: int, device):
-    """Run both text encoders (on the device if they fit, else on the CPU), then drop them."""
+def _prompt_kwargs(adapter, pipe, prompt: str, workload, guidance: float, device) -> dict:
+    """Run the text encoders (on the device if they fit, else on the CPU), then drop them."""
     import torch
 
+    encoders = [getattr(pipe, name) for name in adapter.text_encoders]
+    encoders = [enc for enc in encoders if enc is not None]
     target = torch.device("cpu")
     if device.type == "cuda":
-        size = sum(
-            p.numel() * p.element_size()
-            for enc in (pipe.text_encoder, pipe.text_encoder_2) for p in enc.parameters()
-        )
+        size = sum(p.numel() * p.element_size() for enc in encoders for p in enc.parameters())
         if size < torch.cuda.mem_get_info(device)[0] * 0.9:
             target = device
-    pipe.text_encoder.to(target)
-    pipe.text_encoder_2.to(target)
+    for enc in encoders:
+        enc.to(target)
     with torch.no_grad():
-        embeds, pooled, _ = pipe.encode_prompt(
-            prompt, prompt_2=None, device=target, max_sequence_length=max_sequence_length
-        )
-    pipe.text_encoder = None  # drop-and-reload: the next run loads them again
-    pipe.text_encoder_2 = None
+        kwargs = adapter.prompt_kwargs(pipe, prompt, workload, guidance, target)
+    for name in adapter.text_encoders:  # drop-and-reload: the next run loads them again
+        setattr(pipe, name, None)
+    del encoders
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return embeds.to(device), pooled.to(device)
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
 
 
 def generate(plan, config: GenerateConfig) -> GenerateResult:
+    import dataclasses as dc
+
     import torch
 
     from runtime.apply import _resolve_device, apply_plan
+    from runtime.catalog import get_model
+    from runtime.families import get_family
 
     if config.steps < 1:
         raise UserError(f"steps {config.steps} is not usable: give 1 or more")
     device = _resolve_device(config.device)
-    height = config.height or plan.workload.height
-    width = config.width or plan.workload.width
-    pipe = load_pipeline(config.weights, config.transformer_file, plan.model.compute_dtype.torch())
+    adapter = get_family(get_model(plan.model.id).family)
+    workload = dc.replace(
+        plan.workload, height=config.height or plan.workload.height,
+        width=config.width or plan.workload.width,
+    )
+    pipe = load_pipeline(
+        adapter, config.weights, config.transformer_file, plan.model.compute_dtype.torch()
+    )
     handle = apply_plan(pipe, plan, device)
     try:
-        embeds, pooled = _encode(pipe, config.prompt, plan.workload.text_tokens, device)
+        kwargs = _prompt_kwargs(adapter, pipe, config.prompt, workload, config.guidance, device)
         pipe.vae.to(device)
         generator = torch.Generator("cpu").manual_seed(config.seed)
         if device.type == "cuda":
@@ -124,18 +131,17 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
             torch.cuda.reset_peak_memory_stats(device)
         handle.enable_timing()
         latents = pipe(
-            prompt_embeds=embeds, pooled_prompt_embeds=pooled, num_inference_steps=config.steps,
-            guidance_scale=config.guidance, height=height, width=width, generator=generator,
-            max_sequence_length=plan.workload.text_tokens, output_type="latent",
+            **kwargs, num_inference_steps=config.steps, height=workload.height,
+            width=workload.width, generator=generator, output_type="latent",
         ).images
         forward_ms = handle.timings()
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         stats = handle.stats
-        image = _decode(pipe, latents, height, width)
+        frames = adapter.decode(pipe, latents, workload)
     finally:
         handle.remove()
     Path(config.output).parent.mkdir(parents=True, exist_ok=True)
-    image.save(config.output)
+    save_frames(frames, Path(config.output))
     per = plan.workload.forwards_per_step
     step_ms = tuple(sum(forward_ms[i:i + per]) for i in range(0, len(forward_ms), per))
     mean_ms = statistics.fmean(step_ms) if step_ms else 0.0
@@ -149,14 +155,12 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
     )
 
 
-def _decode(pipe, latents, height: int, width: int):
-    import torch
-
-    with torch.no_grad():
-        latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
-        latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
-        image = pipe.vae.decode(latents.to(pipe.vae.dtype), return_dict=False)[0]
-    return pipe.image_processor.postprocess(image, output_type="pil")[0]
+def save_frames(frames: list, output: Path) -> None:
+    """One frame as an image; several as an animated file (GIF or WebP, by the suffix)."""
+    if len(frames) == 1:
+        frames[0].save(output)
+        return
+    frames[0].save(output, save_all=True, append_images=frames[1:], duration=1000 // 16, loop=0)
 
 
 def record_run(url: str | None, plan, result: GenerateResult) -> int:

@@ -1,4 +1,4 @@
-"""What one denoising step computes on: resolution, batch, text length, CFG mode."""
+"""What one denoising step computes on: resolution, frames, batch, text length, CFG mode."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import enum
 import re
 
 from runtime.errors import UserError
+
+
+MAX_FRAMES = 1024
 
 
 class CfgMode(str, enum.Enum):
@@ -22,6 +25,7 @@ class Workload:
     batch: int = 1
     cfg: CfgMode = CfgMode.NONE
     text_tokens: int = 512
+    frames: int = 1  # pixel-space frames of a video; 1 for an image
 
     def __post_init__(self) -> None:
         for name in ("height", "width"):
@@ -32,6 +36,8 @@ class Workload:
             raise UserError(f"batch {self.batch!r} is out of range: give 1 to 64")
         if not isinstance(self.text_tokens, int) or not 1 <= self.text_tokens <= 4096:
             raise UserError(f"text_tokens {self.text_tokens!r} is out of range: give 1 to 4096")
+        if not isinstance(self.frames, int) or not 1 <= self.frames <= MAX_FRAMES:
+            raise UserError(f"frames {self.frames!r} is out of range: give 1 to {MAX_FRAMES}")
 
     @property
     def forward_batch(self) -> int:

@@ -13,6 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from planner.cli import app
+from runtime.catalog import all_models
+from runtime.inventory import inventory
 
 DOUBLE_PARAMS = 339_831_296
 SINGLE_PARAMS = 141_591_808
@@ -135,3 +137,32 @@ def test_unknown_names_exit_2_with_one_line(args, words):
     for word in words:
         assert word in result.stderr
     assert "Traceback" not in result.output
+
+
+def _stated_range(stated: str) -> tuple[float, float]:
+    """'12B' -> (11.5e9, 12.5e9); '8.1B' -> (8.05e9, 8.15e9): the publisher's rounding."""
+    import decimal
+
+    value = decimal.Decimal(stated.removesuffix("B"))
+    half = decimal.Decimal(1).scaleb(value.as_tuple().exponent) / 2
+    return float((value - half) * 10**9), float((value + half) * 10**9)
+
+
+@pytest.mark.parametrize("model_id", [m for m, s in all_models().items() if s.stated_params])
+def test_released_models_hold_their_publishers_parameter_count(model_id):
+    from runtime.catalog import get_model
+
+    spec = get_model(model_id)
+    low, high = _stated_range(spec.stated_params)
+    assert low <= inventory(model_id).total_params < high, spec.stated_params
+    assert spec.config_source
+
+
+def test_every_family_has_a_tiny_model_and_every_model_names_its_config_source():
+    from runtime.catalog import all_models
+    from runtime.families import families
+
+    models = all_models().values()
+    for family in families():
+        assert any(s.family == family and s.id.startswith("tiny-") for s in models), family
+    assert all(s.config_source for s in models)

@@ -12,7 +12,7 @@ from planner.cli._common import DbOption, JsonOption, print_json
 
 def apply(
     plan_file: Annotated[Path, typer.Argument(help="plan.json from `planner tune`.")],
-    weights: Annotated[Path, typer.Option("--weights", help="Local diffusers FLUX pipeline folder.")],
+    weights: Annotated[Path, typer.Option("--weights", help="Local diffusers pipeline folder of the plan's model.")],
     prompt: Annotated[str, typer.Option("--prompt", help="Text prompt.")],
     steps: Annotated[Optional[int], typer.Option(help="Denoising steps (default: the model's).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -32,7 +32,7 @@ def apply(
     from planner.cli._common import echo
     from planner.cli.apply_checks import check_apply_inputs
     from planner.runs import record_measured_run
-    from runtime.catalog import CATALOG
+    from runtime.catalog import find_model
     from runtime.files import atomic_path
     from runtime.generate import GenerateConfig, generate
     from runtime.plan import load_plan
@@ -42,11 +42,11 @@ def apply(
     plan = load_plan(plan_file)
     suffixes = check_apply_inputs(  # every option and the image target, before any work
         weights=weights, transformer=transformer, output=output, steps=steps, seed=seed,
-        guidance=guidance, height=height, width=width,
+        guidance=guidance, height=height, width=width, frames=plan.workload.frames,
     )
     with open_store(db):  # a locked, read-only or out-of-date store fails here, before any work
         pass
-    spec = CATALOG.get(plan.model.id)
+    spec = find_model(plan.model.id)
     steps = steps if steps is not None else (spec.default_steps if spec else 28)
     with atomic_path(output, "-o", suffixes) as tmp:  # the image appears whole, or not at all
         config = GenerateConfig(

@@ -14,18 +14,20 @@ MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 64-bit seeds
 MAX_STEPS = 10_000
 
 
-def image_suffixes() -> tuple[str, ...]:
-    """File name endings PIL can write, `.png` first."""
+def image_suffixes(animated: bool = False) -> tuple[str, ...]:
+    """File name endings PIL can write (several frames: formats that hold an animation)."""
     from PIL import Image
 
     Image.init()
-    found = {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
-    return (".png",) + tuple(sorted(found - {".png"}))
+    writers = Image.SAVE_ALL if animated else Image.SAVE
+    found = {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in writers}
+    first = ".gif" if animated else ".png"
+    return (first,) + tuple(sorted(found - {first}))
 
 
 def check_apply_inputs(
     *, weights: Path, transformer: Path | None, output: Path, steps: int | None, seed: int,
-    guidance: float | None, height: int | None, width: int | None,
+    guidance: float | None, height: int | None, width: int | None, frames: int = 1,
 ) -> tuple[str, ...]:
     """Refuse bad options before the pipeline loads; the image suffixes the output may take."""
     from runtime.files import check_target
@@ -40,7 +42,7 @@ def check_apply_inputs(
         if value is not None and not (16 <= value <= 16384 and value % 16 == 0):
             raise UserError(f"{name} {value} is not an image size: give a multiple of 16 from 16 to 16384")
     _check_weights(weights, transformer)
-    suffixes = image_suffixes()
+    suffixes = image_suffixes(animated=frames > 1)
     check_target(output, "-o", suffixes)
     return suffixes
 

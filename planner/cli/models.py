@@ -13,17 +13,28 @@ app = typer.Typer(no_args_is_help=True)
 
 @app.command("list")
 def list_models(json_out: JsonOption = False) -> None:
-    """The models offload-planner knows by name."""
-    from runtime.catalog import CATALOG
+    """The models offload-planner knows by name, with family, parameters and bf16 size."""
+    from planner.budget import format_size
+    from runtime.catalog import all_models
+    from runtime.dtypes import DType
+    from runtime.inventory import inventory
 
-    rows = [
-        {"id": s.id, "family": s.family, "dtype": s.storage_dtype.value, "description": s.description}
-        for s in CATALOG.values()
-    ]
+    rows = []
+    for s in all_models().values():
+        inv = inventory(s.id, DType.BF16)
+        rows.append({
+            "id": s.id, "family": s.family, "dtype": s.storage_dtype.value,
+            "params": inv.total_params, "bf16_bytes": inv.total_bytes,
+            "description": s.description,
+        })
     if json_out:
         print_json(rows)
         return
-    print_table(None, ["model", "family", "dtype", "description"], [list(r.values()) for r in rows])
+    print_table(
+        None, ["model", "family", "dtype", "params", "bf16 size", "description"],
+        [[r["id"], r["family"], r["dtype"], _params(r["params"]),
+          format_size(r["bf16_bytes"]), r["description"]] for r in rows],
+    )
 
 
 @app.command("show")
@@ -84,3 +95,7 @@ def inspect_command(
     echo(f"{report.path}: {report.family}, {report.naming.value} naming, "
          f"{len(report.files)} file{'s' if len(report.files) > 1 else ''}")
     print_table(None, ["#", "block", "kind", "dtype", "tensors", "bytes", "size"], rows)
+
+
+def _params(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M"

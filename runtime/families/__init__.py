@@ -1,6 +1,7 @@
 """Registry of model family adapters, keyed by name.
 
-Adding a family is one new module here plus one `register(...)` line in `_BUILTIN`.
+Adding a family is one new module here plus one line in `_BUILTIN`; the module's adapter
+lists the family's catalog models too.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from runtime.errors import UserError
 from runtime.families.base import FamilyAdapter
 
 _REGISTRY: dict[str, FamilyAdapter] = {}
-_BUILTIN = {"flux": "runtime.families.flux:FluxAdapter"}
+_BUILTIN = {
+    "flux": "runtime.families.flux:FluxAdapter",
+}
 
 
 def register(adapter: FamilyAdapter) -> FamilyAdapter:
@@ -52,3 +55,9 @@ def family_of_module(module) -> FamilyAdapter:
 def families() -> list[str]:
     _load_builtins()
     return sorted(_REGISTRY)
+
+
+def family_models() -> list:
+    """Every registered family's catalog entries (`runtime.catalog` collects them)."""
+    _load_builtins()
+    return [spec for adapter in _REGISTRY.values() for spec in adapter.models()]

@@ -2,17 +2,29 @@
 
 An adapter knows one architecture: where its block lists are, how to build it from a config
 (on the `meta` device for exact bytes without weights), how checkpoint tensor names map to
-blocks, and how to make representative inputs for one block at a workload. Everything
-downstream (inventory, inspect, profiler, runtime) asks the adapter and never names a family.
+blocks, how to make representative inputs for one block and for the whole model at a workload,
+and how its diffusers pipeline is driven (encode the prompt, denoise to latents, decode).
+Everything downstream (catalog, inventory, inspect, profiler, planner, runtime) asks the
+adapter and never names a family.
+
+Two rules every adapter keeps, because the profiler relies on them:
+- `model_inputs(model, workload, "meta", dtype)` works on a model built on `meta`: one
+  whole-model forward on `meta` is how FLOPs and activation peaks are counted
+  (`profiler.meta_trace`), so the forward must not read tensor values.
+- Block lists are named in execution order (`block_lists`), and `blocks()` yields every block
+  exactly once in the order the forward runs them.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from runtime.workload import Workload
+
+if TYPE_CHECKING:
+    from runtime.catalog import ModelSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,18 +44,32 @@ class BlockInputs:
 
 
 class FamilyAdapter(abc.ABC):
-    """One model family. Subclasses are registered with `runtime.families.register`."""
+    """One model family. Subclasses are registered in `runtime.families._BUILTIN`."""
 
     name: str  # registry key, e.g. "flux"
     block_lists: tuple[BlockList, ...]
+    # Pipeline attributes holding text encoders: run once for the prompt, then dropped.
+    text_encoders: tuple[str, ...] = ()
+
+    # ------------------------------------------------------------------ architecture
+
+    @abc.abstractmethod
+    def models(self) -> tuple["ModelSpec", ...]:
+        """The catalog entries of this family (released configs, source named, and a tiny-*)."""
 
     @abc.abstractmethod
     def model_class(self) -> type:
         """The torch module class this family's transformer is (diffusers class)."""
 
-    @abc.abstractmethod
     def build(self, config: Mapping[str, Any], device: str = "meta", dtype=None):
         """The architecture from a config; on `meta` it holds no memory."""
+        import torch
+
+        with torch.device(device):
+            model = self.model_class()(**dict(config))
+        if dtype is not None:
+            model = torch.nn.Module.to(model, dtype)
+        return model.eval()
 
     @abc.abstractmethod
     def block_of_tensor(self, tensor_name: str) -> str | None:
@@ -52,12 +78,14 @@ class FamilyAdapter(abc.ABC):
 
     @abc.abstractmethod
     def block_inputs(self, model, kind: str, workload: Workload, device, dtype) -> BlockInputs:
-        """Representative inputs for one block of `kind` at `workload` (random values)."""
+        """Representative inputs for one block of `kind` at `workload` (random values), made
+        the way the family's own forward makes them (rotary embeddings, modulation, masks)."""
 
     @abc.abstractmethod
     def model_inputs(self, model, workload: Workload, device, dtype) -> dict[str, Any]:
         """Keyword arguments for one whole-model forward at `workload` (random latents and
-        text states, a mid-schedule timestep), returning a tuple (`return_dict=False`)."""
+        text states, a mid-schedule timestep), returning a tuple (`return_dict=False`).
+        Must work with `device="meta"` (see the module docstring)."""
 
     def convert_original(self, state: dict, shapes: Mapping[str, tuple]) -> dict:
         """Tensors of a checkpoint in the original release's naming (prefix already stripped),
@@ -77,3 +105,21 @@ class FamilyAdapter(abc.ABC):
             for index, block in enumerate(container):
                 found.append((f"{block_list.attr}.{index}", block_list.kind, block))
         return found
+
+    # ------------------------------------------------------------------ generation
+
+    @abc.abstractmethod
+    def pipeline_class(self) -> type:
+        """The diffusers pipeline class `planner apply` loads from a local folder."""
+
+    @abc.abstractmethod
+    def prompt_kwargs(self, pipe, prompt: str, workload: Workload, guidance: float, device) -> dict:
+        """Encode `prompt` with the pipeline's text encoders (already on `device`) and return
+        the keyword arguments for `pipe(...)` that replace the prompt (embeddings, masks,
+        negative embeddings for true CFG, the guidance argument under this pipeline's name,
+        frames for video). `runtime.generate` adds steps, size, generator and
+        `output_type="latent"`, and drops the text encoders afterwards."""
+
+    @abc.abstractmethod
+    def decode(self, pipe, latents, workload: Workload) -> list:
+        """The pipeline's latents as PIL images: one for an image model, every frame for video."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+from runtime.catalog import model_spec
+from runtime.dtypes import DType
 from runtime.families.base import BlockInputs, BlockList, FamilyAdapter
 from runtime.workload import Workload
 
@@ -33,6 +35,46 @@ _FLUX1_LINEAR1_ROWS = 3 * 3072 + 4 * 3072
 # Latent pixels per token side: the VAE downsamples 8x and the pipeline packs 2x2 patches.
 PIXELS_PER_TOKEN_SIDE = 16
 
+# black-forest-labs/FLUX.1-dev and FLUX.1-schnell, transformer/config.json (Hugging Face hub)
+_FLUX_1 = {
+    "patch_size": 1,
+    "in_channels": 64,
+    "num_layers": 19,
+    "num_single_layers": 38,
+    "attention_head_dim": 128,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 4096,
+    "pooled_projection_dim": 768,
+    "axes_dims_rope": (16, 56, 56),
+}
+_SOURCE = "black-forest-labs/{}, transformer/config.json"
+
+MODELS = (
+    model_spec(
+        id="flux-dev", family="flux", config={**_FLUX_1, "guidance_embeds": True},
+        storage_dtype=DType.BF16, text_tokens=512, default_steps=28, default_guidance=3.5,
+        description="FLUX.1 [dev], 12B guidance-distilled transformer",
+        config_source=_SOURCE.format("FLUX.1-dev"), stated_params="12B",
+    ),
+    model_spec(
+        id="flux-schnell", family="flux", config={**_FLUX_1, "guidance_embeds": False},
+        storage_dtype=DType.BF16, text_tokens=256, default_steps=4, default_guidance=0.0,
+        description="FLUX.1 [schnell], 12B timestep-distilled transformer",
+        config_source=_SOURCE.format("FLUX.1-schnell"), stated_params="12B",
+    ),
+    model_spec(
+        id="tiny-flux", family="flux",
+        config={
+            "patch_size": 1, "in_channels": 16, "num_layers": 3, "num_single_layers": 5,
+            "attention_head_dim": 16, "num_attention_heads": 2, "joint_attention_dim": 32,
+            "pooled_projection_dim": 32, "guidance_embeds": True, "axes_dims_rope": (4, 6, 6),
+        },
+        storage_dtype=DType.FP32, text_tokens=16, default_steps=2, default_guidance=3.5,
+        description="tiny FLUX for tests: 3 double + 5 single blocks, runs on CPU in ms",
+        config_source="ours (test model)",
+    ),
+)
+
 
 class FluxAdapter(FamilyAdapter):
     name = "flux"
@@ -40,20 +82,20 @@ class FluxAdapter(FamilyAdapter):
         BlockList(attr="transformer_blocks", kind="double"),
         BlockList(attr="single_transformer_blocks", kind="single"),
     )
+    text_encoders = ("text_encoder", "text_encoder_2")
+
+    def models(self):
+        return MODELS
 
     def model_class(self) -> type:
         from diffusers import FluxTransformer2DModel
 
         return FluxTransformer2DModel
 
-    def build(self, config: Mapping[str, Any], device: str = "meta", dtype=None):
-        import torch
+    def pipeline_class(self) -> type:
+        from diffusers import FluxPipeline
 
-        with torch.device(device):
-            model = self.model_class()(**dict(config))
-        if dtype is not None:
-            model = model.to(dtype)
-        return model.eval()
+        return FluxPipeline
 
     def block_of_tensor(self, tensor_name: str) -> str | None:
         match = _BLOCK_NAME.match(tensor_name)
@@ -138,6 +180,26 @@ class FluxAdapter(FamilyAdapter):
         return inputs
 
 
+    def prompt_kwargs(self, pipe, prompt: str, workload: Workload, guidance: float, device) -> dict:
+        embeds, pooled, _ = pipe.encode_prompt(
+            prompt, prompt_2=None, device=device, max_sequence_length=workload.text_tokens
+        )
+        return {
+            "prompt_embeds": embeds, "pooled_prompt_embeds": pooled,
+            "guidance_scale": guidance, "max_sequence_length": workload.text_tokens,
+        }
+
+    def decode(self, pipe, latents, workload: Workload) -> list:
+        import torch
+
+        height, width = workload.height, workload.width
+        with torch.no_grad():
+            latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+            latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+            image = pipe.vae.decode(latents.to(pipe.vae.dtype), return_dict=False)[0]
+        return pipe.image_processor.postprocess(image, output_type="pil")
+
+
 def image_tokens_of(workload: Workload) -> int:
     """Tokens the transformer sees for the image: one per 16x16 pixels."""
     side = PIXELS_PER_TOKEN_SIDE
@@ -145,12 +207,6 @@ def image_tokens_of(workload: Workload) -> int:
 
 
 def _random_tensors(device, dtype):
-    """A seeded maker of random tensors, drawn on the CPU so every device gets the same values."""
-    import torch
+    from runtime.families.inputs import random_tensors
 
-    generator = torch.Generator(device="cpu").manual_seed(0)
-
-    def rand(*shape):
-        return torch.randn(*shape, generator=generator).to(device=device, dtype=dtype)
-
-    return rand
+    return random_tensors(device, dtype)
