@@ -57,18 +57,10 @@ def plan_body_hash(plan: Plan) -> str:
 
 
 def workload_of(height: int, width: int, batch: int, cfg: str, text_tokens: int, frames: int) -> Workload:
-    """A Workload from stored columns; frames only where Workload has them (video models)."""
-    fields = dict(height=height, width=width, batch=batch, cfg=CfgMode(cfg), text_tokens=text_tokens)
-    if frames != 1 or _HAS_FRAMES:
-        if not _HAS_FRAMES:
-            from db.errors import StoreError
-
-            raise StoreError(f"a stored workload has {frames} frames, which this tool does not run: upgrade it")
-        fields["frames"] = frames
-    return Workload(**fields)
+    return Workload(height=height, width=width, batch=batch, cfg=CfgMode(cfg), text_tokens=text_tokens,
+                    frames=frames)
 
 
-_HAS_FRAMES = "frames" in {f.name for f in dataclasses.fields(Workload)}
 
 
 def machine_values(facts: MachineFacts) -> dict:
@@ -81,7 +73,7 @@ def profile_row(profile: Profile, machine: Machine) -> ProfileRow:
         machine=machine,
         model_id=profile.model_id,
         height=w.height, width=w.width, batch=w.batch, cfg=w.cfg.value, text_tokens=w.text_tokens,
-        frames=getattr(w, "frames", 1),
+        frames=w.frames,
         storage_dtype=profile.storage_dtype.value,
         compute_dtype=profile.compute_dtype.value,
         pinned_gbps=bw.pinned_gbps,
@@ -150,7 +142,7 @@ def plan_row(
         gpu_name=plan.target.gpu_name,
         budget_bytes=plan.target.vram_budget_bytes,
         height=w.height, width=w.width, batch=w.batch, cfg=w.cfg.value, text_tokens=w.text_tokens,
-        frames=getattr(w, "frames", 1),
+        frames=w.frames,
         storage_dtype=plan.model.storage_dtype.value,
         plan_json=text,
         content_hash=digest,

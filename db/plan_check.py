@@ -30,9 +30,9 @@ def _inventory(model_id: str, storage):
 
 
 def is_catalog_model(model_id: str) -> bool:
-    from runtime.catalog import CATALOG
+    from runtime.catalog import find_model
 
-    return model_id in CATALOG
+    return find_model(model_id) is not None
 
 
 def check_storable(plan, *, allow_unknown_model: bool = False, source: str = "the plan") -> bool:

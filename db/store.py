@@ -136,7 +136,7 @@ class Store:
                 ProfileRow.batch == workload.batch,
                 ProfileRow.cfg == workload.cfg.value,
                 ProfileRow.text_tokens == workload.text_tokens,
-                ProfileRow.frames == getattr(workload, "frames", 1),
+                ProfileRow.frames == workload.frames,
                 ProfileRow.storage_dtype == DType(storage_dtype).value,
                 ProfileRow.tool_version == tool_version,
             )
@@ -261,7 +261,7 @@ class Store:
             query = query.where(
                 PlanRow.height == workload.height, PlanRow.width == workload.width,
                 PlanRow.batch == workload.batch, PlanRow.text_tokens == workload.text_tokens,
-                PlanRow.frames == getattr(workload, "frames", 1),
+                PlanRow.frames == workload.frames,
             )
         wanted = None if gpu is None else normalize_gpu_name(gpu)
 
@@ -351,7 +351,7 @@ class Store:
                 height=w.height if w else None, width=w.width if w else None,
                 batch=w.batch if w else None, cfg=w.cfg.value if w else None,
                 text_tokens=w.text_tokens if w else None,
-                frames=getattr(w, "frames", 1) if w else None,
+                frames=w.frames if w else None,
                 steps=steps, gpu_name=gpu_name,
                 comparable=run_is_comparable(plan, w, gpu_name),
             )
@@ -371,7 +371,7 @@ def workload_matches(plan_workload: Workload, asked: Workload) -> bool:
     same = (
         plan_workload.height == asked.height and plan_workload.width == asked.width
         and plan_workload.batch == asked.batch and plan_workload.text_tokens == asked.text_tokens
-        and getattr(plan_workload, "frames", 1) == getattr(asked, "frames", 1)
+        and plan_workload.frames == asked.frames
     )
     return same and (plan_workload.cfg is CfgMode.NONE) == (asked.cfg is CfgMode.NONE)
 

@@ -17,7 +17,7 @@ from typing import Any
 from runtime.dtypes import DType
 from runtime.errors import PlanFormatError
 from runtime.strict_json import DuplicateKey, NonFiniteConstant, loads_strict
-from runtime.workload import CfgMode, Workload
+from runtime.workload import MAX_FRAMES, CfgMode, Workload
 
 FORMAT_VERSION = 1
 MAX_PLAN_FILE_BYTES = 10 * 1024 * 1024
@@ -149,7 +149,7 @@ def _workload_to_dict(w: Workload) -> dict[str, Any]:
         "cfg": w.cfg.value,
         "text_tokens": w.text_tokens,
     }
-    frames = getattr(w, "frames", 1)
+    frames = w.frames
     if frames != 1:  # written only for video: image plans keep their v1 text (and hash)
         out["frames"] = frames
     return out
@@ -248,9 +248,6 @@ def plan_from_dict(data: Any, source: str = "plan") -> Plan:
 
 
 _WORKLOAD_KEYS = {"height", "width", "batch", "cfg", "text_tokens"}
-MAX_FRAMES = 1024
-
-
 def _read_workload(r: "_Reader", data: dict) -> Workload:
     w = data["workload"]
     r.object(w, "workload")
@@ -266,14 +263,7 @@ def _read_workload(r: "_Reader", data: dict) -> Workload:
         cfg=r.enum(w, "workload.cfg", CfgMode),
         text_tokens=r.integer(w, "workload.text_tokens", 1, 4096),
     )
-    frames = r.integer(w, "workload.frames", 1, MAX_FRAMES) if "frames" in w else 1
-    if frames != 1:
-        if "frames" not in {f.name for f in dataclasses.fields(Workload)}:
-            raise PlanFormatError(
-                f"{r.source}: workload.frames {frames} is a video workload, which this tool does "
-                f"not run yet: upgrade offload-planner"
-            )
-        fields["frames"] = frames
+    fields["frames"] = r.integer(w, "workload.frames", 1, MAX_FRAMES) if "frames" in w else 1
     return Workload(**fields)
 
 

@@ -214,7 +214,7 @@ def _summary(stored) -> dict:
         "batch": p.workload.batch,
         "cfg": p.workload.cfg.value,
         "text_tokens": p.workload.text_tokens,
-        "frames": getattr(p.workload, "frames", 1),
+        "frames": p.workload.frames,
         "streamed_blocks": len(p.streamed),
         "blocks": len(p.blocks),
         "prefetch_depth": p.prefetch_depth,

@@ -4,6 +4,6 @@ from __future__ import annotations
 
 
 def workload_text(w) -> str:
-    frames = getattr(w, "frames", 1)
+    frames = w.frames
     video = f" {frames}f" if frames != 1 else ""
     return f"{w.resolution}{video} b{w.batch} cfg {w.cfg.value} t{w.text_tokens}"
