@@ -11,7 +11,6 @@ from runtime.dtypes import DType, compute_dtype, storage_dtype
 from runtime.errors import PlanMismatchError
 from runtime.inventory import Inventory, inventory_of_module
 
-_FOREIGN_HOOKS = ("_hf_hook", "_diffusers_hook")
 _RETUNE = "build a plan for this model (planner tune)"
 
 
@@ -35,9 +34,21 @@ def check_plan(model, adapter, plan) -> Inventory:
     return inv
 
 
+def _has_active_hooks(module) -> bool:
+    """accelerate's `_hf_hook`, or a diffusers hook registry holding hooks. A diffusers pipeline
+    call leaves an empty registry on the transformer (`cache_context`): that is no offloading."""
+    if hasattr(module, "_hf_hook"):
+        return True
+    registry = getattr(module, "_diffusers_hook", None)
+    if registry is None:
+        return False
+    hooks = getattr(registry, "hooks", None)
+    return hooks is None or len(hooks) > 0
+
+
 def _check_untouched(model) -> None:
     for name, module in model.named_modules():
-        if any(hasattr(module, attr) for attr in _FOREIGN_HOOKS):
+        if _has_active_hooks(module):
             raise PlanMismatchError(
                 f"module {name or type(model).__name__!r} is already under accelerate or "
                 f"diffusers offloading hooks: load the model without them, then apply the plan"
