@@ -24,6 +24,16 @@ class _CleanErrors(TyperGroup):
 
             typer.echo(f"error: {inert(e)}", err=True)  # messages quote plan and file text
             raise typer.Exit(2) from None
+        except typer.TyperException as e:  # typer's (vendored click's) usage errors
+            if not hasattr(e, "ctx") or type(e).__name__ == "NoArgsIsHelpError":
+                raise
+            from planner.cli._common import inert
+
+            # a bad option value: one line like every other refusal, not a framed box
+            where = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            message = e.format_message().rstrip(".")
+            typer.echo(f"error: {inert(message)}; see `{inert(where)} --help`", err=True)
+            raise typer.Exit(2) from None
 
 
 app = typer.Typer(

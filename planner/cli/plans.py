@@ -72,6 +72,7 @@ def best(
     batch: Annotated[int, typer.Option("--batch", help="Images per step the plan must be for.", min=1, max=64)] = 1,
     dtype: Annotated[str, typer.Option("--dtype", help="Storage dtype (default: the model's).")] = "",
     text_tokens: Annotated[Optional[int], typer.Option("--text-tokens", help="Text length (default: the model's).", min=1, max=4096)] = None,
+    frames: Annotated[int, typer.Option("--frames", help="Video frames (1 for an image).", min=1, max=1024)] = 1,
     db: DbOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -91,6 +92,7 @@ def best(
     parse_resolution(resolution)
     spec = get_model(model)  # an unknown model has no trusted plans: refused here
     workload = spec.workload(resolution, batch)
+    workload = dataclasses.replace(workload, frames=frames)
     if text_tokens is not None:
         workload = dataclasses.replace(workload, text_tokens=text_tokens)
     storage = DType.parse(dtype) if dtype else spec.storage_dtype
