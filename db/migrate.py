@@ -116,15 +116,21 @@ def _refusal(url: str, current: str | None, head: str) -> StoreError:
 
 
 def _upgrade_engine(engine, target: str = "head") -> None:
-    """Run the migrations in one transaction that holds the write lock (rechecked inside)."""
+    """Run the migrations in one transaction that holds the write lock (rechecked inside).
+    A `target` older than the database's revision migrates down to it."""
     from alembic import command
     from sqlalchemy import text
 
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
-        if target == "head" and current_revision(connection) == head_revision():
+        current = current_revision(connection)
+        if target == "head" and current == head_revision():
             return  # another process upgraded while we waited for the lock
+        order = known_revisions()
+        if current in order and target in order and order.index(target) < order.index(current):
+            command.downgrade(alembic_config(connection), target)
+            return
         command.upgrade(alembic_config(connection), target)
 
 
