@@ -109,10 +109,12 @@ class Store:
     def get_profile(self, profile_id: int) -> Profile:
         from db.models import ProfileRow
 
+        _check_id(profile_id, "profile", self.url)
+
         def work(session) -> Profile:
             row = session.get(ProfileRow, profile_id)
             if row is None:
-                raise NotFound(f"no profile {profile_id} in {self.url}: see `planner profile` for ids")
+                raise NotFound(f"no profile {profile_id} in {self.url}: `planner profiles list` shows the ids")
             return to_profile(row)
 
         return self._run(work, write=False)
@@ -225,6 +227,8 @@ class Store:
     def get_plan(self, plan_id: int) -> StoredPlan:
         from db.models import PlanRow
 
+        _check_id(plan_id, "plan", self.url)
+
         def work(session) -> StoredPlan:
             rows = session.execute(_plans_query().where(PlanRow.id == plan_id)).all()
             if not rows:
@@ -303,6 +307,8 @@ class Store:
 
         from db.models import PlanRow, RunRow
 
+        _check_id(plan_id, "plan", self.url)
+
         def work(session) -> None:
             if session.get(PlanRow, plan_id) is None:
                 raise NotFound(f"no plan {plan_id} in {self.url}: `planner plans list` shows the ids")
@@ -335,6 +341,7 @@ class Store:
             raise StoreError(f"step_ms {step_ms!r} is not a measured time: give a positive number of ms")
         if not isinstance(peak_vram_bytes, int) or peak_vram_bytes < 0:
             raise StoreError(f"peak_vram_bytes {peak_vram_bytes!r} is not a size: give bytes, zero or more")
+        _check_id(plan_id, "plan", self.url)
         if steps is not None and (not isinstance(steps, int) or steps < 1):
             raise StoreError(f"steps {steps!r} is not a step count: give 1 or more")
         w = workload
@@ -381,6 +388,15 @@ def run_is_comparable(plan: Plan, workload: Workload | None, gpu_name: str | Non
     if workload is None or gpu_name is None:
         return False
     return workload == plan.workload and normalize_gpu_name(gpu_name) == normalize_gpu_name(plan.target.gpu_name)
+
+
+MAX_ID = 2**63 - 1  # ids are signed 64-bit integers on every backend
+
+
+def _check_id(value, what: str, url: str) -> None:
+    """An id no row can have is simply not found (SQLite would overflow on it)."""
+    if type(value) is not int or not 1 <= value <= MAX_ID:
+        raise NotFound(f"no {what} {value!r} in {url}: ids are whole numbers from 1 to {MAX_ID}")
 
 
 def _plans_query():

@@ -154,7 +154,7 @@ def _this_machine(req: TuneRequest) -> ProfileSource:
         ids = ", ".join(spec.id for spec in reference_gpus())
         raise UserError(
             f"no GPU on this machine and no profile given: pass --gpu NAME (one of {ids}) "
-            f"or --profile ID (a stored profile, see `planner profile`)"
+            f"or --profile ID (a stored profile: `planner profiles list` shows them)"
         )
     from profiler.stored import stored_or_measured
 

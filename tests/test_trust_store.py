@@ -238,3 +238,15 @@ def test_tune_from_a_profile_of_another_resolution_is_refused(tmp_path):
     assert f"profile {profile_id} was measured at resolution 1024x1024, not 512x512" in line
     assert "--resolution 1024x1024" in line and "planner profile --model flux-dev --resolution 512x512" in line
     assert _ids(url) == []
+
+
+def test_ids_beyond_64_bits_are_not_found_in_the_library(store_url):
+    from db.errors import NotFound
+    from db.store import open_store
+
+    with open_store(store_url) as store:
+        for call in (store.get_plan, store.get_profile, store.remove_plan):
+            with pytest.raises(NotFound, match="ids are whole numbers from 1 to 9223372036854775807"):
+                call(2**63)
+        with pytest.raises(NotFound, match="no plan 18446744073709551616"):
+            store.record_run(2**64, 1.0, 0, "cpu")

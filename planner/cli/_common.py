@@ -79,3 +79,20 @@ def _cell(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return str(value)
+
+
+class status:
+    """A transient status line on stderr while slow work runs; nothing on a pipe or with --json."""
+
+    def __init__(self, text: str, enabled: bool = True) -> None:
+        self.text, self.enabled, self._status = text, enabled, None
+
+    def __enter__(self) -> "status":
+        if self.enabled and sys.stderr.isatty():
+            self._status = console(stderr=True).status(inert(self.text))
+            self._status.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._status is not None:
+            self._status.__exit__(*exc)

@@ -48,9 +48,9 @@ def show(
     from runtime.dtypes import DType
     from runtime.inventory import inventory
 
-    from planner.cli.tune import _Spinner
+    from planner.cli._common import status
 
-    with _Spinner(f"building {model} on the meta device (no weights)", enabled=not json_out):
+    with status(f"building {model} on the meta device (no weights)", enabled=not json_out):
         inv = inventory(model, DType.parse(dtype) if dtype else None)
     if json_out:
         print_json(inv.to_dict())

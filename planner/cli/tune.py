@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from planner.cli._common import DbOption, JsonOption, echo, print_json, print_table
+from planner.cli._common import DbOption, JsonOption, echo, print_json, print_table, status
 
 
 def tune(
@@ -35,12 +35,13 @@ def tune(
     from planner.tuning import tune as run_tune
     from runtime.catalog import get_model
     from runtime.dtypes import DType
+    from runtime.errors import UserError
     from runtime.files import check_target
     from runtime.plan import save_plan
 
     spec = get_model(model)
     if batch is not None and not 1 <= batch <= 64:
-        raise_user(f"--batch {batch} is out of range: give 1 to 64 images per step")
+        raise UserError(f"--batch {batch} is out of range: give 1 to 64 images per step")
     workload = spec.workload(resolution or "1024x1024", batch or 1)
     request = TuneRequest(
         model_id=spec.id,
@@ -60,7 +61,7 @@ def tune(
     )
     if output is not None:
         check_target(output, "-o")  # before any work, and before anything is stored
-    with _Spinner(f"searching placements for {spec.id} ({request.trials} trials)", enabled=not json_out):
+    with status(f"searching placements for {spec.id} ({request.trials} trials)", enabled=not json_out):
         outcome = run_tune(request)
     if output is not None:
         save_plan(outcome.plan, output, option="-o")
@@ -69,33 +70,6 @@ def tune(
         print_json({**data, "output": str(output) if output else None})
         return
     _print(data, output)
-
-
-def raise_user(message: str) -> None:
-    from runtime.errors import UserError
-
-    raise UserError(message)
-
-
-class _Spinner:
-    """A transient status line on stderr while the search runs (nothing on a pipe or with --json)."""
-
-    def __init__(self, text: str, enabled: bool) -> None:
-        self.text, self.enabled, self.status = text, enabled, None
-
-    def __enter__(self):
-        import sys
-
-        if self.enabled and sys.stderr.isatty():
-            from planner.cli._common import console
-
-            self.status = console(stderr=True).status(self.text)
-            self.status.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.status is not None:
-            self.status.__exit__(*exc)
 
 
 def _print(data: dict, output: Path | None) -> None:
