@@ -2,8 +2,10 @@
 
 They seed the search (and are evaluated directly, so a tuned plan is never predicted slower
 than any of them) and are printed next to the tuned plan so a user sees the difference.
-Blocks of one kind have the same size in the transformer block lists we know, so a greedy
-fill block by block in some order equals filling kind by kind in that order.
+The size-ordered fills (mold, Forge) go block by block, not kind by kind: blocks of one kind
+can differ in size (SD3's last block, SD3.5 Medium's dual-attention blocks). Where the blocks
+they keep are a prefix of each kind, as with FLUX's equal-sized kinds, the result is the
+structured candidate; otherwise it is an explicit set of streamed blocks.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import enum
 from typing import Callable
 
-from planner.space import Candidate, Pattern, Space
+from planner.space import Candidate, Pattern, Space, explicit_candidate
 from runtime.plan import CastMode, HostMemory
 
 PeakFn = Callable[[Candidate], int]
@@ -61,6 +63,30 @@ def _fill(space: Space, base: Candidate, order: list[str], peak: PeakFn, budget:
     return _with(space, base, counts)
 
 
+def _fill_by_size(space: Space, base: Candidate, largest: bool, peak: PeakFn, budget: int) -> Candidate:
+    """Keep blocks resident one at a time, largest (or smallest) first, ties in execution
+    order, each one that still fits the budget; a block that does not fit is passed over."""
+    sign = -1 if largest else 1
+    order = sorted(range(space.num_blocks), key=lambda i: (sign * space.block_bytes[i], i))
+    streamed = [True] * space.num_blocks
+    for position in order:
+        trial = list(streamed)
+        trial[position] = False
+        if peak(_as_candidate(space, base, trial)) <= budget:
+            streamed = trial
+    return _as_candidate(space, base, streamed)
+
+
+def _as_candidate(space: Space, base: Candidate, streamed: list[bool]) -> Candidate:
+    """The structured candidate with these streamed blocks (residents a prefix of each kind),
+    else the explicit one."""
+    counts = {run.kind: sum(1 for p in run.positions if not streamed[p]) for run in space.kinds}
+    structured = _with(space, base, counts)
+    if space.streamed_flags(structured) == tuple(streamed):
+        return structured
+    return explicit_candidate(space, tuple(streamed), base.depth, base.cast, base.host_memory, base.cfg)
+
+
 def _spread_fill(space: Space, base: Candidate, peak: PeakFn, budget: int) -> Candidate:
     """Add residents one at a time to the kind with the smallest resident fraction."""
     counts = dict(base.resident)
@@ -78,17 +104,15 @@ def _spread_fill(space: Space, base: Candidate, peak: PeakFn, budget: int) -> Ca
 
 def policy_candidate(policy: Policy, space: Space, peak: PeakFn, budget: int) -> Candidate | None:
     """The candidate `policy` picks at `budget`, or None where even its smallest form does not fit."""
-    by_size = sorted(space.kinds, key=lambda r: (-r.block_bytes, r.positions[0]))
     if policy is Policy.STREAM_ALL:
         chosen = _base(space, 1, Pattern.PREFIX)
     elif policy is Policy.PREFIX:
         order = [r.kind for r in sorted(space.kinds, key=lambda r: r.positions[0])]
         chosen = _fill(space, _base(space, 1, Pattern.PREFIX), order, peak, budget)
     elif policy is Policy.LARGEST_FIRST:
-        chosen = _fill(space, _base(space, 1, Pattern.PREFIX), [r.kind for r in by_size], peak, budget)
+        chosen = _fill_by_size(space, _base(space, 1, Pattern.PREFIX), True, peak, budget)
     elif policy is Policy.SMALLEST_FIRST:
-        order = [r.kind for r in reversed(by_size)]
-        chosen = _fill(space, _base(space, 1, Pattern.PREFIX), order, peak, budget)
+        chosen = _fill_by_size(space, _base(space, 1, Pattern.PREFIX), False, peak, budget)
     else:
         chosen = _spread_fill(space, _base(space, 2, Pattern.SPREAD), peak, budget)
     return chosen if peak(chosen) <= budget else None

@@ -73,6 +73,9 @@ class Space:
     hosts: tuple[HostMemory, ...]
     depths: tuple[int, ...]
     cfgs: tuple[CfgMode, ...]
+    # storage bytes of every block in execution order: blocks of one kind may differ in size
+    # (SD3's context-pre-only last block, SD3.5 Medium's dual-attention blocks)
+    block_bytes: tuple[int, ...] = ()
 
     @property
     def fill_kind(self) -> str:
@@ -152,6 +155,7 @@ def space_of(inventory, cfgs: tuple[CfgMode, ...] = (CfgMode.NONE,), depths=DEPT
         hosts=(HostMemory.PINNED, HostMemory.PAGEABLE),
         depths=tuple(depths),
         cfgs=tuple(cfgs),
+        block_bytes=tuple(b.bytes for b in inventory.blocks),
     )
 
 

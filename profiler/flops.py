@@ -51,6 +51,14 @@ class ModelTrace:
                 return trace
         raise KeyError(name)
 
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelTrace":
+        return cls(tuple(BlockTrace(**b) for b in data["blocks"]), data["non_block"],
+                   data["peak_bytes"])
+
 
 @functools.lru_cache(maxsize=8)
 def meta_model(model_id: str, dtype: DType | None = None):
@@ -66,7 +74,21 @@ def meta_model(model_id: str, dtype: DType | None = None):
 
 @functools.lru_cache(maxsize=64)
 def model_trace(model_id: str, workload: Workload, compute: DType = DType.BF16) -> ModelTrace:
-    """FLOPs and activation peaks of every block of a catalog model at `workload`."""
+    """FLOPs and activation peaks of every block of a catalog model at `workload`, traced on
+    `meta` once and then read from the model cache (`runtime.model_cache`)."""
+    from runtime.catalog import get_model
+    from runtime.model_cache import cached
+
+    data = cached("trace", get_model(model_id), trace_args(workload, compute),
+                  lambda: derive_trace(model_id, workload, compute).to_dict())
+    return ModelTrace.from_dict(data)
+
+
+def trace_args(workload: Workload, compute: DType) -> dict:
+    return {**dataclasses.asdict(workload), "cfg": workload.cfg.value, "compute": compute.value}
+
+
+def derive_trace(model_id: str, workload: Workload, compute: DType) -> ModelTrace:
     model, adapter = meta_model(model_id, compute)
     return trace_module(model, adapter, workload, compute)
 

@@ -13,7 +13,7 @@ import os
 import statistics
 from pathlib import Path
 
-from runtime.errors import UserError
+from runtime.errors import PlanMismatchError, UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +28,7 @@ class GenerateConfig:
     width: int | None = None
     transformer_file: Path | None = None  # single-file transformer, diffusers or original naming
     device: str | None = None
+    loras: tuple = ()  # runtime.lora.LoraSpec, loaded before the plan is applied
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,8 @@ class GenerateResult:
     lower_bound_ms: float
     ratio_to_lower_bound: float | None  # measured step time / the plan's lower bound
     device_weight_bytes: int
+    adapter_bytes: int = 0  # LoRA weights the engine placed (counted in device_weight_bytes
+    # where resident, in the ring's slots where streamed)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self) | {"step_ms": list(self.step_ms)}
@@ -98,7 +101,9 @@ def _prompt_kwargs(adapter, pipe, prompt: str, workload, guidance: float, device
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    # tensors, and lists of them (Z-Image's pipeline takes one embedding per prompt), move
+    return {k: torch.utils._pytree.tree_map_only(torch.Tensor, lambda t: t.to(device), v)
+            for k, v in kwargs.items()}
 
 
 def generate(plan, config: GenerateConfig) -> GenerateResult:
@@ -109,6 +114,7 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
     from runtime.apply import _resolve_device, apply_plan
     from runtime.catalog import get_model
     from runtime.families import get_family
+    from runtime.lora import load_loras
 
     if config.steps < 1:
         raise UserError(f"steps {config.steps} is not usable: give 1 or more")
@@ -121,7 +127,17 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
     pipe = load_pipeline(
         adapter, config.weights, config.transformer_file, plan.model.compute_dtype.torch()
     )
-    handle = apply_plan(pipe, plan, device)
+    load_loras(pipe, config.loras)
+    try:
+        handle = apply_plan(pipe, plan, device)
+    except PlanMismatchError as e:
+        if not config.loras:
+            raise
+        files = ", ".join(str(lora.path) for lora in config.loras)
+        raise PlanMismatchError(
+            f"loading --lora {files} changed the transformer's base weights (diffusers widens "
+            f"layers for control LoRAs), so the plan no longer fits it ({e})"
+        ) from e
     try:
         kwargs = _prompt_kwargs(adapter, pipe, config.prompt, workload, config.guidance, device)
         pipe.vae.to(device)
@@ -151,7 +167,7 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
         seconds_per_step=mean_ms / 1000.0, peak_vram_bytes=peak,
         predicted_peak_vram_bytes=plan.predictions.peak_vram_bytes, lower_bound_ms=lower,
         ratio_to_lower_bound=(mean_ms / lower) if lower > 0 else None,
-        device_weight_bytes=stats.device_weight_bytes,
+        device_weight_bytes=stats.device_weight_bytes, adapter_bytes=stats.adapter_bytes,
     )
 
 

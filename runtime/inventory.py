@@ -91,9 +91,16 @@ class Inventory:
             "total": {"params": self.total_params, "bytes": self.total_bytes},
         }
 
-
-def _tensor_bytes(module, storage: DType) -> tuple[int, dict[str, int]]:
-    return _tensor_bytes_of(list(module.parameters()) + list(module.buffers()), storage)
+    @classmethod
+    def from_dict(cls, data: dict) -> "Inventory":
+        """The inverse of `to_dict` (for the model cache: data this tool wrote itself)."""
+        blocks = tuple(
+            BlockInfo(b["name"], b["kind"], b["index"], b["params"], dict(b["bytes_by_dtype"]))
+            for b in data["blocks"]
+        )
+        rest = data["non_block"]
+        return cls(data["model"], data["family"], DType(data["dtype"]), blocks, rest["params"],
+                   dict(rest["bytes_by_dtype"]))
 
 
 def _tensor_bytes_of(tensors, storage: DType) -> tuple[int, dict[str, int]]:
@@ -107,28 +114,49 @@ def _tensor_bytes_of(tensors, storage: DType) -> tuple[int, dict[str, int]]:
     return params, by_dtype
 
 
-def inventory_of_module(model, adapter, model_id: str, storage: DType) -> Inventory:
-    """Inventory of a built model (on any device, meta included) stored as `storage`."""
+def inventory_of_module(
+    model, adapter, model_id: str, storage: DType, skip: frozenset[int] = frozenset()
+) -> Inventory:
+    """Inventory of a built model (on any device, meta included) stored as `storage`;
+    tensors whose ids are in `skip` (adapter weights) are left out."""
     blocks = []
-    block_ids = set()
+    block_ids = set(skip)
     for index, (name, kind, block) in enumerate(adapter.blocks(model)):
-        params, by_dtype = _tensor_bytes(block, storage)
+        tensors = [t for t in list(block.parameters()) + list(block.buffers()) if id(t) not in skip]
+        params, by_dtype = _tensor_bytes_of(tensors, storage)
         blocks.append(BlockInfo(name, kind, index, params, by_dtype))
-        block_ids.update(id(t) for t in list(block.parameters()) + list(block.buffers()))
+        block_ids.update(id(t) for t in tensors)
     rest = [t for t in list(model.parameters()) + list(model.buffers()) if id(t) not in block_ids]
     rest_params, rest_by_dtype = _tensor_bytes_of(rest, storage)
     return Inventory(model_id, adapter.name, storage, tuple(blocks), rest_params, rest_by_dtype)
 
 
 def inventory(model_id: str, storage: DType | None = None) -> Inventory:
-    """Inventory of a catalog model, built on `meta` (no weights, no memory)."""
+    """Inventory of a catalog model, derived on `meta` (no weights, no memory) once and then
+    read from the model cache (`runtime.model_cache`)."""
+    from runtime.catalog import get_model
+    from runtime.model_cache import cached
+
+    spec = get_model(model_id)
+    storage = storage or spec.storage_dtype
+    data = cached("inventory", spec, inventory_args(storage),
+                  lambda: derive_inventory(model_id, storage).to_dict())
+    return Inventory.from_dict(data)
+
+
+def inventory_args(storage: DType) -> dict:
+    return {"storage": storage.value}
+
+
+def derive_inventory(model_id: str, storage: DType) -> Inventory:
+    """The inventory built from the model on `meta`."""
     from runtime.catalog import get_model
     from runtime.families import get_family
 
     spec = get_model(model_id)
     adapter = get_family(spec.family)
     model = adapter.build(spec.config, device="meta")
-    return inventory_of_module(model, adapter, model_id, storage or spec.storage_dtype)
+    return inventory_of_module(model, adapter, model_id, storage)
 
 
 def device_bytes_by_dtype(block: BlockInfo, cast_on_host: bool) -> dict[str, int]:

@@ -1,4 +1,5 @@
-"""Shared fixtures: the `gpu` marker's skip rule and small real FLUX models."""
+"""Shared fixtures: the `gpu` marker's skip rule and small real FLUX models; the default store
+and the model cache live in test-private directories."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ def _private_default_store(tmp_path_factory, monkeypatch):
     never the user's; a PLANNER_DB_URL from the environment does not leak in."""
     monkeypatch.delenv("PLANNER_DB_URL", raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.getbasetemp() / "xdg-data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
 
 
 def pytest_runtest_setup(item):

@@ -44,10 +44,25 @@ def test_help_imports_nothing_heavy(args):
     assert seen["heavy"] == []
 
 
-def test_the_check_sees_a_heavy_import():
-    seen = modules_after(["models", "show", "tiny-flux", "--json"])  # builds the model: torch
+def test_the_check_sees_a_heavy_import(tmp_path):
+    # profiling builds the model and runs it: torch and diffusers
+    seen = modules_after(["profile", "--model", "tiny-flux", "--resolution", "32x32",
+                          "--device", "cpu", "--db", f"sqlite:///{tmp_path / 's.db'}", "--json"])
     assert seen["exit_code"] == 0, seen["output"]
     assert "torch" in seen["heavy"] and "diffusers" in seen["heavy"]
+
+
+def test_tune_for_a_reference_gpu_imports_neither_torch_nor_diffusers(tmp_path):
+    # the catalog model's inventory and trace come from the shipped model cache
+    from runtime import model_cache
+    from runtime.version import TOOL_VERSION
+
+    if model_cache.seed_versions() != {"diffusers": model_cache._diffusers_version(), "tool": TOOL_VERSION}:
+        pytest.skip("the shipped model cache seed is for other versions: `python -m runtime.model_cache`")
+    seen = modules_after(["tune", "--model", "flux-dev", "--vram", "8GB", "--gpu", "rtx-4060",
+                          "--db", f"sqlite:///{tmp_path / 's.db'}"])
+    assert seen["exit_code"] == 0, seen["output"]
+    assert "torch" not in seen["heavy"] and "diffusers" not in seen["heavy"]
 
 
 def test_help_lists_the_command_groups():

@@ -38,7 +38,9 @@ def forward(model, adapter, workload):
     inputs = adapter.model_inputs(model, workload, "cpu", torch.float32)
     with torch.no_grad():
         out = model(**inputs)
-    return out[0] if isinstance(out, tuple) else out.sample
+    out = out[0] if isinstance(out, tuple) else out.sample
+    # some transformers (Z-Image) return one tensor per batch entry, as their pipelines stack
+    return torch.stack(out) if isinstance(out, list) else out
 
 
 def placements(n: int) -> dict[str, list[int]]:

@@ -22,6 +22,7 @@ def apply(
     transformer: Annotated[Optional[Path], typer.Option("--transformer", help="Single-file transformer .safetensors (diffusers or original BFL/ComfyUI names; fp8 kept).")] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Image file to write.")] = Path("image.png"),
     device: Annotated[Optional[str], typer.Option(help="Compute device (default: cuda if present).")] = None,
+    lora: Annotated[Optional[list[str]], typer.Option("--lora", help="LoRA file to load, FILE or FILE:SCALE; repeatable.")] = None,
     db: DbOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -39,6 +40,9 @@ def apply(
 
     from db.store import open_store
 
+    from runtime.lora import parse_lora
+
+    loras = tuple(parse_lora(text) for text in lora or ())
     plan = load_plan(plan_file)
     suffixes = check_apply_inputs(  # every option and the image target, before any work
         weights=weights, transformer=transformer, output=output, steps=steps, seed=seed,
@@ -53,7 +57,7 @@ def apply(
             weights=weights, prompt=prompt, output=tmp,
             steps=steps, seed=seed,
             guidance=guidance if guidance is not None else (spec.default_guidance if spec else 3.5),
-            height=height, width=width, transformer_file=transformer, device=device,
+            height=height, width=width, transformer_file=transformer, device=device, loras=loras,
         )
         result = dataclasses.replace(generate(plan, config), output=str(output))
     run = record_measured_run(db, plan, result, steps=steps, height=height, width=width)
@@ -68,5 +72,7 @@ def apply(
     echo(f"wrote {result.output}")
     echo(f"{result.seconds_per_step:.3f} s/step over {result.steps} steps on {result.device}")
     echo(f"peak VRAM {peak} (plan predicted {format_size(result.predicted_peak_vram_bytes)})")
+    if result.adapter_bytes:
+        echo(f"LoRA weights placed with their blocks: {format_size(result.adapter_bytes)}")
     echo(f"ratio to the plan's lower bound ({result.lower_bound_ms:.1f} ms/step): {ratio}")
     echo(run.note)

@@ -68,11 +68,11 @@ def best(
     model: Annotated[str, typer.Option("--model", help="Model id, e.g. flux-dev.")],
     vram: Annotated[str, typer.Option("--vram", help="VRAM to fit, e.g. 8GB.")],
     gpu: GpuOption = None,
-    resolution: Annotated[str, typer.Option("--resolution", help="WIDTHxHEIGHT the plan must be for.")] = "1024x1024",
+    resolution: Annotated[Optional[str], typer.Option("--resolution", help="WIDTHxHEIGHT the plan must be for (default: the model's).")] = None,
     batch: Annotated[int, typer.Option("--batch", help="Images per step the plan must be for.", min=1, max=64)] = 1,
     dtype: Annotated[str, typer.Option("--dtype", help="Storage dtype (default: the model's).")] = "",
     text_tokens: Annotated[Optional[int], typer.Option("--text-tokens", help="Text length (default: the model's).", min=1, max=4096)] = None,
-    frames: Annotated[int, typer.Option("--frames", help="Video frames (1 for an image).", min=1, max=1024)] = 1,
+    frames: Annotated[Optional[int], typer.Option("--frames", help="Video frames (default: the model's; 1 for an image).", min=1, max=1024)] = None,
     db: DbOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -89,10 +89,10 @@ def best(
     from runtime.workload import parse_resolution
 
     vram_bytes = parse_size(vram, "--vram")
-    parse_resolution(resolution)
+    if resolution is not None:
+        parse_resolution(resolution)
     spec = get_model(model)  # an unknown model has no trusted plans: refused here
-    workload = spec.workload(resolution, batch)
-    workload = dataclasses.replace(workload, frames=frames)
+    workload = spec.workload(resolution, batch, frames=frames)
     if text_tokens is not None:
         workload = dataclasses.replace(workload, text_tokens=text_tokens)
     storage = DType.parse(dtype) if dtype else spec.storage_dtype

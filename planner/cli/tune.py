@@ -15,7 +15,7 @@ def tune(
     vram: Annotated[str, typer.Option("--vram", help="VRAM budget, e.g. 8GB (GB means GiB).")],
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="Plan from this reference GPU's profile.")] = None,
     profile: Annotated[Optional[int], typer.Option("--profile", help="Plan from this stored profile id (`planner profiles list`).")] = None,
-    resolution: Annotated[Optional[str], typer.Option(help="Image size WIDTHxHEIGHT (default 1024x1024, or the --profile's).")] = None,
+    resolution: Annotated[Optional[str], typer.Option(help="Image size WIDTHxHEIGHT (default: the model's, or the --profile's).")] = None,
     batch: Annotated[Optional[int], typer.Option(help="Images per step (default 1, or the --profile's).")] = None,
     dtype: Annotated[str, typer.Option(help="Storage dtype: bf16 or fp8 (default: the model's).")] = "",
     trials: Annotated[Optional[int], typer.Option(help="Optuna trials.")] = None,
@@ -42,7 +42,7 @@ def tune(
     spec = get_model(model)
     if batch is not None and not 1 <= batch <= 64:
         raise UserError(f"--batch {batch} is out of range: give 1 to 64 images per step")
-    workload = spec.workload(resolution or "1024x1024", batch or 1)
+    workload = spec.workload(resolution, batch or 1)
     request = TuneRequest(
         model_id=spec.id,
         budget_bytes=parse_size(vram, "--vram"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
@@ -223,26 +224,68 @@ def _check_index(index: Path, weight_map: dict[str, str], headers: list[Header])
 
 
 def _pick_family(tensors: list[TensorInfo], path: Path):
+    """The family that claims the most of the file's tensors (by default its block tensors;
+    see `FamilyAdapter.claims`). Families can spell their blocks alike (FLUX's and SD3's
+    diffusers names are both `transformer_blocks.N.`), so a tie goes to the family whose
+    architecture has more of the file's other tensors."""
     from runtime.families import families, get_family
 
-    best, best_count = None, 0
+    names = [t.name for t in tensors]
+    counts = {}
     for name in families():
-        adapter = get_family(name)
-        count = sum(1 for t in tensors if adapter.block_of_tensor(t.name) is not None)
-        if count > best_count:
-            best, best_count = adapter, count
-    if best is None:
+        count = get_family(name).claims(names)
+        if count:
+            counts[name] = count
+    if not counts:
         raise CheckpointError(
             f"no tensor of {path} belongs to a block of a known model family "
             f"({', '.join(families())}): give a diffusion transformer checkpoint"
         )
-    return best
+    top = max(counts.values())
+    tied = [name for name, count in counts.items() if count == top]
+    if len(tied) > 1:
+        tied.sort(key=lambda name: -_known_non_block(get_family(name), tensors))
+    return get_family(tied[0])
 
 
-def _naming_of(tensor_name: str, block: str) -> Naming:
-    # Diffusers names are module paths, so they contain the block's path itself.
-    diffusers = tensor_name.startswith(block + ".") or f".{block}." in tensor_name
-    return Naming.DIFFUSERS if diffusers else Naming.ORIGINAL
+def _known_non_block(adapter, tensors: list[TensorInfo]) -> int:
+    """How many of the file's non-block tensors the family's catalog architectures have."""
+    known = _non_block_names(adapter.name)
+    return sum(
+        1 for t in tensors
+        if adapter.block_of_tensor(t.name) is None and _unprefixed(t.name) in known
+    )
+
+
+_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.")
+
+
+def _unprefixed(name: str) -> str:
+    for prefix in _PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
+
+
+@functools.lru_cache(maxsize=None)
+def _non_block_names(family: str) -> frozenset[str]:
+    """Diffusers names of the tensors outside the blocks, over the family's catalog models
+    (built on `meta`: no memory)."""
+    from runtime.families import get_family
+
+    adapter = get_family(family)
+    names = set()
+    for spec in adapter.models():
+        model = adapter.build(spec.config, device="meta")
+        names.update(n for n in model.state_dict() if adapter.block_of_tensor(n) is None)
+    return frozenset(names)
+
+
+def _naming_of(adapter, tensor_name: str, block: str) -> Naming | None:
+    original = adapter.is_original_name(tensor_name, block)
+    if original is None:
+        return None
+    return Naming.ORIGINAL if original else Naming.DIFFUSERS
 
 
 def _report(path: Path, files: tuple[Path, ...], adapter, tensors: list[TensorInfo]):
@@ -257,7 +300,9 @@ def _report(path: Path, files: tuple[Path, ...], adapter, tensors: list[TensorIn
             rest_count += 1
             rest_bytes[dtype] = rest_bytes.get(dtype, 0) + tensor.nbytes
             continue
-        namings.add(_naming_of(tensor.name, block))
+        naming = _naming_of(adapter, tensor.name, block)
+        if naming is not None:
+            namings.add(naming)
         count, by_dtype = per_block.get(block, (0, {}))
         by_dtype[dtype] = by_dtype.get(dtype, 0) + tensor.nbytes
         per_block[block] = (count + 1, by_dtype)
@@ -276,7 +321,8 @@ def _report(path: Path, files: tuple[Path, ...], adapter, tensors: list[TensorIn
         )
         for i, name in enumerate(sorted(per_block, key=order))
     )
-    naming = namings.pop() if len(namings) == 1 else Naming.MIXED
+    # a file whose block tensors are all spelled alike in both namings needs no conversion
+    naming = Naming.MIXED if len(namings) > 1 else (namings.pop() if namings else Naming.DIFFUSERS)
     return CheckpointReport(
         path, files, adapter.name, naming, blocks, rest_count, MappingProxyType(rest_bytes)
     )

@@ -2,7 +2,9 @@
 
 Family, block names, count, order and kinds, each block's bytes (from the real module's
 inventory), the dtype of every stored tensor, and that the model is not already under some
-other offloading. Each mismatch is one `PlanMismatchError` sentence naming the input and the fix.
+other offloading. Adapter weights (LoRA, see `runtime.engine.adapters`) are not part of the
+base model the plan describes and are left out. Each mismatch is one `PlanMismatchError`
+sentence naming the input and the fix.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 from runtime.dtypes import DType, compute_dtype, storage_dtype
 from runtime.errors import PlanMismatchError
 from runtime.inventory import Inventory, inventory_of_module
+
+from runtime.engine.adapters import adapter_tensors
 
 _RETUNE = "build a plan for this model (planner tune)"
 
@@ -28,27 +32,25 @@ def check_plan(model, adapter, plan) -> Inventory:
             f"{compute_dtype(plan.model.storage_dtype).value}: {_RETUNE}"
         )
     _check_untouched(model)
-    inv = inventory_of_module(model, adapter, plan.model.id, plan.model.storage_dtype)
+    skip = frozenset(id(t) for t in adapter_tensors(model))
+    inv = inventory_of_module(model, adapter, plan.model.id, plan.model.storage_dtype, skip)
     _check_blocks(inv, plan)
-    _check_dtypes(model, plan.model.storage_dtype, plan.model.id)
+    _check_dtypes(model, plan.model.storage_dtype, plan.model.id, skip)
     return inv
 
 
-def _has_active_hooks(module) -> bool:
-    """accelerate's `_hf_hook`, or a diffusers hook registry holding hooks. A diffusers pipeline
-    call leaves an empty registry on the transformer (`cache_context`): that is no offloading."""
+def _active_foreign_hooks(module) -> bool:
+    """accelerate's `_hf_hook` is always active; diffusers leaves an empty `_diffusers_hook`
+    registry behind after an ordinary pipeline call, which holds no hook and is harmless."""
     if hasattr(module, "_hf_hook"):
         return True
     registry = getattr(module, "_diffusers_hook", None)
-    if registry is None:
-        return False
-    hooks = getattr(registry, "hooks", None)
-    return hooks is None or len(hooks) > 0
+    return registry is not None and bool(getattr(registry, "hooks", True))
 
 
 def _check_untouched(model) -> None:
     for name, module in model.named_modules():
-        if _has_active_hooks(module):
+        if _active_foreign_hooks(module):
             raise PlanMismatchError(
                 f"module {name or type(model).__name__!r} is already under accelerate or "
                 f"diffusers offloading hooks: load the model without them, then apply the plan"
@@ -81,9 +83,9 @@ def _check_blocks(inv: Inventory, plan) -> None:
             )
 
 
-def _check_dtypes(model, storage: DType, model_id: str) -> None:
+def _check_dtypes(model, storage: DType, model_id: str, skip: frozenset[int]) -> None:
     for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
-        if not tensor.is_floating_point():
+        if not tensor.is_floating_point() or id(tensor) in skip:
             continue
         want = storage_dtype(storage, tuple(tensor.shape)).torch()
         if tensor.dtype != want:

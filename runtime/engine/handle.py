@@ -21,6 +21,7 @@ class OffloadStats:
     slots: int
     pinned_bytes: int  # streamed blocks' host buffers allocated as pinned
     pageable_bytes: int  # streamed blocks' host buffers in pageable memory
+    adapter_bytes: int = 0  # LoRA weights among the above (resident, non-block or packed)
 
     @property
     def device_weight_bytes(self) -> int:
@@ -68,14 +69,28 @@ class ForwardTimer:
 
 
 class OffloadHandle:
-    """A plan applied to a model. `remove()` puts the model back exactly as it was."""
+    """A plan applied to a model. `remove()` puts the model back exactly as it was.
 
-    def __init__(self, model, plan, device: torch.device, state) -> None:
+    Its own hooks on the model's forward time each forward and, first of all, notice when the
+    model's adapters changed since the plan was applied (a LoRA loaded, deleted, fused or
+    unfused): then the plan is undone and applied again, so the adapters are placed with their
+    blocks and no slot holds weights from before a fuse."""
+
+    def __init__(self, model, adapter, plan, device: torch.device, state) -> None:
         self.model = model
         self.plan = plan
         self.device = device
+        self._adapter = adapter  # the family adapter
         self._state = state  # runtime.engine.offload.AppliedState
-        self._timer = state.timer
+        self._timer = ForwardTimer(device)
+        self.reapplied = 0  # how often adapter changes made the plan be applied again
+        self._hooks = [
+            model.register_forward_pre_hook(torch.compiler.disable(self._follow_adapters),
+                                            prepend=True),
+            model.register_forward_pre_hook(torch.compiler.disable(self._timer.before)),
+            model.register_forward_hook(torch.compiler.disable(self._timer.after),
+                                        always_call=True),
+        ]
 
     @property
     def active(self) -> bool:
@@ -113,13 +128,31 @@ class OffloadHandle:
 
     def remove(self) -> None:
         """Undo the plan: weights, devices, dtypes and hooks as before. Idempotent."""
-        if self._state is None:
-            return
         from runtime.engine.offload import forget
 
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        state, self._state = self._state, None
+        if state is not None:
+            state.undo()
+        forget(self.model, self)
+
+    def _follow_adapters(self, module, args) -> None:
+        from runtime.engine import adapters
+        from runtime.engine.offload import apply_state
+
+        if self._state is None or adapters.signature(self.model) == self._state.adapter_signature:
+            return
         state, self._state = self._state, None
         state.undo()
-        forget(self.model, self)
+        adapters.settle_with_base_layers(self.model)
+        try:
+            self._state = apply_state(self.model, self._adapter, self.plan, self.device)
+        except BaseException:
+            self.remove()  # nothing is applied any more: the handle says so
+            raise
+        self.reapplied += 1
 
     def _require_active(self) -> None:
         if self._state is None:

@@ -2,7 +2,8 @@
 
 Everything done to the model is recorded in `AppliedState` so that `undo()` (on `remove()`,
 or when applying fails half-way) puts back every tensor's device, dtype and values, the same
-tensor objects, and leaves no hook behind.
+tensor objects, and leaves no hook behind. Adapter weights (LoRA) travel with their block:
+packed with a streamed block, resident with a resident one (`runtime.engine.adapters`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import weakref
 
 import torch
 
-from runtime.engine import packing
+from runtime.engine import adapters, packing
 from runtime.engine.casting import install_casts
 from runtime.engine.checks import check_plan
-from runtime.engine.handle import ForwardTimer, OffloadHandle, OffloadStats
+from runtime.engine.handle import OffloadHandle, OffloadStats
 from runtime.engine.host_memory import decide_host_memory
 from runtime.engine.ring import Ring
+from runtime.dtypes import DType
 from runtime.errors import PlanMismatchError
 from runtime.inventory import device_bytes_by_dtype
 from runtime.plan import CastMode, Placement
@@ -38,8 +40,10 @@ def forget(model, handle) -> None:
 class AppliedState:
     """What was done to one model, in the order it was done."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.timer = ForwardTimer(device)
+    def __init__(self, device: torch.device, adapter_signature: tuple) -> None:
+        # adapter tensors and merges present when the plan was applied (adapters.signature)
+        self.adapter_signature = adapter_signature
+        self.adapter_ids: frozenset[int] = adapter_signature[0]
         self.moved: list[tuple[torch.Tensor, torch.device, torch.dtype, str]] = []
         self.layouts: list[packing.Layout] = []
         self.host_buffers: list[dict[str, torch.Tensor]] = []
@@ -55,6 +59,12 @@ class AppliedState:
             return sum(t.numel() * t.element_size() for t, _, _, k in self.moved if k == kind)
 
         pack = [sum(t.numel() * t.element_size() for t in b.values()) for b in self.host_buffers]
+        adapter_bytes = sum(
+            t.numel() * t.element_size() for t, _, _, _ in self.moved if id(t) in self.adapter_ids
+        ) + sum(
+            e.numel * DType(e.group).itemsize
+            for layout in self.layouts for e in layout.entries if id(e.tensor) in self.adapter_ids
+        )
         return OffloadStats(
             device=str(device),
             resident_blocks=self.resident_block_count,
@@ -65,6 +75,7 @@ class AppliedState:
             slots=self.ring.schedule.slots if self.ring is not None else 0,
             pinned_bytes=sum(b for b, p in zip(pack, self.pinned) if p),
             pageable_bytes=sum(b for b, p in zip(pack, self.pinned) if not p),
+            adapter_bytes=adapter_bytes,
         )
 
     def undo(self) -> None:
@@ -89,6 +100,13 @@ class AppliedState:
 
 def apply(model, adapter, plan, device: torch.device) -> OffloadHandle:
     """Check, then apply; a failure half-way undoes what was done and re-raises."""
+    handle = OffloadHandle(model, adapter, plan, device, apply_state(model, adapter, plan, device))
+    _APPLIED[model] = handle
+    return handle
+
+
+def apply_state(model, adapter, plan, device: torch.device) -> AppliedState:
+    """Everything `apply` does to the model's tensors and blocks, recorded for undo."""
     inv = check_plan(model, adapter, plan)
     compute = plan.model.compute_dtype.torch()
     blocks = adapter.blocks(model)
@@ -96,18 +114,18 @@ def apply(model, adapter, plan, device: torch.device) -> OffloadHandle:
     streamed = [by_name[name].placement is Placement.STREAMED for name, _, _ in blocks]
     pre = [by_name[name].cast is CastMode.PRE for name, _, _ in blocks]
     layouts = []
+    adapter_signature = adapters.signature(model)
     for (name, _, module), info, s, p in zip(blocks, inv.blocks, streamed, pre):
         if s:
             layout = packing.layout_of(module, p, compute)
-            assert layout.bytes_by_group() == device_bytes_by_dtype(info, p), name
+            assert _base_bytes(layout, adapter_signature[0]) == device_bytes_by_dtype(info, p), name
             layouts.append(layout)
     freed = _host_bytes_released(model, blocks, streamed, device)
     decision = decide_host_memory([l.bytes for l in layouts], freed, _wants_pinned(plan))
     if decision.warning:
         warnings.warn(decision.warning, stacklevel=3)
 
-    state = AppliedState(device)
-    handle = OffloadHandle(model, plan, device, state)
+    state = AppliedState(device, adapter_signature)
     try:
         _place_resident(state, model, blocks, streamed, pre, compute, device)
         if layouts:
@@ -121,16 +139,19 @@ def apply(model, adapter, plan, device: torch.device) -> OffloadHandle:
         for (_, _, module), s, p in zip(blocks, streamed, pre):
             if not p:
                 state.casts.extend(install_casts(module, compute))
-        timer = state.timer
-        state.hooks.append(model.register_forward_pre_hook(torch.compiler.disable(timer.before)))
-        state.hooks.append(
-            model.register_forward_hook(torch.compiler.disable(timer.after), always_call=True)
-        )
     except BaseException:
         state.undo()
         raise
-    _APPLIED[model] = handle
-    return handle
+    return state
+
+
+def _base_bytes(layout, adapter_ids: frozenset[int]) -> dict[str, int]:
+    """A block layout's bytes by group without its adapter tensors (what the plan counts)."""
+    out: dict[str, int] = {}
+    for e in layout.entries:
+        if id(e.tensor) not in adapter_ids:
+            out[e.group] = out.get(e.group, 0) + e.numel * DType(e.group).itemsize
+    return out
 
 
 def _wants_pinned(plan) -> bool:

@@ -14,6 +14,10 @@ from runtime.families.base import FamilyAdapter
 _REGISTRY: dict[str, FamilyAdapter] = {}
 _BUILTIN = {
     "flux": "runtime.families.flux:FluxAdapter",
+    "flux2": "runtime.families.flux2:Flux2Adapter",
+    "chroma": "runtime.families.chroma:ChromaAdapter",
+    "sd3": "runtime.families.sd3:SD3Adapter",
+    "z-image": "runtime.families.z_image:ZImageAdapter",
 }
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from runtime.workload import Workload
 
@@ -76,6 +76,13 @@ class FamilyAdapter(abc.ABC):
         """The block (diffusers module path, e.g. `transformer_blocks.3`) a checkpoint tensor
         belongs to, for every naming this family's checkpoints use; None for non-block tensors."""
 
+    def claims(self, tensor_names: Sequence[str]) -> int:
+        """How many tensors of a checkpoint (all its names) this family claims: `inspect` takes
+        the family that claims the most. By default its block tensors. A family whose block
+        names another family's also match overrides this to tell its files apart, e.g. by a
+        tensor only it has (a file holding it is claimed whole: `len(tensor_names)`)."""
+        return sum(1 for name in tensor_names if self.block_of_tensor(name) is not None)
+
     @abc.abstractmethod
     def block_inputs(self, model, kind: str, workload: Workload, device, dtype) -> BlockInputs:
         """Representative inputs for one block of `kind` at `workload` (random values), made
@@ -86,6 +93,13 @@ class FamilyAdapter(abc.ABC):
         """Keyword arguments for one whole-model forward at `workload` (random latents and
         text states, a mid-schedule timestep), returning a tuple (`return_dict=False`).
         Must work with `device="meta"` (see the module docstring)."""
+
+    def is_original_name(self, tensor_name: str, block: str) -> bool | None:
+        """Whether a tensor of `block` is spelled in the original naming (True), the diffusers
+        one (False), or alike in both (None: it does not tell the file's naming). By default
+        diffusers names are module paths holding the block's path and original names do not;
+        families whose original names share the block paths say it by the rest of the name."""
+        return not (tensor_name.startswith(block + ".") or f".{block}." in tensor_name)
 
     def convert_original(self, state: dict, shapes: Mapping[str, tuple]) -> dict:
         """Tensors of a checkpoint in the original release's naming (prefix already stripped),

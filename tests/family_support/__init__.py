@@ -19,6 +19,10 @@ import importlib
 
 _MODULES = {
     "flux": "tests.family_support.flux",
+    "flux2": "tests.family_support.flux2",
+    "chroma": "tests.family_support.chroma",
+    "sd3": "tests.family_support.sd3",
+    "z-image": "tests.family_support.z_image",
 }
 
 

@@ -1,0 +1,279 @@
+"""Chroma (diffusers `ChromaTransformer2DModel`): FLUX.1 [schnell]'s 19 double-stream and 38
+single-stream blocks with their modulation layers pruned, 8.9B parameters.
+
+A small MLP, the guidance approximator (`distilled_guidance_layer`), makes every block's
+shift/scale/gate vectors at once from the timestep: it is a non-block module, and each block
+reads its slice of the approximator's output (3 vectors per single block, 6 + 6 per double
+block). Text padding is masked in every block (`attention_mask` over text + image tokens), and
+the pipeline runs true CFG: two forwards per step.
+
+Checkpoint namings: diffusers, and the original single file ComfyUI loads (`double_blocks.N.`,
+`single_blocks.N.`, `distilled_guidance_layer.`, possibly under `model.diffusion_model.`).
+The block prefixes are FLUX.1's, so a file is told apart by its `distilled_guidance_layer`
+(the key diffusers' single-file loader uses).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, Sequence
+
+from runtime.catalog import model_spec
+from runtime.dtypes import DType
+from runtime.families.base import BlockInputs, BlockList, FamilyAdapter
+from runtime.workload import CfgMode, Workload
+
+_PREFIX = r"^(?:model\.diffusion_model\.|diffusion_model\.|transformer\.)?"
+_BLOCK_NAME = re.compile(
+    _PREFIX + r"(transformer_blocks|single_transformer_blocks|double_blocks|single_blocks)\.(\d+)\."
+)
+_DIFFUSERS_LIST = {
+    "transformer_blocks": "transformer_blocks",
+    "double_blocks": "transformer_blocks",
+    "single_transformer_blocks": "single_transformer_blocks",
+    "single_blocks": "single_transformer_blocks",
+}
+_MARKER = re.compile(_PREFIX + r"distilled_guidance_layer\.in_proj\.weight$")
+
+_LINEAR1 = re.compile(r"^single_blocks\.(\d+)\.linear1\.(weight|bias)$")
+_LINEAR1_PARTS = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
+# diffusers' converter splits single_blocks.N.linear1 at Chroma's width 3072 (q, k, v and a
+# 4x mlp), which it hard-codes.
+_CHROMA_LINEAR1_ROWS = 3 * 3072 + 4 * 3072
+
+# Latent pixels per token side: the VAE downsamples 8x and the pipeline packs 2x2 patches.
+PIXELS_PER_TOKEN_SIDE = 16
+
+# lodestones/Chroma1-HD, transformer/config.json: the values diffusers' ChromaTransformer2DModel
+# takes as its defaults (transformer_chroma.py), and the repository its single-file loader
+# reads the config from (single_file_utils: "chroma" -> lodestones/Chroma1-HD).
+_CHROMA_1_HD = {
+    "patch_size": 1,
+    "in_channels": 64,
+    "num_layers": 19,
+    "num_single_layers": 38,
+    "attention_head_dim": 128,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 4096,
+    "axes_dims_rope": (16, 56, 56),
+    "approximator_num_channels": 64,
+    "approximator_hidden_dim": 5120,
+    "approximator_layers": 5,
+}
+
+MODELS = (
+    model_spec(
+        id="chroma", family="chroma", config=_CHROMA_1_HD,
+        storage_dtype=DType.BF16, text_tokens=512, default_steps=35, default_guidance=5.0,
+        cfg=CfgMode.SEQUENTIAL,
+        description="Chroma1-HD, 8.9B FLUX.1-schnell derivative with true CFG (T5 text)",
+        config_source="lodestones/Chroma1-HD, transformer/config.json "
+                      "(diffusers ChromaTransformer2DModel defaults)",
+        stated_params="8.9B",
+    ),
+    model_spec(
+        id="tiny-chroma", family="chroma",
+        config={
+            "patch_size": 1, "in_channels": 16, "num_layers": 2, "num_single_layers": 4,
+            "attention_head_dim": 16, "num_attention_heads": 2, "joint_attention_dim": 32,
+            "axes_dims_rope": (4, 6, 6), "approximator_num_channels": 16,
+            "approximator_hidden_dim": 32, "approximator_layers": 2,
+        },
+        storage_dtype=DType.FP32, text_tokens=16, default_steps=2, default_guidance=5.0,
+        cfg=CfgMode.SEQUENTIAL,
+        description="tiny Chroma for tests: 2 double + 4 single blocks, runs on CPU in ms",
+        config_source="ours (test model)",
+    ),
+)
+
+
+class ChromaAdapter(FamilyAdapter):
+    name = "chroma"
+    block_lists = (
+        BlockList(attr="transformer_blocks", kind="double"),
+        BlockList(attr="single_transformer_blocks", kind="single"),
+    )
+    text_encoders = ("text_encoder",)
+
+    def models(self):
+        return MODELS
+
+    def model_class(self) -> type:
+        from diffusers import ChromaTransformer2DModel
+
+        return ChromaTransformer2DModel
+
+    def pipeline_class(self) -> type:
+        from diffusers import ChromaPipeline
+
+        return ChromaPipeline
+
+    def build(self, config: Mapping[str, Any], device: str = "meta", dtype=None):
+        """As the base, except that on `meta` the timestep embedder keeps its real `mod_proj`:
+        a non-persistent buffer (no checkpoint holds it) computed at construction, which a
+        model loaded from a file onto `meta` would otherwise never get (as diffusers'
+        `init_empty_weights` keeps buffers). It has no parameters: 2 x 4 x (3 x single +
+        12 x double + 2) x channels / 4 bytes."""
+        import warnings
+
+        with warnings.catch_warnings():  # diffusers' Chroma builds FLUX's deprecated alias
+            warnings.filterwarnings("ignore", message="`FluxPosEmbed` is deprecated")
+            model = super().build(config, device, dtype)
+        if str(device) == "meta":
+            embed = model.time_text_embed
+            fresh = type(embed)(
+                num_channels=embed.time_proj.num_channels, out_dim=embed.mod_proj.shape[0]
+            )
+            if dtype is not None:
+                fresh = fresh.to(dtype)
+            model.time_text_embed = fresh
+        return model
+
+    def block_of_tensor(self, tensor_name: str) -> str | None:
+        match = _BLOCK_NAME.match(tensor_name)
+        if not match:
+            return None
+        return f"{_DIFFUSERS_LIST[match.group(1)]}.{int(match.group(2))}"
+
+    def claims(self, tensor_names: Sequence[str]) -> int:
+        """The whole file where it holds the guidance approximator, else nothing: FLUX.1 and
+        FLUX.2 files use the same block prefixes but lack it."""
+        return len(tensor_names) if any(_MARKER.match(n) for n in tensor_names) else 0
+
+    def convert_original(self, state: dict, shapes: Mapping[str, tuple]) -> dict:
+        """diffusers' Chroma converter, except for the one step it cannot do at every width:
+        each single block's fused `linear1` (q, k, v, mlp) is split at the sizes the model's
+        own layers have (the converter gets a `meta` stand-in of the shape it expects)."""
+        import torch
+        from diffusers.loaders.single_file_utils import (
+            convert_chroma_transformer_checkpoint_to_diffusers as convert,
+        )
+
+        fused = {}
+        for name in [n for n in state if _LINEAR1.match(n)]:
+            tensor = state.pop(name)
+            fused[name] = tensor
+            stand_in = (_CHROMA_LINEAR1_ROWS, *tensor.shape[1:])
+            state[name] = torch.empty(stand_in, dtype=tensor.dtype, device="meta")
+        converted = convert(state)
+        for name, tensor in fused.items():
+            index, kind = _LINEAR1.match(name).groups()
+            targets = [f"single_transformer_blocks.{index}.{part}.{kind}" for part in _LINEAR1_PARTS]
+            if any(target not in shapes for target in targets):
+                continue  # a block the model lacks: its stand-ins are refused as unknown names
+            sizes = [shapes[target][0] for target in targets]
+            if tensor.shape[0] != sum(sizes):
+                raise RuntimeError(
+                    f"{name} has {tensor.shape[0]} rows but the model's q, k, v and mlp take "
+                    f"{sum(sizes)}"
+                )
+            converted.update(zip(targets, torch.split(tensor, sizes, dim=0)))
+        return converted
+
+    # ------------------------------------------------------------------ inputs
+
+    def block_inputs(self, model, kind: str, workload: Workload, device, dtype) -> BlockInputs:
+        from diffusers.models.transformers.transformer_flux import FluxPosEmbed
+
+        config = model.config
+        dim = config.num_attention_heads * config.attention_head_dim
+        batch = workload.forward_batch
+        image_tokens = image_tokens_of(workload)
+        text_tokens = workload.text_tokens
+        rand = _random_tensors(device, dtype)
+        rope = FluxPosEmbed(theta=10000, axes_dim=list(config.axes_dims_rope))
+        cos, sin = rope(_position_ids(workload))
+        shared = {
+            "image_rotary_emb": (cos.to(device), sin.to(device)),
+            "attention_mask": _attention_mask(workload, device, dtype),
+        }
+        if kind == "double":  # its 6 image and 6 text vectors of the approximator's output
+            kwargs = {
+                "hidden_states": rand(batch, image_tokens, dim),
+                "encoder_hidden_states": rand(batch, text_tokens, dim),
+                "temb": rand(batch, 12, dim),
+            }
+        else:  # text and image tokens joined, 3 vectors
+            kwargs = {"hidden_states": rand(batch, text_tokens + image_tokens, dim),
+                      "temb": rand(batch, 3, dim)}
+        return BlockInputs(args=(), kwargs=kwargs | shared)
+
+    def model_inputs(self, model, workload: Workload, device, dtype) -> dict[str, Any]:
+        import torch
+
+        config = model.config
+        batch = workload.forward_batch
+        image_tokens = image_tokens_of(workload)
+        rand = _random_tensors(device, dtype)
+        ids = _position_ids(workload)
+        return {
+            "hidden_states": rand(batch, image_tokens, config.in_channels),
+            "encoder_hidden_states": rand(batch, workload.text_tokens, config.joint_attention_dim),
+            "timestep": torch.full((batch,), 0.5, device=device, dtype=dtype),
+            "txt_ids": ids[: workload.text_tokens].to(device=device, dtype=dtype),
+            "img_ids": ids[workload.text_tokens:].to(device=device, dtype=dtype),
+            "attention_mask": _attention_mask(workload, device, dtype),
+            "return_dict": False,
+        }
+
+    # ------------------------------------------------------------------ generation
+
+    def prompt_kwargs(self, pipe, prompt: str, workload: Workload, guidance: float, device) -> dict:
+        embeds, _, mask, negative, _, negative_mask = pipe.encode_prompt(
+            prompt, negative_prompt="", device=device,
+            do_classifier_free_guidance=guidance > 1, max_sequence_length=workload.text_tokens,
+        )
+        kwargs = {
+            "prompt_embeds": embeds, "prompt_attention_mask": mask, "guidance_scale": guidance,
+            "max_sequence_length": workload.text_tokens,
+        }
+        if negative is not None:
+            kwargs |= {"negative_prompt_embeds": negative,
+                       "negative_prompt_attention_mask": negative_mask}
+        return kwargs
+
+    def decode(self, pipe, latents, workload: Workload) -> list:
+        import torch
+
+        height, width = workload.height, workload.width
+        with torch.no_grad():
+            latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+            latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+            image = pipe.vae.decode(latents.to(pipe.vae.dtype), return_dict=False)[0]
+        return pipe.image_processor.postprocess(image, output_type="pil")
+
+
+def image_tokens_of(workload: Workload) -> int:
+    """Tokens the transformer sees for the image: one per 16x16 pixels."""
+    side = PIXELS_PER_TOKEN_SIDE
+    return (workload.height // side) * (workload.width // side)
+
+
+def _position_ids(workload: Workload):
+    """Text then image position ids as ChromaPipeline makes them, on the CPU: text tokens all
+    at 0, image tokens at (0, row, column)."""
+    import torch
+
+    side = PIXELS_PER_TOKEN_SIDE
+    rows, cols = workload.height // side, workload.width // side
+    image = torch.zeros(rows, cols, 3)
+    image[..., 1] += torch.arange(rows)[:, None]
+    image[..., 2] += torch.arange(cols)[None, :]
+    return torch.cat([torch.zeros(workload.text_tokens, 3), image.reshape(rows * cols, 3)])
+
+
+def _attention_mask(workload: Workload, device, dtype):
+    """The mask ChromaPipeline passes over text + image tokens: a prompt filling a quarter of
+    the text length, plus the one padding token Chroma keeps, then every image token."""
+    import torch
+
+    prompt = max(1, workload.text_tokens // 4)
+    text = (torch.arange(workload.text_tokens) <= prompt).to(dtype)
+    mask = torch.cat([text, torch.ones(image_tokens_of(workload), dtype=dtype)])
+    return mask.expand(workload.forward_batch, -1).contiguous().to(device)
+
+
+def _random_tensors(device, dtype):
+    from runtime.families.inputs import random_tensors
+
+    return random_tensors(device, dtype)
