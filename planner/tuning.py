@@ -288,8 +288,14 @@ def summary(outcome: TuneOutcome) -> dict:
     from runtime.plan import plan_to_dict
 
     res, plan, pred = outcome.result, outcome.plan, outcome.prediction
+    from planner.host_ram import pinned_bytes
+    from planner.search import Evaluator
+
     space = space_of(outcome.inventory, tuple(outcome.source.profiles))
     best = outcome.chosen
+    ev = Evaluator(outcome.inventory, outcome.source.profiles)
+    pinned = {p: pinned_bytes(ev, s.candidate) for p, s in res.policies if s is not None}
+    limit = outcome.host.host_ram_bytes if outcome.host else float("inf")
     return {
         "plan_id": outcome.plan_id,
         "plan": plan_to_dict(plan),
@@ -316,7 +322,9 @@ def summary(outcome: TuneOutcome) -> dict:
             {
                 "policy": p.value,
                 "peer": p.peer,
-                "fits": s is not None,
+                "fits": s is not None and pinned.get(p, 0) <= limit,  # VRAM and host RAM
+                "fits_vram": s is not None,
+                "pinned_bytes": pinned.get(p),
                 "step_ms": s.step_ms if s else None,
                 "peak_vram_bytes": s.peak_vram_bytes if s else None,
                 "placement": s.candidate.to_dict() if s else None,

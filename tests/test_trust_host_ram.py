@@ -27,7 +27,7 @@ def test_a_model_that_fits_stays_resident(tmp_path):
     assert data["host_ram"]["pinned_bytes"] == 0 and data["host_bytes"] == 0
     stream_all = next(p for p in data["policies"] if p["policy"] == "stream-all")
     assert data["step_ms"] < stream_all["step_ms"]
-    assert data["step_ms"] <= min(p["step_ms"] for p in data["policies"] if p["fits"]) * (1 + 1e-3)
+    assert data["step_ms"] <= min(p["step_ms"] for p in data["policies"] if p["fits"]) * (1 + 1e-9)
 
 
 def test_fp8_cast_on_the_host_must_fit_the_host_ram(tmp_path):
@@ -73,4 +73,20 @@ def test_ties_go_to_fewer_streamed_bytes_in_the_library():
     # the whole model fits 24 GiB: nothing streams, at the search's best predicted speed
     assert choice.streamed_bytes == 0 and choice.pinned_bytes == 0
     assert streamed_bytes(Evaluator(inv, profiles), choice.scored.candidate) == 0
-    assert choice.scored.step_ms <= result.best.step_ms * (1 + 1e-3)
+    assert choice.scored.step_ms <= result.best.step_ms * (1 + 1e-9)
+
+
+def test_flux2_on_a_32gb_desktop(tmp_path):
+    result = runner.invoke(app, ["tune", "--model", "flux2-dev", "--vram", "24GB", "--gpu", "rtx-4090",
+                                 "--host-ram", "32GB", "--trials", "40",
+                                 "--db", f"sqlite:///{tmp_path / 'store.db'}", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["host_ram"]["pinned_bytes"] <= 32 * GIB
+    over = [p for p in data["policies"] if p["fits_vram"] and not p["fits"]]
+    assert over, "FLUX.2's peers pin about 42 GB: over a 32 GB machine's RAM"
+    assert all(p["pinned_bytes"] > 32 * GIB for p in over)
+    assert all(data["step_ms"] <= p["step_ms"] + 1e-9 for p in data["policies"] if p["fits"])
+    text = runner.invoke(app, ["tune", "--model", "flux2-dev", "--vram", "24GB", "--gpu", "rtx-4090",
+                               "--host-ram", "32GB", "--trials", "40", "--db", f"sqlite:///{tmp_path / 'store.db'}"])
+    assert "over host RAM" in text.stdout

@@ -24,7 +24,7 @@ def tune(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the plan here.")] = None,
     verify: Annotated[int, typer.Option(help="Run the K best candidates on this GPU; keep the fastest.")] = 0,
     fresh: Annotated[bool, typer.Option("--fresh", help="Profile this machine's GPU again even if a profile is stored.")] = False,
-    host_ram: Annotated[Optional[str], typer.Option("--host-ram", help="Host RAM the plan may pin, e.g. 32GB (default: what this machine can pin; 32 GiB for a reference --gpu).")] = None,
+    host_ram: Annotated[Optional[str], typer.Option("--host-ram", help="Host RAM the plan may pin, e.g. 32GB (default: what this machine can pin; 64 GiB for a reference --gpu).")] = None,
     db: DbOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -103,6 +103,9 @@ def _print(data: dict, output: Path | None) -> None:
     for row in data["policies"]:
         if row["fits"]:
             rows.append([row["policy"], row["peer"], f"{row['step_ms'] / 1000:.3f}", format_size(row["peak_vram_bytes"])])
+        elif row["fits_vram"]:
+            rows.append([row["policy"], row["peer"], f"pins {format_size(row['pinned_bytes'])}: over host RAM",
+                         format_size(row["peak_vram_bytes"])])
         else:
             rows.append([row["policy"], row["peer"], "does not fit", ""])
     print_table("peer policies at the same budget (predicted)", ["policy", "as in", "s/step", "peak VRAM"], rows)
