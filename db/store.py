@@ -20,6 +20,7 @@ from db.convert import profile_row, to_profile, to_stored_plan
 from db.errors import NotFound, StoreError
 from profiler.gpus import normalize as normalize_gpu_name
 from db.location import default_db_url, resolve_url
+from db.matching import run_is_comparable, workload_matches
 from profiler.types import Profile
 from runtime.dtypes import DType
 from runtime.plan import Plan
@@ -367,27 +368,6 @@ class Store:
             return row.id
 
         return self._run(work)
-
-
-def workload_matches(plan_workload: Workload, asked: Workload) -> bool:
-    """Whether a plan made for `plan_workload` answers a request for `asked`: the same size,
-    batch, text length and frames; CFG off matches only off, CFG on matches either batching
-    (how CFG is batched is the plan's own choice)."""
-    from runtime.workload import CfgMode
-
-    same = (
-        plan_workload.height == asked.height and plan_workload.width == asked.width
-        and plan_workload.batch == asked.batch and plan_workload.text_tokens == asked.text_tokens
-        and plan_workload.frames == asked.frames
-    )
-    return same and (plan_workload.cfg is CfgMode.NONE) == (asked.cfg is CfgMode.NONE)
-
-
-def run_is_comparable(plan: Plan, workload: Workload | None, gpu_name: str | None) -> bool:
-    """True for a run of the plan's own workload on the plan's target GPU ("cpu" for CPU)."""
-    if workload is None or gpu_name is None:
-        return False
-    return workload == plan.workload and normalize_gpu_name(gpu_name) == normalize_gpu_name(plan.target.gpu_name)
 
 
 MAX_ID = 2**63 - 1  # ids are signed 64-bit integers on every backend
