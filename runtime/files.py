@@ -105,14 +105,17 @@ def _limit_text(limit: int) -> str:
 # ---------------------------------------------------------------- writing
 
 
-def check_target(path: str | Path, option: str, suffixes: tuple[str, ...] = ()) -> Path:
+def check_target(
+    path: str | Path, option: str, suffixes: tuple[str, ...] = (), example: str | None = None
+) -> Path:
     """`path` if it can be written atomically: a regular file or a new path in an existing
     directory (and, where `suffixes` are given, ending in one of them). `option` names the
-    command-line option in the message ("-o")."""
+    command-line option in the message ("-o"); `example` is a file name to suggest."""
     path = Path(path)
     shown = f"{option} {path}"
+    example = example or ("out" + suffixes[0] if suffixes else "plan.json")
     if not path.name or path.name in (".", ".."):
-        raise UserError(f"{shown} names a directory: give a file name, e.g. {path / 'out'}")
+        raise UserError(f"{shown} names a directory: give a file name, e.g. {path / example}")
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -120,15 +123,15 @@ def check_target(path: str | Path, option: str, suffixes: tuple[str, ...] = ()) 
     except OSError as e:
         raise UserError(f"{shown} cannot be used ({e.strerror}): choose another path") from e
     if st is not None and not stat.S_ISREG(st.st_mode):
-        example = path / "out" if stat.S_ISDIR(st.st_mode) else path.with_name("out")
         raise UserError(
             f"{shown} is {_kind(st.st_mode)}, and only a regular file or a new path is written: "
-            f"give a file path such as {example}{suffixes[0] if suffixes else ''}"
+            f"{_instead(path, st.st_mode, example)}"
         )
     if suffixes and path.suffix.lower() not in suffixes:
+        shown_suffixes = ", ".join(suffixes[:3]) + (" or another that" if len(suffixes) > 3 else "")
         raise UserError(
-            f"{shown} does not end in {' or '.join(suffixes)}: give a name such as "
-            f"{path.with_suffix(suffixes[0]).name if path.suffix else path.name + suffixes[0]}"
+            f"{shown} does not end in a suffix this output takes ({shown_suffixes}): give a name "
+            f"such as {path.with_suffix(suffixes[0]).name if path.suffix else path.name + suffixes[0]}"
         )
     parent = path.parent
     if not parent.is_dir():
@@ -140,17 +143,29 @@ def check_target(path: str | Path, option: str, suffixes: tuple[str, ...] = ()) 
     return path
 
 
+def _instead(path: Path, mode: int, example: str) -> str:
+    """What to give instead of a target that is not a regular file."""
+    if stat.S_ISDIR(mode):
+        return f"give a file in it, e.g. {path / example}"
+    if stat.S_ISLNK(mode):
+        return f"give the file it points to ({os.path.realpath(path)}) or a new path"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return f"give a file path, e.g. ./{example}"
+    return f"give a regular file, e.g. {path.parent / example}"
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | Path, option: str, suffixes: tuple[str, ...] = ()) -> Iterator[Path]:
+def atomic_path(path: str | Path, option: str, suffixes: tuple[str, ...] = (),
+                example: str | None = None) -> Iterator[Path]:
     """A temporary path beside `path` (same suffix) for a writer that wants a file name; on
     success it replaces `path`, on any failure it is removed."""
-    path = check_target(path, option, suffixes)
+    path = check_target(path, option, suffixes, example)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
     tmp = Path(name)
     try:
         os.close(fd)
         yield tmp
-        check_target(path, option, suffixes)  # nothing swapped in while we worked
+        check_target(path, option, suffixes, example)  # nothing swapped in while we worked
         os.chmod(tmp, _mode_for(path))
         os.replace(tmp, path)
     except BaseException:

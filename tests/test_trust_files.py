@@ -63,6 +63,10 @@ def test_tune_refuses_special_targets_before_any_work(tmp_path):
         line = _fails("tune", "--model", "tiny-flux", "--vram", "1GB", "--gpu", "rtx-4060", "--trials", "1",
                       "-o", str(target), "--db", f"sqlite:///{db}")
         assert f"-o {target} is a" in line and "only a regular file or a new path is written" in line, kind
+        if kind in ("device", "full device"):
+            assert "give a file path, e.g. ./plan.json" in line
+        if kind == "symbolic link":
+            assert f"give the file it points to ({tmp_path / 'real.json'}) or a new path" in line
     assert not db.exists(), "refused before the store was opened: nothing stored"
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode) and stat.S_ISCHR(os.stat("/dev/full").st_mode)
     assert (tmp_path / "real.json").read_text() == "keep me"
@@ -109,7 +113,7 @@ def test_explain_png_names_what_it_writes(tmp_path, plan_file):
     assert f"--png {folder} is a directory" in line
     assert not (tmp_path / "shots.png").exists()
     line = _fails("explain", str(plan_file), "--gpu", "rtx-4060", "--png", str(tmp_path / "timeline"))
-    assert "does not end in .png" in line and "timeline.png" in line
+    assert "does not end in a suffix this output takes (.png)" in line and "timeline.png" in line
     assert not (tmp_path / "timeline.png").exists()
     png = tmp_path / "timeline.png"
     result = runner.invoke(app, ["explain", str(plan_file), "--gpu", "rtx-4060", "--png", str(png)])
@@ -133,7 +137,7 @@ def test_apply_refuses_an_unwritable_image_target_before_work(tmp_path, plan_fil
     base = ["apply", str(plan_file), "--weights", str(weights), "--prompt", "a cat", "--device", "cpu",
             "--db", f"sqlite:///{tmp_path / 'store.db'}"]
     line = _fails(*base, "-o", str(tmp_path / "x.xyz"))
-    assert "-o " in line and "does not end in .png" in line
+    assert "-o " in line and "(.png, .jpg, .webp or another that)" in line and "x.png" in line
     line = _fails(*base, "-o", str(tmp_path / "nowhere" / "cat.png"))
     assert "does not exist" in line
     for kind, target in _targets(tmp_path).items():

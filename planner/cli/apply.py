@@ -52,7 +52,7 @@ def apply(
         pass
     spec = find_model(plan.model.id)
     steps = steps if steps is not None else (spec.default_steps if spec else 28)
-    with atomic_path(output, "-o", suffixes) as tmp:  # the image appears whole, or not at all
+    with atomic_path(output, "-o", suffixes, "image" + suffixes[0]) as tmp:  # the image appears whole, or not at all
         config = GenerateConfig(
             weights=weights, prompt=prompt, output=tmp,
             steps=steps, seed=seed,

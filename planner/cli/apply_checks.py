@@ -21,8 +21,9 @@ def image_suffixes(animated: bool = False) -> tuple[str, ...]:
     Image.init()
     writers = Image.SAVE_ALL if animated else Image.SAVE
     found = {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in writers}
-    first = ".gif" if animated else ".png"
-    return (first,) + tuple(sorted(found - {first}))
+    common = (".gif", ".webp", ".png") if animated else (".png", ".jpg", ".webp")
+    first = tuple(e for e in common if e in found)  # the usual ones first: messages show these
+    return first + tuple(sorted(found - set(first)))
 
 
 def check_apply_inputs(
@@ -43,7 +44,7 @@ def check_apply_inputs(
             raise UserError(f"{name} {value} is not an image size: give a multiple of 16 from 16 to 16384")
     _check_weights(weights, transformer)
     suffixes = image_suffixes(animated=frames > 1)
-    check_target(output, "-o", suffixes)
+    check_target(output, "-o", suffixes, "image" + suffixes[0])
     return suffixes
 
 

@@ -26,11 +26,11 @@ def explain(
 
     plan = load_plan(plan_file)
     if png is not None:
-        check_target(png, "--png", (".png",))  # before any work: a directory is not a file name
+        check_target(png, "--png", (".png",), "timeline.png")  # before any work: a directory is not a file name
         _require_matplotlib()
     result = explain_plan(plan, _profile_for(plan, gpu, profile, db))
     if png is not None:
-        with atomic_path(png, "--png", (".png",)) as tmp:
+        with atomic_path(png, "--png", (".png",), "timeline.png") as tmp:
             render_timeline(result, tmp)
     if json_out:
         print_json({**result.to_dict(), "png": str(png) if png else None})
