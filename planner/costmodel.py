@@ -7,6 +7,18 @@ copies of uses 0..slots-1 are issued first; compute of `g` waits for the copy of
 of `g + slots` is issued once compute of `g` is enqueued and starts when compute of `g` has
 finished (slot free) and the copy before it on the single FIFO copy stream has finished.
 
+Two ways forwards follow each other, one schedule:
+- steady (`step_ms`, what the search minimises): forward after forward with no host
+  synchronisation, as a denoising loop runs them; the wrap-around prefetch of the next
+  forward's first streamed blocks runs under the next forward's compute. Here a deeper ring
+  never loses: every copy may start no later.
+- synchronized (`synchronized_step_ms`): the device synchronised before and after every
+  forward, as a benchmark timing forwards with a host clock does. The synchronize waits for
+  the wrap-around copies too, so a deeper ring, which prefetches more at the tail, can lose.
+  The H100 runs were timed this way: replayed, it matches them within 2.3 %
+  (tests/test_replay_h100.py, bench/replay_h100.py).
+Both assume the host enqueues work ahead of the device (the runtime never blocks the host).
+
 Durations, in ms:
 - copy of a block = per-copy overhead x its dtype groups + device bytes / bandwidth, where the
   bytes are `device_bytes_by_dtype(block, cast_on_host=(cast is pre))` and the bandwidth is
@@ -16,14 +28,19 @@ Durations, in ms:
   (`auto`), for streamed and resident blocks alike.
 - each forward starts with the non-block modules (`non_block_ms`).
 
-Memory: peak VRAM = device weight bytes + activation peak + workspace, where device weight
-bytes = resident blocks' device bytes + the non-block modules' device bytes
-(`Inventory.non_block_device_bytes`: the runtime keeps them in the compute dtype) + the ring
-(`runtime.schedule.ring_bytes`). The runtime reports the same device weight bytes.
+Memory: peak VRAM = device weight bytes + activation peak + workspace: what torch's allocator
+holds at its peak (`torch.cuda.max_memory_allocated`). Device weight bytes = resident blocks'
+device bytes + the non-block modules' device bytes (`Inventory.non_block_device_bytes`: the
+runtime keeps them in the compute dtype) + the ring (`runtime.schedule.ring_bytes`); the
+runtime reports the same device weight bytes. The workspace is the profile's: tensors carried
+between blocks and library workspaces, measured as they are used. A plan fits a budget when
+its peak is at most `usable_bytes(budget)`: the budget less what the card keeps outside the
+allocator (CUDA context, other processes) and a margin (`planner.reserve`).
 
-Lower bound at a budget V (see `CostModel.lower_bound_ms`): for each cast mode the search may
-use, max(compute of every forward incl. the casts that mode makes unavoidable, bytes that
-must stream / best bandwidth), and the smallest of those over cast modes.
+Lower bound at a budget V (`CostModel.lower_bound_ms`, `planner.floor`): the real floor, the
+best any placement could do within V: max(compute of every forward plus the casts a placement
+cannot avoid, the fewest bytes that must stream / the best bandwidth), minimised over which
+blocks stay resident and each block's cast.
 """
 
 from __future__ import annotations
@@ -31,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+from planner import reserve
 from runtime.errors import UserError
 from runtime.inventory import device_bytes_by_dtype
 from runtime.plan import CastMode, HostMemory
@@ -84,8 +102,9 @@ class Prediction:
     step_ms: float  # steady-state time of one step (the last simulated step)
     peak_vram_bytes: int
     device_weight_bytes: int
-    lower_bound_ms: float
+    lower_bound_ms: float  # the real floor at the budget (planner.floor)
     timeline: tuple[Event, ...]  # one steady step, both streams
+    synchronized_step_ms: float  # one step with the device synchronised around every forward
 
 
 class CostModel:
@@ -101,6 +120,7 @@ class CostModel:
         self.fixed_bytes = (
             inventory.non_block_device_bytes + profile.activation_peak_bytes + profile.workspace_bytes
         )
+        self.available_bytes = reserve.available_bytes(profile)  # what the card gives the allocator
         bw = profile.bandwidth
         self._gbps = {HostMemory.PINNED: bw.pinned_under_compute_gbps, HostMemory.PAGEABLE: bw.pageable_gbps}
         self.best_gbps = max(self._gbps.values())
@@ -132,6 +152,14 @@ class CostModel:
         ring = ring_bytes(ring_of(list(layout.streamed), layout.depth), streamed) if streamed else 0
         return resident + self.inventory.non_block_device_bytes + ring
 
+    def usable_bytes(self, budget_bytes: int) -> int:
+        """What a plan's peak may reach within `budget_bytes` on this card (`planner.reserve`)."""
+        return reserve.usable_bytes(budget_bytes, self.available_bytes)
+
+    def budget_needed(self, peak_bytes: int) -> int | None:
+        """The smallest budget a plan of `peak_bytes` fits, or None where this card cannot."""
+        return reserve.budget_needed(peak_bytes, self.available_bytes)
+
     def peak_bytes(self, layout: Layout) -> int:
         return self.device_weight_bytes(layout) - self.inventory.non_block_device_bytes + self.fixed_bytes
 
@@ -153,32 +181,18 @@ class CostModel:
         weights = self.device_weight_bytes(layout)
         peak = weights - self.inventory.non_block_device_bytes + self.fixed_bytes
         bound = self.lower_bound_ms(peak if budget_bytes is None else budget_bytes)
-        return Prediction(step, peak, weights, bound, timeline)
+        return Prediction(step, peak, weights, bound, timeline, self.synchronized_step_ms(layout))
 
     def lower_bound_ms(self, budget_bytes: int) -> float:
-        """No plan within `budget_bytes` can step faster than this.
+        """The real floor at `budget_bytes`: no placement, cast choice or depth the engine can
+        run within the budget steps faster (`planner.floor`)."""
+        from planner.floor import floor_ms, groups_of
 
-        For a cast mode: compute = forwards x (non-block + every block's compute, plus every
-        block's cast under `auto`, since resident blocks cast too). Bytes that must stream =
-        all block device bytes minus what can stay resident: the budget less non-block bytes,
-        activation peak, workspace and one ring slot of the smallest block (a plan that
-        streams anything holds at least that). The bound is max(compute, forwards x must-stream
-        bytes / the best bandwidth), minimised over the cast modes of the search space.
-        """
-        bounds = []
-        for cast in self.cast_modes():
-            totals = self.dev_total[cast]
-            compute = self.forwards * (
-                self.profile.non_block_ms + sum(self.block_compute_ms(i, cast) for i in range(len(totals)))
-            )
-            room = budget_bytes - self.fixed_bytes
-            if room >= sum(totals):
-                must_stream = 0
-            else:
-                must_stream = max(0, sum(totals) - max(0, room - min(totals)))
-            transfer = self.forwards * must_stream / (self.best_gbps * 1e6)
-            bounds.append(max(compute, transfer))
-        return min(bounds)
+        groups = groups_of(self.dev_total[CastMode.PRE], self.dev_total[CastMode.AUTO], self.cast_ms)
+        compute = self.profile.non_block_ms + sum(self.compute)
+        # below the smallest plan's need, the floor of the smallest plan (everything streamed)
+        room = max(self.usable_bytes(budget_bytes) - self.fixed_bytes, max(g.auto_bytes for g in groups))
+        return floor_ms(groups, compute, room, self.best_gbps, self.forwards)
 
     def cast_modes(self) -> tuple[CastMode, ...]:
         return (CastMode.PRE, CastMode.AUTO) if self.fp8 else (CastMode.PRE,)
@@ -194,45 +208,76 @@ class CostModel:
         if not 1 <= layout.depth <= 16:
             raise UserError(f"prefetch depth {layout.depth} is out of range: give 1 to 16")
 
-    def _simulate(self, layout: Layout, record: bool) -> tuple[float, tuple[Event, ...]]:
+    def _durations(self, layout: Layout):
         self._check(layout)
-        n = len(self.names)
         comp = [self.block_compute_ms(i, c) for i, c in enumerate(layout.casts)]
         copy = [self.copy_ms(i, c, layout.host_memory) for i, c in enumerate(layout.casts)]
-        pageable = layout.host_memory is HostMemory.PAGEABLE
-        streamed = [i for i in range(n) if layout.streamed[i]]
+        streamed = [i for i in range(len(self.names)) if layout.streamed[i]]
+        return comp, copy, streamed
+
+    def _forward(self, sim: "_Sim", layout: Layout, q: int, durations, step: int) -> None:
+        """Forward `q` (counted across steps) on both streams, from the cursors where they are."""
+        comp, copy, streamed = durations
         m = len(streamed)
         slots = min(layout.depth, m)
-        nb = self.profile.non_block_ms
+        pageable = layout.host_memory is HostMemory.PAGEABLE
+        sim.compute(NON_BLOCK, self.profile.non_block_ms, 0.0, 0.0, step)
+        j = 0
+        for i in range(len(self.names)):
+            if not layout.streamed[i]:
+                sim.compute(i, comp[i], 0.0, comp[i] - self.compute[i], step)
+                continue
+            g = q * m + j
+            j += 1
+            end = sim.compute(i, comp[i], sim.copy_done.pop(g), comp[i] - self.compute[i], step)
+            nxt = streamed[(g + slots) % m]
+            sim.copy(g + slots, nxt, copy[nxt], end, step)
+            if pageable:
+                sim.t_comp = sim.t_copy
+
+    def _simulate(self, layout: Layout, record: bool) -> tuple[float, tuple[Event, ...]]:
+        durations = self._durations(layout)
+        _, copy, streamed = durations
+        slots = min(layout.depth, len(streamed))
         sim = _Sim(record)
         for g in range(slots):  # initial copies, before the first step
             sim.copy(g, streamed[g], copy[streamed[g]], 0.0, step=-1)
-        if pageable:
+        if layout.host_memory is HostMemory.PAGEABLE:
             sim.t_comp = sim.t_copy
         ends = [0.0]
         step = 0
         while step < DEFAULT_STEPS or (step < MAX_STEPS and not _settled(ends)):
             for f in range(self.forwards):
-                q = step * self.forwards + f
-                sim.compute(NON_BLOCK, nb, 0.0, 0.0, step)
-                j = 0
-                for i in range(n):
-                    if not layout.streamed[i]:
-                        sim.compute(i, comp[i], 0.0, comp[i] - self.compute[i], step)
-                        continue
-                    g = q * m + j
-                    j += 1
-                    end = sim.compute(i, comp[i], sim.copy_done.pop(g), comp[i] - self.compute[i], step)
-                    nxt = streamed[(g + slots) % m]
-                    sim.copy(g + slots, nxt, copy[nxt], end, step)
-                    if pageable:
-                        sim.t_comp = sim.t_copy
+                self._forward(sim, layout, step * self.forwards + f, durations, step)
             ends.append(sim.t_comp)
             step += 1
         step_ms = ends[-1] - ends[-2]
         if not record:
             return step_ms, ()
         return step_ms, sim.timeline(step - 1, ends[-2], self.names)
+
+    def synchronized_step_ms(self, layout: Layout) -> float:
+        """One step when the device is synchronised before and after every forward.
+
+        That is how a benchmark times forwards with a host clock (`torch.cuda.synchronize()`
+        around each). The engine runs the same schedule, but each forward starts with both
+        streams idle and its first `slots` streamed blocks already in the ring (the previous
+        forward's wrap-around prefetch finished inside the previous synchronize), and it ends
+        when both streams are done: the synchronize also waits for this forward's own
+        wrap-around copies of the next forward's first blocks, which in a denoising loop run
+        under the next forward's compute instead. A deeper ring prefetches more of those
+        blocks at the tail of the forward, so here a deeper ring can be slower.
+        """
+        durations = self._durations(layout)
+        m = len(durations[2])
+        slots = min(layout.depth, m)
+        total = 0.0
+        for f in range(self.forwards):
+            sim = _Sim(False)
+            sim.copy_done = {f * m + g: 0.0 for g in range(slots)}
+            self._forward(sim, layout, f, durations, 0)
+            total += max(sim.t_comp, sim.t_copy)
+        return total
 
 
 def _settled(ends: list[float]) -> bool:

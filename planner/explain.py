@@ -32,6 +32,12 @@ class Explanation:
     def wait_ms(self) -> float:
         return sum(r.wait_ms for r in self.rows)
 
+    @property
+    def ratio_to_floor(self) -> float | None:
+        """Step time over the real floor at the plan's budget (the best any placement does)."""
+        p = self.prediction
+        return p.step_ms / p.lower_bound_ms if p.lower_bound_ms > 0 else None
+
     def to_dict(self) -> dict:
         p = self.prediction
         return {
@@ -39,6 +45,8 @@ class Explanation:
             "peak_vram_bytes": p.peak_vram_bytes,
             "device_weight_bytes": p.device_weight_bytes,
             "lower_bound_ms": p.lower_bound_ms,
+            "ratio_to_floor": self.ratio_to_floor,
+            "synchronized_step_ms": p.synchronized_step_ms,
             "wait_ms": self.wait_ms,
             "blocks": [dataclasses.asdict(r) for r in self.rows],
             "timeline": [

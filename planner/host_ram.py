@@ -42,10 +42,10 @@ class Choice:
 
 
 def streamed_bytes(ev: Evaluator, c: Candidate) -> int:
-    """Bytes the streamed blocks occupy on the host (and move per forward) in `c`'s cast."""
-    flags = ev.space.streamed_flags(c)
-    totals = ev.models[c.cfg].dev_total[c.cast]
-    return sum(t for t, s in zip(totals, flags) if s)
+    """Bytes the streamed blocks occupy on the host (and move per forward) in their cast."""
+    layout = ev.space.layout(c)
+    totals = ev.models[c.cfg].dev_total
+    return sum(totals[cast][i] for i, (s, cast) in enumerate(zip(layout.streamed, layout.casts)) if s)
 
 
 def pinned_bytes(ev: Evaluator, c: Candidate) -> int:
@@ -55,10 +55,12 @@ def pinned_bytes(ev: Evaluator, c: Candidate) -> int:
 def choose(
     inventory, profiles, result: SearchResult, vram_budget: int, host_ram: int
 ) -> Choice:
-    """The fastest candidate within both budgets; ties to fewer streamed, then pinned, bytes."""
+    """The fastest candidate within both budgets; ties to fewer streamed, then pinned, bytes,
+    then the search's own tie-break (a forward timed between device synchronisations)."""
     ev = Evaluator(inventory, profiles)
-    pool = _pool(ev, result, vram_budget)
-    fits = [s for s in pool if s.peak_vram_bytes <= vram_budget and pinned_bytes(ev, s.candidate) <= host_ram]
+    room = result.room_bytes  # what a peak may fill within `vram_budget` (planner.reserve)
+    pool = _pool(ev, result, room)
+    fits = [s for s in pool if s.peak_vram_bytes <= room and pinned_bytes(ev, s.candidate) <= host_ram]
     if not fits:  # cannot happen: pageable stream-all fits whenever the search found anything
         raise UserError("no plan fits both budgets: give a larger --vram or --host-ram")
     fastest = min(s.step_ms for s in fits)
@@ -66,7 +68,8 @@ def choose(
     best = min(
         tied,
         key=lambda s: (streamed_bytes(ev, s.candidate), pinned_bytes(ev, s.candidate),
-                       s.step_ms, s.peak_vram_bytes, s.candidate.describe()),
+                       ev.synchronized_ms(s.candidate), s.step_ms, s.peak_vram_bytes,
+                       s.candidate.describe()),
     )
     return Choice(
         scored=best,
@@ -77,34 +80,41 @@ def choose(
     )
 
 
-def _pool(ev: Evaluator, result: SearchResult, budget: int) -> list[Scored]:
+def _pool(ev: Evaluator, result: SearchResult, room: int) -> list[Scored]:
     base = [result.best, *result.pareto, *(s for _, s in result.policies if s is not None)]
-    found: dict[Candidate, Scored] = {}
+    found: dict[Candidate, Scored] = {s.candidate: s for s in base}
     space = ev.space
     for s in base:
-        c = s.candidate
-        for variant in _variants(ev, c, budget):
-            if variant not in found and ev.peak(variant) <= budget:
-                found[variant] = ev.score(variant)
+        for variant in _variants(ev, s.candidate, room):
+            _add(ev, found, variant, room)
     everything = {run.kind: len(run.positions) for run in space.kinds}
     for depth in space.depths:
         for cast in space.casts:
             for cfg in space.cfgs:
                 c = space.candidate(everything, Pattern.PREFIX, depth, cast, HostMemory.PINNED, cfg)
-                if c not in found and ev.peak(c) <= budget:
-                    found[c] = ev.score(c)
+                _add(ev, found, c, room)
     return list(found.values())
 
 
-def _variants(ev: Evaluator, c: Candidate, budget: int):
+def _add(ev: Evaluator, found: dict, c: Candidate, room: int) -> None:
+    c = ev.with_precast(c, room)
+    if c not in found and ev.peak(c) <= room:
+        found[c] = ev.score(c)
+
+
+def _variants(ev: Evaluator, c: Candidate, room: int):
+    """`c` with every streamed cast and host memory kind, the residents keeping their cast or
+    taking the streamed one, each also with the fill kind filled to the most that fits."""
     space = ev.space
+    if c.pattern is Pattern.EXPLICIT:
+        for cast in space.casts:
+            for host in space.hosts:
+                yield dataclasses.replace(c, cast=cast, host_memory=host)
+        return
+    others = {k: n for k, n in c.resident if k != space.fill_kind}
     for cast in space.casts:
         for host in space.hosts:
-            v = dataclasses.replace(c, cast=cast, host_memory=host)
-            yield v
-            if c.pattern is Pattern.EXPLICIT:
-                continue
-            counts = dict(c.resident)
-            others = {k: n for k, n in counts.items() if k != space.fill_kind}
-            fill = ev.max_fill(others, c.pattern, c.depth, cast, host, c.cfg, budget)
-            yield space.candidate({**others, space.fill_kind: fill}, c.pattern, c.depth, cast, host, c.cfg)
+            for rcast in {c.cast_of_resident, cast}:
+                yield space.candidate(dict(c.resident), c.pattern, c.depth, cast, host, c.cfg, rcast, c.precast)
+                fill = ev.max_fill(others, c.pattern, c.depth, cast, host, c.cfg, room, rcast)
+                yield space.candidate({**others, space.fill_kind: fill}, c.pattern, c.depth, cast, host, c.cfg, rcast)

@@ -1,12 +1,15 @@
 """The search: Optuna (TPE, seeded) over the structured space, under a VRAM budget.
 
 Parameters Optuna sees: the resident count of every kind but one, the pattern, the prefetch
-depth, the host memory kind, the cast mode (fp8 storage only) and the CFG mode (CFG models
-only). The remaining kind (the one with the most blocks, the finest step) is filled to the
+depth, the host memory kind, the cast modes of streamed and of resident blocks (fp8 storage
+only) and the CFG mode (CFG models only). Resident blocks kept in fp8 are then pre-cast to
+bf16, as many as the VRAM left over holds (`Candidate.precast`). The remaining kind (the one with the most blocks, the finest step) is filled to the
 most that fits the budget less a `slack` of 0..MAX_SLACK blocks, so nearly every trial is
 feasible. Trials over the budget are marked infeasible through the sampler's constraints.
+"The budget" inside is the room a plan's peak may fill: the VRAM budget less what the card
+keeps outside the allocator and a margin (`planner.reserve`).
 Before the study, an analytic pass scores every candidate with the fill kind filled to the
-most that fits (slack 0; 480 candidates for bf16 FLUX, 960 for fp8); its best are enqueued
+most that fits (slack 0; 480 candidates for bf16 FLUX, 1920 for fp8); its best are enqueued
 next to the peer policies. The peers are also scored directly, so the result is never
 predicted slower than any of them. Deterministic for a seed unless a timeout cuts the study.
 """
@@ -24,6 +27,7 @@ from planner.costmodel import CostModel
 from planner.policies import Policy, policy_candidates
 from planner.space import Candidate, Pattern, Space, space_of
 from runtime.errors import UserError
+from runtime.plan import CastMode
 from runtime.workload import CfgMode
 
 DEFAULT_TRIALS = 160
@@ -56,6 +60,7 @@ class SearchResult:
     trials: int
     seconds: float
     min_budget_bytes: int
+    room_bytes: int  # what a plan's peak may fill within the budget (planner.reserve)
 
 
 class Evaluator:
@@ -81,8 +86,15 @@ class Evaluator:
             self.scored[c] = Scored(c, step, self.peak(c))
         return self.scored[c]
 
-    def min_budget_bytes(self) -> int:
-        """The smallest budget any candidate fits: every block streamed at depth 1."""
+    def usable(self, budget: int) -> int:
+        """What a candidate's peak may reach within `budget` (`planner.reserve`)."""
+        return min(m.usable_bytes(budget) for m in self.models.values())
+
+    def synchronized_ms(self, c: Candidate) -> float:
+        return self.models[c.cfg].synchronized_step_ms(self.space.layout(c))
+
+    def min_peak_bytes(self) -> int:
+        """The smallest peak of any candidate: every block streamed at depth 1."""
         counts = {run.kind: 0 for run in self.space.kinds}
         return min(
             self.peak(self.space.candidate(counts, Pattern.PREFIX, 1, cast, self.space.hosts[0], cfg))
@@ -90,14 +102,49 @@ class Evaluator:
             for cfg in self.space.cfgs
         )
 
-    def max_fill(self, counts: dict[str, int], pattern, depth, cast, host, cfg, budget: int) -> int:
-        """Most blocks of the fill kind that can stay resident with `counts` of the others."""
+    def max_fill(self, counts: dict[str, int], pattern, depth, cast, host, cfg, budget: int,
+                 rcast=None) -> int:
+        """Most blocks of the fill kind that can stay resident with `counts` of the others
+        (binary search: one more resident never lowers the peak, the ring at most gives back
+        the slot the block needed)."""
         fill = self.space.fill_kind
-        for n in range(len(self.space.kind(fill).positions), -1, -1):
-            c = self.space.candidate({**counts, fill: n}, pattern, depth, cast, host, cfg)
-            if self.peak(c) <= budget:
-                return n
-        return 0
+
+        def fits(n: int) -> bool:
+            return self.peak(self.space.candidate({**counts, fill: n}, pattern, depth, cast, host, cfg, rcast)) <= budget
+
+        lo, hi = 0, len(self.space.kind(fill).positions)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if fits(mid):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def with_precast(self, c: Candidate, budget: int) -> Candidate:
+        """`c` with as many fp8 residents pre-cast to bf16 as fit the budget (binary search:
+        the peak grows with every block pre-cast)."""
+        if c.cast_of_resident is not CastMode.AUTO or self.peak(c) > budget:
+            return c
+        def make(n: int) -> Candidate:
+            return self.space.candidate(dict(c.resident), c.pattern, c.depth, c.cast, c.host_memory, c.cfg,
+                                        c.cast_of_resident, n)
+        lo, hi = 0, sum(n for _, n in c.resident)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.peak(make(mid)) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        return make(lo)
+
+    def complete(self, counts: dict[str, int], pattern, depth, cast, rcast, host, cfg, slack: int,
+                 budget: int) -> Candidate:
+        """The candidate these choices make: the fill kind filled to the most that fits less
+        `slack`, then fp8 residents pre-cast where the VRAM left over allows."""
+        fill = max(0, self.max_fill(counts, pattern, depth, cast, host, cfg, budget, rcast) - slack)
+        c = self.space.candidate({**counts, self.space.fill_kind: fill}, pattern, depth, cast, host, cfg, rcast)
+        return self.with_precast(c, budget)
 
 
 def pareto_front(scored) -> tuple[Scored, ...]:
@@ -109,16 +156,31 @@ def pareto_front(scored) -> tuple[Scored, ...]:
     return tuple(front)
 
 
-def _best(scored, budget: int) -> Scored | None:
+def _best(scored, budget: int, ev: "Evaluator | None" = None) -> Scored | None:
+    """The fastest candidate within `budget`. Among those as fast (a compute-bound step has
+    many), the one a forward timed between device synchronisations finds fastest: usually the
+    shallower ring, which prefetches less at the tail of a forward."""
     feasible = [s for s in scored if s.peak_vram_bytes <= budget]
-    return min(feasible, key=lambda s: (s.step_ms, s.peak_vram_bytes), default=None)
+    best = min(feasible, key=lambda s: (s.step_ms, s.peak_vram_bytes), default=None)
+    if best is None or ev is None:
+        return best
+    ties = [s for s in feasible if s.step_ms <= best.step_ms * (1 + 1e-9)]
+    return min(ties, key=lambda s: (ev.synchronized_ms(s.candidate), s.step_ms, s.peak_vram_bytes))
 
 
 def check_budget(ev: Evaluator, budget: int) -> int:
+    """The smallest budget any plan fits (refusing `budget` below it, or a card too small)."""
     from planner.budget import format_size
 
-    need = ev.min_budget_bytes()
-    if budget < need:
+    peak = ev.min_peak_bytes()
+    need = max(m.budget_needed(peak) or 0 for m in ev.models.values())
+    if any(m.budget_needed(peak) is None for m in ev.models.values()):
+        raise UserError(
+            f"no plan of {ev.inventory.model_id} at this workload fits this card: even with every block "
+            f"streamed it needs {format_size(peak)} beside what the card keeps for the CUDA context; "
+            f"use a smaller resolution or batch, or a larger card"
+        )
+    if ev.usable(budget) < peak:
         raise UserError(
             f"no plan fits a VRAM budget of {format_size(budget)} for {ev.inventory.model_id} at this "
             f"workload: give --vram {format_size(_round_up(need)).replace(' ', '')} or more"
@@ -140,12 +202,13 @@ def search(inventory, profiles: Mapping[CfgMode, object], settings: Settings) ->
     started = time.perf_counter()
     ev = Evaluator(inventory, profiles)
     need = check_budget(ev, settings.budget_bytes)
-    peers = policy_candidates(ev.space, ev.peak, settings.budget_bytes)
+    room = ev.usable(settings.budget_bytes)
+    peers = policy_candidates(ev.space, ev.peak, room)
     policies = tuple((p, ev.score(c) if c is not None else None) for p, c in peers.items())
-    frontier = _frontier(ev, settings.budget_bytes)
+    frontier = _frontier(ev, room)
     seeds = [c for c in peers.values() if c is not None] + [s.candidate for s in frontier[:SEEDED_FRONTIER]]
-    trials = _run_study(ev, settings, seeds)
-    best = _best(ev.scored.values(), settings.budget_bytes)
+    trials = _run_study(ev, settings, seeds, room)
+    best = _best(ev.scored.values(), room, ev)
     assert best is not None, "stream-all fits whenever the budget check passed"
     return SearchResult(
         best=best,
@@ -154,6 +217,7 @@ def search(inventory, profiles: Mapping[CfgMode, object], settings: Settings) ->
         trials=trials,
         seconds=time.perf_counter() - started,
         min_budget_bytes=need,
+        room_bytes=room,
     )
 
 
@@ -166,27 +230,27 @@ def _frontier(ev: Evaluator, budget: int) -> list[Scored]:
     others = [run for run in space.kinds if run.kind != space.fill_kind]
     combos = itertools.product(
         *(range(len(r.positions) + 1) for r in others),
-        _PATTERNS, space.depths, space.casts, space.hosts, space.cfgs,
+        _PATTERNS, space.depths, space.casts, space.casts, space.hosts, space.cfgs,
     )
-    size = len(_PATTERNS) * len(space.depths) * len(space.casts) * len(space.hosts) * len(space.cfgs)
+    size = len(_PATTERNS) * len(space.depths) * len(space.casts) ** 2 * len(space.hosts) * len(space.cfgs)
     for r in others:
         size *= len(r.positions) + 1
     if size > FRONTIER_LIMIT:
         return []
     found = {}
-    for *numbers, pattern, depth, cast, host, cfg in combos:
+    for *numbers, pattern, depth, cast, rcast, host, cfg in combos:
         counts = {r.kind: n for r, n in zip(others, numbers)}
-        fill = ev.max_fill(counts, pattern, depth, cast, host, cfg, budget)
-        c = space.candidate({**counts, space.fill_kind: fill}, pattern, depth, cast, host, cfg)
+        c = ev.complete(counts, pattern, depth, cast, rcast, host, cfg, 0, budget)
         if c not in found and ev.peak(c) <= budget:
             found[c] = ev.score(c)
     return sorted(found.values(), key=lambda s: (s.step_ms, s.peak_vram_bytes))
 
 
-def _run_study(ev: Evaluator, settings: Settings, seeds: list[Candidate]) -> int:
+def _run_study(ev: Evaluator, settings: Settings, seeds: list[Candidate], budget: int) -> int:
+    """The study; `budget` is the room a candidate's peak may fill (`Evaluator.usable`)."""
     import optuna
 
-    space, budget = ev.space, settings.budget_bytes
+    space = ev.space
     others = [run for run in space.kinds if run.kind != space.fill_kind]
 
     def decode(trial) -> Candidate:
@@ -194,11 +258,11 @@ def _run_study(ev: Evaluator, settings: Settings, seeds: list[Candidate]) -> int
         pattern = Pattern(trial.suggest_categorical("pattern", [p.value for p in _PATTERNS]))
         depth = trial.suggest_int("depth", min(space.depths), max(space.depths))
         cast = _choice(trial, "cast", space.casts)
+        rcast = _choice(trial, "resident_cast", space.casts)
         host = _choice(trial, "host_memory", space.hosts)
         cfg = _choice(trial, "cfg", space.cfgs)
         slack = trial.suggest_int("slack", 0, MAX_SLACK)
-        fill = max(0, ev.max_fill(counts, pattern, depth, cast, host, cfg, budget) - slack)
-        return space.candidate({**counts, space.fill_kind: fill}, pattern, depth, cast, host, cfg)
+        return ev.complete(counts, pattern, depth, cast, rcast, host, cfg, slack, budget)
 
     def objective(trial) -> float:
         scored = ev.score(decode(trial))
@@ -245,11 +309,12 @@ def _params(ev: Evaluator, c: Candidate, budget: int, others) -> dict:
     space = ev.space
     counts = {r.kind: c.count(r.kind) for r in others}
     pattern = c.pattern if c.pattern in _PATTERNS else Pattern.PREFIX
-    top = ev.max_fill(counts, pattern, c.depth, c.cast, c.host_memory, c.cfg, budget)
+    top = ev.max_fill(counts, pattern, c.depth, c.cast, c.host_memory, c.cfg, budget, c.resident_cast)
     params: dict = {f"resident_{k}": n for k, n in counts.items()}
     params.update(pattern=pattern.value, depth=c.depth, slack=min(MAX_SLACK, max(0, top - c.count(space.fill_kind))))
     for name, value, options in (
-        ("cast", c.cast, space.casts), ("host_memory", c.host_memory, space.hosts), ("cfg", c.cfg, space.cfgs)
+        ("cast", c.cast, space.casts), ("resident_cast", c.cast_of_resident, space.casts),
+        ("host_memory", c.host_memory, space.hosts), ("cfg", c.cfg, space.cfgs),
     ):
         if len(options) > 1:
             params[name] = value.value
@@ -262,9 +327,11 @@ def exhaustive(inventory, profiles: Mapping[CfgMode, object], budget_bytes: int)
     For benchmarks: it scores every candidate that fits the budget (thousands for FLUX).
     """
     ev = Evaluator(inventory, profiles)
+    room = ev.usable(budget_bytes)
     count = 0
     for c in ev.space.enumerate():
-        if ev.peak(c) <= budget_bytes:
+        c = ev.with_precast(c, room)
+        if ev.peak(c) <= room and c not in ev.scored:
             ev.score(c)
             count += 1
-    return _best(ev.scored.values(), budget_bytes), count
+    return _best(ev.scored.values(), room, ev), count

@@ -1,8 +1,15 @@
 """The structured search space: candidates the runtime can execute, and their placements.
 
 A candidate says how many blocks of each kind stay resident and where (a pattern applied
-within each kind's run of blocks), the cast mode (only for fp8 storage), the prefetch depth,
+within each kind's run of blocks), the cast modes (only for fp8 storage), the prefetch depth,
 the host memory kind and, for models run with classifier-free guidance, how CFG is batched.
+
+Casts are chosen per block in two groups. Streamed blocks all use `cast`: `auto` sends fp8
+over the bus and casts on the GPU, `pre` sends bf16 (twice the bytes, no cast). Resident
+blocks use `resident_cast`: `pre` keeps them in bf16 (twice the VRAM, no cast per step);
+`auto` keeps them in fp8 and casts every step, except the first `precast` of them (execution
+order), which are pre-cast after all because the VRAM left over holds them in bf16: the search
+sets `precast` to the most that fit, so fp8 residents cost a cast only where VRAM is short.
 """
 
 from __future__ import annotations
@@ -36,6 +43,12 @@ class Candidate:
     host_memory: HostMemory
     cfg: CfgMode = CfgMode.NONE
     explicit: tuple[bool, ...] | None = None  # streamed flags, for Pattern.EXPLICIT only
+    resident_cast: CastMode | None = None  # None: the same as `cast`
+    precast: int = 0  # with resident_cast auto: the first this many residents are pre-cast
+
+    @property
+    def cast_of_resident(self) -> CastMode:
+        return self.cast if self.resident_cast is None else self.resident_cast
 
     def count(self, kind: str) -> int:
         return dict(self.resident)[kind]
@@ -46,6 +59,8 @@ class Candidate:
             "pattern": self.pattern.value,
             "depth": self.depth,
             "cast": self.cast.value,
+            "resident_cast": self.cast_of_resident.value,
+            "precast": self.precast,
             "host_memory": self.host_memory.value,
             "cfg": self.cfg.value,
         }
@@ -55,7 +70,11 @@ class Candidate:
 
     def describe(self) -> str:
         counts = ", ".join(f"{n} {k}" for k, n in self.resident)
-        return f"resident {counts} ({self.pattern.value}), depth {self.depth}, {self.cast.value}, {self.host_memory.value}"
+        casts = self.cast.value
+        if self.cast_of_resident is not self.cast or self.precast:
+            casts = f"streamed {self.cast.value}, resident {self.cast_of_resident.value}"
+            casts += f" ({self.precast} pre-cast)" if self.precast else ""
+        return f"resident {counts} ({self.pattern.value}), depth {self.depth}, {casts}, {self.host_memory.value}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,14 +118,35 @@ class Space:
         return tuple(flags)
 
     def layout(self, c: Candidate) -> Layout:
-        return Layout.uniform(self.streamed_flags(c), c.cast, c.depth, c.host_memory)
+        streamed = self.streamed_flags(c)
+        casts, seen = [], 0
+        for s in streamed:
+            if s:
+                casts.append(c.cast)
+            else:
+                casts.append(CastMode.PRE if seen < c.precast else c.cast_of_resident)
+                seen += 1
+        return Layout(streamed, tuple(casts), c.depth, c.host_memory)
 
     def candidate(self, counts: dict[str, int], pattern: Pattern, depth: int, cast: CastMode,
-                  host: HostMemory, cfg: CfgMode) -> Candidate:
+                  host: HostMemory, cfg: CfgMode, resident_cast: CastMode | None = None,
+                  precast: int = 0) -> Candidate:
         resident = tuple((run.kind, counts[run.kind]) for run in self.kinds)
         if all(n in (0, len(self.kind(k).positions)) for k, n in resident):
             pattern = Pattern.PREFIX  # where every kind is all-or-nothing, patterns coincide
-        return Candidate(resident, pattern, depth, cast, host, cfg)
+        total = sum(n for _, n in resident)
+        rcast = resident_cast or cast
+        if total == 0:  # nothing resident: only the streamed cast matters
+            rcast, precast = cast, 0
+        if rcast is CastMode.PRE:
+            precast = 0
+        precast = max(0, min(precast, total))
+        if precast == total and total:  # every resident pre-cast after all
+            rcast, precast = CastMode.PRE, 0
+        if total == self.num_blocks:  # nothing streams: only the residents' cast matters
+            cast = rcast
+        resident_cast = None if rcast is cast else rcast
+        return Candidate(resident, pattern, depth, cast, host, cfg, None, resident_cast, precast)
 
     def enumerate(self) -> Iterator[Candidate]:
         """Every distinct candidate of the space (patterns folded where they coincide)."""
@@ -115,8 +155,10 @@ class Space:
         for counts in itertools.product(*ranges):
             named = dict(zip((r.kind for r in self.kinds), counts))
             for pattern in (Pattern.SPREAD, Pattern.PREFIX, Pattern.SUFFIX):
-                for depth, cast, host, cfg in itertools.product(self.depths, self.casts, self.hosts, self.cfgs):
-                    c = self.candidate(named, pattern, depth, cast, host, cfg)
+                for depth, cast, rcast, host, cfg in itertools.product(
+                    self.depths, self.casts, self.casts, self.hosts, self.cfgs
+                ):
+                    c = self.candidate(named, pattern, depth, cast, host, cfg, rcast)
                     if c not in seen:
                         seen.add(c)
                         yield c

@@ -181,6 +181,7 @@ def plan_of(inventory, source: ProfileSource, scored: Scored, budget: int) -> tu
         prefetch_depth=c.depth,
         host_memory=c.host_memory,
         cast=c.cast,
+        casts={b.name: cast for b, cast in zip(inventory.blocks, layout.casts)},
         predictions=Predictions(prediction.step_ms, prediction.peak_vram_bytes, prediction.lower_bound_ms),
         profile_id=source.profile_id,
     )
@@ -231,7 +232,7 @@ def _verify(inv, source: ProfileSource, result: SearchResult, req: TuneRequest, 
 
     ev = Evaluator(inv, source.profiles)
     ranked = sorted(
-        (s for s in result.pareto if s.peak_vram_bytes <= req.budget_bytes
+        (s for s in result.pareto if s.peak_vram_bytes <= result.room_bytes
          and pinned_bytes(ev, s.candidate) <= host.host_ram_bytes),
         key=lambda s: s.step_ms,
     )
@@ -278,7 +279,7 @@ def _measure(model, adapter, plan, steps: int = 3) -> tuple[float, int]:
 def host_bytes(outcome: TuneOutcome) -> int:
     """Host RAM the streamed blocks occupy, in the dtype the plan keeps them on the host."""
     model = CostModel(outcome.inventory, outcome.source.profiles[outcome.plan.workload.cfg])
-    cast = outcome.plan.blocks[0].cast
+    cast = outcome.plan.streamed[0].cast if outcome.plan.streamed else outcome.plan.blocks[0].cast
     names = {b.name for b in outcome.plan.streamed}
     return sum(t for b, t in zip(outcome.inventory.blocks, model.dev_total[cast]) if b.name in names)
 

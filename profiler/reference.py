@@ -22,7 +22,10 @@ The assumptions, each a named constant below:
   before it, attention as one fused op (flash/memory-efficient SDPA: no seq^2 score matrix).
   On an H100 the measured peaks of flux-dev's blocks at 1024x1024 were 5-17 % above the count
   (allocator rounding, and the profiler's standalone block keeps its inputs and output alive).
-- Workspace: 768 MiB for the CUDA context (~300-500 MiB), cuBLAS workspaces and allocator slack.
+- Workspace: 128 MiB of what torch's allocator holds besides weights and a block's activation:
+  cuBLAS/cuBLASLt workspaces (8-64 MiB by card) and the hidden states carried between blocks
+  (33 MB for FLUX at 1024x1024). The CUDA context is outside the allocator: `planner.reserve`
+  takes a stated margin for it off the card's memory.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ UNDER_COMPUTE_EFFICIENCY = 0.75
 PAGEABLE_EFFICIENCY = 0.35
 COPY_OVERHEAD_US = 6.0
 MEMORY_EFFICIENCY = 0.8
-WORKSPACE_BYTES = 768 * 2**20
+WORKSPACE_BYTES = 128 * 2**20
 _MIB = 2**20
 
 

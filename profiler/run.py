@@ -20,7 +20,6 @@ from runtime.workload import Workload
 # progress(stage, done, total): stage is "bandwidth" or "blocks".
 Progress = Optional[Callable[[str, int, int], None]]
 
-CUDA_SLACK_BYTES = 256 * 2**20  # cuBLAS workspaces and allocator slack beyond the context
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +58,7 @@ def _profile(request: ProfileRequest, dev, progress: Progress) -> Profile:
     model, adapter = meta_model(request.model_id, compute)
     inv = inventory_of_module(model, adapter, request.model_id, request.storage)
     trace = model_trace(request.model_id, request.workload, compute)
-    workspace = _workspace_bytes(dev)
+    workspace = _workspace_bytes(model, adapter, request.workload, dev, compute)
     bandwidth = measure_bandwidth(dev, copy_sizes(max(b.bytes for b in inv.blocks)), progress)
     costs = _measure_blocks(model, adapter, request, dev, compute, trace, progress)
     blocks = tuple(
@@ -119,18 +118,63 @@ def _measure_blocks(model, adapter, request: ProfileRequest, dev, compute: DType
     return costs
 
 
-def _workspace_bytes(dev) -> int:
-    """Device memory the process holds outside torch's allocator (CUDA context, other
-    processes) plus slack for cuBLAS workspaces; 0 on CPU, where there is no context."""
+def _workspace_bytes(model_meta, adapter, workload: Workload, dev, compute: DType) -> int:
+    """Allocator bytes a running model holds besides its weights and a block's activation peak,
+    measured the way they are used: the tensors carried from block to block (a block's inputs:
+    `measure_block`'s activation peak counts from after they exist) and, on CUDA, the cuBLAS /
+    cuBLASLt workspaces the first matmuls on the compute stream allocate through torch's
+    allocator. The CUDA context is not in it: it is outside the allocator, and what the card
+    keeps outside the allocator is taken off the budget when tuning (`planner.reserve`)."""
+    carried = _carried_bytes(model_meta, adapter, workload, compute)
+    if dev.type != "cuda":
+        return carried
+    return carried + _library_workspace_bytes(dev, compute.torch())
+
+
+def _carried_bytes(model_meta, adapter, workload: Workload, compute: DType) -> int:
+    """Bytes of the largest block's inputs at `workload`, built on `meta` (no memory)."""
     import torch
 
-    if dev.type != "cuda":
-        return 0
-    torch.zeros(1, device=dev)  # create the context
+    kinds = dict.fromkeys(kind for _, kind, _ in adapter.blocks(model_meta))
+    meta = torch.device("meta")
+    sizes = []
+    for kind in kinds:
+        inputs = adapter.block_inputs(model_meta, kind, workload, meta, compute.torch())
+        sizes.append(sum(t.numel() * t.element_size() for t in _tensors(list(inputs.args) + list(inputs.kwargs.values()))))
+    return max(sizes, default=0)
+
+
+def _tensors(values) -> list:
+    import torch
+
+    out = []
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            out.append(v)
+        elif isinstance(v, (tuple, list)):
+            out.extend(_tensors(v))
+    return out
+
+
+def _library_workspace_bytes(dev, dtype) -> int:
+    """What torch's allocator keeps after a matmul and a linear with bias beyond their tensors:
+    the cuBLAS and cuBLASLt workspaces of the current stream (32 MiB each on Hopper by default,
+    `CUBLAS_WORKSPACE_CONFIG` changes it). Cleared first, so an earlier matmul does not hide it."""
+    import torch
+
     torch.cuda.synchronize(dev)
-    free, total = torch.cuda.mem_get_info(dev)
-    outside = total - free - torch.cuda.memory_reserved(dev)
-    return int(max(outside, 0) + CUDA_SLACK_BYTES)
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear is not None:
+        clear()
+    before = torch.cuda.memory_allocated(dev)
+    a = torch.ones(256, 256, dtype=dtype, device=dev)
+    bias = torch.ones(256, dtype=dtype, device=dev)
+    outs = [a @ a, torch.nn.functional.linear(a, a, bias)]
+    torch.cuda.synchronize(dev)
+    own = sum(t.numel() * t.element_size() for t in [a, bias, *outs])
+    held = torch.cuda.memory_allocated(dev) - before - own
+    del a, bias, outs
+    return max(0, int(held))
 
 
 def _source(gpu_name: str, dev, activation_estimated: bool) -> str:

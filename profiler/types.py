@@ -68,7 +68,7 @@ class Profile:
     blocks: tuple[BlockProfile, ...]
     non_block_ms: float  # embedders, norm_out, proj_out per forward
     non_block_bytes: int
-    workspace_bytes: int  # reserve for the CUDA context, allocator slack, library workspaces
+    workspace_bytes: int  # allocator bytes beside weights and activation: carried tensors, cuBLAS workspaces
     is_estimate: bool  # True for reference profiles made from spec sheets
     source: str  # "measured on <device>" or the spec sheet a reference came from
     tool_version: str

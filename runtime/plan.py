@@ -12,7 +12,7 @@ import enum
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from runtime.dtypes import DType
 from runtime.errors import PlanFormatError
@@ -386,13 +386,15 @@ def build_plan(
     prefetch_depth: int = 2,
     host_memory: HostMemory = HostMemory.PINNED,
     cast: CastMode = CastMode.PRE,
+    casts: "Mapping[str, CastMode] | None" = None,
     predictions: Predictions | None = None,
     profile_id: int | None = None,
     created: str | None = None,
 ) -> Plan:
     """A plan for `inventory` (a `runtime.inventory.Inventory`) streaming the named blocks.
 
-    `cast` applies to every block; it only matters for fp8 storage (use PRE otherwise).
+    `cast` applies to every block not named in `casts` (a cast per block name); casts only
+    matter for fp8 storage (use PRE otherwise).
     """
     from datetime import datetime, timezone
 
@@ -409,7 +411,7 @@ def build_plan(
             kind=b.kind,
             bytes=b.bytes,
             placement=Placement.STREAMED if b.name in streamed else Placement.RESIDENT,
-            cast=cast,
+            cast=(casts or {}).get(b.name, cast),
         )
         for b in inventory.blocks
     )

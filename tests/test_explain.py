@@ -53,7 +53,7 @@ def test_explain_cli_on_a_tuned_plan_prints_rows_and_writes_a_png(tmp_path):
     result = runner.invoke(app, ["explain", str(plan_file), "--png", str(png), "--db", db])
     assert result.exit_code == 0, result.output
     assert "single_transformer_blocks.37" in result.output and "transformer_blocks.0" in result.output
-    assert "lower bound" in result.output
+    assert "x the floor of" in result.output and "between device synchronisations" in result.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
     as_json = runner.invoke(app, ["explain", str(plan_file), "--json", "--db", db])
@@ -61,6 +61,8 @@ def test_explain_cli_on_a_tuned_plan_prints_rows_and_writes_a_png(tmp_path):
     assert len(data["blocks"]) == 57
     plan = json.loads(plan_file.read_text())
     assert data["step_ms"] == pytest.approx(plan["predictions"]["step_ms"])
+    assert data["ratio_to_floor"] == pytest.approx(data["step_ms"] / data["lower_bound_ms"]) and data["ratio_to_floor"] >= 1
+    assert data["synchronized_step_ms"] > 0
     streams = {e["stream"] for e in data["timeline"]}
     assert streams == {"copy", "compute"}
 

@@ -102,3 +102,23 @@ def test_sizes_beyond_the_position_tables_exit_2_with_one_line(model_id, resolut
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     assert all(word in result.stderr for word in words) and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("family, model_id, guidance", [
+    ("sd3", "tiny-sd3", 4.5), ("z-image", "tiny-z-image", 3.0),
+])
+def test_guidance_that_turns_cfg_on_is_refused_for_a_plan_without_cfg(family, model_id, guidance):
+    import dataclasses
+
+    from runtime.errors import UserError
+    from runtime.workload import CfgMode
+    from tests.family_support import support
+
+    pipe = support(family).build_tiny_pipeline(model_id)
+    adapter = get_family(family)
+    workload = dataclasses.replace(get_model(model_id).workload("64x64"), cfg=CfgMode.NONE)
+    with pytest.raises(UserError, match="not tuned for"):
+        adapter.prompt_kwargs(pipe, "a cat", workload, guidance, torch.device("cpu"))
+    batched = dataclasses.replace(workload, cfg=CfgMode.BATCHED)
+    kwargs = adapter.prompt_kwargs(pipe, "a cat", batched, guidance, torch.device("cpu"))
+    assert kwargs["guidance_scale"] == guidance and "negative_prompt_embeds" in kwargs

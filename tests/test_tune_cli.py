@@ -33,7 +33,7 @@ def test_readme_main_job_stores_the_plan_and_writes_plan_json(tmp_path):
     assert plan.predictions.peak_vram_bytes <= 8 * 2**30
     assert plan.predictions.step_ms >= plan.predictions.lower_bound_ms * (1 - 1e-9) > 0
     assert plan.provenance.profile_id is None
-    for words in ("s/step", "lower bound", "stream-all", "largest-first", "pinned"):
+    for words in ("s/step", "floor:", "the best any placement does", "stream-all", "largest-first", "pinned"):
         assert words in result.output
     with open_store(db_url(tmp_path)) as store:
         assert store.find_plan(plan) is not None

@@ -85,10 +85,18 @@ def _print(result, png: Path | None) -> None:
         ["block", "kind", "placement", "compute", "cast", "copy", "wait"],
         rows,
     )
-    ratio = f" ({p.step_ms / p.lower_bound_ms:.2f}x the lower bound)" if p.lower_bound_ms > 0 else ""
+    ratio = result.ratio_to_floor
+    floor = (
+        f" ({ratio:.2f}x the floor of {p.lower_bound_ms / 1000:.3f} s, the best any placement does within "
+        f"{format_size(result.plan.target.vram_budget_bytes)})" if ratio is not None else ""
+    )
     echo(
-        f"step {p.step_ms / 1000:.3f} s{ratio}; compute stream idle {result.wait_ms:.1f} ms; "
+        f"step {p.step_ms / 1000:.3f} s{floor}; compute stream idle {result.wait_ms:.1f} ms; "
         f"peak VRAM {format_size(p.peak_vram_bytes)}"
+    )
+    echo(
+        f"a forward timed between device synchronisations (a benchmark's host clock): "
+        f"{p.synchronized_step_ms / 1000:.3f} s/step"
     )
     if png is not None:
         echo(f"timeline written to {png}")

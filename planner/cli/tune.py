@@ -72,6 +72,15 @@ def tune(
     _print(data, output)
 
 
+def _casts(p: dict) -> str:
+    """`pre`, or how streamed and resident blocks cast when they differ (fp8 storage)."""
+    resident = p.get("resident_cast", p["cast"])
+    if resident == p["cast"] and not p.get("precast"):
+        return p["cast"]
+    text = f"{p['cast']} streamed, {resident} resident"
+    return text + (f" ({p['precast']} of them pre-cast)" if p.get("precast") else "")
+
+
 def _print(data: dict, output: Path | None) -> None:
     from planner.budget import format_size
 
@@ -84,14 +93,15 @@ def _print(data: dict, output: Path | None) -> None:
     lines = [
         f"plan {data['plan_id']} for {data['plan']['model']['id']} within {format_size(data['plan']['target']['vram_budget_bytes'])}, from the {where}",
         f"  blocks:        {counts} (pattern {p['pattern']})",
-        f"  prefetch:      depth {p['depth']}, cast {p['cast']}, host memory {p['host_memory']}",
+        f"  prefetch:      depth {p['depth']}, cast {_casts(p)}, host memory {p['host_memory']}",
         f"  host RAM:      {format_size(data['host_bytes'])} {p['host_memory']} for streamed blocks"
         f" (limit {format_size(data['host_ram']['limit_bytes'])}, {data['host_ram']['limit_source']})",
         f"  predicted:     {data['step_ms'] / 1000:.3f} s/step, peak VRAM {format_size(data['peak_vram_bytes'])}",
     ]
     if data["ratio_to_bound"] is not None:
         lines.append(
-            f"  lower bound:   {data['lower_bound_ms'] / 1000:.3f} s/step (this plan is {data['ratio_to_bound']:.2f}x it)"
+            f"  floor:         {data['lower_bound_ms'] / 1000:.3f} s/step, the best any placement does within the "
+            f"budget (this plan is {data['ratio_to_bound']:.2f}x it)"
         )
     if data["measured_step_ms"] is not None:
         lines.append(f"  measured:      {data['measured_step_ms'] / 1000:.3f} s/step")

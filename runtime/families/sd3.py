@@ -169,6 +169,11 @@ class SD3Adapter(FamilyAdapter):
                 f"{pipe.tokenizer_max_length}"
             )
         cfg = guidance > 1.0  # the pipeline's own rule (do_classifier_free_guidance)
+        if cfg and workload.cfg is CfgMode.NONE:
+            raise UserError(
+                f"guidance {guidance} makes StableDiffusion3Pipeline run CFG at twice the "
+                f"batch, which this plan was not tuned for: give --guidance 1 or a plan tuned with CFG"
+            )
         embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
             prompt, prompt_2=None, prompt_3=None, device=device,
             do_classifier_free_guidance=cfg, max_sequence_length=t5_tokens,

@@ -167,6 +167,11 @@ class ZImageAdapter(FamilyAdapter):
 
     def prompt_kwargs(self, pipe, prompt: str, workload: Workload, guidance: float, device) -> dict:
         cfg = guidance > 0  # the pipeline's own rule (do_classifier_free_guidance)
+        if cfg and workload.cfg is CfgMode.NONE:
+            raise UserError(
+                f"guidance {guidance} makes ZImagePipeline run CFG at twice the batch, which "
+                f"this plan was not tuned for: give --guidance 0"
+            )
         embeds, negative = pipe.encode_prompt(
             prompt, device=device, do_classifier_free_guidance=cfg,
             max_sequence_length=workload.text_tokens,
