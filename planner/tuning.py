@@ -76,12 +76,11 @@ class TuneOutcome:
 
 
 def cfg_modes(workload: Workload) -> tuple[CfgMode, ...]:
-    """CFG modes to search: none for guidance-distilled models, else batched and sequential
-    (the workload's own mode first)."""
-    if workload.cfg is CfgMode.NONE:
-        return (CfgMode.NONE,)
-    other = CfgMode.SEQUENTIAL if workload.cfg is CfgMode.BATCHED else CfgMode.BATCHED
-    return (workload.cfg, other)
+    """CFG modes to search: the workload's own, which is how the model's diffusers pipeline
+    runs guidance (the catalog's `cfg`). `planner apply` drives that pipeline and cannot
+    change it (QwenImagePipeline and HunyuanImage's guider always run two forwards), so a
+    plan in the other mode would be run, and timed, in a mode it was not made for."""
+    return (workload.cfg,)
 
 
 def resolve_profiles(req: TuneRequest) -> ProfileSource:

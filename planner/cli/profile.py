@@ -6,7 +6,7 @@ A stored profile of the same machine, model, workload, dtype and tool version is
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -15,7 +15,7 @@ from planner.cli._common import DbOption, JsonOption, print_json, print_table
 
 def profile(
     model: Annotated[str, typer.Option("--model", help="Model id from `planner models list`.")],
-    resolution: Annotated[str, typer.Option(help="Image size WIDTHxHEIGHT.")] = "1024x1024",
+    resolution: Annotated[Optional[str], typer.Option(help="Image size WIDTHxHEIGHT (default: the model's).")] = None,
     batch: Annotated[int, typer.Option(help="Images per prompt.")] = 1,
     dtype: Annotated[str, typer.Option(help="Storage dtype (bf16, fp8, ...); default: the model's.")] = "",
     device: Annotated[str, typer.Option(help="cuda:N or cpu; default: cuda:0 if present, else cpu.")] = "",

@@ -2,7 +2,7 @@
 
 The file may use either naming `inspect_checkpoint` tells apart: diffusers module paths
 (`transformer_blocks.N...`) or the original release's (BFL's `double_blocks.N.img_attn.qkv`,
-with q, k and v fused), the latter possibly under ComfyUI's `model.diffusion_model.` prefix.
+with q, k and v fused), either possibly under ComfyUI's `model.diffusion_model.` prefix.
 Original names go through diffusers' own converter. Tensors are read with safetensors (nothing
 is unpickled) and put into the model with `assign=True`, so they keep the dtypes they are
 stored in: an fp8 file loads as fp8 storage (matrices float8_e4m3fn, the rest bf16).
@@ -46,8 +46,8 @@ def load_transformer(path: str | Path, config: Mapping[str, Any], family: str = 
     state = _read(path)
     if report.naming is Naming.ORIGINAL:
         state, leftover = _to_diffusers(family, state, shapes, path)
-    else:
-        leftover = []
+    else:  # diffusers names, bare or under ComfyUI's prefix (its Qwen-Image files)
+        state, leftover = _strip_prefix(state, path)[1], []
     _check(path, state, leftover, shapes)
     model.load_state_dict(_fresh(state), assign=True, strict=True)
     return model.eval()
@@ -100,17 +100,7 @@ def _to_diffusers(family: str, state: dict, shapes: dict, path: Path) -> tuple[d
     from runtime.families import get_family
 
     adapter = get_family(family)
-    stripped: dict[str, str] = {}  # name without the prefix -> name in the file
-    unprefixed = {}
-    for name, tensor in state.items():
-        short = name.removeprefix(COMFYUI_PREFIX)
-        if short in stripped:
-            raise CheckpointError(
-                f"transformer file {path} holds both {stripped[short]!r} and {name!r}: "
-                f"export it again with one name per tensor"
-            )
-        stripped[short] = name
-        unprefixed[short] = tensor
+    stripped, unprefixed = _strip_prefix(state, path)
     try:
         converted = adapter.convert_original(unprefixed, shapes)  # pops what it maps
     except NotImplementedError:
@@ -128,6 +118,22 @@ def _to_diffusers(family: str, state: dict, shapes: dict, path: Path) -> tuple[d
             f"transformer file {path} cannot be converted from original names ({e}): {_FIX}"
         ) from e
     return converted, sorted(stripped[name] for name in unprefixed)
+
+
+def _strip_prefix(state: dict, path: Path) -> tuple[dict[str, str], dict]:
+    """({name without ComfyUI's prefix: name in the file}, {name without the prefix: tensor})."""
+    stripped: dict[str, str] = {}
+    unprefixed = {}
+    for name, tensor in state.items():
+        short = name.removeprefix(COMFYUI_PREFIX)
+        if short in stripped:
+            raise CheckpointError(
+                f"transformer file {path} holds both {stripped[short]!r} and {name!r}: "
+                f"export it again with one name per tensor"
+            )
+        stripped[short] = name
+        unprefixed[short] = tensor
+    return stripped, unprefixed
 
 
 def _prefix_like(stripped: dict[str, str], name: str) -> str:

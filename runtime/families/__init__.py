@@ -18,6 +18,8 @@ _BUILTIN = {
     "chroma": "runtime.families.chroma:ChromaAdapter",
     "sd3": "runtime.families.sd3:SD3Adapter",
     "z-image": "runtime.families.z_image:ZImageAdapter",
+    "qwen-image": "runtime.families.qwen_image:QwenImageAdapter",
+    "hunyuan-image": "runtime.families.hunyuan_image:HunyuanImageAdapter",
 }
 
 

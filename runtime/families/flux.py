@@ -18,8 +18,14 @@ from runtime.workload import Workload
 
 _BLOCK_NAME = re.compile(
     r"^(?:model\.diffusion_model\.|diffusion_model\.|transformer\.)?"
-    r"(transformer_blocks|single_transformer_blocks|double_blocks|single_blocks)\.(\d+)\."
+    r"(transformer_blocks|single_transformer_blocks|double_blocks|single_blocks)\.(\d+)\.([^.]+)\."
 )
+# The submodules a FLUX block holds under diffusers' list names: other families keep their
+# blocks under the same names (Qwen-Image's `transformer_blocks.N.img_mod`), not FLUX's.
+_DIFFUSERS_PARTS = {
+    "transformer_blocks": {"norm1", "norm1_context", "attn", "ff", "ff_context"},
+    "single_transformer_blocks": {"norm", "proj_mlp", "proj_out", "attn"},
+}
 _DIFFUSERS_LIST = {
     "transformer_blocks": "transformer_blocks",
     "double_blocks": "transformer_blocks",
@@ -99,7 +105,7 @@ class FluxAdapter(FamilyAdapter):
 
     def block_of_tensor(self, tensor_name: str) -> str | None:
         match = _BLOCK_NAME.match(tensor_name)
-        if not match:
+        if not match or match.group(3) not in _DIFFUSERS_PARTS.get(match.group(1), {match.group(3)}):
             return None
         return f"{_DIFFUSERS_LIST[match.group(1)]}.{int(match.group(2))}"
 

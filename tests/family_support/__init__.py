@@ -23,6 +23,8 @@ _MODULES = {
     "chroma": "tests.family_support.chroma",
     "sd3": "tests.family_support.sd3",
     "z-image": "tests.family_support.z_image",
+    "qwen-image": "tests.family_support.qwen_image",
+    "hunyuan-image": "tests.family_support.hunyuan_image",
 }
 
 
