@@ -35,7 +35,6 @@ def make_engine(url: str, *, busy_timeout_s: float = 1.0, foreign_keys: bool = T
     if parsed.get_backend_name() != "sqlite":
         return _create(create_engine, parsed, url, pool_pre_ping=True)
 
-    refuse_in_memory(url)
     prepare_sqlite_file(url)
     engine = _create(create_engine, parsed, url, connect_args={"timeout": busy_timeout_s})
 
@@ -87,7 +86,8 @@ def _create(create_engine, parsed, url: str, **kwargs):
 
 
 def refuse_in_memory(url: str) -> None:
-    """An in-memory SQLite database keeps nothing past the command: refuse it."""
+    """An in-memory SQLite database keeps nothing past the command: the CLI refuses it (the
+    library accepts it, for throwaway stores in tests and notebooks)."""
     parsed = parse_url(url)
     database = parsed.database or ""
     query = {k: str(v) for k, v in parsed.query.items()}

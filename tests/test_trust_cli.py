@@ -268,3 +268,13 @@ def test_plot_hint_names_an_install_that_works_here(plan_file, tmp_path, monkeyp
     line = _fails("explain", str(plan_file), "--gpu", "rtx-4060", "--png", str(tmp_path / "t.png"))
     assert "pip install -e '.[plot]'" in line
     assert not (tmp_path / "t.png").exists()
+
+
+def test_in_memory_from_the_environment_is_refused_but_the_library_takes_it(monkeypatch):
+    monkeypatch.setenv("PLANNER_DB_URL", "sqlite://")
+    result = runner.invoke(app, ["plans", "list"])
+    assert result.exit_code == 2 and "in-memory SQLite database" in result.stderr, result.output
+    from db.store import open_store
+
+    with open_store("sqlite://") as store:  # a throwaway store in a notebook or a test
+        assert store.list_plans() == []

@@ -10,11 +10,21 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+def _db_url(value: Optional[str]) -> Optional[str]:
+    """--db / PLANNER_DB_URL: an in-memory SQLite URL would keep nothing past the command."""
+    if value and value.strip().lower().startswith("sqlite"):
+        from db.session import refuse_in_memory
+
+        refuse_in_memory(value.strip())
+    return value
+
+
 DbOption = Annotated[
     Optional[str],
     typer.Option(
         "--db",
         envvar="PLANNER_DB_URL",
+        callback=_db_url,
         help="Database URL (SQLAlchemy); default: SQLite in the user data directory.",
     ),
 ]
