@@ -70,12 +70,12 @@ def _check_self_consistent(plan, source: str) -> None:
             f"{source} computes in {m.compute_dtype.value} but stores {m.storage_dtype.value}, "
             f"which computes in {compute_dtype(m.storage_dtype).value}: {_FIX}"
         )
-    if not m.storage_dtype.is_fp8:
+    if not m.storage_dtype.casts:  # only fp8 and quantized storage is cast on the device
         for b in plan.blocks:
             if b.cast is CastMode.AUTO:
                 raise PlanRejected(
-                    f"{source}: block {b.name!r} casts 'auto', which only fp8 storage has, but the "
-                    f"plan stores {m.storage_dtype.value}: {_FIX}"
+                    f"{source}: block {b.name!r} casts 'auto', which only fp8 or quantized storage "
+                    f"has, but the plan stores {m.storage_dtype.value}: {_FIX}"
                 )
     if p.peak_vram_bytes > plan.target.vram_budget_bytes:
         raise PlanRejected(

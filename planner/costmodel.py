@@ -24,8 +24,9 @@ Durations, in ms:
   bytes are `device_bytes_by_dtype(block, cast_on_host=(cast is pre))` and the bandwidth is
   `pinned_under_compute_gbps` from pinned host memory. Pageable host memory blocks the host
   for the copy, so a pageable copy is serialised with compute, at `pageable_gbps`.
-- compute of a block = `compute_ms`, plus `cast_ms` when fp8 storage is cast on the device
-  (`auto`), for streamed and resident blocks alike.
+- compute of a block = `compute_ms`, plus `cast_ms` when fp8 storage is cast, or quantized
+  storage (GGUF, NF4) dequantized, on the device (`auto`), for streamed and resident blocks
+  alike; `pre` sends (and keeps) the compute dtype, dequantized on the host.
 - each forward starts with the non-block modules (`non_block_ms`).
 
 Memory: peak VRAM = device weight bytes + activation peak + workspace: what torch's allocator
@@ -50,7 +51,7 @@ import enum
 
 from planner import reserve
 from runtime.errors import UserError
-from runtime.inventory import device_bytes_by_dtype
+from runtime.inventory import device_bytes_by_dtype, side_device_bytes
 from runtime.plan import CastMode, HostMemory
 from runtime.schedule import ring_bytes, ring_of
 
@@ -116,7 +117,7 @@ class CostModel:
         self.profile = profile
         self.names = tuple(b.name for b in inventory.blocks)
         self.forwards = profile.workload.forwards_per_step
-        self.fp8 = inventory.storage_dtype.is_fp8
+        self.fp8 = inventory.storage_dtype.casts  # fp8 or quantized: a cast (dequantization) per use
         self.fixed_bytes = (
             inventory.non_block_device_bytes + profile.activation_peak_bytes + profile.workspace_bytes
         )
@@ -130,6 +131,7 @@ class CostModel:
         }
         self.dev_total = {cast: tuple(sum(d.values()) for d in groups) for cast, groups in self.dev.items()}
         self.compute = tuple(b.compute_ms for b in profile.blocks)
+        self.side = tuple(side_device_bytes(b) for b in inventory.blocks)
         self.cast_ms = tuple(b.cast_ms if self.fp8 else 0.0 for b in profile.blocks)
         self.copy = {
             (cast, host): tuple(
@@ -150,7 +152,10 @@ class CostModel:
         )
         streamed = [self.dev[c][i] for i, (s, c) in enumerate(zip(layout.streamed, layout.casts)) if s]
         ring = ring_bytes(ring_of(list(layout.streamed), layout.depth), streamed) if streamed else 0
-        return resident + self.inventory.non_block_device_bytes + ring
+        # NF4 streamed with `auto`: the absmax stays on the device beside the ring (quant state)
+        side = sum(self.side[i] for i, (s, c) in enumerate(zip(layout.streamed, layout.casts))
+                   if s and c is CastMode.AUTO)
+        return resident + self.inventory.non_block_device_bytes + ring + side
 
     def usable_bytes(self, budget_bytes: int) -> int:
         """What a plan's peak may reach within `budget_bytes` on this card (`planner.reserve`)."""

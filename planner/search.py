@@ -228,11 +228,13 @@ def _frontier(ev: Evaluator, budget: int) -> list[Scored]:
     the space is too large for it."""
     space = ev.space
     others = [run for run in space.kinds if run.kind != space.fill_kind]
+    # where every kind is one block (a UNet's), every count is all-or-nothing: patterns coincide
+    patterns = _PATTERNS if any(len(r.positions) > 1 for r in space.kinds) else (Pattern.PREFIX,)
     combos = itertools.product(
         *(range(len(r.positions) + 1) for r in others),
-        _PATTERNS, space.depths, space.casts, space.casts, space.hosts, space.cfgs,
+        patterns, space.depths, space.casts, space.casts, space.hosts, space.cfgs,
     )
-    size = len(_PATTERNS) * len(space.depths) * len(space.casts) ** 2 * len(space.hosts) * len(space.cfgs)
+    size = len(patterns) * len(space.depths) * len(space.casts) ** 2 * len(space.hosts) * len(space.cfgs)
     for r in others:
         size *= len(r.positions) + 1
     if size > FRONTIER_LIMIT:

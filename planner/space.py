@@ -189,7 +189,7 @@ def space_of(inventory, cfgs: tuple[CfgMode, ...] = (CfgMode.NONE,), depths=DEPT
         KindRun(kind, tuple(b.index for b in blocks), max(b.bytes for b in blocks))
         for kind, blocks in runs.items()
     )
-    casts = (CastMode.PRE, CastMode.AUTO) if inventory.storage_dtype.is_fp8 else (CastMode.PRE,)
+    casts = (CastMode.PRE, CastMode.AUTO) if inventory.storage_dtype.casts else (CastMode.PRE,)
     return Space(
         kinds=kinds,
         num_blocks=len(inventory.blocks),

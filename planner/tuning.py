@@ -7,6 +7,7 @@ from `summary()`.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Mapping
 
 from planner.costmodel import CostModel, Prediction
@@ -37,6 +38,7 @@ class TuneRequest:
     fresh: bool = False  # measure this machine's GPU again even if a profile is stored
     host_ram_bytes: int | None = None  # pinned host RAM allowed; None: see `host_ram_limit`
     workload_from_profile: bool = False  # --profile without --resolution/--batch: the profile's
+    weights: Path | None = None  # plan for this checkpoint's exact bytes (GGUF, NF4, safetensors)
 
     def __post_init__(self) -> None:
         if self.gpu is not None and self.profile_id is not None:
@@ -89,8 +91,10 @@ def resolve_profiles(req: TuneRequest) -> ProfileSource:
         from profiler.reference import find_gpu, reference_profile
 
         spec = find_gpu(req.gpu)
+        inv = request_inventory(req) if req.weights is not None else None
         profiles = {
-            cfg: reference_profile(spec.id, req.model_id, dataclasses.replace(req.workload, cfg=cfg), req.storage_dtype)
+            cfg: reference_profile(spec.id, req.model_id, dataclasses.replace(req.workload, cfg=cfg),
+                                   req.storage_dtype, inventory=inv)
             for cfg in cfg_modes(req.workload)
         }
         return ProfileSource(profiles, spec.id, None, True)
@@ -187,14 +191,29 @@ def plan_of(inventory, source: ProfileSource, scored: Scored, budget: int) -> tu
     return plan, prediction
 
 
+def request_inventory(req: TuneRequest):
+    """The inventory `req` plans for: the checkpoint's exact bytes, or the catalog model's."""
+    from runtime.inventory import inventory, inventory_of_checkpoint
+
+    if req.weights is not None:
+        return inventory_of_checkpoint(req.model_id, req.weights)
+    return inventory(req.model_id, req.storage_dtype)
+
+
+def with_weights(req: TuneRequest) -> TuneRequest:
+    """`req` with the storage dtype of its checkpoint, where it names one."""
+    if req.weights is None:
+        return req
+    return dataclasses.replace(req, storage_dtype=request_inventory(req).storage_dtype)
+
+
 def tune(req: TuneRequest) -> TuneOutcome:
     """Search the space for `req` and store the best plan (and return everything found)."""
-    from runtime.inventory import inventory as inventory_of
-
     if req.verify:
         _require_gpu_for_verify()
+    req = with_weights(req)
     source = resolve_profiles(req)
-    inv = inventory_of(req.model_id, req.storage_dtype)
+    inv = request_inventory(req)
     settings = Settings(req.budget_bytes, trials=req.trials, timeout_s=req.timeout_s, seed=req.seed)
     result = search(inv, source.profiles, settings)
     from planner.host_ram import choose
@@ -312,6 +331,7 @@ def summary(outcome: TuneOutcome) -> dict:
             "pinned_bytes": outcome.host.pinned_bytes if outcome.host else None,
             "streamed_bytes": outcome.host.streamed_bytes if outcome.host else None,
         },
+        "weight_bytes": outcome.inventory.total_bytes,
         "step_ms": pred.step_ms,
         "peak_vram_bytes": pred.peak_vram_bytes,
         "device_weight_bytes": pred.device_weight_bytes,

@@ -1,4 +1,5 @@
-"""Per-block costs measured on the device: compute time, fp8 -> bf16 cast time, activation peak
+"""Per-block costs measured on the device: compute time, fp8 -> bf16 cast time (or, for GGUF
+and NF4 storage, dequantization time), activation peak
 (on CPU, where no allocator reports a peak, the count from `profiler.flops`'s meta forward).
 
 One block at a time, so a GPU far smaller than the model profiles it: the block is copied from
@@ -25,7 +26,7 @@ REPEATS = 7
 @dataclasses.dataclass(frozen=True)
 class BlockCost:
     compute_ms: float  # median of REPEATS forwards after WARMUP
-    cast_ms: float  # median fp8 -> bf16 cast of the block's fp8 weights (0 if none)
+    cast_ms: float  # median fp8 -> bf16 cast, or dequantization, of the block's weights (0 if none)
     activation_bytes: int
     activation_measured: bool  # False: the reference formula (no allocator to ask on CPU)
     flops: int
@@ -75,7 +76,12 @@ def measure_block(
                 activation, measured = _activation_peak(device, block, inputs), True
             else:
                 activation, measured = trace.activation_bytes, False
-        cast = _cast_ms(block, device) if storage.is_fp8 else 0.0
+        if storage.is_fp8:
+            cast = _cast_ms(block, device)
+        elif storage.is_quantized:
+            cast = dequant_ms(block, device, storage)
+        else:
+            cast = 0.0
     finally:
         del block, inputs
         if device.type == "cuda":
@@ -137,4 +143,48 @@ def _cast_ms(block, device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     times = [_timed(device, cast) for _ in range(REPEATS)]
+    return statistics.median(times) * 1e3
+
+
+def dequant_ms(block, device, storage: DType) -> float:
+    """Median ms to dequantize the block's matrices stored as `storage` (GGUF or NF4) into bf16,
+    with the runtime's own dequantization (`runtime.engine.quantized`), one matrix at a time as
+    its hooks do. The packed bytes are random (GGUF) or a random matrix quantized by
+    bitsandbytes (NF4): the kernels' time does not depend on the values."""
+    import torch
+
+    from runtime.dtypes import storage_dtype
+    from runtime.engine.quantized import QuantInfo, dequantize
+
+    work = []
+    for p in block.parameters():
+        shape = tuple(p.shape)
+        if storage_dtype(storage, shape) is not storage:
+            continue
+        if storage is DType.NF4:
+            import bitsandbytes.functional as F
+
+            packed, state = F.quantize_4bit(
+                torch.randn(shape, dtype=torch.bfloat16, device=device), blocksize=64,
+                quant_type="nf4", compress_statistics=True,
+            )
+            info = QuantInfo(storage, shape, packed.numel(), state)
+        else:
+            numel = p.numel()
+            rows = numel // shape[-1]
+            packed = torch.randint(0, 256, (rows, storage.nbytes(shape[-1])), dtype=torch.uint8,
+                                   device=device)
+            info = QuantInfo(storage, shape, packed.numel())
+        work.append((packed, info))
+    if not work:
+        return 0.0
+
+    def run() -> None:
+        for packed, info in work:
+            dequantize(packed, info, torch.bfloat16)
+
+    run()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    times = [_timed(device, run) for _ in range(REPEATS)]
     return statistics.median(times) * 1e3

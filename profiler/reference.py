@@ -17,6 +17,13 @@ The assumptions, each a named constant below:
   peers).
 - fp8 -> bf16 cast on the device: bytes read (1 per element) + written (2 per element) over
   DRAM bandwidth x 0.8 (a streaming elementwise kernel's achieved fraction).
+- Dequantization on the device (GGUF, bitsandbytes NF4): the packed bytes read + 2 bytes per
+  element written, over DRAM bandwidth x 0.4 (`DEQUANT_EFFICIENCY`): the kernels unpack
+  scales and codes before they stream (gguf dequant kernels and bitsandbytes' reach 30-50 %
+  of a plain copy), so a Q4_K block dequantizes at about a third of an fp8 cast's rate per byte.
+  Its transient is one matrix at a time: about 6 bytes per element of the largest quantized
+  matrix (the fp16 dequantized copy, its bf16 cast and the unpacked codes), added to the
+  workspace (`DEQUANT_WORKSPACE_PER_ELEMENT`).
 - Compute and activation peaks come from the model's own forward traced on `meta`
   (`profiler.flops`): exact FLOPs, and the bytes live inside each block above what was live
   before it, attention as one fused op (flash/memory-efficient SDPA: no seq^2 score matrix).
@@ -45,7 +52,9 @@ UNDER_COMPUTE_EFFICIENCY = 0.75
 PAGEABLE_EFFICIENCY = 0.35
 COPY_OVERHEAD_US = 6.0
 MEMORY_EFFICIENCY = 0.8
+DEQUANT_EFFICIENCY = 0.4  # dequantization kernels: unpacking before streaming
 WORKSPACE_BYTES = 128 * 2**20
+DEQUANT_WORKSPACE_PER_ELEMENT = 6
 _MIB = 2**20
 
 
@@ -97,6 +106,42 @@ def cast_ms_estimate(fp8_bytes: int, memory_gbps: float) -> float:
     return moved / (memory_gbps * 1e9 * MEMORY_EFFICIENCY) * 1e3
 
 
+def dequant_ms_estimate(dtype: DType, packed_bytes: int, memory_gbps: float) -> float:
+    """Dequantization of `packed_bytes` stored as `dtype` to bf16: read packed, write 2 per element."""
+    moved = packed_bytes + dtype.numel_of(packed_bytes) * 2
+    return moved / (memory_gbps * 1e9 * DEQUANT_EFFICIENCY) * 1e3
+
+
+def _cast_ms(bytes_by_dtype, memory_gbps: float) -> float:
+    """On-device cast and dequantization time of one block's tensors."""
+    total = 0.0
+    for name, num_bytes in bytes_by_dtype.items():
+        dtype = DType(name)
+        if dtype.is_fp8 and num_bytes:
+            total += cast_ms_estimate(num_bytes, memory_gbps)
+        elif dtype.is_quantized and num_bytes:
+            total += dequant_ms_estimate(dtype, num_bytes, memory_gbps)
+    return total
+
+
+@functools.lru_cache(maxsize=16)
+def _dequant_workspace(model_id: str, storage: DType) -> int:
+    """Transient bytes of dequantizing the model's largest quantized matrix (0 if none)."""
+    if not storage.is_quantized:
+        return 0
+    from runtime.catalog import get_model
+    from runtime.dtypes import storage_dtype
+    from runtime.families import get_family
+
+    spec = get_model(model_id)
+    model = get_family(spec.family).build(spec.config, device="meta")
+    largest = max(
+        (p.numel() for p in model.parameters() if storage_dtype(storage, tuple(p.shape)) is storage),
+        default=0,
+    )
+    return largest * DEQUANT_WORKSPACE_PER_ELEMENT
+
+
 @functools.lru_cache(maxsize=16)
 def _inventory(model_id: str, storage: DType):
     from runtime.inventory import inventory
@@ -105,29 +150,31 @@ def _inventory(model_id: str, storage: DType):
 
 
 def reference_profile(
-    gpu: str, model_id: str, workload: Workload, storage_dtype: DType | None = None
+    gpu: str, model_id: str, workload: Workload, storage_dtype: DType | None = None,
+    inventory=None,
 ) -> Profile:
-    """An estimated profile of `model_id` at `workload` on the reference GPU `gpu`."""
+    """An estimated profile of `model_id` at `workload` on the reference GPU `gpu`; of the
+    given `inventory` (a checkpoint's exact bytes) where there is one, else the catalog's."""
     from runtime.catalog import get_model
 
     spec = find_gpu(gpu)
     storage = storage_dtype or get_model(model_id).storage_dtype
-    return _reference_profile(spec, model_id, workload, storage)
+    return _reference_profile(spec, model_id, workload, storage, inventory)
 
 
-def _reference_profile(spec: GpuSpec, model_id: str, workload: Workload, storage: DType) -> Profile:
+def _reference_profile(spec: GpuSpec, model_id: str, workload: Workload, storage: DType,
+                       inventory=None) -> Profile:
     from profiler.flops import model_trace
     from runtime.version import TOOL_VERSION
 
     compute = compute_dtype(storage)
-    inv = _inventory(model_id, storage)
+    inv = inventory if inventory is not None else _inventory(model_id, storage)
     flops = model_trace(model_id, workload, compute)
     rate = compute_tflops(spec, compute) * 1e12
     blocks = []
     for info, trace in zip(inv.blocks, flops.blocks):
         name, kind, count = trace.name, trace.kind, trace.flops
         assert info.name == name, (info.name, name)
-        fp8_bytes = sum(n for d, n in info.bytes_by_dtype.items() if DType(d).is_fp8)
         blocks.append(
             BlockProfile(
                 name=name,
@@ -135,7 +182,7 @@ def _reference_profile(spec: GpuSpec, model_id: str, workload: Workload, storage
                 index=info.index,
                 bytes=info.bytes,
                 compute_ms=count / rate * 1e3,
-                cast_ms=cast_ms_estimate(fp8_bytes, spec.memory_gbps) if fp8_bytes else 0.0,
+                cast_ms=_cast_ms(info.bytes_by_dtype, spec.memory_gbps),
                 activation_bytes=trace.activation_bytes,
             )
         )
@@ -151,7 +198,7 @@ def _reference_profile(spec: GpuSpec, model_id: str, workload: Workload, storage
         blocks=tuple(blocks),
         non_block_ms=flops.non_block / rate * 1e3,
         non_block_bytes=inv.non_block_bytes,
-        workspace_bytes=WORKSPACE_BYTES,
+        workspace_bytes=WORKSPACE_BYTES + _dequant_workspace(model_id, storage),
         is_estimate=True,
         source=f"estimate from {spec.source}",
         tool_version=TOOL_VERSION,

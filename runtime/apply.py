@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def apply_plan(module_or_pipeline, plan, device=None):
-    """Apply `plan` to a transformer (or a diffusers pipeline's `.transformer`).
+    """Apply `plan` to a transformer (or a diffusers pipeline's `.transformer` or `.unet`).
 
     `device` is the compute device (default: CUDA when available, else CPU). The plan is
     checked against the model before anything is touched; a mismatch raises
@@ -16,7 +16,7 @@ def apply_plan(module_or_pipeline, plan, device=None):
 
     from runtime.engine import offload
     from runtime.errors import UserError
-    from runtime.families import family_of_module
+    from runtime.families import denoiser_attributes, family_of_module
     from runtime.plan import Plan
 
     if not isinstance(plan, Plan):
@@ -24,9 +24,10 @@ def apply_plan(module_or_pipeline, plan, device=None):
             f"plan must be a runtime.plan.Plan, got {type(plan).__name__}: load it with "
             f"runtime.plan.load_plan(path)"
         )
-    model = getattr(module_or_pipeline, "transformer", None)
-    if not isinstance(model, torch.nn.Module):
-        model = module_or_pipeline
+    model = module_or_pipeline
+    if not isinstance(model, torch.nn.Module):  # a pipeline: its transformer (or unet)
+        found = [getattr(model, name, None) for name in denoiser_attributes()]
+        model = next((m for m in found if isinstance(m, torch.nn.Module)), model)
     if not isinstance(model, torch.nn.Module):
         raise UserError(
             f"cannot apply a plan to {type(module_or_pipeline).__name__}: pass a transformer "

@@ -65,7 +65,7 @@ def load_pipeline(adapter, weights: Path, transformer_file: Path | None, dtype):
         )
     extra = {}
     if transformer_file is not None:
-        extra["transformer"] = _transformer_from_file(adapter, weights, Path(transformer_file))
+        extra[adapter.denoiser] = _transformer_from_file(adapter, weights, Path(transformer_file))
     return pipeline_class.from_pretrained(
         weights, local_files_only=True, torch_dtype=dtype, **extra
     )
@@ -76,7 +76,7 @@ def _transformer_from_file(adapter, weights: Path, path: Path):
     stored (an fp8 checkpoint stays fp8), in diffusers or the family's original naming."""
     from runtime.checkpoint.load import load_transformer
 
-    config = adapter.model_class().load_config(weights, subfolder="transformer")
+    config = adapter.model_class().load_config(weights, subfolder=adapter.denoiser)
     return load_transformer(path, config, family=adapter.name)
 
 
@@ -84,7 +84,7 @@ def _prompt_kwargs(adapter, pipe, prompt: str, workload, guidance: float, device
     """Run the text encoders (on the device if they fit, else on the CPU), then drop them."""
     import torch
 
-    encoders = [getattr(pipe, name) for name in adapter.text_encoders]
+    encoders = [getattr(pipe, name, None) for name in adapter.text_encoders]
     encoders = [enc for enc in encoders if enc is not None]
     target = torch.device("cpu")
     if device.type == "cuda":
@@ -96,7 +96,8 @@ def _prompt_kwargs(adapter, pipe, prompt: str, workload, guidance: float, device
     with torch.no_grad():
         kwargs = adapter.prompt_kwargs(pipe, prompt, workload, guidance, target)
     for name in adapter.text_encoders:  # drop-and-reload: the next run loads them again
-        setattr(pipe, name, None)
+        if hasattr(pipe, name):  # a family's pipelines may lack one (SD 1.5 has one CLIP)
+            setattr(pipe, name, None)
     del encoders
     gc.collect()
     if device.type == "cuda":

@@ -103,14 +103,29 @@ class Inventory:
                    dict(rest["bytes_by_dtype"]))
 
 
-def _tensor_bytes_of(tensors, storage: DType) -> tuple[int, dict[str, int]]:
+def _tensor_bytes_of(tensors, storage: DType, as_stored: bool = False) -> tuple[int, dict[str, int]]:
+    """Params and bytes by dtype; `as_stored`: tensors of a loaded quantized checkpoint, whose
+    packed matrices carry their quant info and whose other tensors keep the file's dtype."""
+    from runtime.engine.quantized import quant_info
+
     params = 0
     by_dtype: dict[str, int] = {}
     for tensor in tensors:
-        numel = tensor.numel()
+        info = quant_info(tensor)
+        if info is not None:
+            numel = 1
+            for d in info.shape:
+                numel *= d
+            dtype, num_bytes = info.dtype, info.nbytes
+        else:
+            numel = tensor.numel()
+            if as_stored and tensor.device.type != "meta":
+                dtype = DType.from_torch(tensor.dtype)
+            else:
+                dtype = storage_dtype(storage, tuple(tensor.shape))
+            num_bytes = dtype.nbytes(numel)
         params += numel
-        dtype = storage_dtype(storage, tuple(tensor.shape))
-        by_dtype[dtype.value] = by_dtype.get(dtype.value, 0) + numel * dtype.itemsize
+        by_dtype[dtype.value] = by_dtype.get(dtype.value, 0) + num_bytes
     return params, by_dtype
 
 
@@ -119,15 +134,18 @@ def inventory_of_module(
 ) -> Inventory:
     """Inventory of a built model (on any device, meta included) stored as `storage`;
     tensors whose ids are in `skip` (adapter weights) are left out."""
+    from runtime.engine.quantized import has_quantized
+
+    as_stored = storage.is_quantized and has_quantized(model)
     blocks = []
     block_ids = set(skip)
     for index, (name, kind, block) in enumerate(adapter.blocks(model)):
         tensors = [t for t in list(block.parameters()) + list(block.buffers()) if id(t) not in skip]
-        params, by_dtype = _tensor_bytes_of(tensors, storage)
+        params, by_dtype = _tensor_bytes_of(tensors, storage, as_stored)
         blocks.append(BlockInfo(name, kind, index, params, by_dtype))
         block_ids.update(id(t) for t in tensors)
     rest = [t for t in list(model.parameters()) + list(model.buffers()) if id(t) not in block_ids]
-    rest_params, rest_by_dtype = _tensor_bytes_of(rest, storage)
+    rest_params, rest_by_dtype = _tensor_bytes_of(rest, storage, as_stored)
     return Inventory(model_id, adapter.name, storage, tuple(blocks), rest_params, rest_by_dtype)
 
 
@@ -163,20 +181,72 @@ def device_bytes_by_dtype(block: BlockInfo, cast_on_host: bool) -> dict[str, int
     """Bytes by dtype a block occupies on the device (and moves per copy when streamed).
 
     fp8 storage with the cast on the host (`pre`) arrives in the compute dtype (bf16): its fp8
-    matrices take twice the bytes. Otherwise the device holds the storage dtype as it is.
+    matrices take twice the bytes; quantized matrices (GGUF, NF4) dequantized on the host take
+    their bf16 bytes. Otherwise the device holds the storage as it is (packed, for quantized).
     """
     return _device_groups(block.bytes_by_dtype, cast_on_host)
 
 
 def _device_groups(bytes_by_dtype: Mapping[str, int], cast_on_host: bool) -> dict[str, int]:
-    from runtime.dtypes import compute_dtype
+    from runtime.dtypes import compute_dtype, dequantized_bytes
 
     out: dict[str, int] = {}
     for name, num_bytes in bytes_by_dtype.items():
         dtype = DType(name)
-        if cast_on_host and dtype.is_fp8:
-            target = compute_dtype(dtype)
-            num_bytes = num_bytes // dtype.itemsize * target.itemsize
-            dtype = target
+        if cast_on_host and dtype.casts:
+            num_bytes = dequantized_bytes(dtype, num_bytes)
+            dtype = compute_dtype(dtype)
         out[dtype.value] = out.get(dtype.value, 0) + num_bytes
     return out
+
+
+def side_device_bytes(block: BlockInfo) -> int:
+    """Bytes a streamed block's quantized weights keep on the device beside the ring: NF4's
+    uint8 absmax (1 byte of each 33-byte block, as `runtime.dtypes.QUANT_BLOCKS` counts it)
+    lives in bitsandbytes' quant state, moved to the device once. GGUF keeps nothing aside."""
+    nf4 = block.bytes_by_dtype.get(DType.NF4.value, 0)
+    return nf4 // DType.NF4.nbytes(64)
+
+
+def quantization_of(block: BlockInfo) -> tuple[str, ...]:
+    """The quant types a block's tensors are stored in (empty for a plain block)."""
+    return tuple(sorted(d for d in block.bytes_by_dtype if DType(d).is_quantized))
+
+
+def inventory_of_checkpoint(model_id: str, path) -> Inventory:
+    """The inventory of catalog model `model_id` as the checkpoint at `path` stores it: each
+    block's exact bytes by dtype or quant type (packed), read from the file's headers. Its
+    storage dtype is the quant type (else dtype) holding most of the blocks' bytes."""
+    from runtime.catalog import get_model
+    from runtime.checkpoint.inspect import inspect_checkpoint
+    from runtime.errors import CheckpointError
+
+    spec = get_model(model_id)
+    report = inspect_checkpoint(path)
+    fix = f"give a checkpoint of {model_id} or pass the --model it holds"
+    if report.family != spec.family:
+        raise CheckpointError(f"checkpoint {path} holds a {report.family} model, not {model_id}: {fix}")
+    known = {d.value for d in DType}
+    totals: dict[str, int] = {}
+    for by_dtype in [b.bytes_by_dtype for b in report.blocks] + [report.non_block_bytes_by_dtype]:
+        for name, num_bytes in by_dtype.items():
+            if name not in known:
+                raise CheckpointError(
+                    f"checkpoint {path} stores tensors as {name}, which plans cannot count yet "
+                    f"(known: {', '.join(sorted(known))}): convert it to one of those"
+                )
+            totals[name] = totals.get(name, 0) + num_bytes
+    plain = inventory(model_id)
+    if [b.name for b in report.blocks] != [b.name for b in plain.blocks]:
+        raise CheckpointError(
+            f"checkpoint {path} has {len(report.blocks)} blocks but {model_id} has "
+            f"{len(plain.blocks)}: {fix}"
+        )
+    quantized = {n: v for n, v in totals.items() if DType(n).is_quantized}
+    storage = DType(max(quantized or totals, key=lambda n: (quantized or totals)[n]))
+    blocks = tuple(
+        BlockInfo(b.name, b.kind, b.index, p.params, dict(b.bytes_by_dtype))
+        for b, p in zip(report.blocks, plain.blocks)
+    )
+    return Inventory(model_id, spec.family, storage, blocks, plain.non_block_params,
+                     dict(report.non_block_bytes_by_dtype))

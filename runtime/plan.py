@@ -62,6 +62,9 @@ class BlockPlan:
     bytes: int  # storage bytes of the block, checked against the model when applied
     placement: Placement
     cast: CastMode
+    # quant types its tensors are stored in (GGUF q4_k..., nf4), sorted; () for plain storage.
+    # Optional in the file: a plan without it (every plan before quantized storage) is plain.
+    quant: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +126,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
                 "bytes": b.bytes,
                 "placement": b.placement.value,
                 "cast": b.cast.value,
+                **({"quant": list(b.quant)} if b.quant else {}),
             }
             for b in plan.blocks
         ],
@@ -272,6 +276,7 @@ _TOP_KEYS = {
     "host_memory", "predictions", "provenance",
 }
 _BLOCK_KEYS = {"name", "kind", "bytes", "placement", "cast"}
+_OPTIONAL_BLOCK_KEYS = {"quant"}
 
 
 def _read_blocks(r: "_Reader", data: dict) -> tuple[BlockPlan, ...]:
@@ -285,7 +290,7 @@ def _read_blocks(r: "_Reader", data: dict) -> tuple[BlockPlan, ...]:
     for i, item in enumerate(items):
         where = f"blocks[{i}]"
         r.object(item, where)
-        r.keys(item, where, _BLOCK_KEYS)
+        r.keys(item, where, _BLOCK_KEYS | (_OPTIONAL_BLOCK_KEYS & set(item)))
         name = r.string(item, f"{where}.name")
         if name in seen:
             raise PlanFormatError(f"{r.source}: block {name!r} appears twice in blocks")
@@ -297,9 +302,24 @@ def _read_blocks(r: "_Reader", data: dict) -> tuple[BlockPlan, ...]:
                 bytes=r.integer(item, f"{where}.bytes", 0, MAX_BUDGET_BYTES),
                 placement=r.enum(item, f"{where}.placement", Placement),
                 cast=r.enum(item, f"{where}.cast", CastMode),
+                quant=_read_quant(r, item, where),
             )
         )
     return tuple(blocks)
+
+
+def _read_quant(r: "_Reader", item: dict, where: str) -> tuple[str, ...]:
+    if "quant" not in item:
+        return ()
+    value = item["quant"]
+    known = [d.value for d in DType if d.is_quantized]
+    if (
+        type(value) is not list or not value or len(value) > len(known)
+        or any(type(v) is not str or v not in known for v in value)
+        or value != sorted(set(value))
+    ):
+        raise r.fail(f"{where}.quant", f"a sorted list of distinct quant types ({', '.join(known)})", value)
+    return tuple(value)
 
 
 class _Reader:
@@ -394,11 +414,13 @@ def build_plan(
     """A plan for `inventory` (a `runtime.inventory.Inventory`) streaming the named blocks.
 
     `cast` applies to every block not named in `casts` (a cast per block name); casts only
-    matter for fp8 storage (use PRE otherwise).
+    matter for fp8 and quantized storage (use PRE otherwise). Each block records the quant
+    types it is stored in (`runtime.inventory.quantization_of`).
     """
     from datetime import datetime, timezone
 
     from runtime.dtypes import compute_dtype
+    from runtime.inventory import quantization_of
     from runtime.version import TOOL_VERSION
 
     names = {b.name for b in inventory.blocks}
@@ -412,6 +434,7 @@ def build_plan(
             bytes=b.bytes,
             placement=Placement.STREAMED if b.name in streamed else Placement.RESIDENT,
             cast=(casts or {}).get(b.name, cast),
+            quant=quantization_of(b),
         )
         for b in inventory.blocks
     )

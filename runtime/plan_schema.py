@@ -29,6 +29,11 @@ def _obj(properties: dict, optional: dict | None = None) -> dict:
     }
 
 
+def _optional(schema: dict, **properties) -> dict:
+    """`schema` that also allows the given properties, not required."""
+    return {**schema, "properties": {**schema["properties"], **properties}}
+
+
 def _int(low: int, high: int) -> dict:
     return {"type": "integer", "minimum": low, "maximum": high}
 
@@ -73,14 +78,22 @@ def plan_schema() -> dict:
                     "type": "array",
                     "minItems": 1,
                     "maxItems": MAX_BLOCKS,
-                    "items": _obj(
-                        {
-                            "name": _STRING,
-                            "kind": _STRING,
-                            "bytes": _int(0, MAX_BUDGET_BYTES),
-                            "placement": _enum(Placement),
-                            "cast": _enum(CastMode),
-                        }
+                    "items": _optional(
+                        _obj(
+                            {
+                                "name": _STRING,
+                                "kind": _STRING,
+                                "bytes": _int(0, MAX_BUDGET_BYTES),
+                                "placement": _enum(Placement),
+                                "cast": _enum(CastMode),
+                            }
+                        ),
+                        quant={
+                            "type": "array",
+                            "minItems": 1,
+                            "uniqueItems": True,
+                            "items": {"enum": [d.value for d in DType if d.is_quantized]},
+                        },
                     ),
                 },
                 "prefetch_depth": _int(1, MAX_PREFETCH_DEPTH),

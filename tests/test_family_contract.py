@@ -176,7 +176,8 @@ def test_profile_tune_explain_through_the_cli(family, model_id, tmp_path):
 
 def _transformer_state(family, model_id):
     pipe = support(family).build_tiny_pipeline(model_id)
-    return pipe.transformer, {k: v.contiguous() for k, v in pipe.transformer.state_dict().items()}
+    model = getattr(pipe, get_family(family).denoiser)
+    return model, {k: v.contiguous() for k, v in model.state_dict().items()}
 
 
 @pytest.mark.parametrize("storage", [DType.FP32, DType.FP8])

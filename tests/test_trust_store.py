@@ -75,7 +75,7 @@ def test_a_three_block_plan_for_flux_dev_is_refused_and_never_best(store_url, tm
         (lambda d: d["blocks"].append(dict(d["blocks"][-1], name="extra.0")), "has 9 blocks but tiny-flux has 8"),
         (lambda d: d["model"].update(family="sd3"), "is a sd3 model but it is a flux model"),
         (lambda d: d["model"].update(compute_dtype="bf16"), "computes in bf16 but stores fp32"),
-        (lambda d: d["blocks"][0].update(cast="auto"), "casts 'auto', which only fp8 storage has"),
+        (lambda d: d["blocks"][0].update(cast="auto"), "casts 'auto', which only fp8 or quantized storage has"),
         (lambda d: d["predictions"].update(peak_vram_bytes=d["target"]["vram_budget_bytes"] + 1),
          "over its own budget"),
         (lambda d: d["predictions"].update(step_ms=0.001), "faster than its own lower bound"),

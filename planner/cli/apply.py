@@ -19,7 +19,7 @@ def apply(
     guidance: Annotated[Optional[float], typer.Option(help="Guidance scale (default: the model's).")] = None,
     height: Annotated[Optional[int], typer.Option(help="Image height (default: the plan's).")] = None,
     width: Annotated[Optional[int], typer.Option(help="Image width (default: the plan's).")] = None,
-    transformer: Annotated[Optional[Path], typer.Option("--transformer", help="Single-file transformer .safetensors (diffusers or original BFL/ComfyUI names; fp8 kept).")] = None,
+    transformer: Annotated[Optional[Path], typer.Option("--transformer", help="Single-file transformer: .safetensors (diffusers or original BFL/ComfyUI names; fp8 kept), .gguf, or a bitsandbytes NF4 .safetensors (kept packed).")] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Image file to write.")] = Path("image.png"),
     device: Annotated[Optional[str], typer.Option(help="Compute device (default: cuda if present).")] = None,
     lora: Annotated[Optional[list[str]], typer.Option("--lora", help="LoRA file to load, FILE or FILE:SCALE; repeatable.")] = None,

@@ -69,7 +69,7 @@ def show(
 def inspect_command(
     path: Annotated[
         str,
-        typer.Argument(help="A .safetensors file, a diffusers model folder or a pipeline folder."),
+        typer.Argument(help="A .safetensors or .gguf file, a diffusers model folder or a pipeline folder."),
     ],
     json_out: JsonOption = False,
 ) -> None:
@@ -81,18 +81,25 @@ def inspect_command(
     if json_out:
         print_json(report.to_dict())
         return
+    def dtypes(by_dtype) -> str:  # quantized files: the bytes of each quant type too
+        if report.format.value == "safetensors":
+            return ", ".join(sorted(by_dtype))
+        return ", ".join(f"{d} {format_size(n)}" for d, n in sorted(by_dtype.items()))
+
     rows = [
-        [b.index, b.name, b.kind, ", ".join(b.dtypes), b.tensors, b.bytes, format_size(b.bytes)]
+        [b.index, b.name, b.kind, dtypes(b.bytes_by_dtype), b.tensors, b.bytes,
+         format_size(b.bytes)]
         for b in report.blocks
     ]
     rest = report.non_block_bytes
-    rest_dtypes = ", ".join(sorted(report.non_block_bytes_by_dtype))
+    rest_dtypes = dtypes(report.non_block_bytes_by_dtype)
     rows.append(
         ["", "(non-block)", "", rest_dtypes, report.non_block_tensors, rest, format_size(rest)]
     )
     total = report.total_bytes
     rows.append(["", "total", "", "", report.total_tensors, total, format_size(total)])
-    echo(f"{report.path}: {report.family}, {report.naming.value} naming, "
+    kind = "" if report.format.value == "safetensors" else f"{report.format.value}, "
+    echo(f"{report.path}: {report.family}, {kind}{report.naming.value} naming, "
          f"{len(report.files)} file{'s' if len(report.files) > 1 else ''}")
     print_table(None, ["#", "block", "kind", "dtype", "tensors", "bytes", "size"], rows)
 

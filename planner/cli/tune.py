@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,6 +19,8 @@ def tune(
     resolution: Annotated[Optional[str], typer.Option(help="Image size WIDTHxHEIGHT (default: the model's, or the --profile's).")] = None,
     batch: Annotated[Optional[int], typer.Option(help="Images per step (default 1, or the --profile's).")] = None,
     dtype: Annotated[str, typer.Option(help="Storage dtype: bf16 or fp8 (default: the model's).")] = "",
+    quant: Annotated[str, typer.Option("--quant", help="Plan for a quantized checkpoint you may not have: q8_0, q6_k, q5_k, q4_k, ..., nf4.")] = "",
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="Plan for this checkpoint's exact bytes (.gguf, NF4 or plain .safetensors).")] = None,
     trials: Annotated[Optional[int], typer.Option(help="Optuna trials.")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="Stop the search after this many seconds.")] = None,
     seed: Annotated[int, typer.Option(help="Search seed: same seed, same plan.")] = 0,
@@ -43,11 +46,13 @@ def tune(
     if batch is not None and not 1 <= batch <= 64:
         raise UserError(f"--batch {batch} is out of range: give 1 to 64 images per step")
     workload = spec.workload(resolution, batch or 1)
+    storage = _storage(dtype, quant, weights) or spec.storage_dtype
     request = TuneRequest(
         model_id=spec.id,
         budget_bytes=parse_size(vram, "--vram"),
         workload=workload,
-        storage_dtype=DType.parse(dtype) if dtype else spec.storage_dtype,
+        storage_dtype=storage,
+        weights=weights,
         gpu=gpu,
         profile_id=profile,
         trials=trials if trials is not None else DEFAULT_TRIALS,
@@ -63,13 +68,37 @@ def tune(
         check_target(output, "-o")  # before any work, and before anything is stored
     with status(f"searching placements for {spec.id} ({request.trials} trials)", enabled=not json_out):
         outcome = run_tune(request)
+    formats = ()
+    if quant or weights is not None:
+        from planner.formats import compare_formats
+
+        formats = compare_formats(dataclasses.replace(request, storage_dtype=outcome.inventory.storage_dtype))
     if output is not None:
         save_plan(outcome.plan, output, option="-o")
-    data = summary(outcome)
+    data = {**summary(outcome), "formats": [row.to_dict() for row in formats]}
     if json_out:
         print_json({**data, "output": str(output) if output else None})
         return
     _print(data, output)
+
+
+def _storage(dtype: str, quant: str, weights: Optional[Path]):
+    from runtime.dtypes import DType
+    from runtime.errors import UserError
+
+    given = [name for name, value in (("--dtype", dtype), ("--quant", quant)) if value]
+    if weights is not None:
+        given.append("--weights")
+    if len(given) > 1:
+        raise UserError(f"{' and '.join(given)} both name the storage: give one of them")
+    if quant:
+        kinds = [d.value for d in DType if d.is_quantized]
+        if quant.lower() not in kinds:
+            raise UserError(f"unknown --quant {quant!r}: use one of {', '.join(kinds)}")
+        return DType(quant.lower())
+    if weights is not None and not weights.exists():
+        raise UserError(f"--weights {weights} does not exist: give a .gguf or .safetensors file")
+    return DType.parse(dtype) if dtype else None
 
 
 def _casts(p: dict) -> str:
@@ -119,3 +148,15 @@ def _print(data: dict, output: Path | None) -> None:
         else:
             rows.append([row["policy"], row["peer"], "does not fit", ""])
     print_table("peer policies at the same budget (predicted)", ["policy", "as in", "s/step", "peak VRAM"], rows)
+    if data["formats"]:
+        plan = data["plan"]
+        rows = [[f"{plan['model']['storage_dtype']} (this plan)", format_size(data["weight_bytes"]),
+                 f"{data['step_ms'] / 1000:.3f}", format_size(data["peak_vram_bytes"]), _casts(p)]]
+        for row in data["formats"]:
+            if row["fits"]:
+                rows.append([row["storage"], format_size(row["weight_bytes"]), f"{row['step_ms'] / 1000:.3f}",
+                             format_size(row["peak_vram_bytes"]), row["cast"]])
+            else:
+                rows.append([row["storage"], format_size(row["weight_bytes"]), "does not fit", "", ""])
+        print_table("storage formats at the same budget (predicted)",
+                    ["storage", "weights", "s/step", "peak VRAM", "cast"], rows)

@@ -2,7 +2,9 @@
 
 `inspect_checkpoint(path)` accepts a single `.safetensors` file, a diffusers model folder
 (`diffusion_pytorch_model.safetensors` or a sharded `...safetensors.index.json`), a pipeline
-folder with a `transformer/` subfolder, or an index file itself. It reads only headers, so a
+folder with a `transformer/` (or `unet/`) subfolder, an index file itself, or a `.gguf` file.
+Quantized blocks (GGUF, bitsandbytes NF4) are counted in their packed bytes
+(`runtime.checkpoint.stored`). It reads only headers, so a
 24 GB checkpoint answers at once, and asks the family adapters which block each tensor
 belongs to: no family is named here.
 """
@@ -16,8 +18,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
 
-from runtime.checkpoint.header import Header, TensorInfo, read_header
-from runtime.dtypes import SAFETENSORS_TO_DTYPE
+from runtime.checkpoint.header import Header, read_header
+from runtime.checkpoint.stored import FileFormat, StoredTensor, gguf_tensors, safetensors_tensors
+from runtime.checkpoint.stored import storage_name as _storage_name
 from runtime.errors import CheckpointError
 from runtime.strict_json import DuplicateKey, loads_strict
 
@@ -59,6 +62,7 @@ class CheckpointReport:
     blocks: tuple[BlockReport, ...]
     non_block_tensors: int
     non_block_bytes_by_dtype: Mapping[str, int]
+    format: FileFormat = FileFormat.SAFETENSORS
 
     @property
     def non_block_bytes(self) -> int:
@@ -82,6 +86,7 @@ class CheckpointReport:
             "files": [str(f) for f in self.files],
             "family": self.family,
             "naming": self.naming.value,
+            "format": self.format.value,
             "blocks": [
                 {
                     "name": b.name,
@@ -105,17 +110,20 @@ class CheckpointReport:
 
 def storage_name(tag: str) -> str:
     """Our dtype name for a safetensors tag (`BF16` -> `bf16`); the tag where we have none."""
-    dtype = SAFETENSORS_TO_DTYPE.get(tag)
-    return dtype.value if dtype is not None else tag
+    return _storage_name(tag)
 
 
 def inspect_checkpoint(path: str | Path) -> CheckpointReport:
     """The block-by-block contents of the checkpoint at `path` (file or diffusers folder)."""
     path = Path(path)
-    headers = _read_headers(path)
-    tensors = [t for h in headers for t in h.tensors]
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        kind, files, tensors = FileFormat.GGUF, (path,), gguf_tensors(path)
+    else:
+        headers = _read_headers(path)
+        files = tuple(h.path for h in headers)
+        kind, tensors = safetensors_tensors(headers)
     adapter = _pick_family(tensors, path)
-    return _report(path, tuple(h.path for h in headers), adapter, tensors)
+    return dataclasses.replace(_report(path, files, adapter, tensors), format=kind)
 
 
 # ---------------------------------------------------------------- finding the files
@@ -132,22 +140,26 @@ def _read_headers(path: Path) -> list[Header]:
         return _read_index(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(
-            f"checkpoint {path} is not a .safetensors file: give a .safetensors file, an "
-            f"{INDEX_NAME} or a diffusers folder (pickled .ckpt/.bin files are not read)"
+            f"checkpoint {path} is not a .safetensors file nor a .gguf one: give a .safetensors file, "
+            f"a .gguf file, an {INDEX_NAME} or a diffusers folder (pickled .ckpt/.bin files "
+            f"are not read)"
         )
     return [read_header(path)]
 
 
 def _read_folder(folder: Path) -> list[Header]:
-    if (folder / TRANSFORMER_FOLDER).is_dir():
-        folder = folder / TRANSFORMER_FOLDER
+    from runtime.families import denoiser_attributes
+
+    subfolders = [folder / name for name in denoiser_attributes() if (folder / name).is_dir()]
+    if subfolders:
+        folder = subfolders[0]
     if (folder / WEIGHTS_NAME).is_file():
         return [read_header(folder / WEIGHTS_NAME)]
     if (folder / INDEX_NAME).is_file():
         return _read_index(folder / INDEX_NAME)
     raise CheckpointError(
         f"folder {folder} holds neither {WEIGHTS_NAME} nor {INDEX_NAME}: give a diffusers "
-        f"model folder, a pipeline folder with {TRANSFORMER_FOLDER}/, or a .safetensors file"
+        f"model folder, a pipeline folder with {TRANSFORMER_FOLDER}/ (or unet/), or a .safetensors file"
     )
 
 
@@ -223,7 +235,7 @@ def _check_index(index: Path, weight_map: dict[str, str], headers: list[Header])
 # ---------------------------------------------------------------- mapping to blocks
 
 
-def _pick_family(tensors: list[TensorInfo], path: Path):
+def _pick_family(tensors: list[StoredTensor], path: Path):
     """The family that claims the most of the file's tensors (by default its block tensors;
     see `FamilyAdapter.claims`). Families can spell their blocks alike (FLUX's and SD3's
     diffusers names are both `transformer_blocks.N.`), so a tie goes to the family whose
@@ -248,7 +260,7 @@ def _pick_family(tensors: list[TensorInfo], path: Path):
     return get_family(tied[0])
 
 
-def _known_non_block(adapter, tensors: list[TensorInfo]) -> int:
+def _known_non_block(adapter, tensors: list[StoredTensor]) -> int:
     """How many of the file's non-block tensors the family's catalog architectures have."""
     known = _non_block_names(adapter.name)
     return sum(
@@ -288,14 +300,15 @@ def _naming_of(adapter, tensor_name: str, block: str) -> Naming | None:
     return Naming.ORIGINAL if original else Naming.DIFFUSERS
 
 
-def _report(path: Path, files: tuple[Path, ...], adapter, tensors: list[TensorInfo]):
-    positions = {bl.attr: (i, bl.kind) for i, bl in enumerate(adapter.block_lists)}
+def _report(path: Path, files: tuple[Path, ...], adapter, tensors: list[StoredTensor]):
+    from runtime.families.base import block_position
+
     per_block: dict[str, tuple[int, dict[str, int]]] = {}
     rest_count, rest_bytes = 0, {}
     namings = set()
     for tensor in tensors:
         block = adapter.block_of_tensor(tensor.name)
-        dtype = storage_name(tensor.dtype)
+        dtype = tensor.storage
         if block is None:
             rest_count += 1
             rest_bytes[dtype] = rest_bytes.get(dtype, 0) + tensor.nbytes
@@ -308,13 +321,12 @@ def _report(path: Path, files: tuple[Path, ...], adapter, tensors: list[TensorIn
         per_block[block] = (count + 1, by_dtype)
 
     def order(name: str) -> tuple[int, int]:
-        attr, index = name.rsplit(".", 1)
-        return positions[attr][0], int(index)
+        return block_position(adapter.block_lists, name)[0]
 
     blocks = tuple(
         BlockReport(
             name=name,
-            kind=positions[name.rsplit(".", 1)[0]][1],
+            kind=block_position(adapter.block_lists, name)[1],
             index=i,
             tensors=per_block[name][0],
             bytes_by_dtype=MappingProxyType(per_block[name][1]),

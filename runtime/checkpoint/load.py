@@ -29,7 +29,7 @@ def load_transformer(path: str | Path, config: Mapping[str, Any], family: str = 
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"transformer file {path} does not exist: give a .safetensors file")
+        raise UserError(f"transformer file {path} does not exist: give a .safetensors or .gguf file")
     report = inspect_checkpoint(path)  # checks the header and tells the naming apart
     if report.family != family:
         raise CheckpointError(
@@ -43,6 +43,13 @@ def load_transformer(path: str | Path, config: Mapping[str, Any], family: str = 
     config = {k: v for k, v in config.items() if not k.startswith("_")}
     model = get_family(family).build(config, device="meta")
     shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    if report.format.value != "safetensors":  # GGUF or NF4: kept packed
+        from runtime.checkpoint.load_quantized import assign, read_quantized_state
+
+        state = read_quantized_state(path, report, family, shapes)
+        _check(path, state, [], shapes)
+        assign(model, state)
+        return model.eval()
     state = _read(path)
     if report.naming is Naming.ORIGINAL:
         state, leftover = _to_diffusers(family, state, shapes, path)
@@ -84,11 +91,13 @@ def _check(path: Path, state: dict, leftover: list[str], shapes: dict) -> None:
         raise CheckpointError(
             f"transformer file {path} has the unknown tensor {unexpected[0]!r}: {_FIX}"
         )
+    from runtime.checkpoint.load_quantized import shape_of
+
     for name, shape in shapes.items():
-        if tuple(state[name].shape) != shape:
+        if shape_of(state[name]) != shape:
             raise CheckpointError(
                 f"transformer file {path} stores {name!r} (diffusers name) with shape "
-                f"{list(state[name].shape)} but the model needs {list(shape)}: {_FIX}"
+                f"{list(shape_of(state[name]))} but the model needs {list(shape)}: {_FIX}"
             )
 
 

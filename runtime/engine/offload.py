@@ -13,7 +13,7 @@ import weakref
 
 import torch
 
-from runtime.engine import adapters, packing
+from runtime.engine import adapters, packing, quantized
 from runtime.engine.casting import install_casts
 from runtime.engine.checks import check_plan
 from runtime.engine.handle import OffloadHandle, OffloadStats
@@ -45,6 +45,7 @@ class AppliedState:
         self.adapter_signature = adapter_signature
         self.adapter_ids: frozenset[int] = adapter_signature[0]
         self.moved: list[tuple[torch.Tensor, torch.device, torch.dtype, str]] = []
+        self.dequantized: list[tuple[torch.Tensor, torch.Tensor]] = []  # tensor, packed bytes
         self.layouts: list[packing.Layout] = []
         self.host_buffers: list[dict[str, torch.Tensor]] = []
         self.host_views: list[list[torch.Tensor]] = []
@@ -62,7 +63,7 @@ class AppliedState:
         adapter_bytes = sum(
             t.numel() * t.element_size() for t, _, _, _ in self.moved if id(t) in self.adapter_ids
         ) + sum(
-            e.numel * DType(e.group).itemsize
+            e.numel * DType(e.group).element_size
             for layout in self.layouts for e in layout.entries if id(e.tensor) in self.adapter_ids
         )
         return OffloadStats(
@@ -93,9 +94,14 @@ class AppliedState:
             packing.restore(layout, views)
             self.host_buffers.pop()
             self.pinned.pop()
+        packed = {id(t): data for t, data in self.dequantized}
         for tensor, orig_device, orig_dtype, _ in reversed(self.moved):
-            tensor.data = tensor.data.to(device=orig_device, dtype=orig_dtype)
+            if id(tensor) in packed:
+                tensor.data = packed[id(tensor)]
+            else:
+                tensor.data = tensor.data.to(device=orig_device, dtype=orig_dtype)
         self.moved = []
+        self.dequantized = []
 
 
 def apply(model, adapter, plan, device: torch.device) -> OffloadHandle:
@@ -118,9 +124,11 @@ def apply_state(model, adapter, plan, device: torch.device) -> AppliedState:
     for (name, _, module), info, s, p in zip(blocks, inv.blocks, streamed, pre):
         if s:
             layout = packing.layout_of(module, p, compute)
-            assert _base_bytes(layout, adapter_signature[0]) == device_bytes_by_dtype(info, p), name
+            # NF4's absmax and code books stay beside the packed bytes: the plan counts them
+            assert plan.model.storage_dtype is DType.NF4 or \
+                _base_bytes(layout, adapter_signature[0]) == device_bytes_by_dtype(info, p), name
             layouts.append(layout)
-    freed = _host_bytes_released(model, blocks, streamed, device)
+    freed = _host_bytes_released(model, blocks, streamed, device, pre)
     decision = decide_host_memory([l.bytes for l in layouts], freed, _wants_pinned(plan))
     if decision.warning:
         warnings.warn(decision.warning, stacklevel=3)
@@ -139,6 +147,8 @@ def apply_state(model, adapter, plan, device: torch.device) -> AppliedState:
         for (_, _, module), s, p in zip(blocks, streamed, pre):
             if not p:
                 state.casts.extend(install_casts(module, compute))
+        if quantized.has_quantized(model):
+            state.casts.extend(quantized.install_dequant(model, compute))
     except BaseException:
         state.undo()
         raise
@@ -150,7 +160,7 @@ def _base_bytes(layout, adapter_ids: frozenset[int]) -> dict[str, int]:
     out: dict[str, int] = {}
     for e in layout.entries:
         if id(e.tensor) not in adapter_ids:
-            out[e.group] = out.get(e.group, 0) + e.numel * DType(e.group).itemsize
+            out[e.group] = out.get(e.group, 0) + e.numel * DType(e.group).element_size
     return out
 
 
@@ -160,14 +170,16 @@ def _wants_pinned(plan) -> bool:
     return plan.host_memory is HostMemory.PINNED
 
 
-def _host_bytes_released(model, blocks, streamed, device: torch.device) -> int:
-    """Host bytes of original tensors that applying frees (packed, or moved to the device)."""
+def _host_bytes_released(model, blocks, streamed, device: torch.device, pre) -> int:
+    """Host bytes of original tensors that applying frees (packed, or moved to the device);
+    packed quantized bytes dequantized on the host (`pre`) are kept for `remove()`."""
     leaving = set()
-    for (_, _, module), s in zip(blocks, streamed):
+    for (_, _, module), s, p in zip(blocks, streamed, pre):
         if s or device.type != "cpu":
-            leaving.update(id(t) for t in packing.unique_tensors(module))
+            leaving.update(id(t) for t in packing.unique_tensors(module)
+                           if not (p and quantized.is_packed(t)))
     if device.type != "cpu":
-        leaving.update(id(t) for t in packing.unique_tensors(model))
+        leaving.update(id(t) for t in packing.unique_tensors(model) if not quantized.is_packed(t))
     return sum(
         t.numel() * t.element_size()
         for t in packing.unique_tensors(model)
@@ -177,6 +189,7 @@ def _host_bytes_released(model, blocks, streamed, device: torch.device) -> int:
 
 def _place_resident(state, model, blocks, streamed, pre, compute, device) -> None:
     """Resident blocks and non-block modules to the device; fp8 cast where the plan says."""
+    quant_model = quantized.has_quantized(model)
     in_blocks = set()
     for (_, _, module), s, p in zip(blocks, streamed, pre):
         tensors = packing.unique_tensors(module)
@@ -184,12 +197,21 @@ def _place_resident(state, model, blocks, streamed, pre, compute, device) -> Non
         if not s:
             state.resident_block_count += 1
             for tensor in tensors:
+                if quantized.is_packed(tensor) and p:  # dequantized on the host, then moved
+                    _dequantize(state, tensor, device, compute, "resident")
+                    continue
                 _move(state, tensor, device, packing.device_dtype(tensor.dtype, p, compute),
                       "resident")
     for tensor in packing.unique_tensors(model):
         if id(tensor) not in in_blocks:
             # non-block modules always hold the compute dtype (cast as `pre` does): the
             # pipeline reads the model's dtype from its first parameter, which is one of them
+            if quantized.is_packed(tensor) or (
+                quantized.quant_info(tensor) is None and tensor.is_floating_point()
+                and tensor.dtype != compute and quant_model
+            ):  # quantized checkpoints: non-block modules in the compute dtype, exactly undone
+                _dequantize(state, tensor, device, compute, "non_block")
+                continue
             dtype = packing.device_dtype(tensor.dtype, True, compute)
             _move(state, tensor, device, dtype, "non_block")
 
@@ -197,6 +219,12 @@ def _place_resident(state, model, blocks, streamed, pre, compute, device) -> Non
 def _move(state, tensor, device, dtype, kind: str) -> None:
     state.moved.append((tensor, tensor.device, tensor.dtype, kind))
     tensor.data = tensor.data.to(device=device, dtype=dtype)
+
+
+def _dequantize(state, tensor, device, compute, kind: str) -> None:
+    state.moved.append((tensor, tensor.device, tensor.dtype, kind))
+    state.dequantized.append((tensor, tensor.data))
+    tensor.data = quantized.host_dequantized(tensor, compute).to(device)
 
 
 def _pack_streamed(state, layouts, pinned) -> None:

@@ -3,7 +3,9 @@
 The layout is fixed (parameters in `named_parameters` order, then buffers), so the host
 buffer, every ring slot and the views into them agree. Sizes per dtype group are exactly
 `runtime.inventory.device_bytes_by_dtype` of the block: fp8 tensors become the compute dtype
-when cast on the host (`pre`), everything else keeps its storage dtype.
+when cast on the host (`pre`), everything else keeps its storage dtype. Quantized matrices
+(`runtime.engine.quantized`) are one more group of packed bytes named by their quant type, or
+dequantized into the compute dtype on the host (`pre`), their packed bytes kept for `restore`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 
 from runtime.dtypes import DType
 from runtime.engine.casting import is_fp8
+from runtime.engine.quantized import host_dequantized, quant_info
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +30,7 @@ class Entry:
     shape: tuple[int, ...]
     orig_dtype: torch.dtype
     orig_device: torch.device
+    original: torch.Tensor | None = None  # packed bytes of a matrix dequantized on the host
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +39,7 @@ class Layout:
     numel_by_group: dict[str, int]
 
     def bytes_by_group(self) -> dict[str, int]:
-        return {g: n * DType(g).itemsize for g, n in self.numel_by_group.items()}
+        return {g: n * DType(g).element_size for g, n in self.numel_by_group.items()}
 
     @property
     def bytes(self) -> int:
@@ -64,11 +68,20 @@ def layout_of(module, cast_on_host: bool, compute: torch.dtype) -> Layout:
     entries = []
     numel_by_group: dict[str, int] = {}
     for tensor in unique_tensors(module):
-        group = DType.from_torch(device_dtype(tensor.dtype, cast_on_host, compute)).value
+        info = quant_info(tensor)
+        original, shape = None, tuple(tensor.shape)
+        if info is not None and cast_on_host:
+            group, original, shape = DType.from_torch(compute).value, tensor.data, info.shape
+        elif info is not None:
+            group = info.dtype.value
+        else:
+            group = DType.from_torch(device_dtype(tensor.dtype, cast_on_host, compute)).value
         offset = numel_by_group.get(group, 0)
-        numel = tensor.numel()
+        numel = 1
+        for d in shape:
+            numel *= d
         entries.append(
-            Entry(tensor, group, offset, numel, tuple(tensor.shape), tensor.dtype, tensor.device)
+            Entry(tensor, group, offset, numel, shape, tensor.dtype, tensor.device, original)
         )
         numel_by_group[group] = offset + numel
     return Layout(tuple(entries), numel_by_group)
@@ -103,7 +116,10 @@ def pack_host(layout: Layout, pinned: bool) -> tuple[dict[str, torch.Tensor], li
     buffers = empty_group_buffers(layout.numel_by_group, "cpu", pinned=pinned)
     host_views = views(layout, buffers)
     for entry, view in zip(layout.entries, host_views):
-        view.copy_(entry.tensor.data)
+        if entry.original is not None:
+            view.copy_(host_dequantized(entry.tensor, view.dtype))
+        else:
+            view.copy_(entry.tensor.data)
         entry.tensor.data = view
     return buffers, host_views
 
@@ -117,6 +133,9 @@ def bind(layout: Layout, targets: list[torch.Tensor]) -> None:
 def restore(layout: Layout, sources: list[torch.Tensor]) -> None:
     """Give every tensor its own storage again, in its original dtype and device."""
     for entry, source in zip(layout.entries, sources):
+        if entry.original is not None:
+            entry.tensor.data = entry.original
+            continue
         entry.tensor.data = source.to(
             device=entry.orig_device, dtype=entry.orig_dtype, copy=True
         )

@@ -20,6 +20,8 @@ _BUILTIN = {
     "z-image": "runtime.families.z_image:ZImageAdapter",
     "qwen-image": "runtime.families.qwen_image:QwenImageAdapter",
     "hunyuan-image": "runtime.families.hunyuan_image:HunyuanImageAdapter",
+    "unet": "runtime.families.unet:UNetAdapter",
+    "comfy-flux": "runtime.families.comfy_flux:ComfyFluxAdapter",
 }
 
 
@@ -56,6 +58,12 @@ def family_of_module(module) -> FamilyAdapter:
         f"no model family recognises {type(module).__name__}: "
         f"supported families are {', '.join(sorted(_REGISTRY))}"
     )
+
+
+def denoiser_attributes() -> list[str]:
+    """The pipeline attributes (and subfolders) that hold a family's model, e.g. `transformer`."""
+    _load_builtins()
+    return list(dict.fromkeys(adapter.denoiser for adapter in _REGISTRY.values()))
 
 
 def families() -> list[str]:

@@ -33,6 +33,28 @@ class BlockList:
 
     attr: str  # e.g. "transformer_blocks"
     kind: str  # e.g. "double"
+    single: bool = False  # one module, not a list (a UNet's `mid_block`), named by `attr` alone
+    # Each block a kind of its own, `kind` + index ("down0", "down1"): for lists whose blocks
+    # differ in shape and inputs (a UNet's down and up blocks), as `block_inputs` is per kind.
+    kind_per_block: bool = False
+
+    def block_name(self, index: int) -> str:
+        return self.attr if self.single else f"{self.attr}.{index}"
+
+    def block_kind(self, index: int) -> str:
+        return f"{self.kind}{index}" if self.kind_per_block else self.kind
+
+
+def block_position(block_lists: tuple[BlockList, ...], name: str) -> tuple[tuple[int, int], str]:
+    """((list position, index), kind) of the block `name` (as `blocks()` names it): the order
+    and kind of a block known only by name (a checkpoint's tensors)."""
+    for position, block_list in enumerate(block_lists):
+        if block_list.single and name == block_list.attr:
+            return (position, 0), block_list.block_kind(0)
+        attr, _, index = name.rpartition(".")
+        if not block_list.single and attr == block_list.attr and index.isdigit():
+            return (position, int(index)), block_list.block_kind(int(index))
+    raise KeyError(name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +72,8 @@ class FamilyAdapter(abc.ABC):
     block_lists: tuple[BlockList, ...]
     # Pipeline attributes holding text encoders: run once for the prompt, then dropped.
     text_encoders: tuple[str, ...] = ()
+    # The pipeline attribute (and pipeline subfolder) holding the model plans apply to.
+    denoiser: str = "transformer"
 
     # ------------------------------------------------------------------ architecture
 
@@ -116,8 +140,8 @@ class FamilyAdapter(abc.ABC):
         found = []
         for block_list in self.block_lists:
             container = model.get_submodule(block_list.attr)
-            for index, block in enumerate(container):
-                found.append((f"{block_list.attr}.{index}", block_list.kind, block))
+            for index, block in enumerate([container] if block_list.single else container):
+                found.append((block_list.block_name(index), block_list.block_kind(index), block))
         return found
 
     # ------------------------------------------------------------------ generation

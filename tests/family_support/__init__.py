@@ -25,6 +25,7 @@ _MODULES = {
     "z-image": "tests.family_support.z_image",
     "qwen-image": "tests.family_support.qwen_image",
     "hunyuan-image": "tests.family_support.hunyuan_image",
+    "unet": "tests.family_support.unet",
 }
 
 

@@ -1,0 +1,113 @@
+"""The tune node as a library: tune a plan for a ComfyUI model, apply it, measure it there.
+
+`tune_for` runs `planner.tuning.tune` for the catalog model the ComfyUI model is (its storage
+dtype read from the module), so the plan is stored like any other. `measure` loads the planned
+patcher through ComfyUI's own `load_models_gpu` and times whole forwards of the real module at
+the plan's workload; the measured step time is recorded in the store against the plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Measured:
+    step_ms: float
+    peak_vram_bytes: int
+    device: str
+
+
+def storage_dtype_of(patcher):
+    """The dtype ComfyUI stores the diffusion model's block weights in, as a plan names it."""
+    from .patcher import diffusion_model, refuse_fp8_vectors
+    from runtime.dtypes import DType
+    from runtime.errors import UserError
+
+    module = diffusion_model(patcher)
+    refuse_fp8_vectors(module)
+    dtypes = {p.dtype for p in module.parameters() if p.dim() >= 2}
+    if len(dtypes) != 1:
+        names = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
+        raise UserError(
+            f"the model's weights mix dtypes ({names}): load it with one weight_dtype, then tune"
+        )
+    return DType.from_torch(dtypes.pop())
+
+
+def check_model_is(patcher, model_id: str, storage) -> None:
+    """Refuse, before any tuning, a MODEL whose blocks are not those of catalog `model_id`."""
+    from .patcher import diffusion_model
+    from runtime.errors import UserError
+    from runtime.families import family_of_module
+    from runtime.inventory import inventory, inventory_of_module
+
+    module = diffusion_model(patcher)
+    ours = inventory_of_module(module, family_of_module(module), model_id, storage)
+    theirs = inventory(model_id, storage)
+    if [(b.kind, b.bytes) for b in ours.blocks] != [(b.kind, b.bytes) for b in theirs.blocks]:
+        raise UserError(
+            f"the MODEL is not {model_id}: its {len(ours.blocks)} blocks hold "
+            f"{ours.block_bytes} bytes in {storage.value}, {model_id}'s {len(theirs.blocks)} "
+            f"hold {theirs.block_bytes}; set model_id to the catalog model it is "
+            f"(planner models list)"
+        )
+
+
+def tune_for(patcher, model_id: str, vram: str, resolution: str, gpu: str, trials: int,
+             db_url: str | None):
+    """Tune (profiling this GPU first when no profile is stored) and return the outcome."""
+    from planner.budget import parse_size
+    from planner.tuning import TuneRequest, tune
+    from runtime.catalog import get_model
+
+    spec = get_model(model_id)
+    storage = storage_dtype_of(patcher)
+    check_model_is(patcher, spec.id, storage)
+    request = TuneRequest(
+        model_id=spec.id,
+        budget_bytes=parse_size(vram, "vram"),
+        workload=spec.workload(resolution.strip() or None),
+        storage_dtype=storage,
+        gpu=gpu.strip() or None,
+        trials=trials,
+        db_url=db_url,
+    )
+    return tune(request)
+
+
+def measure(patcher, attachment, steps: int) -> Measured:
+    """Load `patcher` the way the sampler does and time `steps` steps of its diffusion model
+    under the plan (applied and removed around the measurement, as around a sampling run)."""
+    import comfy.model_management as mm
+    import torch
+
+    from .patcher import diffusion_model
+    from runtime.families import family_of_module
+
+    mm.load_models_gpu([patcher])
+    module = diffusion_model(patcher)
+    plan = attachment.plan
+    forwards = plan.workload.forwards_per_step
+    with attachment.running(patcher) as handle, torch.inference_mode():
+        inputs = family_of_module(module).model_inputs(
+            module, plan.workload, handle.device, plan.model.compute_dtype.torch()
+        )
+        cuda = handle.device.type == "cuda"
+        module(**inputs)  # warm-up: the ring's first turn, kernels chosen
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(handle.device)
+        handle.enable_timing()
+        for _ in range(steps * forwards):
+            module(**inputs)
+        times = handle.timings()
+        peak = int(torch.cuda.max_memory_allocated(handle.device)) if cuda else 0
+        device = str(handle.device)
+    return Measured(sum(times) / steps, peak, device)
+
+
+def record(plan_id: int, measured: Measured, db_url: str | None) -> None:
+    from db.store import open_store
+
+    with open_store(db_url) as store:
+        store.record_run(plan_id, measured.step_ms, measured.peak_vram_bytes, measured.device)

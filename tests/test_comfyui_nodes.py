@@ -1,0 +1,239 @@
+"""The node pack as ComfyUI runs it: loaded from its folder under another package name, the
+apply node with each plan source, the tune node end to end, and their refusals.
+
+ComfyUI comes from the pinned sdist (tests/comfy_fixtures.py); without it these tests skip.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from comfy_fixtures import comfyui, sample, tiny_flux_patcher
+from runtime.dtypes import DType
+from runtime.errors import UserError
+from runtime.inventory import inventory
+from runtime.plan import Predictions, Target, build_plan, save_plan
+from runtime.workload import Workload
+
+PACK = Path(__file__).resolve().parent.parent / "comfyui_nodes"
+
+
+@pytest.fixture(scope="module")
+def comfy():
+    return comfyui()
+
+
+@pytest.fixture(autouse=True)
+def _nothing_loaded(comfy):
+    comfy.model_management.unload_all_models()
+    yield
+    comfy.model_management.unload_all_models()
+
+
+@pytest.fixture(scope="module")
+def pack(comfy):
+    """The pack imported the way ComfyUI imports a custom node folder (its own module name)."""
+    name = "custom_nodes.offload-planner"
+    spec = importlib.util.spec_from_file_location(
+        name, PACK / "__init__.py", submodule_search_locations=[str(PACK)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+            del sys.modules[key]
+
+
+@pytest.fixture
+def db_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'planner.db'}"
+
+
+def tiny_plan(streamed, step_ms: float = 10.0, gpu: str = "rtx-4060"):
+    inv = inventory("tiny-flux", DType.FP32)
+    return build_plan(
+        inv, set(streamed), workload=Workload(height=32, width=32, text_tokens=16),
+        target=Target(gpu, 1 << 30), prefetch_depth=1,
+        predictions=Predictions(step_ms, 1 << 20, step_ms / 2),
+    )
+
+
+def _apply(pack, model, **inputs):
+    node = pack.NODE_CLASS_MAPPINGS["OffloadPlanApply"]()
+    out = getattr(node, node.FUNCTION)(model, **inputs)
+    planned, text = out["result"]
+    assert out["ui"]["text"] == [text]
+    return planned, text
+
+
+def _attachment(planned):
+    from comfyui_nodes.patcher import attachment_of
+
+    return attachment_of(planned)
+
+
+def test_pack_declares_its_nodes_for_comfyui(pack):
+    assert set(pack.NODE_CLASS_MAPPINGS) == {"OffloadPlanApply", "OffloadPlanTune"}
+    assert pack.NODE_DISPLAY_NAME_MAPPINGS["OffloadPlanApply"] == "Offload plan: apply"
+    for cls in pack.NODE_CLASS_MAPPINGS.values():
+        types = cls.INPUT_TYPES()
+        assert types["required"]["model"] == ("MODEL",)
+        assert cls.RETURN_TYPES == ("MODEL", "STRING")
+        assert callable(getattr(cls, cls.FUNCTION))
+
+
+def test_apply_from_a_plan_file(pack, tmp_path):
+    patcher = tiny_flux_patcher()
+    plain = sample(patcher)
+    path = tmp_path / "plan.json"
+    save_plan(tiny_plan({"transformer_blocks.2", "single_transformer_blocks.4"}), path)
+    planned, text = _apply(pack, patcher, source="plan file", plan_file=str(path))
+    assert "plan file: tiny-flux on rtx-4060, 2 of 8 blocks streamed" in text
+    assert torch.equal(sample(planned), plain)
+    assert _attachment(planned).last_stats.streamed_blocks == 2
+
+
+def test_apply_by_stored_id_and_best_stored(pack, db_url):
+    from db.store import open_store
+
+    with open_store(db_url) as store:
+        slow = store.save_plan(tiny_plan({"transformer_blocks.0"}, step_ms=30.0))
+        fast = store.save_plan(tiny_plan({"single_transformer_blocks.1"}, step_ms=20.0))
+        store.save_plan(tiny_plan({"transformer_blocks.1"}, step_ms=5.0, gpu="rtx-4090"))
+    patcher = tiny_flux_patcher()
+    planned, text = _apply(pack, patcher, source="stored plan id", plan_id=slow, db_url=db_url)
+    assert text.startswith(f"plan {slow}: ")
+    assert [b.name for b in _attachment(planned).plan.streamed] == ["double_blocks.0"]
+
+    planned, text = _apply(
+        pack, patcher, source="best stored plan", model_id="tiny-flux", vram="1GB",
+        gpu="RTX 4060", db_url=db_url,
+    )
+    assert text.startswith(f"plan {fast}: ")
+    assert [b.name for b in _attachment(planned).plan.streamed] == ["single_blocks.1"]
+    sample(planned)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"source": "plan file", "plan_file": " "}, "plan_file is empty"),
+        ({"source": "somewhere"}, "is not a plan source"),
+        ({"source": "stored plan id", "plan_id": 99}, "no plan 99"),
+        ({"source": "best stored plan", "model_id": "tiny-flux", "vram": "1GB"}, "no CUDA GPU"),
+        ({"source": "best stored plan", "model_id": "tiny-flux", "vram": "1GB", "gpu": "rtx-4060"},
+         "no stored plan of tiny-flux fits 1GB on rtx-4060"),
+        ({"source": "best stored plan", "model_id": "tiny-flux", "vram": "lots", "gpu": "x"},
+         "vram 'lots' is not a size"),
+    ],
+)
+def test_apply_refuses_bad_input_with_a_sentence(pack, db_url, inputs, message):
+    patcher = tiny_flux_patcher()
+    with pytest.raises(UserError, match=message):
+        _apply(pack, patcher, db_url=db_url, **inputs)
+    assert patcher.get_attachment("offload_planner") is None
+
+
+def test_tune_node_tunes_applies_measures_and_records(pack, db_url):
+    from db.store import open_store
+
+    patcher = tiny_flux_patcher()
+    plain = sample(patcher)
+    comfyui().model_management.unload_all_models()
+    node = pack.NODE_CLASS_MAPPINGS["OffloadPlanTune"]()
+    out = node.tune(
+        patcher, "1GB", model_id="tiny-flux", resolution="32x32", gpu="rtx-4060", trials=20,
+        measure_steps=2, db_url=db_url,
+    )
+    planned, text = out["result"]
+    assert "predicted" in text and "measured" in text
+    attachment = _attachment(planned)
+    assert attachment.applied == 1 and attachment.handle is None  # the measurement
+    assert torch.equal(sample(planned), plain)
+    assert attachment.applied == 2 and attachment.handle is None
+    with open_store(db_url) as store:
+        (stored,) = store.list_plans(model="tiny-flux")
+        assert stored.runs == 1 and stored.best_measured_ms > 0
+    assert text.startswith(f"plan {stored.id}: ")
+
+
+def test_tune_node_refuses_another_model_before_tuning(pack, db_url):
+    from db.store import open_store
+
+    with pytest.raises(UserError, match="the MODEL is not tiny-flux2: its 8 blocks hold"):
+        pack.NODE_CLASS_MAPPINGS["OffloadPlanTune"]().tune(
+            tiny_flux_patcher(), "1GB", model_id="tiny-flux2", gpu="rtx-4060", db_url=db_url,
+        )
+    with open_store(db_url) as store:
+        assert store.list_plans() == []
+
+
+def test_nodes_refuse_comfyuis_all_fp8_weights_with_the_fix(pack, comfy, tmp_path):
+    patcher = tiny_flux_patcher()
+    with torch.no_grad():
+        for param in patcher.model.diffusion_model.parameters():
+            param.data = param.data.to(torch.float8_e4m3fn)  # as weight_dtype fp8_e4m3fn loads it
+    path = tmp_path / "plan.json"
+    save_plan(tiny_plan(set()), path)
+    with pytest.raises(UserError, match="weight_dtype 'default'"):
+        _apply(pack, patcher, source="plan file", plan_file=str(path))
+    with pytest.raises(UserError, match="weight_dtype 'default'"):
+        pack.NODE_CLASS_MAPPINGS["OffloadPlanTune"]().tune(
+            patcher, "1GB", model_id="tiny-flux", gpu="rtx-4060", db_url=f"sqlite:///{tmp_path}/x.db",
+        )
+
+
+def test_tune_node_refuses_a_model_of_mixed_dtypes(pack, db_url):
+    patcher = tiny_flux_patcher()
+    module = patcher.model.diffusion_model
+    module.double_blocks[0].img_attn.qkv.weight.data = module.double_blocks[0].img_attn.qkv.weight.data.half()
+    with pytest.raises(UserError, match="mix dtypes"):
+        pack.NODE_CLASS_MAPPINGS["OffloadPlanTune"]().tune(
+            patcher, "1GB", model_id="tiny-flux", gpu="rtx-4060", db_url=db_url,
+        )
+
+
+def test_example_workflow_wires_our_node_into_a_comfyui_flux_graph(pack, comfy):
+    """The README's workflow: every node type is one ComfyUI (or this pack) defines, every link
+    joins an output and an input of the same type, and our node's widget values are valid for
+    its inputs, in their order."""
+    import json
+    import re
+
+    from comfy_fixtures import comfyui_root
+
+    workflow = json.loads((PACK / "example_workflows" / "flux_offload_plan.json").read_text())
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    ours = pack.NODE_CLASS_MAPPINGS
+    root = comfyui_root()
+    sources = (root / "nodes.py").read_text() + "".join(
+        p.read_text() for p in (root / "comfy_extras").glob("nodes_*.py")
+    )
+    for node in nodes.values():
+        defined = re.search(rf"^class {node['type']}\b", sources, re.MULTILINE)
+        assert node["type"] in ours or defined, node["type"]
+    for link_id, src, src_slot, dst, dst_slot, kind in workflow["links"]:
+        output = nodes[src]["outputs"][src_slot]
+        assert output["type"] == kind and link_id in output["links"]
+        assert nodes[dst]["inputs"][dst_slot] == {"name": nodes[dst]["inputs"][dst_slot]["name"], "type": kind, "link": link_id}
+    (apply,) = [n for n in nodes.values() if n["type"] == "OffloadPlanApply"]
+    types = ours["OffloadPlanApply"].INPUT_TYPES()
+    widgets = {**types["required"], **types["optional"]}
+    widgets.pop("model")
+    assert len(apply["widgets_values"]) == len(widgets)
+    for (name, spec), value in zip(widgets.items(), apply["widgets_values"]):
+        kind = spec[0]
+        if isinstance(kind, list):
+            assert value in kind, name
+        else:
+            assert isinstance(value, {"STRING": str, "INT": int}[kind]), name
+    assert [i["type"] for i in apply["inputs"]] == ["MODEL"]
+    assert [o["type"] for o in apply["outputs"]] == list(ours["OffloadPlanApply"].RETURN_TYPES)
