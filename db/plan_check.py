@@ -2,7 +2,8 @@
 
 A plan is checked against `runtime.inventory.inventory(model, storage dtype)`, the model's own
 architecture built on `meta`: the family, every block present once and in execution order with
-the model's own name, kind and bytes, dtypes that agree, cast modes the dtype allows, and
+the model's own name, kind and bytes (quantized storage: the checkpoint's bytes, checked when
+applied), dtypes that agree, cast modes the dtype allows, and
 predictions that are figures a plan can have (a peak within its budget, a step no faster than
 its own lower bound). A plan for a model the catalog does not know is stored only when the
 caller says so (`allow_unknown_model`), and `best` never returns it.
@@ -110,7 +111,9 @@ def _check_against_model(plan, source: str) -> None:
                 f"{source}: block {have.index} of {plan.model.id} is {have.name!r} ({have.kind}) "
                 f"but the plan has {want.name!r} ({want.kind}) there: {_FIX}"
             )
-        if have.bytes != want.bytes:
+        # quantized storage: the bytes are the checkpoint's own layout (GGUF/NF4 blocks), which
+        # the catalog cannot know; apply checks them against the loaded model
+        if have.bytes != want.bytes and not plan.model.storage_dtype.is_quantized:
             raise PlanRejected(
                 f"{source}: block {have.name!r} holds {have.bytes} bytes in "
                 f"{plan.model.storage_dtype.value} but the plan says {want.bytes}: {_FIX}"

@@ -47,6 +47,7 @@ def apply(
     suffixes = check_apply_inputs(  # every option and the image target, before any work
         weights=weights, transformer=transformer, output=output, steps=steps, seed=seed,
         guidance=guidance, height=height, width=width, frames=plan.workload.frames,
+        denoiser=_denoiser(plan.model.family),
     )
     with open_store(db):  # a locked, read-only or out-of-date store fails here, before any work
         pass
@@ -76,3 +77,14 @@ def apply(
         echo(f"LoRA weights placed with their blocks: {format_size(result.adapter_bytes)}")
     echo(f"ratio to the plan's lower bound ({result.lower_bound_ms:.1f} ms/step): {ratio}")
     echo(run.note)
+
+
+def _denoiser(family: str) -> str:
+    """The pipeline subfolder of the plan's model ("transformer", "unet")."""
+    from runtime.errors import UserError
+    from runtime.families import get_family
+
+    try:
+        return get_family(family).denoiser
+    except UserError:
+        return "transformer"  # an unknown family: apply's model checks say so with the fix

@@ -29,6 +29,7 @@ def image_suffixes(animated: bool = False) -> tuple[str, ...]:
 def check_apply_inputs(
     *, weights: Path, transformer: Path | None, output: Path, steps: int | None, seed: int,
     guidance: float | None, height: int | None, width: int | None, frames: int = 1,
+    denoiser: str = "transformer",
 ) -> tuple[str, ...]:
     """Refuse bad options before the pipeline loads; the image suffixes the output may take."""
     from runtime.files import check_target
@@ -42,13 +43,15 @@ def check_apply_inputs(
     for name, value in (("--height", height), ("--width", width)):
         if value is not None and not (16 <= value <= 16384 and value % 16 == 0):
             raise UserError(f"{name} {value} is not an image size: give a multiple of 16 from 16 to 16384")
-    _check_weights(weights, transformer)
+    _check_weights(weights, transformer, denoiser)
     suffixes = image_suffixes(animated=frames > 1)
     check_target(output, "-o", suffixes, "image" + suffixes[0])
     return suffixes
 
 
-def _check_weights(weights: Path, transformer: Path | None) -> None:
+def _check_weights(weights: Path, transformer: Path | None, denoiser: str) -> None:
+    """The pipeline folder holds model_index.json and the denoiser's subfolder (`transformer/`,
+    `unet/` for UNet families) with its config, and its weights unless --transformer gives them."""
     if not weights.is_dir():
         raise UserError(
             f"--weights {weights} is not a folder: give a local diffusers FLUX pipeline folder "
@@ -59,13 +62,13 @@ def _check_weights(weights: Path, transformer: Path | None) -> None:
             f"--weights {weights} has no model_index.json: give a local diffusers FLUX pipeline "
             f"folder (save_pretrained or a downloaded snapshot)"
         )
-    if not (weights / "transformer" / "config.json").is_file():
+    if not (weights / denoiser / "config.json").is_file():
         raise UserError(
-            f"--weights {weights} has no transformer/config.json: give the whole pipeline folder "
-            f"(its transformer/ subfolder holds the config even when --transformer gives the weights)"
+            f"--weights {weights} has no {denoiser}/config.json: give the whole pipeline folder "
+            f"(its {denoiser}/ subfolder holds the config even when --transformer gives the weights)"
         )
     if transformer is None:
-        folder = weights / "transformer"
+        folder = weights / denoiser
         if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
             raise UserError(
                 f"--weights {weights} has no transformer weights in {folder}: give a complete "
