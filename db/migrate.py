@@ -56,8 +56,17 @@ def known_revisions() -> list[str]:
 def current_revision(connection) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
+    from alembic.util import CommandError
+
     context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
-    return context.get_current_revision()
+    try:
+        return context.get_current_revision()
+    except CommandError:  # more than one row: someone edited the table
+        heads = ", ".join(sorted(context.get_current_heads()))
+        raise SchemaOutOfDate(
+            f"the version table {VERSION_TABLE} holds several revisions ({heads}), which this tool "
+            f"never writes: delete every row but the revision the schema is at"
+        ) from None
 
 
 def _has_our_tables(connection) -> bool:
@@ -98,7 +107,7 @@ def _refusal(url: str, current: str | None, head: str) -> StoreError:
     if current not in known_revisions():
         return SchemaOutOfDate(
             f"database {shown} is at revision {current}, newer than this tool knows ({head}): "
-            "upgrade offload-planner (pip install -U offload-planner)"
+            "upgrade offload-planner (git pull in its repository, then pip install -e .)"
         )
     return SchemaOutOfDate(
         f"database {shown} is at revision {current}, this tool needs {head}: "
@@ -107,15 +116,21 @@ def _refusal(url: str, current: str | None, head: str) -> StoreError:
 
 
 def _upgrade_engine(engine, target: str = "head") -> None:
-    """Run the migrations in one transaction that holds the write lock (rechecked inside)."""
+    """Run the migrations in one transaction that holds the write lock (rechecked inside).
+    A `target` older than the database's revision migrates down to it."""
     from alembic import command
     from sqlalchemy import text
 
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
-        if target == "head" and current_revision(connection) == head_revision():
+        current = current_revision(connection)
+        if target == "head" and current == head_revision():
             return  # another process upgraded while we waited for the lock
+        order = known_revisions()
+        if current in order and target in order and order.index(target) < order.index(current):
+            command.downgrade(alembic_config(connection), target)
+            return
         command.upgrade(alembic_config(connection), target)
 
 

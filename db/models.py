@@ -10,7 +10,8 @@ from datetime import datetime, timezone
 from typing import Any, Optional
 
 from sqlalchemy import (
-    JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint,
+    JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -65,6 +66,7 @@ class ProfileRow(Base):
     batch: Mapped[int] = mapped_column(Integer)
     cfg: Mapped[str] = mapped_column(String(16))
     text_tokens: Mapped[int] = mapped_column(Integer)
+    frames: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     storage_dtype: Mapped[str] = mapped_column(String(16))
     compute_dtype: Mapped[str] = mapped_column(String(16))
     pinned_gbps: Mapped[float] = mapped_column(Float)
@@ -117,8 +119,14 @@ class PlanRow(Base):
     batch: Mapped[int] = mapped_column(Integer)
     cfg: Mapped[str] = mapped_column(String(16))
     text_tokens: Mapped[int] = mapped_column(Integer)
+    frames: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    storage_dtype: Mapped[str] = mapped_column(String(16))
     plan_json: Mapped[str] = mapped_column(Text)  # runtime.plan.dumps_plan text, unbounded
     content_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)  # sha256 of plan_json
+    # sha256 of the plan without its creation time: the same request tuned twice is one plan
+    body_hash: Mapped[str] = mapped_column(String(64), index=True)
+    # False: stored with allow_unknown_model for a model the catalog lacked; never ranked by best
+    catalog_model: Mapped[bool] = mapped_column(Boolean)
     predicted_step_ms: Mapped[float] = mapped_column(Float)
     predicted_peak_bytes: Mapped[int]
     profile_id: Mapped[Optional[int]] = mapped_column(ForeignKey("profiles.id"))
@@ -135,6 +143,17 @@ class RunRow(Base):
     step_ms: Mapped[float] = mapped_column(Float)
     peak_vram_bytes: Mapped[int]
     device: Mapped[str] = mapped_column(String(64))
+    # What ran: the workload, steps and GPU (None for runs stored before revision 0003).
+    height: Mapped[Optional[int]] = mapped_column(Integer)
+    width: Mapped[Optional[int]] = mapped_column(Integer)
+    batch: Mapped[Optional[int]] = mapped_column(Integer)
+    cfg: Mapped[Optional[str]] = mapped_column(String(16))
+    text_tokens: Mapped[Optional[int]] = mapped_column(Integer)
+    frames: Mapped[Optional[int]] = mapped_column(Integer)
+    steps: Mapped[Optional[int]] = mapped_column(Integer)
+    gpu_name: Mapped[Optional[str]] = mapped_column(String(256))
+    # True only for a run of the plan's own workload on its target GPU: only those rank it
+    comparable: Mapped[bool] = mapped_column(Boolean)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     plan: Mapped[PlanRow] = relationship(back_populates="runs")

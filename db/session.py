@@ -25,7 +25,7 @@ _LOCKED_WORDS = ("database is locked", "database table is locked", "database is 
 _UNWRITABLE_WORDS = ("unable to open database file", "readonly database", "disk i/o error")
 
 
-def make_engine(url: str, *, busy_timeout_s: float = 10.0, foreign_keys: bool = True):
+def make_engine(url: str, *, busy_timeout_s: float = 1.0, foreign_keys: bool = True):
     """An engine for `url`; for SQLite with WAL, a busy timeout and BEGIN IMMEDIATE writes."""
     from sqlalchemy import create_engine, event
 
@@ -33,10 +33,10 @@ def make_engine(url: str, *, busy_timeout_s: float = 10.0, foreign_keys: bool = 
     if parsed.drivername == "postgresql":  # psycopg 3 is the driver we ship, not psycopg2
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_pre_ping=True)
+        return _create(create_engine, parsed, url, pool_pre_ping=True)
 
     prepare_sqlite_file(url)
-    engine = create_engine(parsed, connect_args={"timeout": busy_timeout_s})
+    engine = _create(create_engine, parsed, url, connect_args={"timeout": busy_timeout_s})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):
@@ -59,6 +59,46 @@ def make_engine(url: str, *, busy_timeout_s: float = 10.0, foreign_keys: bool = 
     return engine
 
 
+# Extras of this package that carry a dialect's driver.
+_EXTRAS = {"postgresql": "pip install -e '.[postgres]' (psycopg 3)"}
+
+
+def _create(create_engine, parsed, url: str, **kwargs):
+    """create_engine, with an unknown dialect or a missing driver as one sentence naming the fix."""
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    backend = parsed.get_backend_name()
+    try:
+        return create_engine(parsed, **kwargs)
+    except NoSuchModuleError as e:
+        raise StoreError(
+            f"database URL {safe_url(url)} names {parsed.drivername!r}, which SQLAlchemy does not "
+            f"know: use sqlite:////path/planner.db or postgresql+psycopg://user@host/dbname"
+        ) from e
+    except ImportError as e:
+        fix = _EXTRAS.get(backend, f"install the Python driver {e.name or parsed.drivername!r}")
+        raise StoreError(
+            f"database URL {safe_url(url)} needs the driver {e.name or parsed.drivername!r}, which is "
+            f"not installed: {fix}, or use a sqlite:/// URL"
+        ) from e
+    except ArgumentError as e:
+        raise StoreError(f"database URL {safe_url(url)} cannot be used ({e}): check its options") from e
+
+
+def refuse_in_memory(url: str) -> None:
+    """An in-memory SQLite database keeps nothing past the command: the CLI refuses it (the
+    library accepts it, for throwaway stores in tests and notebooks)."""
+    parsed = parse_url(url)
+    database = parsed.database or ""
+    query = {k: str(v) for k, v in parsed.query.items()}
+    if (not database or database == ":memory:" or ":memory:" in database
+            or "mode=memory" in database or query.get("mode") == "memory"):
+        raise StoreError(
+            f"database URL {safe_url(url)} is an in-memory SQLite database, and nothing stored in it "
+            f"would be kept: give a file, e.g. sqlite:////path/planner.db, or leave --db out for the default"
+        )
+
+
 def reader(engine):
     """The same engine, starting plain (deferred) transactions: reads never take the write lock."""
     return engine.execution_options(**{_WRITE: False})
@@ -71,8 +111,8 @@ def translate(error: Exception, url: str) -> StoreError:
     lowered = text.lower()
     if any(w in lowered for w in _LOCKED_WORDS):
         return DatabaseLocked(
-            f"the database {safe_url(url)} stayed locked by another process past our retries: "
-            "let the other planner process finish, or run again"
+            f"the database {safe_url(url)} is locked by another process (still locked after a few "
+            "seconds of retries): let the other planner process finish, or run again"
         )
     if sqlite_path(url) is not None and any(w in lowered for w in _UNWRITABLE_WORDS):
         return unwritable(url, text)
@@ -118,7 +158,7 @@ def _quiet_rollback(session) -> None:
 
 def run_transaction(
     engine, url: str, work: Callable[["Session"], T], *, write: bool = True,
-    retries: int = 5, backoff_s: float = 0.05,
+    retries: int = 3, backoff_s: float = 0.05,
 ) -> T:
     """Run `work(session)` in one transaction, again from the start while the database is locked."""
     for attempt in range(retries + 1):

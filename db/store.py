@@ -1,32 +1,36 @@
 """The store's public API: machines, profiles, plans and measured runs.
 
     with open_store() as store:            # --db URL, else PLANNER_DB_URL, else the default file
-        plan_id = store.save_plan(plan)    # idempotent: same content, same id
-        store.record_run(plan_id, step_ms=3120.0, peak_vram_bytes=7 << 30, device="cuda:0")
-        best = store.best_plan("flux-dev", vram_bytes=8 << 30, gpu="rtx 4060")
+        plan_id = store.save_plan(plan)    # checked against the catalog; same plan, same id
+        store.record_run(plan_id, step_ms=3120.0, peak_vram_bytes=7 << 30, device="cuda:0",
+                         workload=plan.workload, steps=28, gpu_name="NVIDIA GeForce RTX 4060")
+        best = store.best_plan("flux-dev", vram_bytes=8 << 30, gpu="rtx 4060", workload=workload)
 
-Every method runs in one transaction (db/session.py) and returns frozen dataclasses.
+Every method runs in one transaction (db/session.py) and returns frozen dataclasses. The store
+keeps only plans that can run on the catalog model they name (db/plan_check.py); a measured
+run ranks its plan only where it ran the plan's own workload on the plan's target GPU.
 """
 
 from __future__ import annotations
 
 from typing import Callable, TypeVar
 
-from db.convert import StoredPlan, machine_values, plan_row, plan_text_and_hash, profile_row
-from db.convert import to_profile, to_stored_plan
+from db.convert import StoredPlan, machine_values, plan_body_hash, plan_row, plan_text_and_hash
+from db.convert import profile_row, to_profile, to_stored_plan
 from db.errors import NotFound, StoreError
 from profiler.gpus import normalize as normalize_gpu_name
 from db.location import default_db_url, resolve_url
+from db.matching import run_is_comparable, workload_matches
 from profiler.types import Profile
 from runtime.dtypes import DType
 from runtime.plan import Plan
 from runtime.workload import Workload
 
-__all__ = ["Store", "StoredPlan", "open_store", "default_db_url"]
+__all__ = ["Store", "StoredPlan", "open_store", "default_db_url", "run_is_comparable", "workload_matches"]
 T = TypeVar("T")
 
 
-def open_store(url: str | None = None, *, busy_timeout_s: float = 10.0, retries: int = 8) -> "Store":
+def open_store(url: str | None = None, *, busy_timeout_s: float = 1.0, retries: int = 3) -> "Store":
     """Open (and at first use create) the store at `url`; refuse a database at an old revision."""
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -106,10 +110,12 @@ class Store:
     def get_profile(self, profile_id: int) -> Profile:
         from db.models import ProfileRow
 
+        _check_id(profile_id, "profile", self.url)
+
         def work(session) -> Profile:
             row = session.get(ProfileRow, profile_id)
             if row is None:
-                raise NotFound(f"no profile {profile_id} in {self.url}: see `planner profile` for ids")
+                raise NotFound(f"no profile {profile_id} in {self.url}: `planner profiles list` shows the ids")
             return to_profile(row)
 
         return self._run(work, write=False)
@@ -133,6 +139,7 @@ class Store:
                 ProfileRow.batch == workload.batch,
                 ProfileRow.cfg == workload.cfg.value,
                 ProfileRow.text_tokens == workload.text_tokens,
+                ProfileRow.frames == workload.frames,
                 ProfileRow.storage_dtype == DType(storage_dtype).value,
                 ProfileRow.tool_version == tool_version,
             )
@@ -161,24 +168,34 @@ class Store:
 
     # ------------------------------------------------------------ plans
 
-    def save_plan(self, plan: Plan) -> int:
-        """Store a plan; the same content stored again returns the first id."""
+    def save_plan(self, plan: Plan, *, allow_unknown_model: bool = False) -> int:
+        """Store a plan that can run on its catalog model; the same plan stored again (even with
+        another creation time: the same request tuned twice) returns the first id.
+
+        A plan for a model the catalog lacks is refused unless `allow_unknown_model`; it is
+        then kept but never returned by `best_plan`."""
         from sqlalchemy import select
         from sqlalchemy.exc import IntegrityError
 
         from db.models import PlanRow, ProfileRow
+        from db.plan_check import check_storable
 
+        known = check_storable(plan, allow_unknown_model=allow_unknown_model)
         text, digest = plan_text_and_hash(plan)
+        body = plan_body_hash(plan)
         by_hash = select(PlanRow.id).where(PlanRow.content_hash == digest)
+        by_body = select(PlanRow.id).where(PlanRow.body_hash == body).order_by(PlanRow.id).limit(1)
 
         def work(session) -> int:
             existing = session.scalar(by_hash)
+            if existing is None:
+                existing = session.scalar(by_body)
             if existing is not None:
                 return existing
             profile_id = plan.provenance.profile_id
             if profile_id is not None and session.get(ProfileRow, profile_id) is None:
                 profile_id = None  # made from a profile in another store: the JSON keeps the id
-            row = plan_row(plan, text, digest, profile_id)
+            row = plan_row(plan, text, digest, profile_id, catalog_model=known)
             session.add(row)
             session.flush()
             return row.id
@@ -194,16 +211,24 @@ class Store:
             return found
 
     def find_plan(self, plan: Plan) -> int | None:
-        """The id this exact plan content is stored under, or None."""
-        from sqlalchemy import select
+        """The id this plan is stored under (same content, or same plan made at another time)."""
+        from sqlalchemy import or_, select
 
         from db.models import PlanRow
 
-        digest = plan_text_and_hash(plan)[1]
-        return self._run(lambda s: s.scalar(select(PlanRow.id).where(PlanRow.content_hash == digest)), write=False)
+        digest, body = plan_text_and_hash(plan)[1], plan_body_hash(plan)
+        query = (
+            select(PlanRow.id)
+            .where(or_(PlanRow.content_hash == digest, PlanRow.body_hash == body))
+            .order_by(PlanRow.id)
+            .limit(1)
+        )
+        return self._run(lambda s: s.scalar(query), write=False)
 
     def get_plan(self, plan_id: int) -> StoredPlan:
         from db.models import PlanRow
+
+        _check_id(plan_id, "plan", self.url)
 
         def work(session) -> StoredPlan:
             rows = session.execute(_plans_query().where(PlanRow.id == plan_id)).all()
@@ -219,8 +244,12 @@ class Store:
         gpu: str | None = None,
         max_vram: int | None = None,
         resolution: str | tuple[int, int] | None = None,
+        *,
+        storage_dtype: DType | None = None,
+        workload: Workload | None = None,
     ) -> list[StoredPlan]:
-        """Stored plans, oldest first, filtered by model, GPU name, budget and resolution."""
+        """Stored plans, oldest first, filtered by model, GPU name, budget, resolution, storage
+        dtype and workload (see `workload_matches`)."""
         from db.models import PlanRow
 
         query = _plans_query().order_by(PlanRow.id)
@@ -231,22 +260,46 @@ class Store:
         if resolution is not None:
             width, height = _resolution(resolution)
             query = query.where(PlanRow.width == width, PlanRow.height == height)
+        if storage_dtype is not None:
+            query = query.where(PlanRow.storage_dtype == DType(storage_dtype).value)
+        if workload is not None:
+            query = query.where(
+                PlanRow.height == workload.height, PlanRow.width == workload.width,
+                PlanRow.batch == workload.batch, PlanRow.text_tokens == workload.text_tokens,
+                PlanRow.frames == workload.frames,
+            )
         wanted = None if gpu is None else normalize_gpu_name(gpu)
 
         def work(session) -> list[StoredPlan]:
-            return [
+            found = [
                 to_stored_plan(*row)
                 for row in session.execute(query)
                 if wanted is None or normalize_gpu_name(row[0].gpu_name) == wanted
             ]
+            return [p for p in found if workload is None or workload_matches(p.plan.workload, workload)]
 
         return self._run(work, write=False)
 
     def best_plan(
-        self, model: str, vram_bytes: int, gpu: str | None = None, resolution: str | None = None
+        self,
+        model: str,
+        vram_bytes: int,
+        gpu: str | None = None,
+        resolution: str | None = None,
+        *,
+        storage_dtype: DType | None = None,
+        workload: Workload | None = None,
     ) -> StoredPlan | None:
-        """The fastest plan that fits `vram_bytes`: best measured time, else predicted."""
-        plans = self.list_plans(model=model, gpu=gpu, max_vram=vram_bytes, resolution=resolution)
+        """The fastest plan that fits `vram_bytes` for this model, dtype and workload: best
+        comparable measured time, else predicted. Only plans that run on the catalog model
+        (checked again now: the catalog may have changed since they were stored) compete."""
+        from db.plan_check import fits_catalog
+
+        plans = self.list_plans(
+            model=model, gpu=gpu, max_vram=vram_bytes, resolution=resolution,
+            storage_dtype=storage_dtype, workload=workload,
+        )
+        plans = [p for p in plans if p.catalog_model and fits_catalog(p.plan)]
         return min(plans, key=lambda p: (p.ranking_ms, p.id), default=None)
 
     def remove_plan(self, plan_id: int) -> None:
@@ -254,6 +307,8 @@ class Store:
         from sqlalchemy import delete
 
         from db.models import PlanRow, RunRow
+
+        _check_id(plan_id, "plan", self.url)
 
         def work(session) -> None:
             if session.get(PlanRow, plan_id) is None:
@@ -265,8 +320,20 @@ class Store:
 
     # ------------------------------------------------------------ runs
 
-    def record_run(self, plan_id: int, step_ms: float, peak_vram_bytes: int, device: str) -> int:
-        """Store one measured run of a stored plan."""
+    def record_run(
+        self,
+        plan_id: int,
+        step_ms: float,
+        peak_vram_bytes: int,
+        device: str,
+        *,
+        workload: Workload | None = None,
+        steps: int | None = None,
+        gpu_name: str | None = None,
+    ) -> int:
+        """Store one measured run of a stored plan, with what ran and where. It ranks the plan
+        (is comparable) only where `workload` is the plan's and `gpu_name` its target; any other
+        run is kept as a run of another workload or device."""
         import math
 
         from db.models import PlanRow, RunRow
@@ -275,11 +342,27 @@ class Store:
             raise StoreError(f"step_ms {step_ms!r} is not a measured time: give a positive number of ms")
         if not isinstance(peak_vram_bytes, int) or peak_vram_bytes < 0:
             raise StoreError(f"peak_vram_bytes {peak_vram_bytes!r} is not a size: give bytes, zero or more")
+        _check_id(plan_id, "plan", self.url)
+        if steps is not None and (not isinstance(steps, int) or steps < 1):
+            raise StoreError(f"steps {steps!r} is not a step count: give 1 or more")
+        w = workload
 
         def work(session) -> int:
-            if session.get(PlanRow, plan_id) is None:
+            plan_row = session.get(PlanRow, plan_id)
+            if plan_row is None:
                 raise NotFound(f"no plan {plan_id} in {self.url}: store the plan before its runs")
-            row = RunRow(plan_id=plan_id, step_ms=float(step_ms), peak_vram_bytes=peak_vram_bytes, device=device)
+            from runtime.plan import loads_plan
+
+            plan = loads_plan(plan_row.plan_json, source=f"stored plan {plan_id}")
+            row = RunRow(
+                plan_id=plan_id, step_ms=float(step_ms), peak_vram_bytes=peak_vram_bytes, device=device,
+                height=w.height if w else None, width=w.width if w else None,
+                batch=w.batch if w else None, cfg=w.cfg.value if w else None,
+                text_tokens=w.text_tokens if w else None,
+                frames=w.frames if w else None,
+                steps=steps, gpu_name=gpu_name,
+                comparable=run_is_comparable(plan, w, gpu_name),
+            )
             session.add(row)
             session.flush()
             return row.id
@@ -287,14 +370,29 @@ class Store:
         return self._run(work)
 
 
+MAX_ID = 2**63 - 1  # ids are signed 64-bit integers on every backend
+
+
+def _check_id(value, what: str, url: str) -> None:
+    """An id no row can have is simply not found (SQLite would overflow on it)."""
+    if type(value) is not int or not 1 <= value <= MAX_ID:
+        raise NotFound(f"no {what} {value!r} in {url}: ids are whole numbers from 1 to {MAX_ID}")
+
+
 def _plans_query():
-    """Plans with their best measured step time and number of runs."""
-    from sqlalchemy import func, select
+    """Plans with their best comparable measured step time, number of runs, comparable runs."""
+    from sqlalchemy import case, func, select
 
     from db.models import PlanRow, RunRow
 
+    comparable = RunRow.comparable.is_(True)
     return (
-        select(PlanRow, func.min(RunRow.step_ms), func.count(RunRow.id))
+        select(
+            PlanRow,
+            func.min(case((comparable, RunRow.step_ms))),
+            func.count(RunRow.id),
+            func.coalesce(func.sum(case((comparable, 1), else_=0)), 0),
+        )
         .outerjoin(RunRow, RunRow.plan_id == PlanRow.id)
         .group_by(PlanRow.id)
     )

@@ -143,7 +143,7 @@ def render_timeline(explanation: Explanation, path: str | Path, title: str = "")
     try:
         import matplotlib
     except ImportError:
-        raise UserError("--png needs matplotlib: pip install 'offload-planner[plot]'") from None
+        raise UserError("--png needs matplotlib: install it with pip install -e '.[plot]' from this repository") from None
     matplotlib.use("Agg", force=True)
     from matplotlib import pyplot as plt
     from matplotlib.patches import Patch

@@ -19,6 +19,9 @@ from runtime.plan import Plan, Predictions, Target, build_plan
 from runtime.workload import CfgMode, Workload
 
 
+MAX_SEED = 2**32 - 1  # Optuna's TPE sampler seeds numpy, which takes 32-bit seeds
+
+
 @dataclasses.dataclass(frozen=True)
 class TuneRequest:
     model_id: str
@@ -33,6 +36,8 @@ class TuneRequest:
     db_url: str | None = None
     verify: int = 0  # run this many best candidates on the GPU and keep the measured best
     fresh: bool = False  # measure this machine's GPU again even if a profile is stored
+    host_ram_bytes: int | None = None  # pinned host RAM allowed; None: see `host_ram_limit`
+    workload_from_profile: bool = False  # --profile without --resolution/--batch: the profile's
     weights: Path | None = None  # plan for this checkpoint's exact bytes (GGUF, NF4, safetensors)
 
     def __post_init__(self) -> None:
@@ -40,6 +45,10 @@ class TuneRequest:
             raise UserError("--gpu and --profile both name a profile: give one of them")
         if not 1 <= self.trials <= 100_000:
             raise UserError(f"--trials {self.trials} is out of range: give 1 to 100000")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"--seed {self.seed} is out of range: give 0 to {MAX_SEED} (2**32-1)")
+        if self.profile_id is not None and not 1 <= self.profile_id <= 2**63 - 1:
+            raise UserError(f"--profile {self.profile_id} is not a profile id: `planner profiles list` shows them")
         if self.timeout_s is not None and not self.timeout_s > 0:
             raise UserError(f"--timeout {self.timeout_s} is not a duration: give seconds above 0")
         if not 0 <= self.verify <= 32:
@@ -64,6 +73,8 @@ class TuneOutcome:
     plan_id: int
     chosen: Scored  # the candidate the plan was built from
     measured_step_ms: float | None = None
+    host: object | None = None  # planner.host_ram.Choice: pinned bytes and the limit
+    host_ram_source: str = ""  # where the host RAM limit came from, for the summary
     experts: object = None  # planner.experts.ExpertsPrediction for two-expert models
 
 
@@ -98,8 +109,44 @@ def resolve_profiles(req: TuneRequest) -> ProfileSource:
                 f"profile {req.profile_id} is of {profile.model_id}, not {req.model_id}: "
                 f"pass --model {profile.model_id} or a profile of {req.model_id}"
             )
+        if not req.workload_from_profile:
+            _check_profile_workload(req, profile)
         return ProfileSource({profile.workload.cfg: profile}, profile.machine.gpu_name, profile.id, False)
     return _this_machine(req)
+
+
+def _check_profile_workload(req: TuneRequest, profile) -> None:
+    """A profile's timings hold for the workload it was measured at, not for another one."""
+    have, want = profile.workload, req.workload
+    for name, shown in (("resolution", "--resolution"), ("batch", "--batch"), ("text_tokens", None),
+                        ("frames", None)):
+        a, b = getattr(have, name, 1), getattr(want, name, 1)
+        if a == b:
+            continue
+        option = f"{shown} {a}" if shown else f"a request with {name} {a}"
+        raise UserError(
+            f"profile {profile.id} was measured at {name} {a}, not {b}: pass {option} (or leave it "
+            f"out to use the profile's), or measure one with `planner profile --model {req.model_id} "
+            f"--resolution {want.resolution} --batch {want.batch}`"
+        )
+
+
+def host_ram_limit(req: TuneRequest, source: ProfileSource) -> tuple[int, str]:
+    """Pinned host RAM allowed: --host-ram, else what the machine can pin (this machine now,
+    or the profiled machine's RAM), else the stated default for a reference GPU."""
+    from planner.host_ram import REFERENCE_HOST_RAM_BYTES
+
+    if req.host_ram_bytes is not None:
+        return req.host_ram_bytes, "--host-ram"
+    if source.reference:
+        return REFERENCE_HOST_RAM_BYTES, "reference default (--host-ram to change)"
+    profile = next(iter(source.profiles.values()))
+    if req.profile_id is not None:
+        return profile.machine.host_ram_bytes, f"RAM of the machine profile {req.profile_id} was measured on"
+    from runtime.engine.host_memory import available_host_bytes
+
+    return min(available_host_bytes(), profile.machine.host_ram_bytes or available_host_bytes()), \
+        "available on this machine"
 
 
 def _this_machine(req: TuneRequest) -> ProfileSource:
@@ -111,7 +158,7 @@ def _this_machine(req: TuneRequest) -> ProfileSource:
         ids = ", ".join(spec.id for spec in reference_gpus())
         raise UserError(
             f"no GPU on this machine and no profile given: pass --gpu NAME (one of {ids}) "
-            f"or --profile ID (a stored profile, see `planner profile`)"
+            f"or --profile ID (a stored profile: `planner profiles list` shows them)"
         )
     from profiler.stored import stored_or_measured
 
@@ -170,17 +217,21 @@ def tune(req: TuneRequest) -> TuneOutcome:
     inv = request_inventory(req)
     settings = Settings(req.budget_bytes, trials=req.trials, timeout_s=req.timeout_s, seed=req.seed)
     result = search(inv, source.profiles, settings)
-    best, measured = result.best, None
+    from planner.host_ram import choose
+
+    limit, limit_source = host_ram_limit(req, source)
+    host = choose(inv, source.profiles, result, req.budget_bytes, limit)
+    best, measured = host.scored, None
     if req.verify:
-        best, measured = _verify(inv, source, result, req)
+        best, measured = _verify(inv, source, result, req, host)
     plan, prediction = plan_of(inv, source, best, req.budget_bytes)
     experts = experts_of(inv, source, best, req)
     from db.store import open_store
 
     with open_store(req.db_url) as store:
         plan_id = store.save_plan(plan)
-    return TuneOutcome(plan, prediction, result, source, inv, plan_id, best, measured,
-                       experts=experts)
+    return TuneOutcome(plan, prediction, result, source, inv, plan_id, best, measured, host,
+                       limit_source, experts=experts)
 
 
 def experts_of(inv, source: ProfileSource, scored: Scored, req: TuneRequest):
@@ -206,17 +257,25 @@ def _require_gpu_for_verify() -> None:
         raise UserError("--verify runs candidates on a CUDA GPU and this machine has none: drop --verify")
 
 
-def _verify(inv, source: ProfileSource, result: SearchResult, req: TuneRequest) -> tuple[Scored, float]:
+def _verify(inv, source: ProfileSource, result: SearchResult, req: TuneRequest, host) -> tuple[Scored, float]:
     """Run the `req.verify` best predicted candidates through the runtime; keep the fastest."""
+    import torch
+
     from db.store import open_store
+    from planner.host_ram import Evaluator, pinned_bytes
     from runtime.catalog import get_model
     from runtime.families import get_family
     from runtime.random_weights import random_model
 
+    ev = Evaluator(inv, source.profiles)
     ranked = sorted(
-        (s for s in result.pareto if s.peak_vram_bytes <= result.room_bytes), key=lambda s: s.step_ms
+        (s for s in result.pareto if s.peak_vram_bytes <= result.room_bytes
+         and pinned_bytes(ev, s.candidate) <= host.host_ram_bytes),
+        key=lambda s: s.step_ms,
     )
-    candidates = [result.best] + [s for s in ranked if s.candidate != result.best.candidate]
+    first = host.scored
+    candidates = [first] + [s for s in ranked if s.candidate != first.candidate]
+    gpu_name = torch.cuda.get_device_name(torch.cuda.current_device())
     adapter = get_family(get_model(req.model_id).family)
     model = random_model(req.model_id, req.storage_dtype)
     measured = []
@@ -224,7 +283,8 @@ def _verify(inv, source: ProfileSource, result: SearchResult, req: TuneRequest) 
         for scored in candidates[: req.verify]:
             plan, _ = plan_of(inv, source, scored, req.budget_bytes)
             step_ms, peak = _measure(model, adapter, plan)
-            store.record_run(store.save_plan(plan), step_ms, peak, "cuda")
+            store.record_run(store.save_plan(plan), step_ms, peak, "cuda", workload=plan.workload,
+                             steps=3, gpu_name=gpu_name)
             measured.append((step_ms, scored))
     step_ms, scored = min(measured, key=lambda m: m[0])
     return scored, step_ms
@@ -266,8 +326,14 @@ def summary(outcome: TuneOutcome) -> dict:
     from runtime.plan import plan_to_dict
 
     res, plan, pred = outcome.result, outcome.plan, outcome.prediction
+    from planner.host_ram import pinned_bytes
+    from planner.search import Evaluator
+
     space = space_of(outcome.inventory, tuple(outcome.source.profiles))
     best = outcome.chosen
+    ev = Evaluator(outcome.inventory, outcome.source.profiles)
+    pinned = {p: pinned_bytes(ev, s.candidate) for p, s in res.policies if s is not None}
+    limit = outcome.host.host_ram_bytes if outcome.host else float("inf")
     return {
         "plan_id": outcome.plan_id,
         "plan": plan_to_dict(plan),
@@ -278,6 +344,12 @@ def summary(outcome: TuneOutcome) -> dict:
         },
         "placement": {**best.candidate.to_dict(), "blocks": _counts(best.candidate, space)},
         "host_bytes": host_bytes(outcome),
+        "host_ram": {
+            "limit_bytes": outcome.host.host_ram_bytes if outcome.host else None,
+            "limit_source": outcome.host_ram_source,
+            "pinned_bytes": outcome.host.pinned_bytes if outcome.host else None,
+            "streamed_bytes": outcome.host.streamed_bytes if outcome.host else None,
+        },
         "weight_bytes": outcome.inventory.total_bytes,
         "step_ms": pred.step_ms,
         "peak_vram_bytes": pred.peak_vram_bytes,
@@ -289,7 +361,9 @@ def summary(outcome: TuneOutcome) -> dict:
             {
                 "policy": p.value,
                 "peer": p.peer,
-                "fits": s is not None,
+                "fits": s is not None and pinned.get(p, 0) <= limit,  # VRAM and host RAM
+                "fits_vram": s is not None,
+                "pinned_bytes": pinned.get(p),
                 "step_ms": s.step_ms if s else None,
                 "peak_vram_bytes": s.peak_vram_bytes if s else None,
                 "placement": s.candidate.to_dict() if s else None,

@@ -114,15 +114,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
             "storage_dtype": plan.model.storage_dtype.value,
             "compute_dtype": plan.model.compute_dtype.value,
         },
-        "workload": {
-            "height": plan.workload.height,
-            "width": plan.workload.width,
-            "batch": plan.workload.batch,
-            "cfg": plan.workload.cfg.value,
-            "text_tokens": plan.workload.text_tokens,
-            # a video's frames; image plans keep the text (and hash) they had before frames
-            **({"frames": plan.workload.frames} if plan.workload.frames != 1 else {}),
-        },
+        "workload": _workload_to_dict(plan.workload),
         "target": {
             "gpu_name": plan.target.gpu_name,
             "vram_budget_bytes": plan.target.vram_budget_bytes,
@@ -153,38 +145,46 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
     }
 
 
+def _workload_to_dict(w: Workload) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "height": w.height,
+        "width": w.width,
+        "batch": w.batch,
+        "cfg": w.cfg.value,
+        "text_tokens": w.text_tokens,
+    }
+    frames = w.frames
+    if frames != 1:  # written only for video: image plans keep their v1 text (and hash)
+        out["frames"] = frames
+    return out
+
+
 def dumps_plan(plan: Plan) -> str:
     return json.dumps(plan_to_dict(plan), indent=2, allow_nan=False) + "\n"
 
 
-def save_plan(plan: Plan, path: str | Path) -> None:
-    """Write atomically: a reader never sees half a plan."""
-    path = Path(path)
-    text = dumps_plan(plan)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+def save_plan(plan: Plan, path: str | Path, option: str = "plan file") -> None:
+    """Write atomically onto a regular file or a new path: a reader never sees half a plan,
+    and a symlink, device, FIFO or directory is refused (`option` names it in the message)."""
+    from runtime.files import write_atomic
+
+    write_atomic(path, dumps_plan(plan), option)
 
 
 # ---------------------------------------------------------------- reading
 
 
 def load_plan(path: str | Path) -> Plan:
+    """Read and check the plan file at `path`: a regular file of at most 10 MB (the bound holds
+    while reading, so /dev/zero, a FIFO or a growing stream is refused, never read to the end)."""
+    from runtime.files import read_bounded
+
     path = Path(path)
+    raw = read_bounded(path, MAX_PLAN_FILE_BYTES, "plan file", PlanFormatError)
     try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise PlanFormatError(f"cannot read plan file {path}: {e.strerror}") from e
-    if size > MAX_PLAN_FILE_BYTES:
-        raise PlanFormatError(
-            f"plan file {path} is {size} bytes, over the 10 MB limit: it is not a plan file"
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise PlanFormatError(f"plan file {path} is not UTF-8 text: it is not a plan file") from e
-    except OSError as e:
-        raise PlanFormatError(f"cannot read plan file {path}: {e.strerror}") from e
     return loads_plan(text, source=str(path))
 
 
@@ -211,7 +211,7 @@ def plan_from_dict(data: Any, source: str = "plan") -> Plan:
     if type(version) is int and version > FORMAT_VERSION:
         raise PlanFormatError(
             f"{source} has format_version {version}, newer than this tool reads "
-            f"({FORMAT_VERSION}): upgrade offload-planner (pip install -U offload-planner)"
+            f"({FORMAT_VERSION}): upgrade offload-planner (git pull in its repository, then pip install -e .)"
         )
     r.keys(data, "plan", _TOP_KEYS)
     if type(version) is not int or version != FORMAT_VERSION:
@@ -224,22 +224,7 @@ def plan_from_dict(data: Any, source: str = "plan") -> Plan:
         storage_dtype=r.enum(m, "model.storage_dtype", DType),
         compute_dtype=r.enum(m, "model.compute_dtype", DType),
     )
-    w = data["workload"]
-    r.object(w, "workload")
-    r.keys({k: v for k, v in w.items() if k != "frames"}, "workload",
-           {"height", "width", "batch", "cfg", "text_tokens"})
-    height = r.integer(w, "workload.height", 16, 16384)
-    width = r.integer(w, "workload.width", 16, 16384)
-    if height % 16 or width % 16:
-        raise PlanFormatError(f"{source}: workload height and width must be multiples of 16")
-    workload = Workload(
-        height=height,
-        width=width,
-        batch=r.integer(w, "workload.batch", 1, 64),
-        cfg=r.enum(w, "workload.cfg", CfgMode),
-        text_tokens=r.integer(w, "workload.text_tokens", 1, 4096),
-        frames=r.integer(w, "workload.frames", 1, MAX_FRAMES) if "frames" in w else 1,
-    )
+    workload = _read_workload(r, data)
     t = r.section(data, "target", {"gpu_name", "vram_budget_bytes"})
     target = Target(
         gpu_name=r.string(t, "target.gpu_name"),
@@ -264,6 +249,26 @@ def plan_from_dict(data: Any, source: str = "plan") -> Plan:
         created=r.timestamp(v, "provenance.created"),
     )
     return Plan(model, workload, target, blocks, depth, host_memory, predictions, provenance)
+
+
+_WORKLOAD_KEYS = {"height", "width", "batch", "cfg", "text_tokens"}
+def _read_workload(r: "_Reader", data: dict) -> Workload:
+    w = data["workload"]
+    r.object(w, "workload")
+    r.keys({k: v for k, v in w.items() if k != "frames"}, "workload", _WORKLOAD_KEYS)
+    height = r.integer(w, "workload.height", 16, 16384)
+    width = r.integer(w, "workload.width", 16, 16384)
+    if height % 16 or width % 16:
+        raise PlanFormatError(f"{r.source}: workload height and width must be multiples of 16")
+    fields = dict(
+        height=height,
+        width=width,
+        batch=r.integer(w, "workload.batch", 1, 64),
+        cfg=r.enum(w, "workload.cfg", CfgMode),
+        text_tokens=r.integer(w, "workload.text_tokens", 1, 4096),
+    )
+    fields["frames"] = r.integer(w, "workload.frames", 1, MAX_FRAMES) if "frames" in w else 1
+    return Workload(**fields)
 
 
 _TOP_KEYS = {

@@ -11,6 +11,7 @@ from runtime.plan import (
     FORMAT_VERSION,
     MAX_BLOCKS,
     MAX_BUDGET_BYTES,
+    MAX_FRAMES,
     MAX_PREFETCH_DEPTH,
     CastMode,
     HostMemory,
@@ -19,12 +20,12 @@ from runtime.plan import (
 from runtime.workload import CfgMode
 
 
-def _obj(properties: dict) -> dict:
+def _obj(properties: dict, optional: dict | None = None) -> dict:
     return {
         "type": "object",
         "additionalProperties": False,
         "required": sorted(properties),
-        "properties": properties,
+        "properties": {**properties, **(optional or {})},
     }
 
 
@@ -67,7 +68,8 @@ def plan_schema() -> dict:
                         "batch": _int(1, 64),
                         "cfg": _enum(CfgMode),
                         "text_tokens": _int(1, 4096),
-                    }
+                    },
+                    optional={"frames": _int(1, MAX_FRAMES)},  # video only; absent means 1
                 ),
                 "target": _obj(
                     {"gpu_name": _STRING, "vram_budget_bytes": _int(1, MAX_BUDGET_BYTES)}

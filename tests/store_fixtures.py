@@ -72,7 +72,10 @@ def make_plan(
     streamed: int = 2,
     profile_id: int | None = None,
     model: str = "tiny-flux",
+    text_tokens: int | None = None,
 ):
+    """A plan the store accepts: the catalog model's own blocks, at its text length."""
+    from runtime.catalog import get_model
     from runtime.inventory import inventory
     from runtime.plan import Predictions, Target, build_plan
     from runtime.workload import Workload
@@ -82,7 +85,7 @@ def make_plan(
     return build_plan(
         inv,
         names,
-        workload=Workload(height=height, width=width),
+        workload=Workload(height=height, width=width, text_tokens=text_tokens or get_model(model).text_tokens),
         target=Target(gpu_name=gpu, vram_budget_bytes=budget),
         predictions=Predictions(step_ms=step_ms, peak_vram_bytes=budget - (1 << 20), lower_bound_ms=step_ms / 2),
         profile_id=profile_id,
@@ -132,4 +135,13 @@ def make_profile(
         source="measured on cuda:0",
         tool_version=tool_version,
         created=created,
+    )
+
+
+def measure(store, plan_id: int, step_ms: float, peak: int = 1 << 30, gpu: str | None = None, steps: int = 4) -> int:
+    """Record a run of the plan's own workload on its target GPU (or on `gpu`)."""
+    plan = store.get_plan(plan_id).plan
+    return store.record_run(
+        plan_id, step_ms, peak, "cuda:0", workload=plan.workload, steps=steps,
+        gpu_name=gpu or plan.target.gpu_name,
     )

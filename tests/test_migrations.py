@@ -13,7 +13,7 @@ import pytest
 
 from store_fixtures import store_url  # noqa: F401 (fixture)
 
-HEAD = "0002_plan_content_hash"
+HEAD = "0003_trusted_plans"
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).parent.parent
 
@@ -154,7 +154,7 @@ def test_newer_schema_is_refused(store_url):
     with engine.begin() as conn:
         conn.execute(text("UPDATE planner_alembic_version SET version_num = '0099_future'"))
     engine.dispose()
-    with pytest.raises(SchemaOutOfDate, match="0099_future, newer than this tool knows.*pip install -U"):
+    with pytest.raises(SchemaOutOfDate, match=r"0099_future, newer than this tool knows.*pip install -e \."):
         open_store(store_url)
 
 
@@ -202,4 +202,4 @@ def test_alembic_ini_works_from_the_repo_root(tmp_path):
     done = subprocess.run([*alembic, "current"], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0 and "0001_initial" in done.stdout, done.stderr
     done = subprocess.run([*alembic, "history"], cwd=REPO, capture_output=True, text=True)
-    assert "0001_initial -> 0002_plan_content_hash (head)" in done.stdout, done.stderr
+    assert "0002_plan_content_hash -> 0003_trusted_plans (head)" in done.stdout, done.stderr

@@ -9,9 +9,9 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from store_fixtures import make_plan, store_url  # noqa: F401 (fixture)
+from store_fixtures import make_plan, measure, store_url  # noqa: F401 (fixture)
 
-HEAD = "0002_plan_content_hash"
+HEAD = "0003_trusted_plans"
 
 
 def planner(*args: str):
@@ -52,8 +52,8 @@ def _ids(url: str, *filters: str) -> list[int]:
 def test_import_twice_keeps_one_row(store_url, plan_file):
     first = json.loads(_ok("plans", "import", str(plan_file), "--db", store_url, "--json").stdout)
     second = json.loads(_ok("plans", "import", str(plan_file), "--db", store_url, "--json").stdout)
-    assert first == {"id": first["id"], "created": True}
-    assert second == {"id": first["id"], "created": False}
+    assert first == {"id": first["id"], "created": True, "catalog_model": True}
+    assert second == {"id": first["id"], "created": False, "catalog_model": True}
     assert _ids(store_url) == [first["id"]]
     text = _ok("plans", "import", str(plan_file), "--db", store_url).stdout
     assert f"already stored as plan {first['id']}" in text
@@ -76,7 +76,7 @@ def test_list_show_best_rm(store_url, tmp_path):
         slow = store.save_plan(make_plan(step_ms=3000.0, gpu="NVIDIA GeForce RTX 4060", budget=6 << 30))
         fast = store.save_plan(make_plan(step_ms=1000.0, gpu="rtx-4060", budget=12 << 30, width=768))
         other = store.save_plan(make_plan(step_ms=10.0, gpu="NVIDIA GeForce RTX 4090", budget=24 << 30))
-        store.record_run(slow, 2500.0, 5 << 30, "cuda:0")
+        measure(store, slow, 2500.0, 5 << 30)
 
     table = _ok("plans", "list", "--db", store_url).stdout
     assert "NVIDIA GeForce RTX 4060" in table and "6.00 GiB" in table and "2500.0" in table
@@ -94,13 +94,15 @@ def test_list_show_best_rm(store_url, tmp_path):
     def best(*args: str) -> int:
         return json.loads(_ok("plans", "best", "--model", "tiny-flux", "--db", store_url, "--json", *args).stdout)["id"]
 
-    assert best("--vram", "12GB", "--gpu", "rtx 4060") == fast
+    # best answers for the workload asked (1024x1024 unless --resolution says otherwise)
+    assert best("--vram", "12GB", "--gpu", "rtx 4060") == slow
+    assert best("--vram", "12GB", "--gpu", "rtx 4060", "--resolution", "768x1024") == fast
     assert best("--vram", "8GB", "--gpu", "rtx 4060") == slow
     assert best("--vram", "24GB") == other
     assert best("--vram", "12GB", "--resolution", "1024x1024") == slow
     assert "plan " in _ok("plans", "best", "--model", "tiny-flux", "--vram", "8GB", "--db", store_url).stdout
     line = _fails("plans", "best", "--model", "tiny-flux", "--vram", "4GB", "--gpu", "rtx 4060", "--db", store_url)
-    assert "no stored plan for tiny-flux on rtx 4060 fits 4.00 GiB" in line and "planner tune" in line
+    assert "no stored plan for tiny-flux (fp32, 1024x1024, batch 1) on rtx 4060 fits 4.00 GiB" in line and "planner tune" in line
 
     assert json.loads(_ok("plans", "rm", str(slow), "--db", store_url, "--json").stdout)["removed"] is True
     assert _ids(store_url) == [fast, other]
@@ -138,7 +140,7 @@ def test_db_current_and_upgrade(store_url):
     assert "run `planner db upgrade --db" in _ok("db", "current", "--db", store_url).stdout
     done = json.loads(_ok("db", "upgrade", "--db", store_url, "--json").stdout)
     assert (done["before"], done["after"]) == (None, HEAD)
-    assert "already at 0002_plan_content_hash" in _ok("db", "upgrade", "--db", store_url).stdout
+    assert f"already at {HEAD}" in _ok("db", "upgrade", "--db", store_url).stdout
     state = json.loads(_ok("db", "current", "--db", store_url, "--json").stdout)
     assert state["current"] == HEAD and state["up_to_date"] is True
     assert "up to date" in _ok("db", "current", "--db", store_url).stdout

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from store_fixtures import make_plan, make_profile, store, store_url  # noqa: F401 (fixtures)
+from store_fixtures import make_plan, make_profile, measure, store, store_url  # noqa: F401 (fixtures)
 
 
 def test_profile_round_trip_with_machine_and_blocks(store):
@@ -82,8 +82,8 @@ def test_plan_keeps_profile_link_only_when_the_profile_is_here(store):
 def test_runs_round_trip_and_remove(store):
     plan_id = store.save_plan(make_plan())
     other = store.save_plan(make_plan(step_ms=5.0))
-    run_a = store.record_run(plan_id, 950.0, 7 << 30, "cuda:0")
-    run_b = store.record_run(plan_id, 900.5, 7 << 30, "cuda:0")
+    run_a = measure(store, plan_id, 950.0, 7 << 30)
+    run_b = measure(store, plan_id, 900.5, 7 << 30)
     store.record_run(other, 4.0, 1, "cuda:1")
     assert run_b > run_a
     stored = store.get_plan(plan_id)
@@ -141,11 +141,11 @@ def test_best_plan_across_machines_prefers_measured(store):
     assert store.best_plan("tiny-flux", 8 << 30).id != mid  # any GPU: the 4090 plan predicts 10 ms
 
     # Measured beats predicted: the 6 GiB plan really runs in 1500 ms, faster than 8 GiB's 2000.
-    store.record_run(small, 1500.0, 5 << 30, "cuda:0")
+    measure(store, small, 1500.0, 5 << 30)
     assert store.best_plan("tiny-flux", 8 << 30, gpu="rtx 4060").id == small
     # ... and a measured run slower than its prediction ranks by the measurement.
-    store.record_run(big, 2500.0, 11 << 30, "cuda:0")
-    store.record_run(big, 2400.0, 11 << 30, "cuda:0")
+    measure(store, big, 2500.0, 11 << 30)
+    measure(store, big, 2400.0, 11 << 30)
     best = store.best_plan("tiny-flux", 12 << 30, gpu="rtx 4060")
     assert (best.id, best.best_measured_ms) == (small, 1500.0)
     assert store.get_plan(big).best_measured_ms == 2400.0

@@ -43,7 +43,7 @@ def _plan_texts(count: int, offset: float) -> list[str]:
 
     return [
         dumps_plan(dataclasses.replace(
-            base, predictions=dataclasses.replace(base.predictions, step_ms=offset + i * 0.5)
+            base, predictions=dataclasses.replace(base.predictions, step_ms=offset + i * 0.5, lower_bound_ms=0.0)
         ))
         for i in range(count)
     ]

@@ -217,7 +217,7 @@ def test_planner_apply_in_bf16_where_diffusers_keeps_wan_modules_in_fp32(tmp_pat
         assert clip.n_frames == 5
 
 
-def test_models_of_one_architecture_keep_their_own_ids():
+def test_models_of_one_architecture_keep_their_own_ids(tmp_path):
     """Wan 2.1 14B and an expert of Wan 2.2 A14B share a config, so the model cache holds one
     inventory for both; each model still gets its own id (and so tunes)."""
     a, b = inventory("wan2.1-t2v-14b"), inventory("wan2.2-t2v-a14b")
@@ -226,7 +226,7 @@ def test_models_of_one_architecture_keep_their_own_ids():
     for model_id in ("wan2.1-t2v-14b", "wan2.2-t2v-a14b"):
         result = runner.invoke(app, ["tune", "--model", model_id, "--resolution", "832x480",
                                      "--vram", "12GB", "--gpu", "rtx-4070", "--trials", "10",
-                                     "--db", "sqlite://", "--json"])
+                                     "--db", f"sqlite:///{tmp_path / 'store.db'}", "--json"])
         assert result.exit_code == 0, result.output
         assert json.loads(result.output)["plan"]["model"]["id"] == model_id
 

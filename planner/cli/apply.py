@@ -28,9 +28,15 @@ def apply(
     json_out: JsonOption = False,
 ) -> None:
     """Generate an image with a plan applied, and measure it against the plan."""
+    import dataclasses
+
     from planner.budget import format_size
+    from planner.cli._common import echo
+    from planner.cli.apply_checks import check_apply_inputs
+    from planner.runs import record_measured_run
     from runtime.catalog import find_model
-    from runtime.generate import GenerateConfig, generate, record_run
+    from runtime.files import atomic_path
+    from runtime.generate import GenerateConfig, generate
     from runtime.plan import load_plan
 
     from db.store import open_store
@@ -39,29 +45,50 @@ def apply(
 
     loras = tuple(parse_lora(text) for text in lora or ())
     plan = load_plan(plan_file)
+    suffixes = check_apply_inputs(  # every option and the image target, before any work
+        weights=weights, transformer=transformer, output=output, steps=steps, seed=seed,
+        guidance=guidance, height=height, width=width,
+        frames=frames if frames is not None else plan.workload.frames,
+        denoiser=_denoiser(plan.model.family),
+    )
     with open_store(db):  # a locked, read-only or out-of-date store fails here, before any work
         pass
     spec = find_model(plan.model.id)
-    config = GenerateConfig(
-        weights=weights, prompt=prompt, output=output,
-        steps=steps or (spec.default_steps if spec else 28), seed=seed,
-        guidance=guidance if guidance is not None else (spec.default_guidance if spec else 3.5),
-        height=height, width=width, frames=frames, transformer_file=transformer, device=device,
-        loras=loras,
-    )
-    result = generate(plan, config)
-    run_id = record_run(db, plan, result)
+    steps = steps if steps is not None else (spec.default_steps if spec else 28)
+    with atomic_path(output, "-o", suffixes, "image" + suffixes[0]) as tmp:  # the image appears whole, or not at all
+        config = GenerateConfig(
+            weights=weights, prompt=prompt, output=tmp,
+            steps=steps, seed=seed,
+            guidance=guidance if guidance is not None else (spec.default_guidance if spec else 3.5),
+            height=height, width=width, frames=frames, transformer_file=transformer, device=device,
+            loras=loras,
+        )
+        result = dataclasses.replace(generate(plan, config), output=str(output))
+    run = record_measured_run(db, plan, result, steps=steps, height=height, width=width,
+                              frames=frames)
     if json_out:
-        print_json(result.to_dict() | {"run_id": run_id})
+        print_json(result.to_dict() | {"run_id": run.run_id, "plan_id": run.plan_id,
+                                       "run_ranks_plan": run.comparable, "gpu_name": run.gpu_name})
         return
     peak = format_size(result.peak_vram_bytes) if result.peak_vram_bytes is not None \
         else "not measured on CPU"
     ratio = f"{result.ratio_to_lower_bound:.2f}x" if result.ratio_to_lower_bound is not None \
         else "n/a (plan has no lower bound)"
-    typer.echo(f"wrote {result.output}")
-    typer.echo(f"{result.seconds_per_step:.3f} s/step over {result.steps} steps on {result.device}")
-    typer.echo(f"peak VRAM {peak} (plan predicted {format_size(result.predicted_peak_vram_bytes)})")
+    echo(f"wrote {result.output}")
+    echo(f"{result.seconds_per_step:.3f} s/step over {result.steps} steps on {result.device}")
+    echo(f"peak VRAM {peak} (plan predicted {format_size(result.predicted_peak_vram_bytes)})")
     if result.adapter_bytes:
-        typer.echo(f"LoRA weights placed with their blocks: {format_size(result.adapter_bytes)}")
-    typer.echo(f"ratio to the plan's lower bound ({result.lower_bound_ms:.1f} ms/step): {ratio}")
-    typer.echo(f"recorded run {run_id}")
+        echo(f"LoRA weights placed with their blocks: {format_size(result.adapter_bytes)}")
+    echo(f"ratio to the plan's lower bound ({result.lower_bound_ms:.1f} ms/step): {ratio}")
+    echo(run.note)
+
+
+def _denoiser(family: str) -> str:
+    """The pipeline subfolder of the plan's model ("transformer", "unet")."""
+    from runtime.errors import UserError
+    from runtime.families import get_family
+
+    try:
+        return get_family(family).denoiser
+    except UserError:
+        return "transformer"  # an unknown family: apply's model checks say so with the fix

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from planner.cli._common import DbOption, JsonOption, print_json
+from planner.cli._common import DbOption, JsonOption, echo, print_json
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -22,11 +22,11 @@ def current(db: DbOption = None, json_out: JsonOption = False) -> None:
              "up_to_date": state.is_current}
         )
         return
-    typer.echo(f"database {safe_url(state.url)} is at revision {state.current or '(empty)'}")
+    echo(f"database {safe_url(state.url)} is at revision {state.current or '(empty)'}")
     if state.is_current:
-        typer.echo(f"up to date (this tool needs {state.head})")
+        echo(f"up to date (this tool needs {state.head})")
     else:
-        typer.echo(f"this tool needs {state.head}: run `{upgrade_command(state.url)}`")
+        echo(f"this tool needs {state.head}: run `{upgrade_command(state.url)}`")
 
 
 @app.command("upgrade")
@@ -43,6 +43,6 @@ def upgrade(db: DbOption = None, json_out: JsonOption = False) -> None:
         )
         return
     if before.current == after.current:
-        typer.echo(f"database {safe_url(after.url)} is already at {after.current}")
+        echo(f"database {safe_url(after.url)} is already at {after.current}")
     else:
-        typer.echo(f"database {safe_url(after.url)} upgraded: {before.current or '(empty)'} -> {after.current}")
+        echo(f"database {safe_url(after.url)} upgraded: {before.current or '(empty)'} -> {after.current}")

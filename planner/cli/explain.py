@@ -7,30 +7,44 @@ from typing import Annotated, Optional
 
 import typer
 
-from planner.cli._common import DbOption, JsonOption, print_json, print_table
+from planner.cli._common import DbOption, JsonOption, echo, print_json, print_table
 
 
 def explain(
     plan_file: Annotated[Path, typer.Argument(help="A plan.json written by `planner tune`.")],
     png: Annotated[Optional[Path], typer.Option("--png", help="Write a timeline of both streams here.")] = None,
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="Explain with this reference GPU's profile.")] = None,
-    profile: Annotated[Optional[int], typer.Option("--profile", help="Explain with this stored profile id.")] = None,
+    profile: Annotated[Optional[int], typer.Option("--profile", help="Explain with this stored profile id.", min=1, max=2**63 - 1)] = None,
     db: DbOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Show where a plan's time goes: compute, copy and wait per block over one step."""
     from planner.explain import explain as explain_plan
     from planner.explain import render_timeline
+    from runtime.files import atomic_path, check_target
     from runtime.plan import load_plan
 
     plan = load_plan(plan_file)
+    if png is not None:
+        check_target(png, "--png", (".png",), "timeline.png")  # before any work: a directory is not a file name
+        _require_matplotlib()
     result = explain_plan(plan, _profile_for(plan, gpu, profile, db))
     if png is not None:
-        render_timeline(result, png)
+        with atomic_path(png, "--png", (".png",), "timeline.png") as tmp:
+            render_timeline(result, tmp)
     if json_out:
         print_json({**result.to_dict(), "png": str(png) if png else None})
         return
     _print(result, png)
+
+
+def _require_matplotlib() -> None:
+    import importlib.util
+
+    from runtime.errors import UserError
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UserError("--png needs matplotlib: install it with pip install -e '.[plot]' from this repository")
 
 
 def _profile_for(plan, gpu: str | None, profile_id: int | None, db: str | None):
@@ -76,9 +90,11 @@ def _print(result, png: Path | None) -> None:
         f" ({ratio:.2f}x the floor of {p.lower_bound_ms / 1000:.3f} s, the best any placement does within "
         f"{format_size(result.plan.target.vram_budget_bytes)})" if ratio is not None else ""
     )
-    typer.echo(
+    echo(
         f"step {p.step_ms / 1000:.3f} s{floor}; compute stream idle {result.wait_ms:.1f} ms; "
-        f"peak VRAM {format_size(p.peak_vram_bytes)}\n"
+        f"peak VRAM {format_size(p.peak_vram_bytes)}"
+    )
+    echo(
         f"a forward timed between device synchronisations (a benchmark's host clock): "
         f"{p.synchronized_step_ms / 1000:.3f} s/step"
     )
@@ -88,4 +104,4 @@ def _print(result, png: Path | None) -> None:
 
         typer.echo("\n".join(line.strip() for line in _experts_lines(experts_to_dict(result.experts))))
     if png is not None:
-        typer.echo(f"timeline written to {png}")
+        echo(f"timeline written to {png}")

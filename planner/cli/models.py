@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from planner.cli._common import JsonOption, print_json, print_table
+from planner.cli._common import JsonOption, echo, print_json, print_table
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -48,7 +48,10 @@ def show(
     from runtime.dtypes import DType
     from runtime.inventory import inventory
 
-    inv = inventory(model, DType.parse(dtype) if dtype else None)
+    from planner.cli._common import status
+
+    with status(f"building {model} on the meta device (no weights)", enabled=not json_out):
+        inv = inventory(model, DType.parse(dtype) if dtype else None)
     if json_out:
         print_json(inv.to_dict())
         return
@@ -96,8 +99,8 @@ def inspect_command(
     total = report.total_bytes
     rows.append(["", "total", "", "", report.total_tensors, total, format_size(total)])
     kind = "" if report.format.value == "safetensors" else f"{report.format.value}, "
-    typer.echo(f"{report.path}: {report.family}, {kind}{report.naming.value} naming, "
-               f"{len(report.files)} file{'s' if len(report.files) > 1 else ''}")
+    echo(f"{report.path}: {report.family}, {kind}{report.naming.value} naming, "
+         f"{len(report.files)} file{'s' if len(report.files) > 1 else ''}")
     print_table(None, ["#", "block", "kind", "dtype", "tensors", "bytes", "size"], rows)
 
 

@@ -7,11 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from planner.cli._common import DbOption, JsonOption, print_json, print_table
+from planner.cli._common import DbOption, JsonOption, echo, print_json, print_table
 
 app = typer.Typer(no_args_is_help=True)
 
-PlanId = Annotated[int, typer.Argument(help="Plan id from `planner plans list`.", min=1)]
+MAX_ID = 2**63 - 1  # the store's ids are signed 64-bit integers
+PlanId = Annotated[int, typer.Argument(help="Plan id from `planner plans list`.", min=1, max=MAX_ID)]
 ModelOption = Annotated[Optional[str], typer.Option("--model", help="Model id, e.g. flux-dev.")]
 GpuOption = Annotated[Optional[str], typer.Option("--gpu", help="GPU name, e.g. 'rtx 4060'.")]
 ResolutionOption = Annotated[Optional[str], typer.Option("--resolution", help="WIDTHxHEIGHT.")]
@@ -31,18 +32,21 @@ def list_plans(
     gpu: GpuOption = None,
     max_vram: Annotated[Optional[str], typer.Option("--max-vram", help="Largest budget, e.g. 8GB.")] = None,
     resolution: ResolutionOption = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="Only plans storing this dtype.")] = "",
     db: DbOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Stored plans, filtered by model, GPU, budget and resolution."""
+    """Stored plans, filtered by model, GPU, budget, resolution and dtype."""
     from db.store import open_store
     from planner.budget import parse_size
+    from runtime.dtypes import DType
     from runtime.workload import parse_resolution
 
     limit = parse_size(max_vram, "--max-vram") if max_vram is not None else None
     size = parse_resolution(resolution) if resolution is not None else None
+    storage = DType.parse(dtype) if dtype else None
     with open_store(db) as store:
-        plans = store.list_plans(model=model, gpu=gpu, max_vram=limit, resolution=size)
+        plans = store.list_plans(model=model, gpu=gpu, max_vram=limit, resolution=size, storage_dtype=storage)
     if json_out:
         print_json([_summary(p) for p in plans])
         return
@@ -64,28 +68,63 @@ def best(
     model: Annotated[str, typer.Option("--model", help="Model id, e.g. flux-dev.")],
     vram: Annotated[str, typer.Option("--vram", help="VRAM to fit, e.g. 8GB.")],
     gpu: GpuOption = None,
-    resolution: ResolutionOption = None,
+    resolution: Annotated[Optional[str], typer.Option("--resolution", help="WIDTHxHEIGHT the plan must be for (default: the model's).")] = None,
+    batch: Annotated[int, typer.Option("--batch", help="Images per step the plan must be for.", min=1, max=64)] = 1,
+    dtype: Annotated[str, typer.Option("--dtype", help="Storage dtype (default: the model's).")] = "",
+    text_tokens: Annotated[Optional[int], typer.Option("--text-tokens", help="Text length (default: the model's).", min=1, max=4096)] = None,
+    frames: Annotated[Optional[int], typer.Option("--frames", help="Video frames (default: the model's; 1 for an image).", min=1, max=1024)] = None,
     db: DbOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """The fastest stored plan that fits VRAM: measured time first, else predicted."""
+    """The fastest stored plan for this model, dtype and workload that fits VRAM: measured time
+    (runs of its workload on its target GPU) first, else predicted."""
+    import dataclasses
+
     from db.store import open_store
     from planner.budget import format_size, parse_size
+    from runtime.catalog import get_model
+    from runtime.dtypes import DType
     from runtime.errors import UserError
+
     from runtime.workload import parse_resolution
 
     vram_bytes = parse_size(vram, "--vram")
     if resolution is not None:
         parse_resolution(resolution)
+    spec = get_model(model)  # an unknown model has no trusted plans: refused here
+    workload = spec.workload(resolution, batch, frames=frames)
+    if text_tokens is not None:
+        workload = dataclasses.replace(workload, text_tokens=text_tokens)
+    storage = DType.parse(dtype) if dtype else spec.storage_dtype
     with open_store(db) as store:
-        stored = store.best_plan(model, vram_bytes, gpu=gpu, resolution=resolution)
+        stored = store.best_plan(spec.id, vram_bytes, gpu=gpu, storage_dtype=storage, workload=workload)
     if stored is None:
         on = f" on {gpu}" if gpu else ""
         raise UserError(
-            f"no stored plan for {model}{on} fits {format_size(vram_bytes)}: "
-            f"make one with `planner tune --model {model} --vram {vram}`"
+            f"no stored plan for {model} ({storage.value}, {workload.resolution}, batch {workload.batch}){on} "
+            f"fits {format_size(vram_bytes)}: make one with `planner tune --model {model} --vram {vram}"
+            f" --resolution {workload.resolution}`"
         )
-    _print_plan(stored, json_out)
+    if json_out:
+        print_json({**_summary(stored), "chosen_by": _chosen(stored), "plan": _plan_dict(stored)})
+        return
+    echo(_chosen_line(stored))
+    _print_plan(stored, json_out=False)
+
+
+def _chosen(stored) -> dict:
+    return {"gpu_name": stored.plan.target.gpu_name, "figure": stored.ranked_by,
+            "step_ms": stored.ranking_ms, "comparable_runs": stored.measured_runs}
+
+
+def _chosen_line(stored) -> str:
+    p = stored.plan
+    if stored.ranked_by == "measured":
+        figure = (f"measured {stored.ranking_ms:.1f} ms/step (best of {stored.measured_runs} run(s) of its "
+                  f"workload on {p.target.gpu_name})")
+    else:
+        figure = f"predicted {stored.ranking_ms:.1f} ms/step (no measured run of its workload on its target)"
+    return f"best: plan {stored.id} for {p.target.gpu_name}, chosen by its {figure}"
 
 
 @app.command("export")
@@ -97,40 +136,53 @@ def export(
 ) -> None:
     """Write a stored plan as a plan.json file (stdout without -o)."""
     from db.store import open_store
+    from runtime.files import check_target
     from runtime.plan import dumps_plan, save_plan
 
+    if output is not None:
+        check_target(output, "-o")  # refused before the store is even opened
     with open_store(db) as store:
         stored = store.get_plan(plan_id)
     if output is None:
         typer.echo(dumps_plan(stored.plan), nl=False)
         return
-    _write_plan(stored.plan, output, save_plan)
+    save_plan(stored.plan, output, option="-o")
     if json_out:
         print_json({"id": plan_id, "path": str(output)})
     else:
-        typer.echo(f"plan {plan_id} written to {output}")
+        echo(f"plan {plan_id} written to {output}")
 
 
 @app.command("import")
 def import_plan(
     path: Annotated[Path, typer.Argument(help="A plan.json file.")],
+    allow_unknown_model: Annotated[bool, typer.Option(
+        "--allow-unknown-model",
+        help="Keep a plan for a model this tool's catalog does not know (never returned by `plans best`).",
+    )] = False,
     db: DbOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Store a plan file (validated field by field); importing it again keeps one copy."""
+    """Store a plan file (validated field by field, then against the catalog model it names);
+    importing it again keeps one copy."""
+    from db.plan_check import check_storable
     from db.store import open_store
     from runtime.plan import load_plan
 
     plan = load_plan(path)
+    known = check_storable(plan, allow_unknown_model=allow_unknown_model, source=str(path))
     with open_store(db) as store:
         existed = store.find_plan(plan)
-        plan_id = existed if existed is not None else store.save_plan(plan)
+        plan_id = existed if existed is not None else store.save_plan(plan, allow_unknown_model=allow_unknown_model)
     if json_out:
-        print_json({"id": plan_id, "created": existed is None})
-    elif existed is None:
-        typer.echo(f"imported {path} as plan {plan_id}")
+        print_json({"id": plan_id, "created": existed is None, "catalog_model": known})
+        return
+    if existed is None:
+        echo(f"imported {path} as plan {plan_id}")
     else:
-        typer.echo(f"{path} is already stored as plan {plan_id}")
+        echo(f"{path} is already stored as plan {plan_id}")
+    if not known:
+        echo(f"note: model {plan.model.id!r} is not in the catalog: the plan is kept but never returned by `plans best`")
 
 
 @app.command("rm")
@@ -143,12 +195,12 @@ def remove(plan_id: PlanId, db: DbOption = None, json_out: JsonOption = False) -
     if json_out:
         print_json({"id": plan_id, "removed": True})
     else:
-        typer.echo(f"removed plan {plan_id}")
+        echo(f"removed plan {plan_id}")
 
 
 # ------------------------------------------------------------ output
 
-_COLUMNS = ["id", "model", "gpu", "budget", "resolution", "streamed", "depth", "predicted ms",
+_COLUMNS = ["id", "model", "dtype", "gpu", "budget", "workload", "streamed", "depth", "predicted ms",
             "best measured ms", "runs", "created"]
 
 
@@ -157,48 +209,53 @@ def _summary(stored) -> dict:
     return {
         "id": stored.id,
         "model": p.model.id,
+        "storage_dtype": p.model.storage_dtype.value,
         "gpu_name": p.target.gpu_name,
         "vram_budget_bytes": p.target.vram_budget_bytes,
         "resolution": p.workload.resolution,
+        "batch": p.workload.batch,
+        "cfg": p.workload.cfg.value,
+        "text_tokens": p.workload.text_tokens,
+        "frames": p.workload.frames,
         "streamed_blocks": len(p.streamed),
         "blocks": len(p.blocks),
         "prefetch_depth": p.prefetch_depth,
         "predicted_step_ms": p.predictions.step_ms,
         "best_measured_ms": stored.best_measured_ms,
         "runs": stored.runs,
+        "comparable_runs": stored.measured_runs,
+        "catalog_model": stored.catalog_model,
         "created": stored.created.isoformat(),
     }
 
 
 def _row(stored) -> list:
     from planner.budget import format_size
+    from planner.cli.workload_text import workload_text
 
     s = _summary(stored)
     measured = "-" if s["best_measured_ms"] is None else round(s["best_measured_ms"], 1)
+    model = s["model"] if s["catalog_model"] else f"{s['model']} (unknown)"
     return [
-        s["id"], s["model"], s["gpu_name"], format_size(s["vram_budget_bytes"]), s["resolution"],
-        f"{s['streamed_blocks']}/{s['blocks']}", s["prefetch_depth"], round(s["predicted_step_ms"], 1),
-        measured, s["runs"], s["created"][:19],
+        s["id"], model, s["storage_dtype"], s["gpu_name"], format_size(s["vram_budget_bytes"]),
+        workload_text(stored.plan.workload), f"{s['streamed_blocks']}/{s['blocks']}", s["prefetch_depth"],
+        round(s["predicted_step_ms"], 1), measured, f"{s['comparable_runs']}/{s['runs']}", s["created"][:19],
     ]
+
+
+def _plan_dict(stored) -> dict:
+    from runtime.plan import plan_to_dict
+
+    return plan_to_dict(stored.plan)
 
 
 def _print_plan(stored, json_out: bool) -> None:
     from planner.budget import format_size
-    from runtime.plan import plan_to_dict
 
     if json_out:
-        print_json({**_summary(stored), "plan": plan_to_dict(stored.plan)})
+        print_json({**_summary(stored), "plan": _plan_dict(stored)})
         return
     print_table(f"plan {stored.id}", _COLUMNS, [_row(stored)])
     rows = [[i, b.name, b.kind, b.bytes, format_size(b.bytes), b.placement.value, b.cast.value]
             for i, b in enumerate(stored.plan.blocks)]
     print_table(None, ["#", "block", "kind", "bytes", "size", "placement", "cast"], rows)
-
-
-def _write_plan(plan, output: Path, save_plan) -> None:
-    from runtime.errors import UserError
-
-    try:
-        save_plan(plan, output)
-    except OSError as e:
-        raise UserError(f"cannot write {output} ({e.strerror}): choose a writable path with -o") from e

@@ -8,16 +8,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from planner.cli._common import DbOption, JsonOption, print_json, print_table
+from planner.cli._common import DbOption, JsonOption, echo, print_json, print_table, status
 
 
 def tune(
     model: Annotated[str, typer.Option("--model", help="Model id from `planner models list`.")],
     vram: Annotated[str, typer.Option("--vram", help="VRAM budget, e.g. 8GB (GB means GiB).")],
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="Plan from this reference GPU's profile.")] = None,
-    profile: Annotated[Optional[int], typer.Option("--profile", help="Plan from this stored profile id.")] = None,
-    resolution: Annotated[Optional[str], typer.Option(help="Image size WIDTHxHEIGHT (default: the model's).")] = None,
-    batch: Annotated[int, typer.Option(help="Images per step.")] = 1,
+    profile: Annotated[Optional[int], typer.Option("--profile", help="Plan from this stored profile id (`planner profiles list`).")] = None,
+    resolution: Annotated[Optional[str], typer.Option(help="Image size WIDTHxHEIGHT (default: the model's, or the --profile's).")] = None,
+    batch: Annotated[Optional[int], typer.Option(help="Images per step (default 1, or the --profile's).")] = None,
     frames: Annotated[Optional[int], typer.Option(help="Video frames (default: the model's; 1 for images).")] = None,
     dtype: Annotated[str, typer.Option(help="Storage dtype: bf16 or fp8 (default: the model's).")] = "",
     quant: Annotated[str, typer.Option("--quant", help="Plan for a quantized checkpoint you may not have: q8_0, q6_k, q5_k, q4_k, ..., nf4.")] = "",
@@ -28,6 +28,7 @@ def tune(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the plan here.")] = None,
     verify: Annotated[int, typer.Option(help="Run the K best candidates on this GPU; keep the fastest.")] = 0,
     fresh: Annotated[bool, typer.Option("--fresh", help="Profile this machine's GPU again even if a profile is stored.")] = False,
+    host_ram: Annotated[Optional[str], typer.Option("--host-ram", help="Host RAM the plan may pin, e.g. 32GB (default: what this machine can pin; 64 GiB for a reference --gpu).")] = None,
     db: DbOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -38,10 +39,14 @@ def tune(
     from planner.tuning import tune as run_tune
     from runtime.catalog import get_model
     from runtime.dtypes import DType
+    from runtime.errors import UserError
+    from runtime.files import check_target
     from runtime.plan import save_plan
 
     spec = get_model(model)
-    workload = spec.workload(resolution, batch, frames)
+    if batch is not None and not 1 <= batch <= 64:
+        raise UserError(f"--batch {batch} is out of range: give 1 to 64 images per step")
+    workload = spec.workload(resolution, batch or 1, frames)
     storage = _storage(dtype, quant, weights) or spec.storage_dtype
     request = TuneRequest(
         model_id=spec.id,
@@ -51,21 +56,26 @@ def tune(
         weights=weights,
         gpu=gpu,
         profile_id=profile,
-        trials=trials or DEFAULT_TRIALS,
+        trials=trials if trials is not None else DEFAULT_TRIALS,
         timeout_s=timeout,
         seed=seed,
         db_url=db,
         verify=verify,
         fresh=fresh,
+        host_ram_bytes=parse_size(host_ram, "--host-ram") if host_ram is not None else None,
+        workload_from_profile=resolution is None and batch is None,
     )
-    outcome = run_tune(request)
+    if output is not None:
+        check_target(output, "-o")  # before any work, and before anything is stored
+    with status(f"searching placements for {spec.id} ({request.trials} trials)", enabled=not json_out):
+        outcome = run_tune(request)
     formats = ()
     if quant or weights is not None:
         from planner.formats import compare_formats
 
         formats = compare_formats(dataclasses.replace(request, storage_dtype=outcome.inventory.storage_dtype))
     if output is not None:
-        save_plan(outcome.plan, output)
+        save_plan(outcome.plan, output, option="-o")
     data = {**summary(outcome), "formats": [row.to_dict() for row in formats]}
     if json_out:
         print_json({**data, "output": str(output) if output else None})
@@ -114,7 +124,8 @@ def _print(data: dict, output: Path | None) -> None:
         f"plan {data['plan_id']} for {data['plan']['model']['id']} within {format_size(data['plan']['target']['vram_budget_bytes'])}, from the {where}",
         f"  blocks:        {counts} (pattern {p['pattern']})",
         f"  prefetch:      depth {p['depth']}, cast {_casts(p)}, host memory {p['host_memory']}",
-        f"  host RAM:      {format_size(data['host_bytes'])} {p['host_memory']} for streamed blocks",
+        f"  host RAM:      {format_size(data['host_bytes'])} {p['host_memory']} for streamed blocks"
+        f" (limit {format_size(data['host_ram']['limit_bytes'])}, {data['host_ram']['limit_source']})",
         f"  predicted:     {data['step_ms'] / 1000:.3f} s/step, peak VRAM {format_size(data['peak_vram_bytes'])}",
     ]
     if data["ratio_to_bound"] is not None:
@@ -128,11 +139,15 @@ def _print(data: dict, output: Path | None) -> None:
         lines.append(f"  measured:      {data['measured_step_ms'] / 1000:.3f} s/step")
     if output is not None:
         lines.append(f"  written to:    {output}")
-    typer.echo("\n".join(lines))
+    for line in lines:
+        echo(line)
     rows = [["tuned (this plan)", "offload-planner", f"{data['step_ms'] / 1000:.3f}", format_size(data["peak_vram_bytes"])]]
     for row in data["policies"]:
         if row["fits"]:
             rows.append([row["policy"], row["peer"], f"{row['step_ms'] / 1000:.3f}", format_size(row["peak_vram_bytes"])])
+        elif row["fits_vram"]:
+            rows.append([row["policy"], row["peer"], f"pins {format_size(row['pinned_bytes'])}: over host RAM",
+                         format_size(row["peak_vram_bytes"])])
         else:
             rows.append([row["policy"], row["peer"], "does not fit", ""])
     print_table("peer policies at the same budget (predicted)", ["policy", "as in", "s/step", "peak VRAM"], rows)

@@ -64,8 +64,10 @@ class Header:
 def read_header(path: str | Path) -> Header:
     """The checked header of the safetensors file at `path`; never reads tensor data."""
     path = Path(path)
+    from runtime.files import open_regular
+
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, "checkpoint", CheckpointError) as f:  # a FIFO never blocks us
             file_bytes = os.fstat(f.fileno()).st_size
             header_bytes, raw = _read_raw(f, path, file_bytes)
     except OSError as e:

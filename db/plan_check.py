@@ -1,0 +1,120 @@
+"""What the store accepts: plans that can run on the catalog model they name.
+
+A plan is checked against `runtime.inventory.inventory(model, storage dtype)`, the model's own
+architecture built on `meta`: the family, every block present once and in execution order with
+the model's own name, kind and bytes (quantized storage: the checkpoint's bytes, checked when
+applied), dtypes that agree, cast modes the dtype allows, and
+predictions that are figures a plan can have (a peak within its budget, a step no faster than
+its own lower bound). A plan for a model the catalog does not know is stored only when the
+caller says so (`allow_unknown_model`), and `best` never returns it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from db.errors import StoreError
+from runtime.errors import UserError
+
+_FIX = "make the plan with `planner tune` for this model, or export it again from a store that has it"
+
+
+class PlanRejected(StoreError):
+    """A plan the store refuses: it could never be applied to the model it names."""
+
+
+@functools.lru_cache(maxsize=32)
+def _inventory(model_id: str, storage):
+    from runtime.inventory import inventory
+
+    return inventory(model_id, storage)
+
+
+def is_catalog_model(model_id: str) -> bool:
+    from runtime.catalog import find_model
+
+    return find_model(model_id) is not None
+
+
+def check_storable(plan, *, allow_unknown_model: bool = False, source: str = "the plan") -> bool:
+    """Raise `PlanRejected` unless `plan` can run on its catalog model; True when it was checked
+    against the catalog, False for an unknown model stored because `allow_unknown_model`."""
+    if not is_catalog_model(plan.model.id):
+        if allow_unknown_model:
+            _check_self_consistent(plan, source)
+            return False
+        raise PlanRejected(
+            f"{source} is for model {plan.model.id!r}, which this tool's catalog does not know: "
+            f"store it anyway with `planner plans import --allow-unknown-model` (it is then never "
+            f"returned by `plans best`), or use a model from `planner models list`"
+        )
+    _check_self_consistent(plan, source)
+    _check_against_model(plan, source)
+    return True
+
+
+def fits_catalog(plan) -> bool:
+    """True where `plan` passes `check_storable` against the catalog (no exception)."""
+    try:
+        return check_storable(plan)
+    except UserError:
+        return False
+
+
+def _check_self_consistent(plan, source: str) -> None:
+    from runtime.dtypes import compute_dtype
+    from runtime.plan import CastMode
+
+    m, p = plan.model, plan.predictions
+    if m.compute_dtype is not compute_dtype(m.storage_dtype):
+        raise PlanRejected(
+            f"{source} computes in {m.compute_dtype.value} but stores {m.storage_dtype.value}, "
+            f"which computes in {compute_dtype(m.storage_dtype).value}: {_FIX}"
+        )
+    if not m.storage_dtype.casts:  # only fp8 and quantized storage is cast on the device
+        for b in plan.blocks:
+            if b.cast is CastMode.AUTO:
+                raise PlanRejected(
+                    f"{source}: block {b.name!r} casts 'auto', which only fp8 or quantized storage "
+                    f"has, but the plan stores {m.storage_dtype.value}: {_FIX}"
+                )
+    if p.peak_vram_bytes > plan.target.vram_budget_bytes:
+        raise PlanRejected(
+            f"{source} predicts a peak of {p.peak_vram_bytes} bytes, over its own budget of "
+            f"{plan.target.vram_budget_bytes}: it does not fit its target; {_FIX}"
+        )
+    if p.step_ms + 1e-9 < p.lower_bound_ms * (1 - 1e-6):
+        raise PlanRejected(
+            f"{source} predicts {p.step_ms} ms/step, faster than its own lower bound of "
+            f"{p.lower_bound_ms} ms: those figures cannot both hold; {_FIX}"
+        )
+
+
+def _check_against_model(plan, source: str) -> None:
+    try:
+        inv = _inventory(plan.model.id, plan.model.storage_dtype)
+    except UserError as e:
+        raise PlanRejected(f"{source} cannot be checked against {plan.model.id}: {e}") from None
+    if plan.model.family != inv.family:
+        raise PlanRejected(
+            f"{source} says {plan.model.id} is a {plan.model.family} model but it is a "
+            f"{inv.family} model: {_FIX}"
+        )
+    if len(plan.blocks) != len(inv.blocks):
+        raise PlanRejected(
+            f"{source} has {len(plan.blocks)} blocks but {plan.model.id} has {len(inv.blocks)}: "
+            f"a plan places every block of the model once; {_FIX}"
+        )
+    for have, want in zip(inv.blocks, plan.blocks):
+        if (have.name, have.kind) != (want.name, want.kind):
+            raise PlanRejected(
+                f"{source}: block {have.index} of {plan.model.id} is {have.name!r} ({have.kind}) "
+                f"but the plan has {want.name!r} ({want.kind}) there: {_FIX}"
+            )
+        # quantized storage: the bytes are the checkpoint's own layout (GGUF/NF4 blocks), which
+        # the catalog cannot know; apply checks them against the loaded model
+        if have.bytes != want.bytes and not plan.model.storage_dtype.is_quantized:
+            raise PlanRejected(
+                f"{source}: block {have.name!r} holds {have.bytes} bytes in "
+                f"{plan.model.storage_dtype.value} but the plan says {want.bytes}: {_FIX}"
+            )

@@ -1,0 +1,95 @@
+"""Issue 11, item 9: host RAM is part of the budget (`tune --host-ram`), and ties in predicted
+speed go to fewer streamed bytes. Real reference profiles, the real search, the real CLI."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from planner.cli import app
+
+runner = CliRunner()
+GIB = 1 << 30
+
+
+def _tune(tmp_path, *args: str) -> dict:
+    result = runner.invoke(app, ["tune", "--model", "flux-dev", *args, "--trials", "40",
+                                 "--db", f"sqlite:///{tmp_path / 'store.db'}", "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_a_model_that_fits_stays_resident(tmp_path):
+    data = _tune(tmp_path, "--vram", "24GB", "--gpu", "rtx-3090")
+    blocks = data["placement"]["blocks"]
+    assert all(c["streamed"] == 0 for c in blocks.values()), blocks
+    assert data["host_ram"]["pinned_bytes"] == 0 and data["host_bytes"] == 0
+    stream_all = next(p for p in data["policies"] if p["policy"] == "stream-all")
+    assert data["step_ms"] < stream_all["step_ms"]
+    assert data["step_ms"] <= min(p["step_ms"] for p in data["policies"] if p["fits"]) * (1 + 1e-9)
+
+
+def test_fp8_cast_on_the_host_must_fit_the_host_ram(tmp_path):
+    roomy = _tune(tmp_path, "--vram", "8GB", "--gpu", "rtx-4060", "--dtype", "fp8", "--host-ram", "64GB")
+    assert roomy["placement"]["cast"] == "pre" and roomy["host_ram"]["pinned_bytes"] > 16 * GIB
+    tight = _tune(tmp_path, "--vram", "8GB", "--gpu", "rtx-4060", "--dtype", "fp8", "--host-ram", "16GB")
+    assert tight["host_ram"]["limit_bytes"] == 16 * GIB and tight["host_ram"]["limit_source"] == "--host-ram"
+    assert tight["host_ram"]["pinned_bytes"] <= 16 * GIB
+    assert tight["host_ram"]["pinned_bytes"] < roomy["host_ram"]["pinned_bytes"]
+    assert tight["step_ms"] >= roomy["step_ms"], "a tighter budget cannot predict faster"
+    for data in (roomy, tight):  # the summary's host bytes are the pinned bytes the limit checked
+        assert data["host_bytes"] == data["host_ram"]["pinned_bytes"]
+    assert tight["peak_vram_bytes"] <= 8 * GIB
+    assert tight["plan_id"] != roomy["plan_id"]
+
+
+def test_no_pinned_ram_at_all_still_gives_a_plan(tmp_path):
+    data = _tune(tmp_path, "--vram", "8GB", "--gpu", "rtx-4060", "--host-ram", "1MB")
+    assert data["host_ram"]["pinned_bytes"] == 0
+    assert data["placement"]["host_memory"] == "pageable"
+
+
+def test_the_reference_default_is_stated(tmp_path):
+    from planner.host_ram import REFERENCE_HOST_RAM_BYTES
+
+    result = runner.invoke(app, ["tune", "--model", "flux-dev", "--vram", "8GB", "--gpu", "rtx-4060",
+                                 "--trials", "20", "--db", f"sqlite:///{tmp_path / 'store.db'}"])
+    assert result.exit_code == 0, result.output
+    assert f"limit {REFERENCE_HOST_RAM_BYTES // GIB}.00 GiB, reference default (--host-ram to change)" in result.stdout
+    assert "--host-ram 'lots' is not a size" in runner.invoke(
+        app, ["tune", "--model", "flux-dev", "--vram", "8GB", "--gpu", "rtx-4060", "--host-ram", "lots"]).stderr
+
+
+def test_ties_go_to_fewer_streamed_bytes_in_the_library():
+    from planner.host_ram import choose, streamed_bytes
+    from planner.search import Evaluator, Settings, search
+    from profiler.reference import reference_profile
+    from runtime.catalog import get_model
+    from runtime.inventory import inventory
+    from runtime.workload import CfgMode
+
+    inv = inventory("flux-dev")
+    profiles = {CfgMode.NONE: reference_profile("rtx-3090", "flux-dev", get_model("flux-dev").workload(), inv.storage_dtype)}
+    result = search(inv, profiles, Settings(24 * GIB, trials=20))
+    choice = choose(inv, profiles, result, 24 * GIB, 32 * GIB)
+    # the whole model fits 24 GiB: nothing streams, at the search's best predicted speed
+    assert choice.streamed_bytes == 0 and choice.pinned_bytes == 0
+    assert streamed_bytes(Evaluator(inv, profiles), choice.scored.candidate) == 0
+    assert choice.scored.step_ms <= result.best.step_ms * (1 + 1e-9)
+
+
+def test_flux2_on_a_32gb_desktop(tmp_path):
+    result = runner.invoke(app, ["tune", "--model", "flux2-dev", "--vram", "24GB", "--gpu", "rtx-4090",
+                                 "--host-ram", "32GB", "--trials", "40",
+                                 "--db", f"sqlite:///{tmp_path / 'store.db'}", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["host_ram"]["pinned_bytes"] <= 32 * GIB
+    over = [p for p in data["policies"] if p["fits_vram"] and not p["fits"]]
+    assert over, "FLUX.2's peers pin about 42 GB: over a 32 GB machine's RAM"
+    assert all(p["pinned_bytes"] > 32 * GIB for p in over)
+    assert all(data["step_ms"] <= p["step_ms"] + 1e-9 for p in data["policies"] if p["fits"])
+    text = runner.invoke(app, ["tune", "--model", "flux2-dev", "--vram", "24GB", "--gpu", "rtx-4090",
+                               "--host-ram", "32GB", "--trials", "40", "--db", f"sqlite:///{tmp_path / 'store.db'}"])
+    assert "over host RAM" in text.stdout
