@@ -102,7 +102,7 @@ class OffloadPlanTune:
         measured_ms = None
         if measure_steps > 0:
             measured = measure(clone, attachment, measure_steps)
-            record(outcome.plan_id, measured, url)
+            record(outcome.plan, outcome.plan_id, measured, measure_steps, url)
             measured_ms = measured.step_ms
         text = describe(outcome.plan, outcome.plan_id, measured_ms)
         return {"ui": {"text": [text]}, "result": (clone, text)}

@@ -106,8 +106,12 @@ def measure(patcher, attachment, steps: int) -> Measured:
     return Measured(sum(times) / steps, peak, device)
 
 
-def record(plan_id: int, measured: Measured, db_url: str | None) -> None:
+def record(plan, plan_id: int, measured: Measured, steps: int, db_url: str | None) -> None:
+    """Store the measured run with what ran (the plan's workload) and where (the GPU's name),
+    so it ranks the plan only when it ran on the plan's target."""
     from db.store import open_store
+    from planner.runs import device_name
 
     with open_store(db_url) as store:
-        store.record_run(plan_id, measured.step_ms, measured.peak_vram_bytes, measured.device)
+        store.record_run(plan_id, measured.step_ms, measured.peak_vram_bytes, measured.device,
+                         workload=plan.workload, steps=steps, gpu_name=device_name(measured.device))

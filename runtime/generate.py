@@ -200,14 +200,3 @@ def save_frames(frames: list, output: Path) -> None:
         frames[0].save(output)
         return
     frames[0].save(output, save_all=True, append_images=frames[1:], duration=1000 // 16, loop=0)
-
-
-def record_run(url: str | None, plan, result: GenerateResult) -> int:
-    """Save the plan and this measured run in the store (db.store)."""
-    from db.store import open_store
-
-    with open_store(url) as store:
-        plan_id = store.save_plan(plan)
-        return store.record_run(
-            plan_id, result.seconds_per_step * 1000.0, result.peak_vram_bytes or 0, result.device,
-        )
