@@ -59,8 +59,9 @@ def test_every_block_list_in_execution_order():
 
 def test_unusable_frames_exit_2_with_one_line(tmp_path):
     out = tmp_path / "plan.json"
+    db = f"sqlite:///{tmp_path / 'store.db'}"
     result = runner.invoke(app, ["tune", "--model", "hunyuanvideo", "--frames", "60",
-                                 "--vram", "16GB", "--gpu", "rtx-4080", "--db", "sqlite://",
+                                 "--vram", "16GB", "--gpu", "rtx-4080", "--db", db,
                                  "-o", str(out)])
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1

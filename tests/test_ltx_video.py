@@ -71,8 +71,9 @@ def test_the_meta_trace_sees_every_token_of_both_cfg_halves():
 )
 def test_unusable_clip_sizes_exit_2_with_one_line(args, words, tmp_path):
     out = tmp_path / "plan.json"
+    db = f"sqlite:///{tmp_path / 'store.db'}"
     result = runner.invoke(app, ["tune", "--model", "ltx-video-13b", *args, "--vram", "12GB",
-                                 "--gpu", "rtx-4070", "--db", "sqlite://", "-o", str(out)])
+                                 "--gpu", "rtx-4070", "--db", db, "-o", str(out)])
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     for word in words:
