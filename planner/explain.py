@@ -27,6 +27,7 @@ class Explanation:
     plan: Plan
     prediction: Prediction
     rows: tuple[BlockRow, ...]
+    experts: object = None  # planner.experts.ExpertsPrediction for a two-expert model
 
     @property
     def wait_ms(self) -> float:
@@ -49,6 +50,7 @@ class Explanation:
             "synchronized_step_ms": p.synchronized_step_ms,
             "wait_ms": self.wait_ms,
             "blocks": [dataclasses.asdict(r) for r in self.rows],
+            "experts": _experts_dict(self.experts),
             "timeline": [
                 {"stream": e.stream.value, "start_ms": e.start_ms, "end_ms": e.end_ms, "block": e.block, "kind": e.kind.value}
                 for e in p.timeline
@@ -99,7 +101,27 @@ def explain(plan: Plan, profile, inventory=None) -> Explanation:
                 wait_ms=waits.get(b.name, 0.0),
             )
         )
-    return Explanation(plan, prediction, tuple(rows))
+    return Explanation(plan, prediction, tuple(rows), _experts(plan, model, layout))
+
+
+def _experts(plan: Plan, model: CostModel, layout: Layout):
+    """Both phases and the switch when the plan's model runs two experts (each with the
+    plan's placement, as the runtime applies it)."""
+    from runtime.catalog import find_model
+
+    spec = find_model(plan.model.id)
+    if spec is None or spec.experts is None:
+        return None
+    from planner.experts import plan_experts
+
+    return plan_experts(model, layout, [], spec.experts, spec.default_steps,
+                        plan.target.vram_budget_bytes)
+
+
+def _experts_dict(experts) -> dict | None:
+    from planner.experts import experts_to_dict
+
+    return experts_to_dict(experts) if experts is not None else None
 
 
 def _waits(prediction: Prediction) -> dict[str, float]:

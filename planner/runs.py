@@ -24,20 +24,22 @@ def device_name(device: str) -> str:
     return torch.cuda.get_device_name(torch.device(device))
 
 
-def run_workload(plan, height: int | None, width: int | None):
-    """The workload a run had: the plan's, with the image size the run was asked for."""
+def run_workload(plan, height: int | None, width: int | None, frames: int | None = None):
+    """The workload a run had: the plan's, with the image size (and frames) it was asked for."""
     return dataclasses.replace(plan.workload, height=height or plan.workload.height,
-                               width=width or plan.workload.width)
+                               width=width or plan.workload.width,
+                               frames=frames if frames is not None else plan.workload.frames)
 
 
-def record_measured_run(db_url, plan, result, *, steps: int, height: int | None, width: int | None) -> RecordedRun:
+def record_measured_run(db_url, plan, result, *, steps: int, height: int | None, width: int | None,
+                        frames: int | None = None) -> RecordedRun:
     """Store the plan (if the store keeps it) and this run with its workload and device."""
     from db.plan_check import check_storable
     from db.store import open_store, run_is_comparable
     from runtime.errors import UserError
 
     gpu = device_name(result.device)
-    workload = run_workload(plan, height, width)
+    workload = run_workload(plan, height, width, frames)
     comparable = run_is_comparable(plan, workload, gpu)
     try:
         check_storable(plan)
@@ -53,6 +55,10 @@ def record_measured_run(db_url, plan, result, *, steps: int, height: int | None,
         note = f"recorded run {run_id} of plan {plan_id} (its workload on its target {plan.target.gpu_name})"
     else:
         why = (f"on {gpu}, not the plan's target {plan.target.gpu_name}"
-               if workload == plan.workload else f"at {workload.resolution}, not the plan's {plan.workload.resolution}")
+               if workload == plan.workload else f"at {_size(workload)}, not the plan's {_size(plan.workload)}")
         note = f"recorded run {run_id} of plan {plan_id} as a run {why}: it does not rank the plan"
     return RecordedRun(run_id, plan_id, comparable, gpu, note)
+
+
+def _size(workload) -> str:
+    return workload.resolution + (f" x {workload.frames} frames" if workload.frames > 1 else "")

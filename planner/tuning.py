@@ -75,6 +75,7 @@ class TuneOutcome:
     measured_step_ms: float | None = None
     host: object | None = None  # planner.host_ram.Choice: pinned bytes and the limit
     host_ram_source: str = ""  # where the host RAM limit came from, for the summary
+    experts: object = None  # planner.experts.ExpertsPrediction for two-expert models
 
 
 def cfg_modes(workload: Workload) -> tuple[CfgMode, ...]:
@@ -224,11 +225,29 @@ def tune(req: TuneRequest) -> TuneOutcome:
     if req.verify:
         best, measured = _verify(inv, source, result, req, host)
     plan, prediction = plan_of(inv, source, best, req.budget_bytes)
+    experts = experts_of(inv, source, best, req)
     from db.store import open_store
 
     with open_store(req.db_url) as store:
         plan_id = store.save_plan(plan)
-    return TuneOutcome(plan, prediction, result, source, inv, plan_id, best, measured, host, limit_source)
+    return TuneOutcome(plan, prediction, result, source, inv, plan_id, best, measured, host,
+                       limit_source, experts=experts)
+
+
+def experts_of(inv, source: ProfileSource, scored: Scored, req: TuneRequest):
+    """Both phases and the switch of a two-expert model (None for one transformer). The plan
+    file holds one placement, which the runtime applies to each expert in turn, so both
+    phases are priced with it (planner.experts.plan_experts can also choose the second)."""
+    from runtime.catalog import get_model
+
+    spec = get_model(req.model_id)
+    if spec.experts is None:
+        return None
+    from planner.experts import plan_experts
+
+    layout = space_of(inv, tuple(source.profiles)).layout(scored.candidate)
+    model = CostModel(inv, source.profiles[scored.candidate.cfg])
+    return plan_experts(model, layout, [], spec.experts, spec.default_steps, req.budget_bytes)
 
 
 def _require_gpu_for_verify() -> None:
@@ -356,7 +375,14 @@ def summary(outcome: TuneOutcome) -> dict:
             for s in res.pareto
         ],
         "search": {"trials": res.trials, "seconds": res.seconds, "min_budget_bytes": res.min_budget_bytes},
+        "experts": _experts_dict(outcome.experts),
     }
+
+
+def _experts_dict(experts) -> dict | None:
+    from planner.experts import experts_to_dict
+
+    return experts_to_dict(experts) if experts is not None else None
 
 
 def _counts(c: Candidate, space) -> dict:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 
 def apply_plan(module_or_pipeline, plan, device=None):
-    """Apply `plan` to a transformer (or a diffusers pipeline's `.transformer` or `.unet`).
+    """Apply `plan` to a transformer (or a diffusers pipeline's `.transformer` or `.unet`). A
+    pipeline with a second expert of the same architecture (Wan 2.2 A14B's `transformer_2`)
+    runs the plan on each expert in turn, one on the device at a time (`runtime.engine.experts`).
 
     `device` is the compute device (default: CUDA when available, else CPU). The plan is
     checked against the model before anything is touched; a mismatch raises
@@ -24,6 +26,14 @@ def apply_plan(module_or_pipeline, plan, device=None):
             f"plan must be a runtime.plan.Plan, got {type(plan).__name__}: load it with "
             f"runtime.plan.load_plan(path)"
         )
+    experts = _experts_of(module_or_pipeline)
+    if experts:
+        from runtime.engine.experts import applied_experts, apply_experts
+
+        existing = applied_experts(module_or_pipeline, plan, _resolve_device(device))
+        if existing is not None:
+            return existing
+        return apply_experts(module_or_pipeline, {attr: plan for attr in experts}, device)
     model = module_or_pipeline
     if not isinstance(model, torch.nn.Module):  # a pipeline: its transformer (or unet)
         found = [getattr(model, name, None) for name in denoiser_attributes()]
@@ -38,6 +48,16 @@ def apply_plan(module_or_pipeline, plan, device=None):
     if existing is not None:
         return existing
     return offload.apply(model, family_of_module(model), plan, device)
+
+
+def _experts_of(pipeline) -> tuple[str, ...]:
+    """The pipeline's transformer attributes when it has a second expert, else ()."""
+    import torch
+
+    attrs = ("transformer", "transformer_2")
+    if all(isinstance(getattr(pipeline, a, None), torch.nn.Module) for a in attrs):
+        return attrs
+    return ()
 
 
 def _resolve_device(device):

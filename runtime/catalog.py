@@ -22,6 +22,16 @@ if TYPE_CHECKING:
 
 
 @dataclasses.dataclass(frozen=True)
+class Experts:
+    """A model whose pipeline runs several transformers of this one architecture in turn
+    (Wan 2.2 A14B: `transformer` for high-noise steps, `transformer_2` after the boundary)."""
+
+    attrs: tuple[str, ...]  # pipeline attributes, in the order the denoising runs them
+    boundary_ratio: float  # the next expert takes over when t < boundary_ratio x 1000
+    shift: float  # flow shift of the released sampling: splits the steps at tune time
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSpec:
     id: str
     family: str
@@ -37,6 +47,7 @@ class ModelSpec:
     cfg: CfgMode = CfgMode.NONE  # how the pipeline runs guidance: none, batched, two forwards
     default_frames: int = 1  # frames of a video model's default clip; 1 for images
     default_resolution: str = "1024x1024"
+    experts: Experts | None = None  # None: one transformer (`config` describes each expert)
 
     def workload(
         self, resolution: str | None = None, batch: int = 1, frames: int | None = None,
@@ -49,7 +60,7 @@ class ModelSpec:
         width, height = parse_resolution(resolution or self.default_resolution)
         return Workload(
             height=height, width=width, batch=batch, cfg=cfg or self.cfg,
-            text_tokens=self.text_tokens, frames=frames or self.default_frames,
+            text_tokens=self.text_tokens, frames=self.default_frames if frames is None else frames,
         )
 
 

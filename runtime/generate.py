@@ -26,6 +26,7 @@ class GenerateConfig:
     guidance: float = 3.5
     height: int | None = None  # default: the plan's workload
     width: int | None = None
+    frames: int | None = None  # default: the plan's workload
     transformer_file: Path | None = None  # single-file transformer, diffusers or original naming
     device: str | None = None
     loras: tuple = ()  # runtime.lora.LoraSpec, loaded before the plan is applied
@@ -66,9 +67,29 @@ def load_pipeline(adapter, weights: Path, transformer_file: Path | None, dtype):
     extra = {}
     if transformer_file is not None:
         extra[adapter.denoiser] = _transformer_from_file(adapter, weights, Path(transformer_file))
-    return pipeline_class.from_pretrained(
+    pipe = pipeline_class.from_pretrained(
         weights, local_files_only=True, torch_dtype=dtype, **extra
     )
+    for name in (adapter.denoiser, "transformer_2"):
+        if name not in extra:  # a single file keeps the dtypes it stores
+            _drop_fp32_kept(getattr(pipe, name, None), dtype)
+    return pipe
+
+
+def _drop_fp32_kept(model, dtype) -> None:
+    """fp32 tensors of a model loaded in a 16-bit `dtype`, cast to it. diffusers keeps a
+    class's `_keep_in_fp32_modules` (Wan's norms, modulation tables, time embedder, rotary
+    tables) in fp32 when loading; a plan stores the model in one dtype, as the released bf16
+    single files do, and those modules compute in fp32 inside their forward anyway."""
+    import torch
+
+    kept = getattr(model, "_keep_in_fp32_modules", None)
+    if not kept or dtype not in (torch.bfloat16, torch.float16):
+        return
+    named = list(model.named_parameters()) + list(model.named_buffers())
+    for name, tensor in named:  # diffusers' own rule: a kept module's name is a path component
+        if tensor.dtype == torch.float32 and any(m in name.split(".") for m in kept):
+            tensor.data = tensor.data.to(dtype)
 
 
 def _transformer_from_file(adapter, weights: Path, path: Path):
@@ -124,6 +145,7 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
     workload = dc.replace(
         plan.workload, height=config.height or plan.workload.height,
         width=config.width or plan.workload.width,
+        frames=config.frames if config.frames is not None else plan.workload.frames,
     )
     pipe = load_pipeline(
         adapter, config.weights, config.transformer_file, plan.model.compute_dtype.torch()
@@ -149,8 +171,8 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
         handle.enable_timing()
         latents = pipe(
             **kwargs, num_inference_steps=config.steps, height=workload.height,
-            width=workload.width, generator=generator, output_type="latent",
-        ).images
+            width=workload.width, generator=generator, output_type="latent", return_dict=False,
+        )[0]  # FLUX's images, a video pipeline's frames: the first output either way
         forward_ms = handle.timings()
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         stats = handle.stats

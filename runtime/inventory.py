@@ -159,7 +159,9 @@ def inventory(model_id: str, storage: DType | None = None) -> Inventory:
     storage = storage or spec.storage_dtype
     data = cached("inventory", spec, inventory_args(storage),
                   lambda: derive_inventory(model_id, storage).to_dict())
-    return Inventory.from_dict(data)
+    # the cache is keyed by architecture, and two catalog models may share one (Wan 2.1 14B
+    # and one expert of Wan 2.2 A14B): the entry may name the other one
+    return dataclasses.replace(Inventory.from_dict(data), model_id=model_id)
 
 
 def inventory_args(storage: DType) -> dict:

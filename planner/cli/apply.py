@@ -19,8 +19,9 @@ def apply(
     guidance: Annotated[Optional[float], typer.Option(help="Guidance scale (default: the model's).")] = None,
     height: Annotated[Optional[int], typer.Option(help="Image height (default: the plan's).")] = None,
     width: Annotated[Optional[int], typer.Option(help="Image width (default: the plan's).")] = None,
+    frames: Annotated[Optional[int], typer.Option(help="Video frames (default: the plan's).")] = None,
     transformer: Annotated[Optional[Path], typer.Option("--transformer", help="Single-file transformer: .safetensors (diffusers or original BFL/ComfyUI names; fp8 kept), .gguf, or a bitsandbytes NF4 .safetensors (kept packed).")] = None,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Image file to write.")] = Path("image.png"),
+    output: Annotated[Path, typer.Option("-o", "--output", help="Image file to write; a video's frames go into an animated .webp or .gif.")] = Path("image.png"),
     device: Annotated[Optional[str], typer.Option(help="Compute device (default: cuda if present).")] = None,
     lora: Annotated[Optional[list[str]], typer.Option("--lora", help="LoRA file to load, FILE or FILE:SCALE; repeatable.")] = None,
     db: DbOption = None,
@@ -46,7 +47,8 @@ def apply(
     plan = load_plan(plan_file)
     suffixes = check_apply_inputs(  # every option and the image target, before any work
         weights=weights, transformer=transformer, output=output, steps=steps, seed=seed,
-        guidance=guidance, height=height, width=width, frames=plan.workload.frames,
+        guidance=guidance, height=height, width=width,
+        frames=frames if frames is not None else plan.workload.frames,
         denoiser=_denoiser(plan.model.family),
     )
     with open_store(db):  # a locked, read-only or out-of-date store fails here, before any work
@@ -58,10 +60,12 @@ def apply(
             weights=weights, prompt=prompt, output=tmp,
             steps=steps, seed=seed,
             guidance=guidance if guidance is not None else (spec.default_guidance if spec else 3.5),
-            height=height, width=width, transformer_file=transformer, device=device, loras=loras,
+            height=height, width=width, frames=frames, transformer_file=transformer, device=device,
+            loras=loras,
         )
         result = dataclasses.replace(generate(plan, config), output=str(output))
-    run = record_measured_run(db, plan, result, steps=steps, height=height, width=width)
+    run = record_measured_run(db, plan, result, steps=steps, height=height, width=width,
+                              frames=frames)
     if json_out:
         print_json(result.to_dict() | {"run_id": run.run_id, "plan_id": run.plan_id,
                                        "run_ranks_plan": run.comparable, "gpu_name": run.gpu_name})

@@ -98,5 +98,10 @@ def _print(result, png: Path | None) -> None:
         f"a forward timed between device synchronisations (a benchmark's host clock): "
         f"{p.synchronized_step_ms / 1000:.3f} s/step"
     )
+    if result.experts is not None:
+        from planner.cli.tune import _experts_lines
+        from planner.experts import experts_to_dict
+
+        typer.echo("\n".join(line.strip() for line in _experts_lines(experts_to_dict(result.experts))))
     if png is not None:
         echo(f"timeline written to {png}")

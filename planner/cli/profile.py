@@ -17,6 +17,7 @@ def profile(
     model: Annotated[str, typer.Option("--model", help="Model id from `planner models list`.")],
     resolution: Annotated[Optional[str], typer.Option(help="Image size WIDTHxHEIGHT (default: the model's).")] = None,
     batch: Annotated[int, typer.Option(help="Images per prompt.")] = 1,
+    frames: Annotated[Optional[int], typer.Option(help="Video frames (default: the model's; 1 for images).")] = None,
     dtype: Annotated[str, typer.Option(help="Storage dtype (bf16, fp8, ...); default: the model's.")] = "",
     device: Annotated[str, typer.Option(help="cuda:N or cpu; default: cuda:0 if present, else cpu.")] = "",
     fresh: Annotated[bool, typer.Option("--fresh", help="Measure again even if a profile is stored.")] = False,
@@ -29,7 +30,7 @@ def profile(
     from runtime.dtypes import DType
 
     spec = get_model(model)
-    workload = spec.workload(resolution, batch)
+    workload = spec.workload(resolution, batch, frames)
     storage = DType.parse(dtype) if dtype else spec.storage_dtype
     device = device or _default_device()
     with _ProgressBar(not json_out) as progress:
@@ -109,7 +110,7 @@ def _print(p, reused: bool, json_out: bool) -> None:
     rows = [
         ["profile", f"#{p.id}" + (" (stored, reused; --fresh to measure again)" if reused else "")],
         ["device", f"{facts['gpu']} ({p.device})"],
-        ["workload", f"{p.model_id} {p.workload.resolution} batch {p.workload.batch} {p.storage_dtype.value}"],
+        ["workload", f"{p.model_id} {p.workload.resolution}{_frames(p.workload)} batch {p.workload.batch} {p.storage_dtype.value}"],
         ["pinned / pageable", f"{facts['pinned_gbps']} / {facts['pageable_gbps']} GB/s"],
         ["pinned under compute", f"{facts['pinned_under_compute_gbps']} GB/s"],
         ["copy overhead", f"{facts['copy_overhead_us']} us"],
@@ -121,3 +122,7 @@ def _print(p, reused: bool, json_out: bool) -> None:
         ["source", p.source],
     ]
     print_table(None, ["measure", "value"], rows)
+
+
+def _frames(workload) -> str:
+    return f" x {workload.frames} frames" if workload.frames > 1 else ""

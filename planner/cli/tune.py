@@ -18,6 +18,7 @@ def tune(
     profile: Annotated[Optional[int], typer.Option("--profile", help="Plan from this stored profile id (`planner profiles list`).")] = None,
     resolution: Annotated[Optional[str], typer.Option(help="Image size WIDTHxHEIGHT (default: the model's, or the --profile's).")] = None,
     batch: Annotated[Optional[int], typer.Option(help="Images per step (default 1, or the --profile's).")] = None,
+    frames: Annotated[Optional[int], typer.Option(help="Video frames (default: the model's; 1 for images).")] = None,
     dtype: Annotated[str, typer.Option(help="Storage dtype: bf16 or fp8 (default: the model's).")] = "",
     quant: Annotated[str, typer.Option("--quant", help="Plan for a quantized checkpoint you may not have: q8_0, q6_k, q5_k, q4_k, ..., nf4.")] = "",
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Plan for this checkpoint's exact bytes (.gguf, NF4 or plain .safetensors).")] = None,
@@ -45,7 +46,7 @@ def tune(
     spec = get_model(model)
     if batch is not None and not 1 <= batch <= 64:
         raise UserError(f"--batch {batch} is out of range: give 1 to 64 images per step")
-    workload = spec.workload(resolution, batch or 1)
+    workload = spec.workload(resolution, batch or 1, frames)
     storage = _storage(dtype, quant, weights) or spec.storage_dtype
     request = TuneRequest(
         model_id=spec.id,
@@ -132,6 +133,8 @@ def _print(data: dict, output: Path | None) -> None:
             f"  floor:         {data['lower_bound_ms'] / 1000:.3f} s/step, the best any placement does within the "
             f"budget (this plan is {data['ratio_to_bound']:.2f}x it)"
         )
+    if data["experts"] is not None:
+        lines.extend(_experts_lines(data["experts"]))
     if data["measured_step_ms"] is not None:
         lines.append(f"  measured:      {data['measured_step_ms'] / 1000:.3f} s/step")
     if output is not None:
@@ -160,3 +163,18 @@ def _print(data: dict, output: Path | None) -> None:
                 rows.append([row["storage"], format_size(row["weight_bytes"]), "does not fit", "", ""])
         print_table("storage formats at the same budget (predicted)",
                     ["storage", "weights", "s/step", "peak VRAM", "cast"], rows)
+
+
+def _experts_lines(experts: dict) -> list[str]:
+    from planner.budget import format_size
+
+    phases = ", then ".join(
+        f"{p['expert']} {p['steps']} steps at {p['step_ms'] / 1000:.3f} s" for p in experts["phases"]
+    )
+    switch = experts["switch"]
+    return [
+        f"  experts:       {phases} (this placement each)",
+        f"  expert switch: {format_size(switch['out_bytes'])} out, {format_size(switch['in_bytes'])} in, "
+        f"{format_size(switch['packed_bytes'])} packed: {switch['ms'] / 1000:.2f} s once per clip; "
+        f"whole clip {experts['total_ms'] / 1000:.1f} s",
+    ]

@@ -23,7 +23,10 @@ from typing import Any, BinaryIO, Mapping
 
 from runtime.errors import CheckpointError
 
-MAX_DIMS = 4  # GGML_MAX_DIMS
+# GGML_MAX_DIMS is 4, but ComfyUI-GGUF's tools put the 5-D Conv3d weights of video models
+# (Wan's and HunyuanVideo's patch_embedding) back into quantized files as F32
+# (tools/fix_5d_tensors.py), and ComfyUI loads those files.
+MAX_DIMS = 5
 MAX_TENSOR_BYTES = 2**62
 MAX_NESTING = 8  # arrays of arrays: no real file goes past 2
 _MAGIC = b"GGUF"

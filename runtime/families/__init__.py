@@ -21,6 +21,7 @@ _BUILTIN = {
     "qwen-image": "runtime.families.qwen_image:QwenImageAdapter",
     "hunyuan-image": "runtime.families.hunyuan_image:HunyuanImageAdapter",
     "unet": "runtime.families.unet:UNetAdapter",
+    "wan": "runtime.families.wan:WanAdapter",
     "comfy-flux": "runtime.families.comfy_flux:ComfyFluxAdapter",
 }
 

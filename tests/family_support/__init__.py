@@ -26,6 +26,7 @@ _MODULES = {
     "qwen-image": "tests.family_support.qwen_image",
     "hunyuan-image": "tests.family_support.hunyuan_image",
     "unet": "tests.family_support.unet",
+    "wan": "tests.family_support.wan",
 }
 
 
