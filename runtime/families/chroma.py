@@ -35,11 +35,6 @@ _DIFFUSERS_LIST = {
 }
 _MARKER = re.compile(_PREFIX + r"distilled_guidance_layer\.in_proj\.weight$")
 
-_LINEAR1 = re.compile(r"^single_blocks\.(\d+)\.linear1\.(weight|bias)$")
-_LINEAR1_PARTS = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
-# diffusers' converter splits single_blocks.N.linear1 at Chroma's width 3072 (q, k, v and a
-# 4x mlp), which it hard-codes.
-_CHROMA_LINEAR1_ROWS = 3 * 3072 + 4 * 3072
 
 # Latent pixels per token side: the VAE downsamples 8x and the pipeline packs 2x2 patches.
 PIXELS_PER_TOKEN_SIDE = 16
@@ -144,31 +139,11 @@ class ChromaAdapter(FamilyAdapter):
         """diffusers' Chroma converter, except for the one step it cannot do at every width:
         each single block's fused `linear1` (q, k, v, mlp) is split at the sizes the model's
         own layers have (the converter gets a `meta` stand-in of the shape it expects)."""
-        import torch
-        from diffusers.loaders.single_file_utils import (
-            convert_chroma_transformer_checkpoint_to_diffusers as convert,
-        )
+        from diffusers.loaders.single_file_utils import convert_chroma_transformer_checkpoint_to_diffusers as convert
 
-        fused = {}
-        for name in [n for n in state if _LINEAR1.match(n)]:
-            tensor = state.pop(name)
-            fused[name] = tensor
-            stand_in = (_CHROMA_LINEAR1_ROWS, *tensor.shape[1:])
-            state[name] = torch.empty(stand_in, dtype=tensor.dtype, device="meta")
-        converted = convert(state)
-        for name, tensor in fused.items():
-            index, kind = _LINEAR1.match(name).groups()
-            targets = [f"single_transformer_blocks.{index}.{part}.{kind}" for part in _LINEAR1_PARTS]
-            if any(target not in shapes for target in targets):
-                continue  # a block the model lacks: its stand-ins are refused as unknown names
-            sizes = [shapes[target][0] for target in targets]
-            if tensor.shape[0] != sum(sizes):
-                raise RuntimeError(
-                    f"{name} has {tensor.shape[0]} rows but the model's q, k, v and mlp take "
-                    f"{sum(sizes)}"
-                )
-            converted.update(zip(targets, torch.split(tensor, sizes, dim=0)))
-        return converted
+        from runtime.families.fused_linear1 import convert_splitting_linear1
+
+        return convert_splitting_linear1(state, shapes, convert)
 
     # ------------------------------------------------------------------ inputs
 

@@ -33,10 +33,6 @@ _DIFFUSERS_LIST = {
     "single_blocks": "single_transformer_blocks",
 }
 
-_LINEAR1 = re.compile(r"^single_blocks\.(\d+)\.linear1\.(weight|bias)$")
-_LINEAR1_PARTS = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
-# diffusers' converter splits single_blocks.N.linear1 at FLUX.1's width, which it hard-codes.
-_FLUX1_LINEAR1_ROWS = 3 * 3072 + 4 * 3072
 
 # Latent pixels per token side: the VAE downsamples 8x and the pipeline packs 2x2 patches.
 PIXELS_PER_TOKEN_SIDE = 16
@@ -139,31 +135,11 @@ class FluxAdapter(FamilyAdapter):
         given a meta stand-in of the shape it expects (no memory), and the real `linear1` is
         split here at the sizes the model's own q, k, v and mlp layers have.
         """
-        import torch
-        from diffusers.loaders.single_file_utils import (
-            convert_flux_transformer_checkpoint_to_diffusers as convert,
-        )
+        from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers as convert
 
-        fused = {}
-        for name in [n for n in state if _LINEAR1.match(n)]:
-            tensor = state.pop(name)
-            fused[name] = tensor
-            stand_in = (_FLUX1_LINEAR1_ROWS, *tensor.shape[1:])
-            state[name] = torch.empty(stand_in, dtype=tensor.dtype, device="meta")
-        converted = convert(state)
-        for name, tensor in fused.items():
-            index, kind = _LINEAR1.match(name).groups()
-            targets = [f"single_transformer_blocks.{index}.{part}.{kind}" for part in _LINEAR1_PARTS]
-            if any(target not in shapes for target in targets):
-                continue  # a block the model lacks: its stand-ins are refused as unknown names
-            sizes = [shapes[target][0] for target in targets]
-            if tensor.shape[0] != sum(sizes):
-                raise RuntimeError(
-                    f"{name} has {tensor.shape[0]} rows but the model's q, k, v and mlp take "
-                    f"{sum(sizes)}"
-                )
-            converted.update(zip(targets, torch.split(tensor, sizes, dim=0)))
-        return converted
+        from runtime.families.fused_linear1 import convert_splitting_linear1
+
+        return convert_splitting_linear1(state, shapes, convert)
 
     def model_inputs(self, model, workload: Workload, device, dtype) -> dict[str, Any]:
         import torch

@@ -47,11 +47,6 @@ _POOLED_TEXT = re.compile(
     _PREFIX + r"(?:time_text_embed\.text_embedder\.linear_1|vector_in\.in_layer)\.weight$"
 )
 
-_LINEAR1 = re.compile(r"^single_blocks\.(\d+)\.linear1\.(weight|bias)$")
-_LINEAR1_PARTS = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
-# diffusers' converter splits single_blocks.N.linear1 (q, k, v, mlp) at HunyuanVideo's width
-# 3072, which it hard-codes.
-_HV_LINEAR1_ROWS = 3 * 3072 + 4 * 3072
 
 # What HunyuanVideo's VAE does to a clip (hunyuanvideo-community/HunyuanVideo, vae/config.json:
 # temporal_compression_ratio 4, spatial_compression_ratio 8).
@@ -151,32 +146,11 @@ class HunyuanVideoAdapter(FamilyAdapter):
         width: it splits each single block's fused `linear1` (q, k, v, mlp) at rows sized for
         width 3072. The converter is given a meta stand-in of that shape (no memory), and the
         real `linear1` is split here at the sizes the model's own layers have."""
-        import torch
-        from diffusers.loaders.single_file_utils import (
-            convert_hunyuan_video_transformer_to_diffusers as convert,
-        )
+        from diffusers.loaders.single_file_utils import convert_hunyuan_video_transformer_to_diffusers as convert
 
-        fused = {}
-        for name in [n for n in state if _LINEAR1.match(n)]:
-            tensor = state.pop(name)
-            fused[name] = tensor
-            stand_in = (_HV_LINEAR1_ROWS, *tensor.shape[1:])
-            state[name] = torch.empty(stand_in, dtype=tensor.dtype, device="meta")
-        converted = dict(convert(state))
-        state.clear()  # the converter renames in place: everything it was given is mapped
-        for name, tensor in fused.items():
-            index, kind = _LINEAR1.match(name).groups()
-            targets = [f"single_transformer_blocks.{index}.{part}.{kind}" for part in _LINEAR1_PARTS]
-            if any(target not in shapes for target in targets):
-                continue  # a block the model lacks: its stand-ins are refused as unknown names
-            sizes = [shapes[target][0] for target in targets]
-            if tensor.shape[0] != sum(sizes):
-                raise RuntimeError(
-                    f"{name} has {tensor.shape[0]} rows but the model's q, k, v and mlp take "
-                    f"{sum(sizes)}"
-                )
-            converted.update(zip(targets, torch.split(tensor, sizes, dim=0)))
-        return converted
+        from runtime.families.fused_linear1 import convert_splitting_linear1
+
+        return convert_splitting_linear1(state, shapes, convert, renames_in_place=True)
 
     # ------------------------------------------------------------------ inputs
 
