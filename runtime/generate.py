@@ -44,6 +44,7 @@ class GenerateResult:
     lower_bound_ms: float
     ratio_to_lower_bound: float | None  # measured step time / the plan's lower bound
     device_weight_bytes: int
+    phase_peak_vram_bytes: dict | None = None  # encode, load_vae, denoise, decode (CUDA only)
     adapter_bytes: int = 0  # LoRA weights the engine placed (counted in device_weight_bytes
     # where resident, in the ring's slots where streamed)
 
@@ -161,22 +162,25 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
             f"loading --lora {files} changed the transformer's base weights (diffusers widens "
             f"layers for control LoRAs), so the plan no longer fits it ({e})"
         ) from e
+    phases = _PhasePeaks(device)
     try:
         kwargs = _prompt_kwargs(adapter, pipe, config.prompt, workload, config.guidance, device)
+        phases.close("encode")
         pipe.vae.to(device)
         generator = torch.Generator("cpu").manual_seed(config.seed)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
+        phases.close("load_vae")
         handle.enable_timing()
         latents = pipe(
             **kwargs, num_inference_steps=config.steps, height=workload.height,
             width=workload.width, generator=generator, output_type="latent", return_dict=False,
         )[0]  # FLUX's images, a video pipeline's frames: the first output either way
         forward_ms = handle.timings()
-        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+        peak = phases.close("denoise")
         stats = handle.stats
+        handle.remove()  # the denoiser leaves the device before the decode, whose peak
+        # (a video VAE's above all) then has the memory the plan held
         frames = adapter.decode(pipe, latents, workload)
+        phases.close("decode")
     finally:
         handle.remove()
     Path(config.output).parent.mkdir(parents=True, exist_ok=True)
@@ -191,7 +195,33 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
         predicted_peak_vram_bytes=plan.predictions.peak_vram_bytes, lower_bound_ms=lower,
         ratio_to_lower_bound=(mean_ms / lower) if lower > 0 else None,
         device_weight_bytes=stats.device_weight_bytes, adapter_bytes=stats.adapter_bytes,
+        phase_peak_vram_bytes=phases.peaks or None,
     )
+
+
+class _PhasePeaks:
+    """Peak device memory of each phase of a run (encode, denoise, decode); nothing on CPU."""
+
+    def __init__(self, device) -> None:
+        import torch
+
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.peaks: dict[str, int] = {}
+        if self.cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def close(self, phase: str) -> int | None:
+        """The peak since the last phase closed, recorded under `phase`; the next one starts."""
+        import torch
+
+        if not self.cuda:
+            return None
+        torch.cuda.synchronize(self.device)
+        self.peaks[phase] = int(torch.cuda.max_memory_allocated(self.device))
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return self.peaks[phase]
 
 
 def save_frames(frames: list, output: Path) -> None:

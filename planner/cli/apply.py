@@ -77,6 +77,9 @@ def apply(
     echo(f"wrote {result.output}")
     echo(f"{result.seconds_per_step:.3f} s/step over {result.steps} steps on {result.device}")
     echo(f"peak VRAM {peak} (plan predicted {format_size(result.predicted_peak_vram_bytes)})")
+    if result.phase_peak_vram_bytes:
+        echo("peak VRAM by phase: " + ", ".join(
+            f"{phase} {format_size(n)}" for phase, n in result.phase_peak_vram_bytes.items()))
     if result.adapter_bytes:
         echo(f"LoRA weights placed with their blocks: {format_size(result.adapter_bytes)}")
     echo(f"ratio to the plan's lower bound ({result.lower_bound_ms:.1f} ms/step): {ratio}")
