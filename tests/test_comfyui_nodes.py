@@ -161,7 +161,8 @@ def test_tune_node_tunes_applies_measures_and_records(pack, db_url):
     assert attachment.applied == 2 and attachment.handle is None
     with open_store(db_url) as store:
         (stored,) = store.list_plans(model="tiny-flux")
-        assert stored.runs == 1 and stored.best_measured_ms > 0
+        # the measured run is kept, as a run on the CPU: it does not rank a plan for an rtx-4060
+        assert stored.runs == 1 and stored.measured_runs == 0 and stored.best_measured_ms is None
     assert text.startswith(f"plan {stored.id}: ")
 
 
