@@ -120,7 +120,7 @@ def main() -> int:
 
     device = torch.device("cuda", torch.cuda.current_device())
     total_mem = torch.cuda.get_device_properties(device).total_memory
-    model = random_model("flux-dev", DType.BF16)
+    model = random_model("flux-dev", DType.BF16, fill_device="cuda")  # drawn on the GPU, kept on the host
     adapter = get_family("flux")
     inv = inventory_of_module(model, adapter, "flux-dev", DType.BF16)
     workload = Workload(1024, 1024, text_tokens=512)
