@@ -25,6 +25,7 @@ import dataclasses
 import torch
 
 from runtime.dtypes import DType
+from runtime.engine.casting import JustInTimeCast
 
 QUANT_ATTR = "_planner_quant"
 
@@ -98,20 +99,9 @@ def _needs_hook(tensor, compute: torch.dtype) -> bool:
     )
 
 
-class JustInTimeDequant:
-    """Hooks for one module: dequantize (or cast) its tensors for the length of its forward."""
-
-    def __init__(self, module, compute: torch.dtype) -> None:
-        self.compute = compute
-        self.tensors = [
-            t for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
-            if _needs_hook(t, compute)
-        ]
-        self.stash: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.handles = [
-            module.register_forward_pre_hook(torch.compiler.disable(self.before)),
-            module.register_forward_hook(torch.compiler.disable(self.after), always_call=True),
-        ]
+class JustInTimeDequant(JustInTimeCast):
+    """Hooks for one module: dequantize (or cast) its tensors for the length of its forward.
+    The stash, the restore after the forward and `remove()` are the fp8 cast's."""
 
     def before(self, module, args):
         self.after(module, args, None)  # a forward that raised may have left copies behind
@@ -122,17 +112,6 @@ class JustInTimeDequant:
             elif tensor.is_floating_point() and tensor.dtype != self.compute:
                 self.stash.append((tensor, tensor.data))
                 tensor.data = tensor.data.to(self.compute)
-
-    def after(self, module, args, output):
-        while self.stash:
-            tensor, data = self.stash.pop()
-            tensor.data = data
-
-    def remove(self) -> None:
-        self.after(None, None, None)
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
 
 
 def has_quantized(model) -> bool:
