@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 from runtime.catalog import model_spec
 from runtime.dtypes import DType
 from runtime.families.base import BlockInputs, BlockList, FamilyAdapter
+from runtime.families.flux import PIXELS_PER_TOKEN_SIDE, decode_packed_latents, image_tokens_of
 from runtime.workload import CfgMode, Workload
 
 _PREFIX = r"^(?:model\.diffusion_model\.|diffusion_model\.|transformer\.)?"
@@ -35,9 +36,6 @@ _DIFFUSERS_LIST = {
 }
 _MARKER = re.compile(_PREFIX + r"distilled_guidance_layer\.in_proj\.weight$")
 
-
-# Latent pixels per token side: the VAE downsamples 8x and the pipeline packs 2x2 patches.
-PIXELS_PER_TOKEN_SIDE = 16
 
 # lodestones/Chroma1-HD, transformer/config.json: the values diffusers' ChromaTransformer2DModel
 # takes as its defaults (transformer_chroma.py), and the repository its single-file loader
@@ -208,20 +206,7 @@ class ChromaAdapter(FamilyAdapter):
         return kwargs
 
     def decode(self, pipe, latents, workload: Workload) -> list:
-        import torch
-
-        height, width = workload.height, workload.width
-        with torch.no_grad():
-            latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
-            latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
-            image = pipe.vae.decode(latents.to(pipe.vae.dtype), return_dict=False)[0]
-        return pipe.image_processor.postprocess(image, output_type="pil")
-
-
-def image_tokens_of(workload: Workload) -> int:
-    """Tokens the transformer sees for the image: one per 16x16 pixels."""
-    side = PIXELS_PER_TOKEN_SIDE
-    return (workload.height // side) * (workload.width // side)
+        return decode_packed_latents(pipe, latents, workload)
 
 
 def _position_ids(workload: Workload):

@@ -172,14 +172,19 @@ class FluxAdapter(FamilyAdapter):
         }
 
     def decode(self, pipe, latents, workload: Workload) -> list:
-        import torch
+        return decode_packed_latents(pipe, latents, workload)
 
-        height, width = workload.height, workload.width
-        with torch.no_grad():
-            latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
-            latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
-            image = pipe.vae.decode(latents.to(pipe.vae.dtype), return_dict=False)[0]
-        return pipe.image_processor.postprocess(image, output_type="pil")
+
+def decode_packed_latents(pipe, latents, workload: Workload) -> list:
+    """FLUX-style packed (2x2) latents through the pipeline's VAE to PIL images."""
+    import torch
+
+    height, width = workload.height, workload.width
+    with torch.no_grad():
+        latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+        latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+        image = pipe.vae.decode(latents.to(pipe.vae.dtype), return_dict=False)[0]
+    return pipe.image_processor.postprocess(image, output_type="pil")
 
 
 def image_tokens_of(workload: Workload) -> int:
