@@ -5,11 +5,22 @@ Available host RAM is the smaller of the kernel's `MemAvailable` and the cgroup'
 what fits below that minus a safety margin and fall back to pageable memory, with a warning,
 for the rest. A plan whose streamed weights do not fit in host RAM at all is refused before
 anything is touched.
+
+Pinned packs are not taken from PyTorch's caching host allocator: it rounds every block up to a
+power of two (a 680 MB block pins 1 GiB) and keeps what is freed cached and locked after
+`remove()`. A pack is instead its own anonymous mapping of exactly its bytes
+(`lockable_empty`), filled by the packing copy (which faults its pages in on all threads), then
+page-locked where it stands with `cudaHostRegister` (`page_lock`), the mechanism PyTorch's
+`pinned_use_cuda_host_register` option uses. The mapping is unregistered when its memory is
+freed, whoever frees it last.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import functools
+import mmap
 import os
 from pathlib import Path
 
@@ -124,3 +135,70 @@ def host_empty(numel: int, dtype, pinned: bool):
 
     pin = pinned and torch.cuda.is_available()
     return torch.empty(numel, dtype=dtype, device="cpu", pin_memory=pin)
+
+
+_CUDA_HOST_REGISTER_PORTABLE = 1  # cudaHostRegisterPortable: pinned for every CUDA context
+
+
+def _release(pages) -> None:
+    """Finalizer of a mapping: unregister it (after the device finished reading it) before the
+    mapping goes; errors are ignored (at interpreter exit CUDA may be gone already)."""
+    device = pages.__dict__.pop("locked_on", None)
+    if device is None:
+        return
+    try:
+        import torch
+
+        torch.cuda.synchronize(device)
+        torch.cuda.cudart().cudaHostUnregister(ctypes.addressof(pages))
+    except Exception:  # noqa: BLE001 - nothing can be done about it in a finalizer
+        pass
+
+
+@functools.lru_cache(maxsize=None)
+def _pages_type(nbytes: int) -> type:
+    return type("HostPages", (ctypes.c_ubyte * nbytes,), {"__del__": _release})
+
+
+def lockable_empty(numel: int, dtype):
+    """(tensor, pages): a flat host tensor in its own anonymous mapping, page-aligned, of exactly
+    its bytes (no page shared with another allocation), which `page_lock` can pin in place.
+    The tensor's storage holds `pages`; the mapping is freed with the last view of it."""
+    import torch
+
+    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    pages = _pages_type(nbytes).from_buffer(mmap.mmap(-1, max(nbytes, 1)))
+    return torch.frombuffer(pages, dtype=dtype, count=numel), pages
+
+
+def can_page_lock() -> bool:
+    """CUDA is there and its runtime bindings can register host memory."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    try:
+        return hasattr(torch.cuda.cudart(), "cudaHostRegister")
+    except Exception:  # noqa: BLE001 - a build without the bindings: the caller pins otherwise
+        return False
+
+
+def page_lock(pages, device) -> bool:
+    """Pin `pages` (from `lockable_empty`) for `device` with cudaHostRegister; False when the
+    driver refuses (the caller falls back to PyTorch's pinned allocator)."""
+    import torch
+
+    if not len(pages):
+        return False
+    with torch.cuda.device(device):
+        err = torch.cuda.cudart().cudaHostRegister(
+            ctypes.addressof(pages), len(pages), _CUDA_HOST_REGISTER_PORTABLE
+        )
+    if int(err) != 0:
+        return False
+    pages.locked_on = torch.device(device)
+    return True
+
+
+def is_page_locked(pages) -> bool:
+    return "locked_on" in pages.__dict__

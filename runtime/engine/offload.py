@@ -13,7 +13,7 @@ import weakref
 
 import torch
 
-from runtime.engine import adapters, packing, quantized
+from runtime.engine import adapters, packing, quantized, staging
 from runtime.engine.casting import install_casts
 from runtime.engine.checks import check_plan
 from runtime.engine.handle import OffloadHandle, OffloadStats
@@ -95,11 +95,13 @@ class AppliedState:
             self.host_buffers.pop()
             self.pinned.pop()
         packed = {id(t): data for t, data in self.dequantized}
+        back = []
         for tensor, orig_device, orig_dtype, _ in reversed(self.moved):
             if id(tensor) in packed:
                 tensor.data = packed[id(tensor)]
             else:
-                tensor.data = tensor.data.to(device=orig_device, dtype=orig_dtype)
+                back.append((tensor, orig_device, orig_dtype))
+        _move_all(back, staging.to_host)
         self.moved = []
         self.dequantized = []
 
@@ -137,7 +139,7 @@ def apply_state(model, adapter, plan, device: torch.device) -> AppliedState:
     try:
         _place_resident(state, model, blocks, streamed, pre, compute, device)
         if layouts:
-            _pack_streamed(state, layouts, decision.pinned)
+            _pack_streamed(state, layouts, decision.pinned, device)
             state.ring = Ring(
                 ring_of(streamed, plan.prefetch_depth),
                 state.layouts, state.host_buffers, state.host_views, device,
@@ -188,9 +190,11 @@ def _host_bytes_released(model, blocks, streamed, device: torch.device, pre) -> 
 
 
 def _place_resident(state, model, blocks, streamed, pre, compute, device) -> None:
-    """Resident blocks and non-block modules to the device; fp8 cast where the plan says."""
+    """Resident blocks and non-block modules to the device; fp8 cast where the plan says.
+    The moves are recorded as they are decided and made together at the end (`_move_all`)."""
     quant_model = quantized.has_quantized(model)
     in_blocks = set()
+    moves: list[tuple[torch.Tensor, torch.device, torch.dtype]] = []
     for (_, _, module), s, p in zip(blocks, streamed, pre):
         tensors = packing.unique_tensors(module)
         in_blocks.update(id(t) for t in tensors)
@@ -200,8 +204,8 @@ def _place_resident(state, model, blocks, streamed, pre, compute, device) -> Non
                 if quantized.is_packed(tensor) and p:  # dequantized on the host, then moved
                     _dequantize(state, tensor, device, compute, "resident")
                     continue
-                _move(state, tensor, device, packing.device_dtype(tensor.dtype, p, compute),
-                      "resident")
+                _move(state, moves, tensor, device,
+                      packing.device_dtype(tensor.dtype, p, compute), "resident")
     for tensor in packing.unique_tensors(model):
         if id(tensor) not in in_blocks:
             # non-block modules always hold the compute dtype (cast as `pre` does): the
@@ -213,12 +217,39 @@ def _place_resident(state, model, blocks, streamed, pre, compute, device) -> Non
                 _dequantize(state, tensor, device, compute, "non_block")
                 continue
             dtype = packing.device_dtype(tensor.dtype, True, compute)
-            _move(state, tensor, device, dtype, "non_block")
+            _move(state, moves, tensor, device, dtype, "non_block")
+    _move_all(moves, lambda sources, dtypes: staging.to_device(sources, dtypes, device))
 
 
-def _move(state, tensor, device, dtype, kind: str) -> None:
+def _move(state, moves, tensor, device, dtype, kind: str) -> None:
     state.moved.append((tensor, tensor.device, tensor.dtype, kind))
-    tensor.data = tensor.data.to(device=device, dtype=dtype)
+    moves.append((tensor, device, dtype))
+
+
+def _move_all(moves, staged_copy) -> None:
+    """Give each tensor of `moves` (tensor, device, dtype) its data on that device in that
+    dtype. Host tensors crossing to or from a CUDA device go through the pinned staging chunks
+    (`staged_copy(sources, dtypes)`: `staging.to_device` or `to_host`), all at once: either all
+    of them get their copy or none does (a failure there falls back to `Tensor.to`, one by
+    one). The rest, and anything the staging cannot take, use `Tensor.to` (a no-op where
+    nothing changes). A tensor listed twice is copied once."""
+    staged, seen = [], set()
+    for tensor, device, dtype in moves:
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        if staging.worth_staging(tensor.data, device):
+            staged.append((tensor, device, dtype))
+        else:
+            tensor.data = tensor.data.to(device=device, dtype=dtype)
+    if not staged:
+        return
+    try:
+        copies = staged_copy([t.data for t, _, _ in staged], [dtype for _, _, dtype in staged])
+    except RuntimeError:  # staging memory refused (pinned host RAM, device OOM): plain copies
+        copies = [t.data.to(device=device, dtype=dtype) for t, device, dtype in staged]
+    for (tensor, _, _), copy in zip(staged, copies):
+        tensor.data = copy
 
 
 def _dequantize(state, tensor, device, compute, kind: str) -> None:
@@ -227,9 +258,9 @@ def _dequantize(state, tensor, device, compute, kind: str) -> None:
     tensor.data = quantized.host_dequantized(tensor, compute).to(device)
 
 
-def _pack_streamed(state, layouts, pinned) -> None:
+def _pack_streamed(state, layouts, pinned, device) -> None:
     for layout, pin in zip(layouts, pinned):
-        buffers, host_views = packing.pack_host(layout, pin)
+        buffers, host_views = packing.pack_host(layout, pin, device)
         state.layouts.append(layout)
         state.host_buffers.append(buffers)
         state.host_views.append(host_views)

@@ -108,12 +108,26 @@ def views(layout: Layout, buffers: dict[str, torch.Tensor]) -> list[torch.Tensor
     ]
 
 
-def pack_host(layout: Layout, pinned: bool) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+def pack_host(
+    layout: Layout, pinned: bool, device: torch.device | None = None
+) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
     """Copy (and cast) the block's tensors into fresh host buffers; point them at the copies.
 
-    The original storage is released as each tensor's `.data` moves to its host view.
+    The original storage is released as each tensor's `.data` moves to its host view. Pinned
+    buffers for a CUDA `device` are exact-size mappings page-locked after the copy filled them
+    (`host_memory.page_lock`); where that is refused, PyTorch's pinned allocator holds them.
     """
-    buffers = empty_group_buffers(layout.numel_by_group, "cpu", pinned=pinned)
+    from runtime.engine import host_memory
+
+    lock = pinned and device is not None and device.type == "cuda" and host_memory.can_page_lock()
+    pages = []
+    if lock:
+        buffers = {}
+        for group, numel in layout.numel_by_group.items():
+            buffers[group], one = host_memory.lockable_empty(numel, DType(group).torch())
+            pages.append(one)
+    else:
+        buffers = empty_group_buffers(layout.numel_by_group, "cpu", pinned=pinned)
     host_views = views(layout, buffers)
     for entry, view in zip(layout.entries, host_views):
         if entry.original is not None:
@@ -121,6 +135,10 @@ def pack_host(layout: Layout, pinned: bool) -> tuple[dict[str, torch.Tensor], li
         else:
             view.copy_(entry.tensor.data)
         entry.tensor.data = view
+    if lock and not all([host_memory.page_lock(one, device) for one in pages]):
+        buffers = {group: buffer.pin_memory() for group, buffer in buffers.items()}
+        host_views = views(layout, buffers)
+        bind(layout, host_views)
     return buffers, host_views
 
 
