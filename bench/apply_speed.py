@@ -3,10 +3,12 @@
 A random-weight catalog model (default `wan2.1-t2v-1.3b`, 2.84 GB in bf16; the fp8 cases use
 flux-dev's blocks, 2 double and 4 single) is applied under a few placements (everything
 streamed, every other block streamed, fp8 storage cast on the host or on the device) and
-removed again, each `--repeats` times, interleaved with the reference: the streamed tensors
-cloned one by one (fresh memory: what packing and restoring must at least do, fault new pages
-in and copy) and copied again into the clones ("warm", the memcpy alone). On CUDA the resident
-blocks' bytes are also timed as one pinned host-to-device copy. After the last `remove()` every tensor is checked: its own
+removed again, each `--repeats` times, interleaved with the references: every tensor apply
+copies on the host (the streamed ones, and those cast to another dtype) copied one by one into
+fresh memory in the dtype apply gives it, and back into fresh memory in its own dtype: what
+packing and restoring must at least do (fault new pages in, copy, cast); the same copy into
+memory already touched ("warm") is the memcpy alone. On CUDA the resident blocks' bytes are
+also timed as one pinned host-to-device copy. After the last `remove()` every tensor is checked: its own
 storage, its dtype and device, bitwise equal to the weights before.
 
     OMP_NUM_THREADS=2 python bench/apply_speed.py [--device cpu] [--repeats 3] [-o PATH]
@@ -46,22 +48,49 @@ def _timed(fn, device) -> float:
     return time.perf_counter() - start
 
 
-def _copy_times(tensors, resident_bytes: int, device) -> dict[str, float]:
-    """The references for the packed bytes: the streamed tensors cloned one by one (fresh
-    memory, the granularity `remove()` restores at: page faults and the copy) and copied again
-    into those clones (warm memory: the memcpy alone); on CUDA a pinned host-to-device copy of
-    the resident bytes."""
+def _conversions(model, plan) -> list[tuple]:
+    """(tensor, dtype) for every tensor `apply` must copy on the host: the streamed blocks'
+    (into their packs) and those it casts (fp8 cast on the host, non-block modules to the
+    compute dtype); on CUDA every tensor also crosses to the device, timed apart."""
+    from runtime.engine.packing import device_dtype, unique_tensors
+    from runtime.plan import CastMode, Placement
+
+    compute = plan.model.compute_dtype.torch()
+    out, in_blocks = [], set()
+    for block in plan.blocks:
+        tensors = unique_tensors(model.get_submodule(block.name))
+        in_blocks.update(id(t) for t in tensors)
+        for t in tensors:
+            dtype = device_dtype(t.dtype, block.cast is CastMode.PRE, compute)
+            if block.placement is Placement.STREAMED or dtype != t.dtype:
+                out.append((t, dtype))
+    for t in unique_tensors(model):
+        dtype = device_dtype(t.dtype, True, compute)
+        if id(t) not in in_blocks and dtype != t.dtype:
+            out.append((t, dtype))
+    return out
+
+
+def _copy_times(conversions, resident_bytes: int, device) -> dict[str, float]:
+    """The references: those tensors copied one by one into fresh memory in the dtype apply
+    gives them (page faults, copy and cast: what packing must at least do), back again into
+    fresh memory in their own dtype (what restoring must at least do), and the first copy again
+    into memory already touched ("warm": the memcpy and cast alone); on CUDA a pinned
+    host-to-device copy of the resident bytes."""
     import torch
 
     cpu = torch.device("cpu")
     out = {}
-    if tensors:
-        holder: dict = {}
-        out["host_clone_s"] = _timed(
-            lambda: holder.setdefault("clones", [t.clone() for t in tensors]), cpu)
+    if conversions:
+        held: dict = {}
+        out["host_convert_s"] = _timed(lambda: held.setdefault(
+            "there", [t.data.to(dtype=d, copy=True) for t, d in conversions]), cpu)
+        out["host_convert_back_s"] = _timed(lambda: held.setdefault(
+            "back", [c.to(dtype=t.dtype, copy=True) for (t, _), c in zip(conversions,
+                                                                          held["there"])]), cpu)
         out["host_copy_warm_s"] = _timed(
-            lambda: [c.copy_(t) for c, t in zip(holder["clones"], tensors)], cpu)
-        del holder["clones"]
+            lambda: [c.copy_(t.data) for (t, _), c in zip(conversions, held["there"])], cpu)
+        held.clear()
     if device.type == "cuda" and resident_bytes:
         pinned = torch.empty(resident_bytes, dtype=torch.uint8, pin_memory=True)
         on_device = torch.empty(resident_bytes, dtype=torch.uint8, device=device)
@@ -119,16 +148,13 @@ def _plan(model, model_id, storage, cast, which):
 
 def _run_scenario(name, model, model_id, storage, cast, which, device, repeats) -> dict:
     from runtime.apply import apply_plan
-    from runtime.engine import packing
 
     plan = _plan(model, model_id, storage, cast, which)
-    streamed_names = {b.name for b in plan.blocks if b.placement.value == "streamed"}
-    streamed = [t for n, m in model.named_modules() if n in streamed_names
-                for t in packing.unique_tensors(m)]
+    conversions = _conversions(model, plan)
     before = _digest(model)
     rounds = []
     for _ in range(repeats):
-        refs = _copy_times([t.data for t in streamed], 0, device)
+        refs = _copy_times(conversions, 0, device)
         holder = {}
         apply_s = _timed(lambda: holder.setdefault("h", apply_plan(model, plan, device)), device)
         stats = holder["h"].stats
@@ -147,17 +173,17 @@ def _run_scenario(name, model, model_id, storage, cast, which, device, repeats) 
         "packed_bytes": packed, "pinned_bytes": stats.pinned_bytes,
         "resident_bytes": stats.resident_bytes + stats.non_block_bytes,
         "median": med,
-        "apply_over_clone": med["apply_s"] / med["host_clone_s"],
-        "remove_over_clone": med["remove_s"] / med["host_clone_s"],
+        "apply_over_host_copy": med["apply_s"] / med["host_convert_s"],
+        "remove_over_host_copy": med["remove_s"] / med["host_convert_back_s"],
         "rounds": rounds,
         "bitwise_equal_after_remove": exact,
         "own_storage_after_remove": len(storages) == len(params),
     }
     print(f"{name:30s} packed {packed / 2**30:5.2f} GiB  apply {med['apply_s']:6.3f} s  "
-          f"remove {med['remove_s']:6.3f} s | clone {med['host_clone_s']:6.3f} s  "
-          f"warm copy {med['host_copy_warm_s']:6.3f} s"
-          f"  (apply/clone {result['apply_over_clone']:.2f}, "
-          f"remove/clone {result['remove_over_clone']:.2f})  "
+          f"remove {med['remove_s']:6.3f} s | host copy {med['host_convert_s']:6.3f} s, "
+          f"back {med['host_convert_back_s']:6.3f} s, warm {med['host_copy_warm_s']:6.3f} s"
+          f"  (apply/copy {result['apply_over_host_copy']:.2f}, "
+          f"remove/back {result['remove_over_host_copy']:.2f})  "
           f"exact {exact and result['own_storage_after_remove']}", flush=True)
     return result
 

@@ -155,7 +155,7 @@ def _release(pages) -> None:
         pass
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=256)
 def _pages_type(nbytes: int) -> type:
     return type("HostPages", (ctypes.c_ubyte * nbytes,), {"__del__": _release})
 
@@ -167,37 +167,72 @@ def lockable_empty(numel: int, dtype):
     import torch
 
     nbytes = numel * torch.empty((), dtype=dtype).element_size()
-    pages = _pages_type(nbytes).from_buffer(mmap.mmap(-1, max(nbytes, 1)))
+    # private, not the default shared mapping: anonymous memory, not shmem, and never shared
+    # with a forked child
+    mapping = mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE)
+    pages = _pages_type(nbytes).from_buffer(mapping)
     return torch.frombuffer(pages, dtype=dtype, count=numel), pages
 
 
+@functools.lru_cache(maxsize=1)
 def can_page_lock() -> bool:
-    """CUDA is there and its runtime bindings can register host memory."""
+    """CUDA is there and registering host memory works in this process: its runtime bindings
+    have the shape we call (checked once, on one page of the current device)."""
     import torch
 
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() or not hasattr(mmap, "MAP_PRIVATE"):  # Windows: no mmap flags
         return False
     try:
-        return hasattr(torch.cuda.cudart(), "cudaHostRegister")
+        cudart = torch.cuda.cudart()
     except Exception:  # noqa: BLE001 - a build without the bindings: the caller pins otherwise
         return False
+    if not (hasattr(cudart, "cudaHostRegister") and hasattr(cudart, "cudaHostUnregister")):
+        return False
+    _, probe = lockable_empty(mmap.PAGESIZE, torch.uint8)
+    if not page_lock(probe, torch.device("cuda", torch.cuda.current_device())):
+        return False
+    _release(probe)
+    return True
+
+
+def _succeeded(err) -> bool:
+    try:
+        return int(err) == 0
+    except (TypeError, ValueError):
+        return str(err).endswith("success")
 
 
 def page_lock(pages, device) -> bool:
     """Pin `pages` (from `lockable_empty`) for `device` with cudaHostRegister; False when the
-    driver refuses (the caller falls back to PyTorch's pinned allocator)."""
+    bindings or the driver refuse (the caller falls back to PyTorch's pinned allocator)."""
     import torch
 
     if not len(pages):
         return False
+    device = torch.device(device)
     with torch.cuda.device(device):
-        err = torch.cuda.cudart().cudaHostRegister(
-            ctypes.addressof(pages), len(pages), _CUDA_HOST_REGISTER_PORTABLE
-        )
-    if int(err) != 0:
-        return False
-    pages.locked_on = torch.device(device)
+        try:
+            err = torch.cuda.cudart().cudaHostRegister(
+                ctypes.addressof(pages), len(pages), _CUDA_HOST_REGISTER_PORTABLE
+            )
+        except (TypeError, RuntimeError):  # bindings of another shape (older torch)
+            return False
+        if not _succeeded(err):
+            _consume_error(device)
+            return False
+    pages.locked_on = device
     return True
+
+
+def _consume_error(device) -> None:
+    """A failed runtime call leaves its error as the thread's last CUDA error, which the next
+    kernel launch check would report as its own; one tiny launch takes it now."""
+    import torch
+
+    try:
+        torch.ones(1, device=device).add_(1)
+    except RuntimeError:
+        pass
 
 
 def is_page_locked(pages) -> bool:

@@ -230,9 +230,9 @@ def _move_all(moves, staged_copy) -> None:
     """Give each tensor of `moves` (tensor, device, dtype) its data on that device in that
     dtype. Host tensors crossing to or from a CUDA device go through the pinned staging chunks
     (`staged_copy(sources, dtypes)`: `staging.to_device` or `to_host`), all at once: either all
-    of them get their copy or none does (a failure there falls back to `Tensor.to`, one by
-    one). The rest, and anything the staging cannot take, use `Tensor.to` (a no-op where
-    nothing changes). A tensor listed twice is copied once."""
+    of them get their copy or none does (where the staging memory is refused, `Tensor.to` one
+    by one instead). The rest, and anything the staging cannot take, use `Tensor.to` (a no-op
+    where nothing changes). A tensor listed twice is copied once."""
     staged, seen = [], set()
     for tensor, device, dtype in moves:
         if id(tensor) in seen:
@@ -246,7 +246,9 @@ def _move_all(moves, staged_copy) -> None:
         return
     try:
         copies = staged_copy([t.data for t, _, _ in staged], [dtype for _, _, dtype in staged])
-    except RuntimeError:  # staging memory refused (pinned host RAM, device OOM): plain copies
+    except torch.cuda.OutOfMemoryError:
+        raise  # the device is full: plain copies would not fit either
+    except RuntimeError:  # pinned staging memory refused: plain copies, one by one
         copies = [t.data.to(device=device, dtype=dtype) for t, device, dtype in staged]
     for (tensor, _, _), copy in zip(staged, copies):
         tensor.data = copy
