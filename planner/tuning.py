@@ -61,6 +61,7 @@ class ProfileSource:
     target_name: str  # reference GPU id, or the GPU name the profile was measured on
     profile_id: int | None  # stored profile id; None for a reference profile
     reference: bool
+    calibration: object = None  # planner.calibration.Calibration of a stored profile
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +112,13 @@ def resolve_profiles(req: TuneRequest) -> ProfileSource:
             )
         if not req.workload_from_profile:
             _check_profile_workload(req, profile)
-        return ProfileSource({profile.workload.cfg: profile}, profile.machine.gpu_name, profile.id, False)
-    return _this_machine(req)
+        source = ProfileSource({profile.workload.cfg: profile}, profile.machine.gpu_name, profile.id, False)
+    else:
+        source = _this_machine(req)
+    from planner.calibration import load_calibration
+
+    profile = next(iter(source.profiles.values()))
+    return dataclasses.replace(source, calibration=load_calibration(req.db_url, profile, request_inventory(req)))
 
 
 def _check_profile_workload(req: TuneRequest, profile) -> None:
@@ -376,7 +382,18 @@ def summary(outcome: TuneOutcome) -> dict:
         ],
         "search": {"trials": res.trials, "seconds": res.seconds, "min_budget_bytes": res.min_budget_bytes},
         "experts": _experts_dict(outcome.experts),
+        "calibration": _calibration_dict(outcome, space),
     }
+
+
+def _calibration_dict(outcome: TuneOutcome, space) -> dict | None:
+    """The profile's calibration and the plan's calibrated step time (None: a reference profile)."""
+    cal = outcome.source.calibration
+    if cal is None:
+        return None
+    model = CostModel(outcome.inventory, outcome.source.profiles[outcome.chosen.candidate.cfg])
+    step = cal.step_ms(model, space.layout(outcome.chosen.candidate), outcome.prediction.step_ms)
+    return {**cal.to_dict(), "step_ms": step}
 
 
 def _experts_dict(experts) -> dict | None:

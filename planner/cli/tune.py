@@ -128,6 +128,10 @@ def _print(data: dict, output: Path | None) -> None:
         f" (limit {format_size(data['host_ram']['limit_bytes'])}, {data['host_ram']['limit_source']})",
         f"  predicted:     {data['step_ms'] / 1000:.3f} s/step, peak VRAM {format_size(data['peak_vram_bytes'])}",
     ]
+    cal = data.get("calibration")
+    if cal is not None:
+        shown = f"{cal['step_ms'] / 1000:.3f} s/step, " if cal["runs"] else ""
+        lines.append(f"  calibrated:    {shown}{cal['text']}")
     if data["ratio_to_bound"] is not None:
         lines.append(
             f"  floor:         {data['lower_bound_ms'] / 1000:.3f} s/step, the best any placement does within the "
