@@ -25,6 +25,7 @@ memory fraction and no CUDA stream: those are marked skipped in the JSON, and th
 count of the device bytes it placed stands next to the predicted device weight bytes.
 
     python bench/gpu_offload.py [--model flux-dev] [--budgets 8,12,16,24] [--steps 3]
+                                [--policies tuned,resident-prefix,spread] [--skip-diffusers]
     python bench/gpu_offload.py --model tiny-flux --device cpu --resolution 64x64 --budgets 0.5x,0.8x
 
 Budgets: a bare number is GiB, a size with a unit (700KiB, 1.5GiB) is that size, and 0.5x is
@@ -111,7 +112,7 @@ def _ratio(a, b) -> float | None:
 
 
 def plan_row(policy: str, plan, prediction, measured: Measured, floor_ms: float,
-             identical_arithmetic: bool) -> dict:
+             identical_arithmetic: bool, budget_bytes: int) -> dict:
     """One of ours at one budget: predicted vs measured, and against the floor."""
     return {
         "policy": policy,
@@ -130,6 +131,7 @@ def plan_row(policy: str, plan, prediction, measured: Measured, floor_ms: float,
         "peak_measured_over_predicted": _ratio(measured.peak_bytes, prediction.peak_vram_bytes),
         "predicted_device_weight_bytes": prediction.device_weight_bytes,
         "engine_device_weight_bytes": measured.engine_device_bytes,
+        "budget_bytes": budget_bytes,
         "floor_ms": floor_ms,
         "predicted_over_floor": _ratio(prediction.step_ms, floor_ms),
         "measured_over_floor": _ratio(measured.step_ms, floor_ms),
@@ -317,9 +319,9 @@ def ours_at(budget: int, profile_id: int, args, inv) -> list[tuple[str, object, 
                       storage_dtype=inv.storage_dtype, profile_id=profile_id, trials=args.trials,
                       seed=0, db_url=args.db, workload_from_profile=True)
     outcome = tune(req)
-    found = [("tuned", outcome.plan, outcome.prediction)]
+    found = [("tuned", outcome.plan, outcome.prediction)] if "tuned" in args.policies else []
     peers = dict(outcome.result.policies)
-    for policy in (Policy.PREFIX, Policy.SPREAD):
+    for policy in (p for p in (Policy.PREFIX, Policy.SPREAD) if p.value in args.policies):
         scored = peers.get(policy)
         if scored is None:  # its row says so
             found.append((policy.value, None, None))
@@ -343,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--trials", type=int, default=160)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--policies", default=",".join(OURS), help=f"ours to run, of {','.join(OURS)}")
     parser.add_argument("--skip-diffusers", action="store_true")
     parser.add_argument("--db", default=None, help="store URL (default: a new SQLite file in a temp dir)")
     parser.add_argument("-o", "--output", default=None)
@@ -366,6 +369,10 @@ def _run(args) -> int:
     args.budget_specs = parse_budgets(args.budgets)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {args.device}: this machine has no CUDA device; use --device cpu")
+    args.policies = tuple(p.strip() for p in args.policies.split(",") if p.strip())
+    if not args.policies or set(args.policies) - set(OURS):
+        raise UserError(f"--policies {','.join(args.policies)!r} names none or others than ours: "
+                        f"give some of {','.join(OURS)}")
     if args.steps < 1:
         raise UserError(f"--steps {args.steps} is not a step count: give 1 or more")
     if args.threads:
@@ -378,6 +385,12 @@ def _run(args) -> int:
         Path(__file__).resolve().parent / "results" / f"gpu_offload_{_slug(result['device'])}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
+    for row in result["budgets"]:
+        tuned = next((r for r in row["ours"] if r["policy"] == "tuned" and r.get("measured_step_ms")), None)
+        if tuned:
+            progress(f"{row['budget']:>8s}: tuned {tuned['measured_step_ms']:.2f} ms measured, "
+                     f"x{tuned['measured_over_predicted']:.3f} its prediction, x{tuned['measured_over_floor']:.3f} "
+                     f"the floor; {row['verdict']}")
     progress(f"wrote {out}")
     return 0
 
@@ -483,13 +496,26 @@ def budget_row(bench: Bench, args, spec_b: BudgetSpec, cache: dict) -> dict:
                 cache[key] = run_plan(bench.runner, plan)
                 _record(args.db, plan, cache[key], bench.device, args.steps)
             m = cache[key]
-            row["ours"].append(plan_row(policy, plan, prediction, m, floor, bench.identical))
+            row["ours"].append(plan_row(policy, plan, prediction, m, floor, bench.identical, budget))
             progress(f"  {policy:16s} predicted {prediction.step_ms:9.2f} measured {_ms(m.step_ms)} ms/step; "
                      f"{len(plan.streamed)} streamed, depth {plan.prefetch_depth}; bitwise {m.bitwise_equal}"
                      + (f"; {m.error}" if m.error else ""))
     finally:
         bench.runner.memory_fraction(None)
-    return row
+    return {**row, "verdict": verdict(row["ours"])}
+
+
+def verdict(rows: list[dict]) -> dict | None:
+    """The issue's targets for the tuned plan: within 3 % of its prediction, within 1.05x the floor."""
+    tuned = next((r for r in rows if r["policy"] == "tuned" and r.get("measured_step_ms")), None)
+    if tuned is None:
+        return None
+    return {"tuned_within_3pct_of_prediction": abs(tuned["measured_over_predicted"] - 1) <= 0.03,
+            "tuned_within_1_05x_floor": tuned["measured_over_floor"] <= 1.05,
+            "peak_within_3pct": None if tuned["peak_measured_over_predicted"] is None
+            else abs(tuned["peak_measured_over_predicted"] - 1) <= 0.03,
+            "peak_within_budget": None if tuned["measured_peak_bytes"] is None
+            else tuned["measured_peak_bytes"] <= tuned["budget_bytes"]}
 
 
 def run_all_diffusers(runner: Runner, skip: bool) -> tuple[dict, str | None]:

@@ -68,6 +68,16 @@ def test_every_policy_row_has_predicted_and_measured(cpu_result):
             assert row["measured_peak_bytes"] is None  # no allocator peak on the CPU
 
 
+def test_each_budget_says_whether_the_tuned_plan_meets_the_targets(cpu_result):
+    result, _ = cpu_result
+    for budget in result["budgets"]:
+        tuned = next(r for r in budget["ours"] if r["policy"] == "tuned")
+        v = budget["verdict"]
+        assert v["tuned_within_3pct_of_prediction"] == (abs(tuned["measured_over_predicted"] - 1) <= 0.03)
+        assert v["tuned_within_1_05x_floor"] == (tuned["measured_over_floor"] <= 1.05)
+        assert v["peak_within_budget"] is None  # no allocator peak on the CPU
+
+
 def test_ours_is_bitwise_the_whole_model(cpu_result):
     result, _ = cpu_result
     assert result["whole_model"]["step_ms"] > 0
@@ -126,3 +136,19 @@ def test_a_step_is_whole_forwards_per_step():
     bench = _bench()
     assert bench.step_of([1.0, 2.0, 3.0], 1) == 2.0
     assert bench.step_of([1.0, 2.0, 3.0, 5.0], 2) == 5.5
+
+
+@pytest.mark.gpu
+def test_on_cuda_peaks_are_measured_and_diffusers_runs(tmp_path):
+    out = tmp_path / "result.json"
+    assert _bench().main([
+        "--model", "tiny-flux", "--device", "cuda", "--resolution", "64x64", "--budgets", "2x",
+        "--steps", "2", "--trials", "20", "--db", f"sqlite:///{tmp_path / 'store.db'}", "-o", str(out),
+    ]) == 0
+    result = json.loads(out.read_text())
+    assert result["device_kind"] == "cuda" and result["skipped"] == {}
+    assert result["whole_model"]["peak_bytes"] > 0
+    for row in result["budgets"][0]["ours"]:
+        assert row["measured_peak_bytes"] > 0 and row["bitwise_equal"] is True, row
+    for kind in ("block_level", "leaf_level"):
+        assert result["diffusers"][kind]["step_ms"] > 0, result["diffusers"][kind]
