@@ -158,6 +158,11 @@ class FamilyAdapter(abc.ABC):
         frames for video). `runtime.generate` adds steps, size, generator and
         `output_type="latent"`, and drops the text encoders afterwards."""
 
+    def second_guidance_kwargs(self, pipe, guidance_2: float) -> dict:
+        """The keyword arguments for `pipe(...)` that set the guidance of a later expert's
+        steps (Wan 2.2 A14B's `guidance_scale_2`); {} where the pipeline has one transformer."""
+        return {}
+
     @abc.abstractmethod
     def decode(self, pipe, latents, workload: Workload) -> list:
         """The pipeline's latents as PIL images: one for an image model, every frame for video."""
