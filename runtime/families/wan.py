@@ -141,21 +141,13 @@ MODELS = (
 
 class WanAdapter(FamilyAdapter):
     name = "wan"
+    diffusers_model = "WanTransformer3DModel"
+    diffusers_pipeline = "WanPipeline"
     block_lists = (BlockList(attr="blocks", kind="block"),)
     text_encoders = ("text_encoder",)
 
     def models(self):
         return MODELS
-
-    def model_class(self) -> type:
-        from diffusers import WanTransformer3DModel
-
-        return WanTransformer3DModel
-
-    def pipeline_class(self) -> type:
-        from diffusers import WanPipeline
-
-        return WanPipeline
 
     def block_of_tensor(self, tensor_name: str) -> str | None:
         match = _BLOCK_NAME.match(tensor_name)
