@@ -111,17 +111,19 @@ def explain(plan: Plan, profile, inventory=None, calibration=None) -> Explanatio
 
 
 def _experts(plan: Plan, model: CostModel, layout: Layout):
-    """Both phases and the switch when the plan's model runs two experts (each with the
-    plan's placement, as the runtime applies it)."""
+    """Both phases and the switch when the plan's model runs two experts, each under its
+    placement as the runtime applies it (the plan's `experts`, else the plan's own)."""
     from runtime.catalog import find_model
 
     spec = find_model(plan.model.id)
     if spec is None or spec.experts is None:
         return None
-    from planner.experts import plan_experts
+    from planner.experts import attrs_of, predict_experts, split_steps
 
-    return plan_experts(model, layout, [], spec.experts, spec.default_steps,
-                        plan.target.vram_budget_bytes)
+    attrs = attrs_of(spec.experts)
+    second = layout_of(plan.for_expert(attrs[1]), model.inventory)
+    return predict_experts(model, layout, second, split_steps(spec.experts, spec.default_steps),
+                           plan.target.vram_budget_bytes, attrs)
 
 
 def _experts_dict(experts) -> dict | None:

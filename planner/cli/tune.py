@@ -173,11 +173,14 @@ def _experts_lines(experts: dict) -> list[str]:
     from planner.budget import format_size
 
     phases = ", then ".join(
-        f"{p['expert']} {p['steps']} steps at {p['step_ms'] / 1000:.3f} s" for p in experts["phases"]
+        f"{p['expert']} {p['steps']} steps at {p['step_ms'] / 1000:.3f} s ({p['streamed_blocks']} streamed)"
+        for p in experts["phases"]
     )
+    same = experts["same_placement"]
     switch = experts["switch"]
     return [
-        f"  experts:       {phases} (this placement each)",
+        f"  experts:       {phases}" + (" (one placement for both)" if same else "")
+        + f"; peak VRAM {format_size(experts['peak_vram_bytes'])}",
         f"  expert switch: {format_size(switch['out_bytes'])} out, {format_size(switch['in_bytes'])} in, "
         f"{format_size(switch['packed_bytes'])} packed: {switch['ms'] / 1000:.2f} s once per clip; "
         f"whole clip {experts['total_ms'] / 1000:.1f} s",
