@@ -39,18 +39,48 @@ def is_catalog_model(model_id: str) -> bool:
 def check_storable(plan, *, allow_unknown_model: bool = False, source: str = "the plan") -> bool:
     """Raise `PlanRejected` unless `plan` can run on its catalog model; True when it was checked
     against the catalog, False for an unknown model stored because `allow_unknown_model`."""
+    parts = _expert_parts(plan, source)
     if not is_catalog_model(plan.model.id):
         if allow_unknown_model:
-            _check_self_consistent(plan, source)
+            for part, where in parts:
+                _check_self_consistent(part, where)
             return False
         raise PlanRejected(
             f"{source} is for model {plan.model.id!r}, which this tool's catalog does not know: "
             f"store it anyway with `planner plans import --allow-unknown-model` (it is then never "
             f"returned by `plans best`), or use a model from `planner models list`"
         )
-    _check_self_consistent(plan, source)
-    _check_against_model(plan, source)
+    _check_experts(plan, source)
+    for part, where in parts:
+        _check_self_consistent(part, where)
+        _check_against_model(part, where)
     return True
+
+
+def _expert_parts(plan, source: str) -> list:
+    """(one-transformer plan, how to name it) for the plan's first expert and each further one."""
+    from runtime.plan import FIRST_EXPERT
+
+    if not plan.experts:
+        return [(plan, source)]
+    attrs = [FIRST_EXPERT, *(e.attr for e in plan.experts)]
+    return [(plan.for_expert(a), f"{source} (expert {a})") for a in attrs]
+
+
+def _check_experts(plan, source: str) -> None:
+    """Further experts' placements only for a model that runs them, under its attributes."""
+    if not plan.experts:
+        return
+    from runtime.catalog import get_model
+
+    experts = get_model(plan.model.id).experts
+    known = experts.attrs[1:] if experts is not None else ()
+    for e in plan.experts:
+        if e.attr not in known:
+            has = f"its further experts are {', '.join(known)}" if known else "it has one transformer"
+            raise PlanRejected(
+                f"{source} places an expert {e.attr!r} that {plan.model.id} does not run ({has}): {_FIX}"
+            )
 
 
 def fits_catalog(plan) -> bool:

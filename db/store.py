@@ -13,6 +13,7 @@ run ranks its plan only where it ran the plan's own workload on the plan's targe
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, TypeVar
 
 from db.convert import StoredPlan, machine_values, plan_body_hash, plan_row, plan_text_and_hash
@@ -26,8 +27,20 @@ from runtime.dtypes import DType
 from runtime.plan import Plan
 from runtime.workload import Workload
 
-__all__ = ["Store", "StoredPlan", "open_store", "default_db_url", "run_is_comparable", "workload_matches"]
+__all__ = ["Store", "StoredPlan", "ProfileRun", "open_store", "default_db_url", "run_is_comparable", "workload_matches"]
 T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileRun:
+    """A comparable measured run of a plan made from a stored profile (`Store.runs_of_profile`)."""
+
+    run_id: int
+    plan_id: int
+    plan: Plan
+    step_ms: float
+    peak_vram_bytes: int  # 0 where the device reports none (a CPU run)
+    gpu_name: str
 
 
 def open_store(url: str | None = None, *, busy_timeout_s: float = 1.0, retries: int = 3) -> "Store":
@@ -368,6 +381,32 @@ class Store:
             return row.id
 
         return self._run(work)
+
+    def runs_of_profile(self, profile_id: int) -> list[ProfileRun]:
+        """Comparable runs (the plan's own workload on its target GPU) of every plan made from
+        profile `profile_id`, oldest first: what planner.calibration learns from."""
+        from sqlalchemy import select
+
+        from db.models import PlanRow, RunRow
+        from runtime.plan import loads_plan
+
+        _check_id(profile_id, "profile", self.url)
+        query = (
+            select(RunRow.id, RunRow.plan_id, PlanRow.plan_json, RunRow.step_ms, RunRow.peak_vram_bytes,
+                   RunRow.gpu_name)
+            .join(PlanRow, RunRow.plan_id == PlanRow.id)
+            .where(PlanRow.profile_id == profile_id, RunRow.comparable.is_(True))
+            .order_by(RunRow.id)
+        )
+
+        def work(session) -> list[ProfileRun]:
+            return [
+                ProfileRun(run_id, plan_id, loads_plan(text, source=f"stored plan {plan_id}"), step_ms,
+                           peak, gpu or "")
+                for run_id, plan_id, text, step_ms, peak, gpu in session.execute(query)
+            ]
+
+        return self._run(work, write=False)
 
 
 MAX_ID = 2**63 - 1  # ids are signed 64-bit integers on every backend

@@ -17,9 +17,10 @@ peak; the generation's peak is the larger phase peak. The two experts share an a
 so one inventory and one profile price both.
 
 Because the experts share a profile, the phases are independent except for the switch, which
-grows with the incoming expert's resident bytes: the low-noise placement is chosen among the
-searched candidates by (low-noise steps x step time + switch time), the high-noise one is the
-search's best.
+grows with the outgoing expert's device bytes and the incoming one's device and packed bytes.
+That sum separates, so tune chooses both placements together among the searched candidates
+that fit by choosing each on its own terms (`choose_experts`), and the plan file carries the
+second expert's placement when it differs (`runtime.plan.ExpertPlan`).
 """
 
 from __future__ import annotations
@@ -77,16 +78,25 @@ def phase_steps(scheduler, steps: int, boundary_ratio: float) -> tuple[int, int]
     return high, len(scheduler.timesteps) - high
 
 
+def leaving_ms(model: CostModel, layout: Layout) -> float:
+    """The switch's share that depends on the outgoing expert: its device bytes back to the host."""
+    return _leaving_bytes(model, layout) / (model.profile.bandwidth.pageable_gbps * 1e6)
+
+
+def arriving_ms(model: CostModel, layout: Layout) -> float:
+    """The switch's share that depends on the incoming expert: its device bytes copied in and
+    its streamed blocks packed into host buffers."""
+    bw = model.profile.bandwidth
+    return (_leaving_bytes(model, layout) / (bw.pageable_gbps * 1e6)
+            + _packed_bytes(model, layout) / (HOST_COPY_GBPS * 1e6))
+
+
 def switch_of(model: CostModel, outgoing: Layout, incoming: Layout) -> Switch:
     """What the switch from `outgoing` to `incoming` copies, and how long it takes."""
-    bw = model.profile.bandwidth
-    out_bytes = _resident_bytes(model, outgoing) + model.inventory.non_block_device_bytes
-    in_bytes = _resident_bytes(model, incoming) + model.inventory.non_block_device_bytes
-    packed = sum(
-        model.dev_total[c][i] for i, (s, c) in enumerate(zip(incoming.streamed, incoming.casts)) if s
+    return Switch(
+        _leaving_bytes(model, outgoing), _leaving_bytes(model, incoming),
+        _packed_bytes(model, incoming), leaving_ms(model, outgoing) + arriving_ms(model, incoming),
     )
-    ms = (out_bytes + in_bytes) / (bw.pageable_gbps * 1e6) + packed / (HOST_COPY_GBPS * 1e6)
-    return Switch(out_bytes, in_bytes, packed, ms)
 
 
 def predict_experts(
@@ -100,18 +110,32 @@ def predict_experts(
     return ExpertsPrediction(phases, switch_of(model, high, low))
 
 
-def choose_low_noise(model: CostModel, high: Layout, candidates, low_steps: int, budget: int):
-    """The layout among `candidates` (layouts) that fits `budget` and minimises the low-noise
-    phase plus the switch into it; `high` is the first phase's layout."""
-    fitting = [c for c in candidates if model.peak_bytes(c) <= budget]
-    if not fitting:
-        raise ValueError("no candidate fits the budget")
-    return min(fitting, key=lambda c: low_steps * model.step_ms(c) + switch_of(model, high, c).ms)
+def choose_experts(model: CostModel, candidates, steps: tuple[int, int], high=None) -> tuple[int, int]:
+    """Indices into `candidates` (layouts that fit) of the high- and low-noise experts' layouts
+    with the shortest generation: steps x step time of each phase plus the switch. The switch
+    is the outgoing expert's bytes out plus the incoming one's in, so the sum separates and each
+    expert's layout is the best on its own terms: the high-noise one's steps and what it
+    returns, the low-noise one's steps and what it brings. `high`, an index, keeps the first
+    expert's layout fixed (one measured on the GPU) and chooses only the second."""
+    if not candidates:
+        raise ValueError("no candidate layouts to choose from")
+    costs = [(model.step_ms(c), c) for c in candidates]
+    if high is None:
+        high = min(range(len(costs)), key=lambda i: steps[0] * costs[i][0] + leaving_ms(model, costs[i][1]))
+    low = min(range(len(costs)), key=lambda i: steps[1] * costs[i][0] + arriving_ms(model, costs[i][1]))
+    return high, low
 
 
-def _resident_bytes(model: CostModel, layout: Layout) -> int:
+def _leaving_bytes(model: CostModel, layout: Layout) -> int:
+    """Device bytes of an expert under `layout`: its resident blocks and non-block modules."""
     return sum(
         model.dev_total[c][i] for i, (s, c) in enumerate(zip(layout.streamed, layout.casts)) if not s
+    ) + model.inventory.non_block_device_bytes
+
+
+def _packed_bytes(model: CostModel, layout: Layout) -> int:
+    return sum(
+        model.dev_total[c][i] for i, (s, c) in enumerate(zip(layout.streamed, layout.casts)) if s
     )
 
 
@@ -119,18 +143,45 @@ def split_steps(experts, steps: int) -> tuple[int, int]:
     """(high-noise, low-noise) steps of a run of `steps` for a catalog model's `Experts`, on a
     flow-matching Euler schedule at the released sampling's shift (the pipeline's own
     scheduler decides at run time; the engine follows whatever it calls)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
+    timesteps = flow_match_timesteps(steps, experts.shift)
+    boundary = experts.boundary_ratio * TRAIN_TIMESTEPS
+    high = sum(1 for t in timesteps if t >= boundary)
+    return high, steps - high
 
-    return phase_steps(FlowMatchEulerDiscreteScheduler(shift=experts.shift), steps, experts.boundary_ratio)
+
+TRAIN_TIMESTEPS = 1000
 
 
-def plan_experts(model: CostModel, high: Layout, candidates, experts, steps: int,
-                 budget_bytes: int) -> ExpertsPrediction:
-    """Both experts' placements for a run of `steps`: the high-noise expert keeps `high` (the
-    search's best), the low-noise one the best of `candidates` counting the switch into it."""
+def flow_match_timesteps(steps: int, shift: float) -> list[float]:
+    """The timesteps diffusers' FlowMatchEulerDiscreteScheduler(shift=shift) runs for `steps`
+    (static shifting, 1000 training steps), in float32 as it computes them, without importing
+    diffusers. Its sigma range is that of its shifted training schedule, and `set_timesteps`
+    shifts the spaced sigmas once more, as diffusers does; tests hold the two equal."""
+    import numpy as np
+
+    def shifted(sigma):
+        return np.float32(shift) * sigma / (np.float32(1) + np.float32(shift - 1) * sigma)
+
+    train = np.linspace(1, TRAIN_TIMESTEPS, TRAIN_TIMESTEPS, dtype=np.float32)[::-1] / TRAIN_TIMESTEPS
+    train = shifted(train.astype(np.float32))
+    sigma_max, sigma_min = float(train[0]), float(train[-1])
+    spaced = np.linspace(sigma_max * TRAIN_TIMESTEPS, sigma_min * TRAIN_TIMESTEPS, steps) / TRAIN_TIMESTEPS
+    sigmas = shifted(spaced).astype(np.float32)
+    return [float(np.float32(s) * np.float32(TRAIN_TIMESTEPS)) for s in sigmas]
+
+
+def plan_experts(model: CostModel, candidates, experts, steps: int, budget_bytes: int,
+                 high=None) -> tuple[int, int, ExpertsPrediction]:
+    """Both experts' placements for a run of `steps` chosen among `candidates` (layouts that
+    fit; `high` fixes the first expert's index), with their prediction."""
     split = split_steps(experts, steps)
-    low = choose_low_noise(model, high, [high, *candidates], split[1], budget_bytes)
-    return predict_experts(model, high, low, split, budget_bytes, experts.attrs[:2])
+    h, low = choose_experts(model, candidates, split, high)
+    pred = predict_experts(model, candidates[h], candidates[low], split, budget_bytes, attrs_of(experts))
+    return h, low, pred
+
+
+def attrs_of(experts) -> tuple[str, str]:
+    return tuple(experts.attrs[:2])
 
 
 def experts_to_dict(pred: ExpertsPrediction) -> dict:
@@ -138,9 +189,12 @@ def experts_to_dict(pred: ExpertsPrediction) -> dict:
         "phases": [
             {"expert": p.expert, "steps": p.steps, "step_ms": p.prediction.step_ms,
              "peak_vram_bytes": p.prediction.peak_vram_bytes,
-             "streamed_blocks": sum(p.layout.streamed)}
+             "streamed_blocks": sum(p.layout.streamed),
+             "placement": "".join("s" if streamed else "r" for streamed in p.layout.streamed),
+             "prefetch_depth": p.layout.depth}
             for p in pred.phases
         ],
+        "same_placement": pred.phases[0].layout == pred.phases[1].layout,
         "switch": dataclasses.asdict(pred.switch),
         "peak_vram_bytes": pred.peak_vram_bytes,
         "total_ms": pred.total_ms,

@@ -28,6 +28,8 @@ class Explanation:
     prediction: Prediction
     rows: tuple[BlockRow, ...]
     experts: object = None  # planner.experts.ExpertsPrediction for a two-expert model
+    calibration: object = None  # planner.calibration.Calibration of a stored profile
+    calibrated_step_ms: float | None = None  # step_ms under that calibration
 
     @property
     def wait_ms(self) -> float:
@@ -51,6 +53,8 @@ class Explanation:
             "wait_ms": self.wait_ms,
             "blocks": [dataclasses.asdict(r) for r in self.rows],
             "experts": _experts_dict(self.experts),
+            "calibration": None if self.calibration is None
+            else {**self.calibration.to_dict(), "step_ms": self.calibrated_step_ms},
             "timeline": [
                 {"stream": e.stream.value, "start_ms": e.start_ms, "end_ms": e.end_ms, "block": e.block, "kind": e.kind.value}
                 for e in p.timeline
@@ -73,8 +77,9 @@ def layout_of(plan: Plan, inventory) -> Layout:
     )
 
 
-def explain(plan: Plan, profile, inventory=None) -> Explanation:
-    """Per-block times of `plan` under `profile` over one steady step."""
+def explain(plan: Plan, profile, inventory=None, calibration=None) -> Explanation:
+    """Per-block times of `plan` under `profile` over one steady step (and its step time under
+    the profile's `calibration`, planner.calibration, when given)."""
     from runtime.inventory import inventory as inventory_of
 
     inv = inventory or inventory_of(plan.model.id, plan.model.storage_dtype)
@@ -101,21 +106,24 @@ def explain(plan: Plan, profile, inventory=None) -> Explanation:
                 wait_ms=waits.get(b.name, 0.0),
             )
         )
-    return Explanation(plan, prediction, tuple(rows), _experts(plan, model, layout))
+    calibrated = calibration.step_ms(model, layout, prediction.step_ms) if calibration is not None else None
+    return Explanation(plan, prediction, tuple(rows), _experts(plan, model, layout), calibration, calibrated)
 
 
 def _experts(plan: Plan, model: CostModel, layout: Layout):
-    """Both phases and the switch when the plan's model runs two experts (each with the
-    plan's placement, as the runtime applies it)."""
+    """Both phases and the switch when the plan's model runs two experts, each under its
+    placement as the runtime applies it (the plan's `experts`, else the plan's own)."""
     from runtime.catalog import find_model
 
     spec = find_model(plan.model.id)
     if spec is None or spec.experts is None:
         return None
-    from planner.experts import plan_experts
+    from planner.experts import attrs_of, predict_experts, split_steps
 
-    return plan_experts(model, layout, [], spec.experts, spec.default_steps,
-                        plan.target.vram_budget_bytes)
+    attrs = attrs_of(spec.experts)
+    second = layout_of(plan.for_expert(attrs[1]), model.inventory)
+    return predict_experts(model, layout, second, split_steps(spec.experts, spec.default_steps),
+                           plan.target.vram_budget_bytes, attrs)
 
 
 def _experts_dict(experts) -> dict | None:

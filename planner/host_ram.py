@@ -58,9 +58,7 @@ def choose(
     """The fastest candidate within both budgets; ties to fewer streamed, then pinned, bytes,
     then the search's own tie-break (a forward timed between device synchronisations)."""
     ev = Evaluator(inventory, profiles)
-    room = result.room_bytes  # what a peak may fill within `vram_budget` (planner.reserve)
-    pool = _pool(ev, result, room)
-    fits = [s for s in pool if s.peak_vram_bytes <= room and pinned_bytes(ev, s.candidate) <= host_ram]
+    fits = fitting(ev, result, host_ram)
     if not fits:  # cannot happen: pageable stream-all fits whenever the search found anything
         raise UserError("no plan fits both budgets: give a larger --vram or --host-ram")
     fastest = min(s.step_ms for s in fits)
@@ -78,6 +76,13 @@ def choose(
         host_ram_bytes=host_ram,
         changed=best.candidate != result.best.candidate,
     )
+
+
+def fitting(ev: Evaluator, result: SearchResult, host_ram: int) -> list[Scored]:
+    """The search's candidates (best, Pareto front, peer policies) within both budgets."""
+    room = result.room_bytes  # what a peak may fill within the VRAM budget (planner.reserve)
+    pool = _pool(ev, result, room)
+    return [s for s in pool if s.peak_vram_bytes <= room and pinned_bytes(ev, s.candidate) <= host_ram]
 
 
 def _pool(ev: Evaluator, result: SearchResult, room: int) -> list[Scored]:

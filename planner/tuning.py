@@ -61,6 +61,7 @@ class ProfileSource:
     target_name: str  # reference GPU id, or the GPU name the profile was measured on
     profile_id: int | None  # stored profile id; None for a reference profile
     reference: bool
+    calibration: object = None  # planner.calibration.Calibration of a stored profile
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +112,13 @@ def resolve_profiles(req: TuneRequest) -> ProfileSource:
             )
         if not req.workload_from_profile:
             _check_profile_workload(req, profile)
-        return ProfileSource({profile.workload.cfg: profile}, profile.machine.gpu_name, profile.id, False)
-    return _this_machine(req)
+        source = ProfileSource({profile.workload.cfg: profile}, profile.machine.gpu_name, profile.id, False)
+    else:
+        source = _this_machine(req)
+    from planner.calibration import load_calibration
+
+    profile = next(iter(source.profiles.values()))
+    return dataclasses.replace(source, calibration=load_calibration(req.db_url, profile, request_inventory(req)))
 
 
 def _check_profile_workload(req: TuneRequest, profile) -> None:
@@ -225,7 +231,11 @@ def tune(req: TuneRequest) -> TuneOutcome:
     if req.verify:
         best, measured = _verify(inv, source, result, req, host)
     plan, prediction = plan_of(inv, source, best, req.budget_bytes)
-    experts = experts_of(inv, source, best, req)
+    experts = None
+    if _experts_spec(req.model_id) is not None:
+        plan, prediction, best, host, experts = place_experts(
+            inv, source, result, req, host, best, keep_first=bool(req.verify)
+        )
     from db.store import open_store
 
     with open_store(req.db_url) as store:
@@ -234,20 +244,46 @@ def tune(req: TuneRequest) -> TuneOutcome:
                        limit_source, experts=experts)
 
 
-def experts_of(inv, source: ProfileSource, scored: Scored, req: TuneRequest):
-    """Both phases and the switch of a two-expert model (None for one transformer). The plan
-    file holds one placement, which the runtime applies to each expert in turn, so both
-    phases are priced with it (planner.experts.plan_experts can also choose the second)."""
+def _experts_spec(model_id: str):
+    from runtime.catalog import find_model
+
+    spec = find_model(model_id)
+    return spec.experts if spec is not None else None
+
+
+def place_experts(inv, source: ProfileSource, result: SearchResult, req: TuneRequest, host,
+                  best: Scored, keep_first: bool = False):
+    """Both experts' placements of a two-expert model, chosen together among the search's
+    candidates within both budgets (`planner.experts.choose_experts`), `best` first so that
+    ties keep it; `keep_first` keeps `best` for the first expert (measured by --verify).
+    Returns (plan, first expert's prediction, its candidate, host choice, both phases): the
+    plan carries the second expert's placement where it differs."""
+    from planner.experts import plan_experts
+    from planner.host_ram import Evaluator, fitting, pinned_bytes, streamed_bytes
     from runtime.catalog import get_model
+    from runtime.plan import with_experts
 
     spec = get_model(req.model_id)
-    if spec.experts is None:
-        return None
-    from planner.experts import plan_experts
-
-    layout = space_of(inv, tuple(source.profiles)).layout(scored.candidate)
-    model = CostModel(inv, source.profiles[scored.candidate.cfg])
-    return plan_experts(model, layout, [], spec.experts, spec.default_steps, req.budget_bytes)
+    ev = Evaluator(inv, source.profiles)
+    cfg = best.candidate.cfg
+    options = [best] + [s for s in fitting(ev, result, host.host_ram_bytes)
+                        if s.candidate != best.candidate and s.candidate.cfg == cfg]
+    space = space_of(inv, tuple(source.profiles))
+    model = CostModel(inv, source.profiles[cfg])
+    h, low, phases = plan_experts(
+        model, [space.layout(s.candidate) for s in options], spec.experts, spec.default_steps,
+        req.budget_bytes, high=0 if keep_first else None,
+    )
+    high = options[h]
+    plan, prediction = plan_of(inv, source, high, req.budget_bytes)
+    if options[low].candidate != high.candidate:
+        second, _ = plan_of(inv, source, options[low], req.budget_bytes)
+        plan = with_experts(plan, {spec.experts.attrs[1]: second})
+    pinned = max(pinned_bytes(ev, options[i].candidate) for i in (h, low))  # one packed at a time
+    host = dataclasses.replace(host, scored=high, pinned_bytes=pinned,
+                               streamed_bytes=streamed_bytes(ev, high.candidate),
+                               changed=high.candidate != result.best.candidate)
+    return plan, prediction, high, host, phases
 
 
 def _require_gpu_for_verify() -> None:
@@ -376,7 +412,18 @@ def summary(outcome: TuneOutcome) -> dict:
         ],
         "search": {"trials": res.trials, "seconds": res.seconds, "min_budget_bytes": res.min_budget_bytes},
         "experts": _experts_dict(outcome.experts),
+        "calibration": _calibration_dict(outcome, space),
     }
+
+
+def _calibration_dict(outcome: TuneOutcome, space) -> dict | None:
+    """The profile's calibration and the plan's calibrated step time (None: a reference profile)."""
+    cal = outcome.source.calibration
+    if cal is None:
+        return None
+    model = CostModel(outcome.inventory, outcome.source.profiles[outcome.chosen.candidate.cfg])
+    step = cal.step_ms(model, space.layout(outcome.chosen.candidate), outcome.prediction.step_ms)
+    return {**cal.to_dict(), "step_ms": step}
 
 
 def _experts_dict(experts) -> dict | None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 def apply_plan(module_or_pipeline, plan, device=None):
     """Apply `plan` to a transformer (or a diffusers pipeline's `.transformer` or `.unet`). A
     pipeline with a second expert of the same architecture (Wan 2.2 A14B's `transformer_2`)
-    runs the plan on each expert in turn, one on the device at a time (`runtime.engine.experts`).
+    runs each expert in turn under its placement (the plan's `experts`, else the plan's own),
+    one on the device at a time (`runtime.engine.experts`). Given one transformer module, a
+    plan with experts applies its first expert's placement.
 
     `device` is the compute device (default: CUDA when available, else CPU). The plan is
     checked against the model before anything is touched; a mismatch raises
@@ -19,7 +21,7 @@ def apply_plan(module_or_pipeline, plan, device=None):
     from runtime.engine import offload
     from runtime.errors import UserError
     from runtime.families import denoiser_attributes, family_of_module
-    from runtime.plan import Plan
+    from runtime.plan import FIRST_EXPERT, Plan
 
     if not isinstance(plan, Plan):
         raise UserError(
@@ -27,13 +29,16 @@ def apply_plan(module_or_pipeline, plan, device=None):
             f"runtime.plan.load_plan(path)"
         )
     experts = _experts_of(module_or_pipeline)
+    _check_expert_attrs(module_or_pipeline, plan, experts)
     if experts:
         from runtime.engine.experts import applied_experts, apply_experts
 
-        existing = applied_experts(module_or_pipeline, plan, _resolve_device(device))
+        plans = {attr: plan.for_expert(attr) for attr in experts}
+        existing = applied_experts(module_or_pipeline, plans, _resolve_device(device))
         if existing is not None:
             return existing
-        return apply_experts(module_or_pipeline, {attr: plan for attr in experts}, device)
+        return apply_experts(module_or_pipeline, plans, device)
+    plan = plan.for_expert(FIRST_EXPERT)
     model = module_or_pipeline
     if not isinstance(model, torch.nn.Module):  # a pipeline: its transformer (or unet)
         found = [getattr(model, name, None) for name in denoiser_attributes()]
@@ -48,6 +53,23 @@ def apply_plan(module_or_pipeline, plan, device=None):
     if existing is not None:
         return existing
     return offload.apply(model, family_of_module(model), plan, device)
+
+
+def _check_expert_attrs(target, plan, experts: tuple[str, ...]) -> None:
+    """A pipeline must have every expert the plan places; a lone module takes the first's."""
+    import torch
+
+    from runtime.errors import PlanMismatchError
+
+    if isinstance(target, torch.nn.Module):
+        return
+    for e in plan.experts:
+        if e.attr not in experts:
+            raise PlanMismatchError(
+                f"the plan places expert {e.attr!r} but this {type(target).__name__} has no "
+                f"{e.attr}: load the model's full pipeline (both experts), or apply the plan "
+                f"to its transformer alone"
+            )
 
 
 def _experts_of(pipeline) -> tuple[str, ...]:

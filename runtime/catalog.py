@@ -29,6 +29,7 @@ class Experts:
     attrs: tuple[str, ...]  # pipeline attributes, in the order the denoising runs them
     boundary_ratio: float  # the next expert takes over when t < boundary_ratio x 1000
     shift: float  # flow shift of the released sampling: splits the steps at tune time
+    guidance_2: float | None = None  # guidance of the later experts' steps; None: the model's
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,6 +24,7 @@ class GenerateConfig:
     steps: int
     seed: int = 0
     guidance: float = 3.5
+    guidance_2: float | None = None  # a later expert's steps (Wan 2.2 A14B); None: `guidance`
     height: int | None = None  # default: the plan's workload
     width: int | None = None
     frames: int | None = None  # default: the plan's workload
@@ -47,9 +48,14 @@ class GenerateResult:
     phase_peak_vram_bytes: dict | None = None  # encode, load_vae, denoise, decode (CUDA only)
     adapter_bytes: int = 0  # LoRA weights the engine placed (counted in device_weight_bytes
     # where resident, in the ring's slots where streamed)
+    expert_step_ms: dict | None = None  # two experts: each one's step times (ms)
+    switch_ms: tuple[float, ...] = ()  # two experts: each switch's wall time (ms)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self) | {"step_ms": list(self.step_ms)}
+        return dataclasses.asdict(self) | {
+            "step_ms": list(self.step_ms), "switch_ms": list(self.switch_ms),
+            "expert_step_ms": {k: list(v) for k, v in (self.expert_step_ms or {}).items()} or None,
+        }
 
 
 def load_pipeline(adapter, weights: Path, transformer_file: Path | None, dtype):
@@ -165,6 +171,8 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
     phases = _PhasePeaks(device)
     try:
         kwargs = _prompt_kwargs(adapter, pipe, config.prompt, workload, config.guidance, device)
+        if config.guidance_2 is not None:
+            kwargs.update(adapter.second_guidance_kwargs(pipe, config.guidance_2))
         phases.close("encode")
         pipe.vae.to(device)
         generator = torch.Generator("cpu").manual_seed(config.seed)
@@ -175,6 +183,7 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
             width=workload.width, generator=generator, output_type="latent", return_dict=False,
         )[0]  # FLUX's images, a video pipeline's frames: the first output either way
         forward_ms = handle.timings()
+        by_expert = _expert_step_ms(handle, plan.workload.forwards_per_step)
         peak = phases.close("denoise")
         stats = handle.stats
         handle.remove()  # the denoiser leaves the device before the decode, whose peak
@@ -187,6 +196,8 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
     save_frames(frames, Path(config.output))
     per = plan.workload.forwards_per_step
     step_ms = tuple(sum(forward_ms[i:i + per]) for i in range(0, len(forward_ms), per))
+    if by_expert[0] is not None:  # whole steps of each expert, the one it switched in left out
+        step_ms = tuple(ms for steps in by_expert[0].values() for ms in steps)
     mean_ms = statistics.fmean(step_ms) if step_ms else 0.0
     lower = plan.predictions.lower_bound_ms
     return GenerateResult(
@@ -196,7 +207,25 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
         ratio_to_lower_bound=(mean_ms / lower) if lower > 0 else None,
         device_weight_bytes=stats.device_weight_bytes, adapter_bytes=stats.adapter_bytes,
         phase_peak_vram_bytes=phases.peaks or None,
+        expert_step_ms=by_expert[0], switch_ms=by_expert[1],
     )
+
+
+def _expert_step_ms(handle, per: int) -> tuple[dict | None, tuple[float, ...]]:
+    """({expert: its steps' times}, each switch's time) of a two-expert run; (None, ())
+    otherwise. A step is `per` timed forwards of one expert; the step an expert is switched in
+    is left out (its first forward runs the switch and is not timed)."""
+    timed = getattr(handle, "timed", None)
+    if timed is None:
+        return None, ()
+    forwards: dict[str, list[float]] = {}
+    for expert, ms in timed():
+        forwards.setdefault(expert, []).append(ms)
+    steps = {}
+    for expert, f in forwards.items():
+        f = f[len(f) % per:]
+        steps[expert] = tuple(sum(f[i:i + per]) for i in range(0, len(f), per))
+    return steps, tuple(handle.switch_ms)
 
 
 class _PhasePeaks:

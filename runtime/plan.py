@@ -24,6 +24,8 @@ MAX_PLAN_FILE_BYTES = 10 * 1024 * 1024
 MAX_PREFETCH_DEPTH = 16
 MAX_BLOCKS = 4096
 MAX_BUDGET_BYTES = 1 << 50  # 1 PiB: anything beyond is a typo
+MAX_EXPERTS = 7  # further experts a plan may place (Wan 2.2 A14B has one)
+FIRST_EXPERT = "transformer"  # the pipeline attribute the plan's own placement is for
 
 
 class Placement(str, enum.Enum):
@@ -82,6 +84,19 @@ class Provenance:
 
 
 @dataclasses.dataclass(frozen=True)
+class ExpertPlan:
+    """The placement of a further expert of the model (Wan 2.2 A14B's `transformer_2`): the
+    plan's own `blocks`, `prefetch_depth`, `host_memory` and `predictions` are the first
+    expert's (the pipeline's `transformer`)."""
+
+    attr: str  # the pipeline attribute of this expert
+    blocks: tuple[BlockPlan, ...]
+    prefetch_depth: int
+    host_memory: HostMemory
+    predictions: Predictions
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
     model: ModelRef
     workload: Workload
@@ -92,6 +107,20 @@ class Plan:
     predictions: Predictions
     provenance: Provenance
     format_version: int = FORMAT_VERSION
+    # further experts' placements, in the order the pipeline runs them; () for one transformer,
+    # and for a two-expert plan that places every expert alike (the file has no `experts` then)
+    experts: tuple[ExpertPlan, ...] = ()
+
+    def for_expert(self, attr: str) -> "Plan":
+        """The one-transformer plan of the pipeline attribute `attr`: the first expert's
+        (FIRST_EXPERT) or one not named in `experts` gets the plan's own placement."""
+        for e in self.experts:
+            if e.attr == attr:
+                return dataclasses.replace(
+                    self, blocks=e.blocks, prefetch_depth=e.prefetch_depth,
+                    host_memory=e.host_memory, predictions=e.predictions, experts=(),
+                )
+        return dataclasses.replace(self, experts=())
 
     @property
     def streamed(self) -> tuple[BlockPlan, ...]:
@@ -106,7 +135,7 @@ class Plan:
 
 
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
-    return {
+    out = {
         "format_version": plan.format_version,
         "model": {
             "id": plan.model.id,
@@ -119,30 +148,41 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
             "gpu_name": plan.target.gpu_name,
             "vram_budget_bytes": plan.target.vram_budget_bytes,
         },
-        "blocks": [
-            {
-                "name": b.name,
-                "kind": b.kind,
-                "bytes": b.bytes,
-                "placement": b.placement.value,
-                "cast": b.cast.value,
-                **({"quant": list(b.quant)} if b.quant else {}),
-            }
-            for b in plan.blocks
-        ],
+        "blocks": _blocks_to_list(plan.blocks),
         "prefetch_depth": plan.prefetch_depth,
         "host_memory": plan.host_memory.value,
-        "predictions": {
-            "step_ms": plan.predictions.step_ms,
-            "peak_vram_bytes": plan.predictions.peak_vram_bytes,
-            "lower_bound_ms": plan.predictions.lower_bound_ms,
-        },
+        "predictions": _predictions_to_dict(plan.predictions),
         "provenance": {
             "tool_version": plan.provenance.tool_version,
             "profile_id": plan.provenance.profile_id,
             "created": plan.provenance.created,
         },
     }
+    if plan.experts:  # written only for a model with experts placed apart: other plans keep their text
+        out["experts"] = [
+            {"attr": e.attr, "blocks": _blocks_to_list(e.blocks), "prefetch_depth": e.prefetch_depth,
+             "host_memory": e.host_memory.value, "predictions": _predictions_to_dict(e.predictions)}
+            for e in plan.experts
+        ]
+    return out
+
+
+def _blocks_to_list(blocks: tuple[BlockPlan, ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": b.name,
+            "kind": b.kind,
+            "bytes": b.bytes,
+            "placement": b.placement.value,
+            "cast": b.cast.value,
+            **({"quant": list(b.quant)} if b.quant else {}),
+        }
+        for b in blocks
+    ]
+
+
+def _predictions_to_dict(p: Predictions) -> dict[str, Any]:
+    return {"step_ms": p.step_ms, "peak_vram_bytes": p.peak_vram_bytes, "lower_bound_ms": p.lower_bound_ms}
 
 
 def _workload_to_dict(w: Workload) -> dict[str, Any]:
@@ -213,7 +253,7 @@ def plan_from_dict(data: Any, source: str = "plan") -> Plan:
             f"{source} has format_version {version}, newer than this tool reads "
             f"({FORMAT_VERSION}): upgrade offload-planner (git pull in its repository, then pip install -e .)"
         )
-    r.keys(data, "plan", _TOP_KEYS)
+    r.keys(data, "plan", _TOP_KEYS | (_OPTIONAL_TOP_KEYS & set(data)))
     if type(version) is not int or version != FORMAT_VERSION:
         raise PlanFormatError(f"{source}: format_version must be {FORMAT_VERSION}, got {version!r}")
 
@@ -230,15 +270,10 @@ def plan_from_dict(data: Any, source: str = "plan") -> Plan:
         gpu_name=r.string(t, "target.gpu_name"),
         vram_budget_bytes=r.integer(t, "target.vram_budget_bytes", 1, MAX_BUDGET_BYTES),
     )
-    blocks = _read_blocks(r, data)
+    blocks = _read_blocks(r, data["blocks"], "blocks")
     depth = r.integer(data, "prefetch_depth", 1, MAX_PREFETCH_DEPTH)
     host_memory = r.enum(data, "host_memory", HostMemory)
-    p = r.section(data, "predictions", {"step_ms", "peak_vram_bytes", "lower_bound_ms"})
-    predictions = Predictions(
-        step_ms=r.number(p, "predictions.step_ms"),
-        peak_vram_bytes=r.integer(p, "predictions.peak_vram_bytes", 0, MAX_BUDGET_BYTES),
-        lower_bound_ms=r.number(p, "predictions.lower_bound_ms"),
-    )
+    predictions = _read_predictions(r, data, "predictions")
     v = r.section(data, "provenance", {"tool_version", "profile_id", "created"})
     profile_id = v["profile_id"]
     if profile_id is not None:
@@ -248,7 +283,40 @@ def plan_from_dict(data: Any, source: str = "plan") -> Plan:
         profile_id=profile_id,
         created=r.timestamp(v, "provenance.created"),
     )
-    return Plan(model, workload, target, blocks, depth, host_memory, predictions, provenance)
+    experts = _read_experts(r, data["experts"]) if "experts" in data else ()
+    return Plan(model, workload, target, blocks, depth, host_memory, predictions, provenance,
+                experts=experts)
+
+
+def _read_predictions(r: "_Reader", data: dict, where: str) -> Predictions:
+    p = r.section(data, "predictions", {"step_ms", "peak_vram_bytes", "lower_bound_ms"}, where)
+    return Predictions(
+        step_ms=r.number(p, f"{where}.step_ms"),
+        peak_vram_bytes=r.integer(p, f"{where}.peak_vram_bytes", 0, MAX_BUDGET_BYTES),
+        lower_bound_ms=r.number(p, f"{where}.lower_bound_ms"),
+    )
+
+
+def _read_experts(r: "_Reader", items: Any) -> tuple[ExpertPlan, ...]:
+    if type(items) is not list or not 1 <= len(items) <= MAX_EXPERTS:
+        raise r.fail("experts", f"a list of 1 to {MAX_EXPERTS} further experts", items)
+    out, seen = [], {FIRST_EXPERT}
+    for i, item in enumerate(items):
+        where = f"experts[{i}]"
+        r.object(item, where)
+        r.keys(item, where, _EXPERT_KEYS)
+        attr = r.string(item, f"{where}.attr")
+        if not (attr.isascii() and attr.isidentifier()) or attr in seen:
+            raise r.fail(f"{where}.attr", f"a pipeline attribute other than {sorted(seen)}", attr)
+        seen.add(attr)
+        out.append(ExpertPlan(
+            attr=attr,
+            blocks=_read_blocks(r, item["blocks"], f"{where}.blocks"),
+            prefetch_depth=r.integer(item, f"{where}.prefetch_depth", 1, MAX_PREFETCH_DEPTH),
+            host_memory=r.enum(item, f"{where}.host_memory", HostMemory),
+            predictions=_read_predictions(r, item, f"{where}.predictions"),
+        ))
+    return tuple(out)
 
 
 _WORKLOAD_KEYS = {"height", "width", "batch", "cfg", "text_tokens"}
@@ -275,25 +343,26 @@ _TOP_KEYS = {
     "format_version", "model", "workload", "target", "blocks", "prefetch_depth",
     "host_memory", "predictions", "provenance",
 }
+_OPTIONAL_TOP_KEYS = {"experts"}
+_EXPERT_KEYS = {"attr", "blocks", "prefetch_depth", "host_memory", "predictions"}
 _BLOCK_KEYS = {"name", "kind", "bytes", "placement", "cast"}
 _OPTIONAL_BLOCK_KEYS = {"quant"}
 
 
-def _read_blocks(r: "_Reader", data: dict) -> tuple[BlockPlan, ...]:
-    items = data["blocks"]
+def _read_blocks(r: "_Reader", items: Any, field: str) -> tuple[BlockPlan, ...]:
     if type(items) is not list or not items:
-        raise PlanFormatError(f"{r.source}: blocks must be a non-empty list")
+        raise PlanFormatError(f"{r.source}: {field} must be a non-empty list")
     if len(items) > MAX_BLOCKS:
         raise PlanFormatError(f"{r.source}: {len(items)} blocks is over the limit of {MAX_BLOCKS}")
     blocks = []
     seen = set()
     for i, item in enumerate(items):
-        where = f"blocks[{i}]"
+        where = f"{field}[{i}]"
         r.object(item, where)
         r.keys(item, where, _BLOCK_KEYS | (_OPTIONAL_BLOCK_KEYS & set(item)))
         name = r.string(item, f"{where}.name")
         if name in seen:
-            raise PlanFormatError(f"{r.source}: block {name!r} appears twice in blocks")
+            raise PlanFormatError(f"{r.source}: block {name!r} appears twice in {field}")
         seen.add(name)
         blocks.append(
             BlockPlan(
@@ -349,10 +418,10 @@ class _Reader:
         if missing:
             raise PlanFormatError(f"{self.source}: {field} is missing the key {missing[0]!r}")
 
-    def section(self, data: dict, name: str, keys: set[str]) -> dict:
+    def section(self, data: dict, name: str, keys: set[str], field: str | None = None) -> dict:
         value = data[name]
-        self.object(value, name)
-        self.keys(value, name, keys)
+        self.object(value, field or name)
+        self.keys(value, field or name, keys)
         return value
 
     def string(self, obj: dict, field: str) -> str:
@@ -457,3 +526,16 @@ def build_plan(
             created=created or datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
         ),
     )
+
+
+def with_experts(plan: Plan, others: "Mapping[str, Plan]") -> Plan:
+    """`plan` (the first expert's) carrying the placements of further experts: `others` maps a
+    pipeline attribute to a one-transformer plan of the same model, workload and target."""
+    for attr, other in others.items():
+        if (other.model, other.workload, other.target) != (plan.model, plan.workload, plan.target):
+            raise PlanFormatError(f"the plan for expert {attr!r} is for another model, workload or target")
+    experts = tuple(
+        ExpertPlan(attr, o.blocks, o.prefetch_depth, o.host_memory, o.predictions)
+        for attr, o in others.items() if attr != FIRST_EXPERT
+    )
+    return dataclasses.replace(plan, experts=experts)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from runtime.dtypes import DType
 from runtime.plan import (
+    FIRST_EXPERT,
     FORMAT_VERSION,
     MAX_BLOCKS,
     MAX_BUDGET_BYTES,
+    MAX_EXPERTS,
     MAX_FRAMES,
     MAX_PREFETCH_DEPTH,
     CastMode,
@@ -46,6 +48,33 @@ def _enum(kind) -> dict:
     return {"enum": [k.value for k in kind]}
 
 
+_BLOCKS = {
+    "type": "array",
+    "minItems": 1,
+    "maxItems": MAX_BLOCKS,
+    "items": _optional(
+        _obj(
+            {
+                "name": _STRING,
+                "kind": _STRING,
+                "bytes": _int(0, MAX_BUDGET_BYTES),
+                "placement": _enum(Placement),
+                "cast": _enum(CastMode),
+            }
+        ),
+        quant={
+            "type": "array",
+            "minItems": 1,
+            "uniqueItems": True,
+            "items": {"enum": [d.value for d in DType if d.is_quantized]},
+        },
+    ),
+}
+_PREDICTIONS = _obj(
+    {"step_ms": _NUMBER, "peak_vram_bytes": _int(0, MAX_BUDGET_BYTES), "lower_bound_ms": _NUMBER}
+)
+
+
 def plan_schema() -> dict:
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -74,37 +103,10 @@ def plan_schema() -> dict:
                 "target": _obj(
                     {"gpu_name": _STRING, "vram_budget_bytes": _int(1, MAX_BUDGET_BYTES)}
                 ),
-                "blocks": {
-                    "type": "array",
-                    "minItems": 1,
-                    "maxItems": MAX_BLOCKS,
-                    "items": _optional(
-                        _obj(
-                            {
-                                "name": _STRING,
-                                "kind": _STRING,
-                                "bytes": _int(0, MAX_BUDGET_BYTES),
-                                "placement": _enum(Placement),
-                                "cast": _enum(CastMode),
-                            }
-                        ),
-                        quant={
-                            "type": "array",
-                            "minItems": 1,
-                            "uniqueItems": True,
-                            "items": {"enum": [d.value for d in DType if d.is_quantized]},
-                        },
-                    ),
-                },
+                "blocks": _BLOCKS,
                 "prefetch_depth": _int(1, MAX_PREFETCH_DEPTH),
                 "host_memory": _enum(HostMemory),
-                "predictions": _obj(
-                    {
-                        "step_ms": _NUMBER,
-                        "peak_vram_bytes": _int(0, MAX_BUDGET_BYTES),
-                        "lower_bound_ms": _NUMBER,
-                    }
-                ),
+                "predictions": _PREDICTIONS,
                 "provenance": _obj(
                     {
                         "tool_version": _STRING,
@@ -112,6 +114,18 @@ def plan_schema() -> dict:
                         "created": {**_STRING, "format": "date-time"},
                     }
                 ),
-            }
+            },
+            # a model with several experts placed apart (Wan 2.2 A14B); absent otherwise
+            optional={"experts": {
+                "type": "array", "minItems": 1, "maxItems": MAX_EXPERTS, "uniqueItems": True,
+                "items": _obj({
+                    "attr": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$",
+                             "not": {"const": FIRST_EXPERT}},
+                    "blocks": _BLOCKS,
+                    "prefetch_depth": _int(1, MAX_PREFETCH_DEPTH),
+                    "host_memory": _enum(HostMemory),
+                    "predictions": _PREDICTIONS,
+                }),
+            }},
         ),
     }

@@ -135,7 +135,7 @@ def test_a14b_phases_and_switch_at_12gb_on_an_rtx_4070():
 
     from planner.budget import parse_size
     from planner.costmodel import CostModel
-    from planner.experts import choose_low_noise, phase_steps, predict_experts
+    from planner.experts import choose_experts, phase_steps, predict_experts
     from planner.search import Settings, search
     from planner.space import space_of
     from profiler.reference import reference_profile
@@ -152,9 +152,10 @@ def test_a14b_phases_and_switch_at_12gb_on_an_rtx_4070():
     # the Wan team's A14B sampling: 40 steps at shift 12 (Wan-Video/Wan2.2 wan_t2v_A14B.py)
     steps = phase_steps(FlowMatchEulerDiscreteScheduler(shift=12.0), 40, 0.875)
     assert sum(steps) == 40 and steps[0] > 0 and steps[1] > 0
-    low = choose_low_noise(model, high, [space.layout(s.candidate) for s in result.pareto],
-                           steps[1], budget)
-    pred = predict_experts(model, high, low, steps, budget)
+    options = [high] + [space.layout(s.candidate) for s in result.pareto
+                        if s.peak_vram_bytes <= result.room_bytes]
+    h, low = choose_experts(model, options, steps)
+    pred = predict_experts(model, options[h], options[low], steps, budget)
     assert pred.peak_vram_bytes <= budget
     assert pred.switch.in_bytes > inv.non_block_device_bytes  # some blocks stay resident
     assert pred.total_ms == pytest.approx(
@@ -227,3 +228,165 @@ def test_planner_apply_writes_the_two_expert_clip(pipe_and_embeds, tmp_path):
     assert result.exit_code == 0, result.output
     with Image.open(out) as clip:
         assert clip.size == (64, 64) and clip.n_frames == 5
+
+
+def _experts_plan(first=(0, 2), second=(1, 2, 3)):
+    """A tiny-wan-a14b plan that places its experts apart (the second at depth 3, pageable)."""
+    from runtime.plan import with_experts
+
+    def one(idx, depth):
+        inv = inventory("tiny-wan-a14b")
+        return build_plan(inv, {inv.blocks[i].name for i in idx},
+                          workload=get_model("tiny-wan-a14b").workload(), target=Target("cpu", 1 << 30),
+                          prefetch_depth=depth, host_memory=HostMemory.PAGEABLE)
+
+    return with_experts(one(first, 2), {"transformer_2": one(second, 3)})
+
+
+def test_a_plan_with_a_placement_per_expert_applies_each_in_its_phase(pipe_and_embeds):
+    from runtime.apply import apply_plan
+
+    pipe, embeds = pipe_and_embeds
+    expected = _denoise(pipe, embeds)
+    plan = _experts_plan()
+    handle = apply_plan(pipe, plan, "cpu")
+    try:
+        assert handle.stats.streamed_blocks == 2 and handle.handle.plan.prefetch_depth == 2
+        assert apply_plan(pipe, plan, "cpu") is handle
+        got = _denoise(pipe, embeds)
+        assert handle.active == "transformer_2" and handle.switches == 1 and len(handle.switch_ms) == 1
+        assert handle.stats.streamed_blocks == 3 and handle.handle.plan.prefetch_depth == 3
+        assert handle.handle.plan == plan.for_expert("transformer_2")
+    finally:
+        handle.remove()
+    assert torch.equal(got, expected)
+
+
+def test_a_plan_placing_a_second_expert_is_refused_by_a_pipeline_without_one():
+    from runtime.apply import apply_plan
+    from runtime.errors import PlanMismatchError
+    from tests.family_support.wan import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline()
+    state = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    with pytest.raises(PlanMismatchError, match="places expert 'transformer_2' but this WanPipeline has no transformer_2"):
+        apply_plan(pipe, _experts_plan(), "cpu")
+    assert all(torch.equal(pipe.transformer.state_dict()[k], v) for k, v in state.items())
+    apply_plan(pipe.transformer, _experts_plan(), "cpu").remove()  # one module: the first expert's
+
+
+def test_the_tune_time_step_split_is_diffusers_own():
+    """Tune splits the steps without importing diffusers; the split must be the scheduler's."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from planner.experts import flow_match_timesteps
+
+    for shift in (1.0, 3.0, 12.0):
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+        for steps in (1, 2, 4, 7, 20, 40, 50):
+            scheduler.set_timesteps(steps, device="cpu")
+            assert flow_match_timesteps(steps, shift) == [float(t) for t in scheduler.timesteps]
+
+
+def test_tune_places_the_a14b_experts_apart_where_the_switch_pays(tmp_path):
+    """At 12 GB on an RTX 4070 both phases are compute-bound, so the switch decides: the
+    high-noise expert keeps fewer blocks resident (less to move out), the low-noise one more
+    (less to pack). The plan carries both; explain and the store read them back."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from planner.budget import parse_size
+    from planner.cli import app
+    from runtime.plan import load_plan
+
+    db = f"sqlite:///{tmp_path / 'store.db'}"
+    out = tmp_path / "plan.json"
+    runner = CliRunner()
+    result = runner.invoke(app, ["tune", "--model", "wan2.2-t2v-a14b", "--resolution", "832x480",
+                                 "--frames", "81", "--vram", "12GB", "--gpu", "rtx-4070", "-o", str(out),
+                                 "--db", db, "--json"])
+    assert result.exit_code == 0, result.output
+    experts = json.loads(result.output)["experts"]
+    plan = load_plan(out)
+    assert [e.attr for e in plan.experts] == ["transformer_2"]
+    first, second = (plan.for_expert(a) for a in ("transformer", "transformer_2"))
+    assert [p["streamed_blocks"] for p in experts["phases"]] == [len(first.streamed), len(second.streamed)]
+    assert len(first.streamed) != len(second.streamed) and not experts["same_placement"]
+    assert experts["peak_vram_bytes"] <= parse_size("12GB", "--vram")
+    assert max(first.predictions.peak_vram_bytes, second.predictions.peak_vram_bytes) == experts["peak_vram_bytes"]
+    # placing them apart is never slower than the first expert's placement for both
+    from planner.costmodel import CostModel
+    from planner.experts import predict_experts, split_steps
+    from planner.explain import layout_of
+    from profiler.reference import reference_profile
+
+    inv = inventory("wan2.2-t2v-a14b")
+    model = CostModel(inv, reference_profile("rtx-4070", "wan2.2-t2v-a14b", plan.workload))
+    spec = get_model("wan2.2-t2v-a14b")
+    alike = predict_experts(model, layout_of(first, inv), layout_of(first, inv), split_steps(spec.experts, 40))
+    assert experts["total_ms"] < alike.total_ms
+    explained = runner.invoke(app, ["explain", str(out), "--gpu", "rtx-4070"])
+    assert explained.exit_code == 0, explained.output
+    assert f"transformer_2 15 steps" in explained.output
+    assert f"({len(second.streamed)} streamed)" in explained.output and "one placement for both" not in explained.output
+
+
+def test_planner_apply_times_each_expert_and_the_switch(pipe_and_embeds, tmp_path):
+    import json
+
+    from PIL import Image, ImageChops
+    from typer.testing import CliRunner
+
+    from planner.cli import app
+    from runtime.plan import save_plan
+
+    pipe, _ = pipe_and_embeds
+    pipe.save_pretrained(tmp_path / "pipe", safe_serialization=True)
+    save_plan(_experts_plan(), tmp_path / "plan.json")
+
+    def run(name, *extra):
+        result = CliRunner().invoke(app, [
+            "apply", str(tmp_path / "plan.json"), "--weights", str(tmp_path / "pipe"),
+            "--prompt", "a cat on the mat", "--steps", "4", "-o", str(tmp_path / name),
+            "--device", "cpu", "--db", f"sqlite:///{tmp_path / 'store.db'}", "--json", *extra,
+        ])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout[result.stdout.index("{"):])
+
+    from planner.experts import phase_steps, split_steps
+
+    data = run("a.webp")
+    assert set(data["expert_step_ms"]) == {"transformer", "transformer_2"}
+    assert len(data["switch_ms"]) == 1 and data["switch_ms"][0] > 0
+    high, low = phase_steps(pipe.scheduler, STEPS, BOUNDARY)
+    assert (high, low) == split_steps(get_model("tiny-wan-a14b").experts, STEPS)  # tune's split
+    # the step that switches experts is not a whole timed step
+    assert [len(v) for v in data["expert_step_ms"].values()] == [high, low - 1]
+    run("b.webp", "--guidance-2", "1.5")
+    with Image.open(tmp_path / "a.webp") as a, Image.open(tmp_path / "b.webp") as b:
+        a.seek(a.n_frames - 1)
+        b.seek(b.n_frames - 1)
+        assert ImageChops.difference(a.convert("RGB"), b.convert("RGB")).getbbox() is not None
+    bad = CliRunner().invoke(app, [
+        "apply", str(tmp_path / "plan.json"), "--weights", str(tmp_path / "pipe"), "--prompt", "x",
+        "--guidance-2", "nan", "-o", str(tmp_path / "c.webp"), "--device", "cpu",
+    ])
+    assert bad.exit_code != 0 and "--guidance-2 nan is not a guidance scale" in bad.output
+    assert not (tmp_path / "c.webp").exists()
+
+
+def test_guidance_2_is_refused_for_a_model_with_one_transformer(tmp_path):
+    from typer.testing import CliRunner
+
+    from planner.cli import app
+    from runtime.plan import save_plan
+
+    save_plan(_plan((0,)), tmp_path / "plan.json")  # tiny-wan: one transformer
+    (tmp_path / "pipe").mkdir()
+    result = CliRunner().invoke(app, [
+        "apply", str(tmp_path / "plan.json"), "--weights", str(tmp_path / "pipe"), "--prompt", "x",
+        "--guidance-2", "3", "-o", str(tmp_path / "c.webp"), "--device", "cpu",
+    ])
+    assert result.exit_code != 0 and "one transformer: drop --guidance-2" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "c.webp").exists()

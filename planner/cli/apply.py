@@ -17,6 +17,7 @@ def apply(
     steps: Annotated[Optional[int], typer.Option(help="Denoising steps (default: the model's).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     guidance: Annotated[Optional[float], typer.Option(help="Guidance scale (default: the model's).")] = None,
+    guidance_2: Annotated[Optional[float], typer.Option("--guidance-2", help="Guidance of the second expert's steps (Wan 2.2 A14B; default: the model's, 3.0).")] = None,
     height: Annotated[Optional[int], typer.Option(help="Image height (default: the plan's).")] = None,
     width: Annotated[Optional[int], typer.Option(help="Image width (default: the plan's).")] = None,
     frames: Annotated[Optional[int], typer.Option(help="Video frames (default: the plan's).")] = None,
@@ -45,21 +46,23 @@ def apply(
 
     loras = tuple(parse_lora(text) for text in lora or ())
     plan = load_plan(plan_file)
+    spec = find_model(plan.model.id)
     suffixes = check_apply_inputs(  # every option and the image target, before any work
         weights=weights, transformer=transformer, output=output, steps=steps, seed=seed,
         guidance=guidance, height=height, width=width,
         frames=frames if frames is not None else plan.workload.frames,
-        denoiser=_denoiser(plan.model.family),
+        denoiser=_denoiser(plan.model.family), guidance_2=guidance_2,
+        experts=spec is not None and spec.experts is not None,
     )
     with open_store(db):  # a locked, read-only or out-of-date store fails here, before any work
         pass
-    spec = find_model(plan.model.id)
     steps = steps if steps is not None else (spec.default_steps if spec else 28)
     with atomic_path(output, "-o", suffixes, "image" + suffixes[0]) as tmp:  # the image appears whole, or not at all
         config = GenerateConfig(
             weights=weights, prompt=prompt, output=tmp,
             steps=steps, seed=seed,
             guidance=guidance if guidance is not None else (spec.default_guidance if spec else 3.5),
+            guidance_2=_second_guidance(spec, guidance_2),
             height=height, width=width, frames=frames, transformer_file=transformer, device=device,
             loras=loras,
         )
@@ -80,10 +83,23 @@ def apply(
     if result.phase_peak_vram_bytes:
         echo("peak VRAM by phase: " + ", ".join(
             f"{phase} {format_size(n)}" for phase, n in result.phase_peak_vram_bytes.items()))
+    if result.expert_step_ms:
+        echo("experts: " + ", then ".join(
+            f"{expert} {sum(ms) / len(ms) / 1000:.3f} s/step" if ms else f"{expert} (no whole step timed)"
+            for expert, ms in result.expert_step_ms.items())
+            + "".join(f"; switch {ms / 1000:.2f} s" for ms in result.switch_ms))
     if result.adapter_bytes:
         echo(f"LoRA weights placed with their blocks: {format_size(result.adapter_bytes)}")
     echo(f"ratio to the plan's lower bound ({result.lower_bound_ms:.1f} ms/step): {ratio}")
     echo(run.note)
+
+
+def _second_guidance(spec, given: float | None) -> float | None:
+    """--guidance-2, else the released sampling's for a model with experts; None otherwise."""
+    if given is not None:
+        return given
+    experts = spec.experts if spec is not None else None
+    return experts.guidance_2 if experts is not None else None
 
 
 def _denoiser(family: str) -> str:

@@ -29,7 +29,7 @@ def image_suffixes(animated: bool = False) -> tuple[str, ...]:
 def check_apply_inputs(
     *, weights: Path, transformer: Path | None, output: Path, steps: int | None, seed: int,
     guidance: float | None, height: int | None, width: int | None, frames: int = 1,
-    denoiser: str = "transformer",
+    denoiser: str = "transformer", guidance_2: float | None = None, experts: bool = False,
 ) -> tuple[str, ...]:
     """Refuse bad options before the pipeline loads; the image suffixes the output may take."""
     from runtime.files import check_target
@@ -38,8 +38,14 @@ def check_apply_inputs(
         raise UserError(f"--steps {steps} is out of range: give 1 to {MAX_STEPS} denoising steps")
     if not 0 <= seed <= MAX_SEED:
         raise UserError(f"--seed {seed} is out of range: give 0 to 2**64-1")
-    if guidance is not None and not (math.isfinite(guidance) and 0 <= guidance <= 1000):
-        raise UserError(f"--guidance {guidance} is not a guidance scale: give a number from 0 to 1000, e.g. 3.5")
+    for name, value in (("--guidance", guidance), ("--guidance-2", guidance_2)):
+        if value is not None and not (math.isfinite(value) and 0 <= value <= 1000):
+            raise UserError(f"{name} {value} is not a guidance scale: give a number from 0 to 1000, e.g. 3.5")
+    if guidance_2 is not None and not experts:
+        raise UserError(
+            "--guidance-2 sets the second expert's guidance and the plan's model has one "
+            "transformer: drop --guidance-2"
+        )
     for name, value in (("--height", height), ("--width", width)):
         if value is not None and not (16 <= value <= 16384 and value % 16 == 0):
             raise UserError(f"{name} {value} is not an image size: give a multiple of 16 from 16 to 16384")

@@ -28,7 +28,10 @@ def explain(
     if png is not None:
         check_target(png, "--png", (".png",), "timeline.png")  # before any work: a directory is not a file name
         _require_matplotlib()
-    result = explain_plan(plan, _profile_for(plan, gpu, profile, db))
+    from planner.calibration import load_calibration
+
+    chosen = _profile_for(plan, gpu, profile, db)
+    result = explain_plan(plan, chosen, calibration=load_calibration(db, chosen))
     if png is not None:
         with atomic_path(png, "--png", (".png",), "timeline.png") as tmp:
             render_timeline(result, tmp)
@@ -94,6 +97,9 @@ def _print(result, png: Path | None) -> None:
         f"step {p.step_ms / 1000:.3f} s{floor}; compute stream idle {result.wait_ms:.1f} ms; "
         f"peak VRAM {format_size(p.peak_vram_bytes)}"
     )
+    if result.calibration is not None:
+        shown = f"{result.calibrated_step_ms / 1000:.3f} s/step, " if result.calibration.runs else ""
+        echo(f"calibrated: {shown}{result.calibration.describe()}")
     echo(
         f"a forward timed between device synchronisations (a benchmark's host clock): "
         f"{p.synchronized_step_ms / 1000:.3f} s/step"

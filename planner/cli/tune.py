@@ -128,6 +128,10 @@ def _print(data: dict, output: Path | None) -> None:
         f" (limit {format_size(data['host_ram']['limit_bytes'])}, {data['host_ram']['limit_source']})",
         f"  predicted:     {data['step_ms'] / 1000:.3f} s/step, peak VRAM {format_size(data['peak_vram_bytes'])}",
     ]
+    cal = data.get("calibration")
+    if cal is not None:
+        shown = f"{cal['step_ms'] / 1000:.3f} s/step, " if cal["runs"] else ""
+        lines.append(f"  calibrated:    {shown}{cal['text']}")
     if data["ratio_to_bound"] is not None:
         lines.append(
             f"  floor:         {data['lower_bound_ms'] / 1000:.3f} s/step, the best any placement does within the "
@@ -169,11 +173,14 @@ def _experts_lines(experts: dict) -> list[str]:
     from planner.budget import format_size
 
     phases = ", then ".join(
-        f"{p['expert']} {p['steps']} steps at {p['step_ms'] / 1000:.3f} s" for p in experts["phases"]
+        f"{p['expert']} {p['steps']} steps at {p['step_ms'] / 1000:.3f} s ({p['streamed_blocks']} streamed)"
+        for p in experts["phases"]
     )
+    same = experts["same_placement"]
     switch = experts["switch"]
     return [
-        f"  experts:       {phases} (this placement each)",
+        f"  experts:       {phases}" + (" (one placement for both)" if same else "")
+        + f"; peak VRAM {format_size(experts['peak_vram_bytes'])}",
         f"  expert switch: {format_size(switch['out_bytes'])} out, {format_size(switch['in_bytes'])} in, "
         f"{format_size(switch['packed_bytes'])} packed: {switch['ms'] / 1000:.2f} s once per clip; "
         f"whole clip {experts['total_ms'] / 1000:.1f} s",

@@ -33,8 +33,9 @@ class ExpertsHandle:
         self._handle = None
         self._hooks: list = []
         self._timing = False
-        self._done_ms: list[float] = []
+        self._done_ms: list[tuple[str, float]] = []  # (expert, ms) of forwards before the last switch
         self._resyncs = 0
+        self.switch_ms: list[float] = []  # wall time of each switch: remove, then apply
 
     @property
     def plan(self):
@@ -59,22 +60,30 @@ class ExpertsHandle:
 
     def activate(self, expert: str) -> None:
         """Make `expert` the one on the device (no-op when it already is)."""
+        import time
+
         import torch
 
         from runtime.apply import apply_plan
 
         if expert == self.active:
             return
-        if self._handle is not None:
-            self._done_ms.extend(self._handle.timings())
+        switching = self._handle is not None
+        if switching:
+            if self.device.type == "cuda":  # the outgoing expert's last kernels are not the switch's
+                torch.cuda.synchronize(self.device)
+            start = time.perf_counter()
+            self._done_ms.extend((self.active, ms) for ms in self._handle.timings())
             self._resyncs += self._handle.resyncs
             self._handle.remove()
             self._handle = None
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
             self.switches += 1
         self._handle = apply_plan(getattr(self.pipe, expert), self.plans[expert], self.device)
         self.active = expert
+        if switching:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.switch_ms.append((time.perf_counter() - start) * 1000.0)
         if self._timing:
             self._handle.enable_timing()
 
@@ -85,7 +94,11 @@ class ExpertsHandle:
     def timings(self) -> tuple[float, ...]:
         """Milliseconds of each timed forward, both experts, in order. The first forward after
         a switch is not timed: the incoming plan's timer is installed inside that forward."""
-        return (*self._done_ms, *self.handle.timings())
+        return tuple(ms for _, ms in self.timed())
+
+    def timed(self) -> tuple[tuple[str, float], ...]:
+        """(expert, milliseconds) of each timed forward, in order (see `timings`)."""
+        return (*self._done_ms, *((self.active, ms) for ms in self.handle.timings()))
 
     def remove(self) -> None:
         """Undo: the active plan removed, the hooks gone; both experts as before. Idempotent."""
@@ -138,13 +151,13 @@ def apply_experts(pipe, plans: Mapping[str, object], device=None) -> ExpertsHand
     return handle
 
 
-def applied_experts(pipe, plan, device) -> ExpertsHandle | None:
-    """The handle when `plan` is applied again to every expert on `device`; None when none
-    is applied (a different plan is refused by `apply_experts`)."""
-    handle = _APPLIED.get(getattr(pipe, "transformer", None))
+def applied_experts(pipe, plans: Mapping[str, object], device) -> ExpertsHandle | None:
+    """The handle when `plans` are applied again to the same experts on `device`; None when
+    none is applied (different plans are refused by `apply_experts`)."""
+    handle = _APPLIED.get(getattr(pipe, next(iter(plans)), None))
     if handle is None:
         return None
-    if handle.device == device and all(p == plan for p in handle.plans.values()):
+    if handle.device == device and handle.plans == dict(plans):
         return handle
     raise PlanMismatchError(
         f"another plan ({handle.plan.model.id} on {handle.device}) is already applied to these "

@@ -69,6 +69,8 @@ class FamilyAdapter(abc.ABC):
     """One model family. Subclasses are registered in `runtime.families._BUILTIN`."""
 
     name: str  # registry key, e.g. "flux"
+    diffusers_model: str  # the transformer's diffusers class, e.g. "FluxTransformer2DModel"
+    diffusers_pipeline: str  # the pipeline class `planner apply` loads, e.g. "FluxPipeline"
     block_lists: tuple[BlockList, ...]
     # Pipeline attributes holding text encoders: run once for the prompt, then dropped.
     text_encoders: tuple[str, ...] = ()
@@ -81,9 +83,12 @@ class FamilyAdapter(abc.ABC):
     def models(self) -> tuple["ModelSpec", ...]:
         """The catalog entries of this family (released configs, source named, and a tiny-*)."""
 
-    @abc.abstractmethod
     def model_class(self) -> type:
-        """The torch module class this family's transformer is (diffusers class)."""
+        """The torch module class this family's transformer is: `diffusers_model`, the name
+        of a diffusers class (a family outside diffusers overrides this)."""
+        import diffusers
+
+        return getattr(diffusers, self.diffusers_model)
 
     def build(self, config: Mapping[str, Any], device: str = "meta", dtype=None):
         """The architecture from a config; on `meta` it holds no memory."""
@@ -146,9 +151,12 @@ class FamilyAdapter(abc.ABC):
 
     # ------------------------------------------------------------------ generation
 
-    @abc.abstractmethod
     def pipeline_class(self) -> type:
-        """The diffusers pipeline class `planner apply` loads from a local folder."""
+        """The diffusers pipeline class `planner apply` loads from a local folder:
+        `diffusers_pipeline`, the name of a diffusers class."""
+        import diffusers
+
+        return getattr(diffusers, self.diffusers_pipeline)
 
     @abc.abstractmethod
     def prompt_kwargs(self, pipe, prompt: str, workload: Workload, guidance: float, device) -> dict:
@@ -157,6 +165,11 @@ class FamilyAdapter(abc.ABC):
         negative embeddings for true CFG, the guidance argument under this pipeline's name,
         frames for video). `runtime.generate` adds steps, size, generator and
         `output_type="latent"`, and drops the text encoders afterwards."""
+
+    def second_guidance_kwargs(self, pipe, guidance_2: float) -> dict:
+        """The keyword arguments for `pipe(...)` that set the guidance of a later expert's
+        steps (Wan 2.2 A14B's `guidance_scale_2`); {} where the pipeline has one transformer."""
+        return {}
 
     @abc.abstractmethod
     def decode(self, pipe, latents, workload: Workload) -> list:

@@ -82,6 +82,8 @@ MODELS = (
 
 class ChromaAdapter(FamilyAdapter):
     name = "chroma"
+    diffusers_model = "ChromaTransformer2DModel"
+    diffusers_pipeline = "ChromaPipeline"
     block_lists = (
         BlockList(attr="transformer_blocks", kind="double"),
         BlockList(attr="single_transformer_blocks", kind="single"),
@@ -90,16 +92,6 @@ class ChromaAdapter(FamilyAdapter):
 
     def models(self):
         return MODELS
-
-    def model_class(self) -> type:
-        from diffusers import ChromaTransformer2DModel
-
-        return ChromaTransformer2DModel
-
-    def pipeline_class(self) -> type:
-        from diffusers import ChromaPipeline
-
-        return ChromaPipeline
 
     def build(self, config: Mapping[str, Any], device: str = "meta", dtype=None):
         """As the base, except that on `meta` the timestep embedder keeps its real `mod_proj`:

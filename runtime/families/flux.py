@@ -80,6 +80,8 @@ MODELS = (
 
 class FluxAdapter(FamilyAdapter):
     name = "flux"
+    diffusers_model = "FluxTransformer2DModel"
+    diffusers_pipeline = "FluxPipeline"
     block_lists = (
         BlockList(attr="transformer_blocks", kind="double"),
         BlockList(attr="single_transformer_blocks", kind="single"),
@@ -88,16 +90,6 @@ class FluxAdapter(FamilyAdapter):
 
     def models(self):
         return MODELS
-
-    def model_class(self) -> type:
-        from diffusers import FluxTransformer2DModel
-
-        return FluxTransformer2DModel
-
-    def pipeline_class(self) -> type:
-        from diffusers import FluxPipeline
-
-        return FluxPipeline
 
     def block_of_tensor(self, tensor_name: str) -> str | None:
         match = _BLOCK_NAME.match(tensor_name)
@@ -160,7 +152,6 @@ class FluxAdapter(FamilyAdapter):
         if config.guidance_embeds:
             inputs["guidance"] = torch.full((batch,), 3.5, device=device, dtype=dtype)
         return inputs
-
 
     def prompt_kwargs(self, pipe, prompt: str, workload: Workload, guidance: float, device) -> dict:
         embeds, pooled, _ = pipe.encode_prompt(

@@ -83,6 +83,8 @@ MODELS = (
 
 class Flux2Adapter(FamilyAdapter):
     name = "flux2"
+    diffusers_model = "Flux2Transformer2DModel"
+    diffusers_pipeline = "Flux2Pipeline"
     block_lists = (
         BlockList(attr="transformer_blocks", kind="double"),
         BlockList(attr="single_transformer_blocks", kind="single"),
@@ -91,16 +93,6 @@ class Flux2Adapter(FamilyAdapter):
 
     def models(self):
         return MODELS
-
-    def model_class(self) -> type:
-        from diffusers import Flux2Transformer2DModel
-
-        return Flux2Transformer2DModel
-
-    def pipeline_class(self) -> type:
-        from diffusers import Flux2Pipeline
-
-        return Flux2Pipeline
 
     def block_of_tensor(self, tensor_name: str) -> str | None:
         match = _BLOCK_NAME.match(tensor_name)

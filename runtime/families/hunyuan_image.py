@@ -146,6 +146,8 @@ _SWAPPED = "final_layer.adaLN_modulation.1"
 
 class HunyuanImageAdapter(FamilyAdapter):
     name = "hunyuan-image"
+    diffusers_model = "HunyuanImageTransformer2DModel"
+    diffusers_pipeline = "HunyuanImagePipeline"
     block_lists = (
         BlockList(attr=REFINER, kind="refiner"),
         BlockList(attr="transformer_blocks", kind="dual"),
@@ -155,16 +157,6 @@ class HunyuanImageAdapter(FamilyAdapter):
 
     def models(self):
         return MODELS
-
-    def model_class(self) -> type:
-        from diffusers import HunyuanImageTransformer2DModel
-
-        return HunyuanImageTransformer2DModel
-
-    def pipeline_class(self) -> type:
-        from diffusers import HunyuanImagePipeline
-
-        return HunyuanImagePipeline
 
     def block_of_tensor(self, tensor_name: str) -> str | None:
         match = _BLOCK_NAME.match(tensor_name)

@@ -107,6 +107,8 @@ MODELS = (
 
 class HunyuanVideoAdapter(FamilyAdapter):
     name = "hunyuan-video"
+    diffusers_model = "HunyuanVideoTransformer3DModel"
+    diffusers_pipeline = "HunyuanVideoPipeline"
     block_lists = (
         BlockList(attr="context_embedder.token_refiner.refiner_blocks", kind="refiner"),
         BlockList(attr="transformer_blocks", kind="double"),
@@ -116,16 +118,6 @@ class HunyuanVideoAdapter(FamilyAdapter):
 
     def models(self):
         return MODELS
-
-    def model_class(self) -> type:
-        from diffusers import HunyuanVideoTransformer3DModel
-
-        return HunyuanVideoTransformer3DModel
-
-    def pipeline_class(self) -> type:
-        from diffusers import HunyuanVideoPipeline
-
-        return HunyuanVideoPipeline
 
     def block_of_tensor(self, tensor_name: str) -> str | None:
         match = _BLOCK_NAME.match(tensor_name)

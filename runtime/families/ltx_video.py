@@ -93,21 +93,13 @@ MODELS = (
 
 class LTXVideoAdapter(FamilyAdapter):
     name = "ltx-video"
+    diffusers_model = "LTXVideoTransformer3DModel"
+    diffusers_pipeline = "LTXPipeline"
     block_lists = (BlockList(attr="transformer_blocks", kind="block"),)
     text_encoders = ("text_encoder",)
 
     def models(self):
         return MODELS
-
-    def model_class(self) -> type:
-        from diffusers import LTXVideoTransformer3DModel
-
-        return LTXVideoTransformer3DModel
-
-    def pipeline_class(self) -> type:
-        from diffusers import LTXPipeline
-
-        return LTXPipeline
 
     def block_of_tensor(self, tensor_name: str) -> str | None:
         match = _BLOCK_NAME.match(tensor_name)

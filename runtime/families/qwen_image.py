@@ -70,21 +70,13 @@ MODELS = (
 
 class QwenImageAdapter(FamilyAdapter):
     name = "qwen-image"
+    diffusers_model = "QwenImageTransformer2DModel"
+    diffusers_pipeline = "QwenImagePipeline"
     block_lists = (BlockList(attr="transformer_blocks", kind="dual"),)
     text_encoders = ("text_encoder",)
 
     def models(self):
         return MODELS
-
-    def model_class(self) -> type:
-        from diffusers import QwenImageTransformer2DModel
-
-        return QwenImageTransformer2DModel
-
-    def pipeline_class(self) -> type:
-        from diffusers import QwenImagePipeline
-
-        return QwenImagePipeline
 
     def build(self, config, device: str = "meta", dtype=None):
         """As the base class builds it, but with the rotary tables on the CPU.

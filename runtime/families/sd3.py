@@ -96,21 +96,13 @@ MODELS = (
 
 class SD3Adapter(FamilyAdapter):
     name = "sd3"
+    diffusers_model = "SD3Transformer2DModel"
+    diffusers_pipeline = "StableDiffusion3Pipeline"
     block_lists = (BlockList(attr="transformer_blocks", kind="joint"),)
     text_encoders = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
     def models(self):
         return MODELS
-
-    def model_class(self) -> type:
-        from diffusers import SD3Transformer2DModel
-
-        return SD3Transformer2DModel
-
-    def pipeline_class(self) -> type:
-        from diffusers import StableDiffusion3Pipeline
-
-        return StableDiffusion3Pipeline
 
     def block_of_tensor(self, tensor_name: str) -> str | None:
         match = _BLOCK_NAME.match(tensor_name)

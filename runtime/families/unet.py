@@ -116,6 +116,9 @@ MODELS = (
 
 class UNetAdapter(FamilyAdapter):
     name = "unet"
+    diffusers_model = "UNet2DConditionModel"
+    # SDXL and SD 1.5 folders load through the generic class, which reads model_index.json
+    diffusers_pipeline = "DiffusionPipeline"
     block_lists = (
         BlockList(attr="down_blocks", kind="down", kind_per_block=True),
         BlockList(attr="mid_block", kind="mid", single=True),
@@ -126,17 +129,6 @@ class UNetAdapter(FamilyAdapter):
 
     def models(self):
         return MODELS
-
-    def model_class(self) -> type:
-        from diffusers import UNet2DConditionModel
-
-        return UNet2DConditionModel
-
-    def pipeline_class(self) -> type:
-        # SDXL and SD 1.5 folders load through the generic class, which reads model_index.json
-        from diffusers import DiffusionPipeline
-
-        return DiffusionPipeline
 
     # ------------------------------------------------------------------ names
 

@@ -71,6 +71,11 @@ _1_3B = {**_COMMON, "num_attention_heads": 12, "ffn_dim": 8960, "num_layers": 30
 _5B = {**_COMMON, "num_attention_heads": 24, "ffn_dim": 14336, "num_layers": 30,
        "in_channels": 48, "out_channels": 48}
 _SOURCE = "Wan-AI/{}-Diffusers, transformer/config.json (Wan-Video/{} wan/configs/{})"
+_TINY = {
+    **_COMMON, "num_attention_heads": 2, "attention_head_dim": 16, "ffn_dim": 64,
+    "num_layers": 4, "in_channels": 16, "out_channels": 16, "text_dim": 32,
+    "freq_dim": 32, "rope_max_seq_len": 64,
+}
 
 MODELS = (
     model_spec(
@@ -102,8 +107,10 @@ MODELS = (
         ),
         config_source=_SOURCE.format("Wan2.2-T2V-A14B", "Wan2.2", "wan_t2v_A14B.py"),
         stated_params="14B",  # per expert; the model card states 27B total, 14B active
-        # wan_t2v_A14B.py: boundary 0.875, sample_shift 12.0, sample_steps 40
-        experts=Experts(("transformer", "transformer_2"), boundary_ratio=0.875, shift=12.0),
+        # wan_t2v_A14B.py: boundary 0.875, sample_shift 12.0, sample_steps 40,
+        # sample_guide_scale (3.0, 4.0) for the low- and high-noise experts
+        experts=Experts(("transformer", "transformer_2"), boundary_ratio=0.875, shift=12.0,
+                        guidance_2=3.0),
     ),
     model_spec(
         id="wan2.2-ti2v-5b", family="wan", config=_5B, storage_dtype=DType.BF16,
@@ -114,37 +121,33 @@ MODELS = (
         stated_params="5B",
     ),
     model_spec(
-        id="tiny-wan", family="wan",
-        config={
-            **_COMMON, "num_attention_heads": 2, "attention_head_dim": 16, "ffn_dim": 64,
-            "num_layers": 4, "in_channels": 16, "out_channels": 16, "text_dim": 32,
-            "freq_dim": 32, "rope_max_seq_len": 64,
-        },
+        id="tiny-wan", family="wan", config=_TINY,
         storage_dtype=DType.FP32, text_tokens=16, default_steps=2, default_guidance=5.0,
         cfg=CfgMode.SEQUENTIAL, default_frames=5, default_resolution="64x64",
         description="tiny Wan for tests: 4 blocks of width 32, runs on CPU in ms",
         config_source="ours (test model)",
+    ),
+    model_spec(
+        id="tiny-wan-a14b", family="wan", config=_TINY,
+        storage_dtype=DType.FP32, text_tokens=16, default_steps=4, default_guidance=5.0,
+        cfg=CfgMode.SEQUENTIAL, default_frames=5, default_resolution="64x64",
+        description="tiny Wan 2.2 A14B for tests: two tiny-wan experts, the second after boundary 0.5",
+        config_source="ours (test model)",
+        experts=Experts(("transformer", "transformer_2"), boundary_ratio=0.5, shift=3.0,
+                        guidance_2=3.0),
     ),
 )
 
 
 class WanAdapter(FamilyAdapter):
     name = "wan"
+    diffusers_model = "WanTransformer3DModel"
+    diffusers_pipeline = "WanPipeline"
     block_lists = (BlockList(attr="blocks", kind="block"),)
     text_encoders = ("text_encoder",)
 
     def models(self):
         return MODELS
-
-    def model_class(self) -> type:
-        from diffusers import WanTransformer3DModel
-
-        return WanTransformer3DModel
-
-    def pipeline_class(self) -> type:
-        from diffusers import WanPipeline
-
-        return WanPipeline
 
     def block_of_tensor(self, tensor_name: str) -> str | None:
         match = _BLOCK_NAME.match(tensor_name)
@@ -218,6 +221,9 @@ class WanAdapter(FamilyAdapter):
         if negative is not None:
             kwargs["negative_prompt_embeds"] = negative
         return kwargs
+
+    def second_guidance_kwargs(self, pipe, guidance_2: float) -> dict:
+        return {"guidance_scale_2": guidance_2} if pipe.config.get("boundary_ratio") is not None else {}
 
     def decode(self, pipe, latents, workload: Workload) -> list:
         import torch

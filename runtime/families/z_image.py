@@ -85,6 +85,8 @@ MODELS = (
 
 class ZImageAdapter(FamilyAdapter):
     name = "z-image"
+    diffusers_model = "ZImageTransformer2DModel"
+    diffusers_pipeline = "ZImagePipeline"
     block_lists = (
         BlockList(attr="noise_refiner", kind="noise-refiner"),
         BlockList(attr="context_refiner", kind="context-refiner"),
@@ -94,16 +96,6 @@ class ZImageAdapter(FamilyAdapter):
 
     def models(self):
         return MODELS
-
-    def model_class(self) -> type:
-        from diffusers import ZImageTransformer2DModel
-
-        return ZImageTransformer2DModel
-
-    def pipeline_class(self) -> type:
-        from diffusers import ZImagePipeline
-
-        return ZImagePipeline
 
     def block_of_tensor(self, tensor_name: str) -> str | None:
         match = _BLOCK_NAME.match(tensor_name)
