@@ -149,3 +149,23 @@ def test_fp8_resident_and_streamed_round_trip_on_cuda(cuda_device, cast):
     for name, param in model.named_parameters():
         assert param.device.type == "cpu" and param.dtype == before[name].dtype, name
         assert torch.equal(param.view(torch.uint8), before[name].view(torch.uint8)), name
+
+
+def test_planner_pin_torch_falls_back_to_pytorchs_pinned_allocator(monkeypatch):
+    """The escape hatch: PLANNER_PIN=torch packs streamed blocks in PyTorch's pinned memory,
+    still pinned and still bitwise, with nothing registered in place."""
+    monkeypatch.setenv("PLANNER_PIN", "torch")
+    host_memory.can_page_lock.cache_clear()
+    try:
+        assert not host_memory.can_page_lock()
+        from runtime.engine.packing import layout_of, pack_host
+
+        block = torch.nn.Linear(64, 64)
+        before = block.weight.detach().clone()
+        layout = layout_of(block, True, torch.float32)
+        buffers, _ = pack_host(layout, True, torch.device("cuda", torch.cuda.current_device()))
+        assert all(b.is_pinned() for b in buffers.values())
+        assert torch.equal(block.weight.detach(), before)
+    finally:
+        monkeypatch.delenv("PLANNER_PIN")
+        host_memory.can_page_lock.cache_clear()

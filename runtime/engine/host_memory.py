@@ -177,9 +177,13 @@ def lockable_empty(numel: int, dtype):
 @functools.lru_cache(maxsize=1)
 def can_page_lock() -> bool:
     """CUDA is there and registering host memory works in this process: its runtime bindings
-    have the shape we call (checked once, on one page of the current device)."""
+    have the shape we call (checked once, on one page of the current device). PLANNER_PIN=torch
+    in the environment turns it off: packs and staging chunks then come from PyTorch's pinned
+    allocator, as before page locking in place."""
     import torch
 
+    if os.environ.get("PLANNER_PIN") == "torch":  # escape hatch: PyTorch's pinned allocator
+        return False
     if not torch.cuda.is_available() or not hasattr(mmap, "MAP_PRIVATE"):  # Windows: no mmap flags
         return False
     try:
