@@ -81,6 +81,10 @@ def test_the_seed_covers_every_catalog_model_at_its_defaults(model_id):
         assert model_cache.cache_key("inventory", spec, inventory_args(storage)) in seed
     args = trace_args(spec.workload(), compute_dtype(spec.storage_dtype))
     assert model_cache.cache_key("trace", spec, args) in seed
+    if model_id in model_cache.EXAMPLE_WORKLOADS:  # the README's example off the defaults
+        resolution, frames = model_cache.EXAMPLE_WORKLOADS[model_id]
+        args = trace_args(spec.workload(resolution, frames=frames), compute_dtype(spec.storage_dtype))
+        assert model_cache.cache_key("trace", spec, args) in seed
 
 
 @pytest.mark.parametrize("model_id", ["flux-dev", "tiny-flux"])
