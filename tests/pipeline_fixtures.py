@@ -38,10 +38,28 @@ def tiny_tokenizers():
     return clip, clip_vocab, t5, t5_vocab
 
 
+def tiny_vae(latent_channels: int, scaling_factor: float, shift_factor: float | None = None,
+             quant_conv: bool = False):
+    """The tiny image VAE the test pipelines share: 4 levels of 8 channels, 8x spatial,
+    `latent_channels` latents with the family's scaling (and shift) factor; SD-style VAEs keep
+    their quant convs (`quant_conv`), FLUX-style ones have none."""
+    from diffusers import AutoencoderKL
+
+    extra = {} if quant_conv else {"use_quant_conv": False, "use_post_quant_conv": False}
+    if shift_factor is not None:
+        extra["shift_factor"] = shift_factor
+    return AutoencoderKL(
+        in_channels=3, out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 8, 8), layers_per_block=1, latent_channels=latent_channels,
+        norm_num_groups=4, sample_size=64, scaling_factor=scaling_factor, **extra,
+    )
+
+
 def build_tiny_pipeline(seed: int = 0):
     """A FluxPipeline whose transformer is exactly the catalog's tiny-flux (fp32, CPU)."""
     import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     from runtime.catalog import get_model
@@ -51,13 +69,7 @@ def build_tiny_pipeline(seed: int = 0):
     torch.manual_seed(seed)
     transformer = get_family("flux").build(spec.config, device="cpu")
     latent_channels = spec.config["in_channels"] // 4
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8), layers_per_block=1, latent_channels=latent_channels,
-        norm_num_groups=4, sample_size=64, use_quant_conv=False, use_post_quant_conv=False,
-        shift_factor=0.0609, scaling_factor=1.5035,
-    )
+    vae = tiny_vae(latent_channels, scaling_factor=1.5035, shift_factor=0.0609)
     clip_tok, clip_vocab, t5_tok, t5_vocab = tiny_tokenizers()
     text_encoder = CLIPTextModel(CLIPTextConfig(
         hidden_size=spec.config["pooled_projection_dim"], intermediate_size=37,

@@ -18,25 +18,18 @@ APPLY_FRAMES = 1
 
 def build_tiny_pipeline(model_id: str = "tiny-chroma", seed: int = 0):
     """A ChromaPipeline whose transformer is exactly the catalog's tiny-chroma (fp32, CPU)."""
-    from diffusers import AutoencoderKL, ChromaPipeline, FlowMatchEulerDiscreteScheduler
+    from diffusers import ChromaPipeline, FlowMatchEulerDiscreteScheduler
     from transformers import T5Config, T5EncoderModel
 
     from runtime.catalog import get_model
     from runtime.families import get_family
-    from tests.pipeline_fixtures import tiny_tokenizers
+    from tests.pipeline_fixtures import tiny_tokenizers, tiny_vae
 
     assert model_id == "tiny-chroma"
     spec = get_model(model_id)
     torch.manual_seed(seed)
     transformer = get_family("chroma").build(spec.config, device="cpu")
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8), layers_per_block=1,
-        latent_channels=spec.config["in_channels"] // 4, norm_num_groups=4, sample_size=64,
-        use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609,
-        scaling_factor=1.5035,
-    )
+    vae = tiny_vae(spec.config["in_channels"] // 4, scaling_factor=1.5035, shift_factor=0.0609)
     _, _, t5_tok, t5_vocab = tiny_tokenizers()
     text_encoder = T5EncoderModel(T5Config(
         d_model=spec.config["joint_attention_dim"], d_ff=37, d_kv=8, num_heads=4,

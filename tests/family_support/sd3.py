@@ -18,26 +18,19 @@ CLIP_TOKENS = 8
 
 def build_tiny_pipeline(model_id: str = "tiny-sd3", seed: int = 0):
     import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     from runtime.catalog import get_model
     from runtime.families import get_family
-    from tests.pipeline_fixtures import tiny_tokenizers
+    from tests.pipeline_fixtures import tiny_tokenizers, tiny_vae
 
     assert model_id == "tiny-sd3"
     spec = get_model(model_id)
     config = spec.config
     torch.manual_seed(seed)
     transformer = get_family("sd3").build(config, device="cpu")
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8), layers_per_block=1,
-        latent_channels=config["in_channels"], norm_num_groups=4, sample_size=64,
-        use_quant_conv=False, use_post_quant_conv=False,
-        shift_factor=0.0609, scaling_factor=1.5305,
-    )
+    vae = tiny_vae(config["in_channels"], scaling_factor=1.5305, shift_factor=0.0609)
     clip_tok, clip_vocab, t5_tok, t5_vocab = tiny_tokenizers()
     clip_tok.model_max_length = CLIP_TOKENS
     clip_tok_2, _, _, _ = tiny_tokenizers()

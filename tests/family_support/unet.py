@@ -23,25 +23,20 @@ def build_tiny_pipeline(model_id: str, seed: int = 0):
     """The tiny pipeline whose UNet is exactly the catalog's `model_id` (fp32, CPU)."""
     import torch
     from diffusers import (
-        AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline,
+        EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline,
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from runtime.catalog import get_model
     from runtime.families import get_family
-    from tests.pipeline_fixtures import tiny_tokenizers
+    from tests.pipeline_fixtures import tiny_tokenizers, tiny_vae
 
     assert model_id in TINY_MODELS, model_id
     spec = get_model(model_id)
     torch.manual_seed(seed)
     unet = get_family("unet").build(spec.config, device="cpu")
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8), layers_per_block=1, latent_channels=4,
-        norm_num_groups=4, sample_size=64,
-        scaling_factor=0.13025 if model_id == "tiny-sdxl" else 0.18215,
-    ).eval()
+    vae = tiny_vae(4, scaling_factor=0.13025 if model_id == "tiny-sdxl" else 0.18215,
+                   quant_conv=True).eval()
     clip_tok, clip_vocab, _, _ = tiny_tokenizers()
 
     def clip(hidden: int, cls=CLIPTextModel, **extra):

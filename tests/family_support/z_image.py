@@ -17,26 +17,19 @@ _CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor
 
 def build_tiny_pipeline(model_id: str = "tiny-z-image", seed: int = 0):
     import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
     from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
 
     from runtime.catalog import get_model
     from runtime.families import get_family
-    from tests.pipeline_fixtures import _word_level
+    from tests.pipeline_fixtures import _word_level, tiny_vae
 
     assert model_id == "tiny-z-image"
     spec = get_model(model_id)
     config = spec.config
     torch.manual_seed(seed)
     transformer = get_family("z-image").build(config, device="cpu")
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8), layers_per_block=1,
-        latent_channels=config["in_channels"], norm_num_groups=4, sample_size=64,
-        use_quant_conv=False, use_post_quant_conv=False,
-        shift_factor=0.1159, scaling_factor=0.3611,
-    )
+    vae = tiny_vae(config["in_channels"], scaling_factor=0.3611, shift_factor=0.1159)
     tok, vocab = _word_level(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "<|endoftext|>")
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", unk_token="<|endoftext|>",
