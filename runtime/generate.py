@@ -29,6 +29,7 @@ class GenerateConfig:
     width: int | None = None
     frames: int | None = None  # default: the plan's workload
     transformer_file: Path | None = None  # single-file transformer, diffusers or original naming
+    transformer_2_file: Path | None = None  # the second expert's (Wan 2.2 A14B's low-noise) file
     device: str | None = None
     loras: tuple = ()  # runtime.lora.LoraSpec, loaded before the plan is applied
 
@@ -58,9 +59,10 @@ class GenerateResult:
         }
 
 
-def load_pipeline(adapter, weights: Path, transformer_file: Path | None, dtype):
-    """The family's pipeline from a local folder, its transformer optionally from one
-    safetensors file."""
+def load_pipeline(adapter, weights: Path, transformer_file: Path | None, dtype,
+                  transformer_2_file: Path | None = None):
+    """The family's pipeline from a local folder, its transformer (and a second expert's)
+    optionally from one single file each."""
     import torch  # noqa: F401
 
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -74,6 +76,10 @@ def load_pipeline(adapter, weights: Path, transformer_file: Path | None, dtype):
     extra = {}
     if transformer_file is not None:
         extra[adapter.denoiser] = _transformer_from_file(adapter, weights, Path(transformer_file))
+    if transformer_2_file is not None:
+        extra["transformer_2"] = _transformer_from_file(
+            adapter, weights, Path(transformer_2_file), subfolder="transformer_2"
+        )
     pipe = pipeline_class.from_pretrained(
         weights, local_files_only=True, torch_dtype=dtype, **extra
     )
@@ -99,12 +105,13 @@ def _drop_fp32_kept(model, dtype) -> None:
             tensor.data = tensor.data.to(dtype)
 
 
-def _transformer_from_file(adapter, weights: Path, path: Path):
-    """Build the transformer from the folder's config and load one file's tensors as they are
-    stored (an fp8 checkpoint stays fp8), in diffusers or the family's original naming."""
+def _transformer_from_file(adapter, weights: Path, path: Path, subfolder: str | None = None):
+    """Build the transformer from the folder's config (its `subfolder`, default the family's
+    denoiser) and load one file's tensors as they are stored (an fp8 checkpoint stays fp8), in
+    diffusers or the family's original naming."""
     from runtime.checkpoint.load import load_transformer
 
-    config = adapter.model_class().load_config(weights, subfolder=adapter.denoiser)
+    config = adapter.model_class().load_config(weights, subfolder=subfolder or adapter.denoiser)
     return load_transformer(path, config, family=adapter.name)
 
 
@@ -155,7 +162,8 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
         frames=config.frames if config.frames is not None else plan.workload.frames,
     )
     pipe = load_pipeline(
-        adapter, config.weights, config.transformer_file, plan.model.compute_dtype.torch()
+        adapter, config.weights, config.transformer_file, plan.model.compute_dtype.torch(),
+        config.transformer_2_file,
     )
     load_loras(pipe, config.loras)
     try:

@@ -390,3 +390,45 @@ def test_guidance_2_is_refused_for_a_model_with_one_transformer(tmp_path):
     ])
     assert result.exit_code != 0 and "one transformer: drop --guidance-2" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "c.webp").exists()
+
+
+def test_planner_apply_loads_the_second_expert_from_its_own_file(pipe_and_embeds, tmp_path):
+    """--transformer-2 FILE (original Wan names, as the released low-noise files) replaces the
+    folder's transformer_2: the same weights give the same clip, other weights another."""
+    from PIL import Image, ImageChops
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from planner.cli import app
+    from runtime.plan import save_plan
+    from tests.family_support.wan import to_original
+
+    pipe, _ = pipe_and_embeds
+    pipe.save_pretrained(tmp_path / "pipe", safe_serialization=True)
+    save_plan(_experts_plan(), tmp_path / "plan.json")
+    state = {k: v.contiguous() for k, v in pipe.transformer_2.state_dict().items()}
+    save_file(to_original(state), tmp_path / "low_noise.safetensors")
+    save_file(to_original({k: v * 1.01 for k, v in state.items()}), tmp_path / "other.safetensors")
+
+    def run(name, *extra):
+        result = CliRunner().invoke(app, [
+            "apply", str(tmp_path / "plan.json"), "--weights", str(tmp_path / "pipe"),
+            "--prompt", "a cat on the mat", "--steps", "4", "-o", str(tmp_path / name),
+            "--device", "cpu", "--db", f"sqlite:///{tmp_path / 'store.db'}", *extra,
+        ])
+        assert result.exit_code == 0, result.output
+        image = Image.open(tmp_path / name)
+        image.seek(image.n_frames - 1)
+        return image.convert("RGB")
+
+    folder = run("folder.webp")
+    same = run("same.webp", "--transformer-2", str(tmp_path / "low_noise.safetensors"))
+    other = run("other.webp", "--transformer-2", str(tmp_path / "other.safetensors"))
+    assert ImageChops.difference(folder, same).getbbox() is None
+    assert ImageChops.difference(folder, other).getbbox() is not None
+    missing = CliRunner().invoke(app, [
+        "apply", str(tmp_path / "plan.json"), "--weights", str(tmp_path / "pipe"), "--prompt", "x",
+        "--transformer-2", str(tmp_path / "none.safetensors"), "-o", str(tmp_path / "x.webp"),
+        "--device", "cpu",
+    ])
+    assert missing.exit_code != 0 and "--transformer-2" in missing.output and "cannot be read" in missing.output

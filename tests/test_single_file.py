@@ -250,3 +250,25 @@ def test_apply_with_a_bad_bfl_transformer_is_one_line_exit_2(pipe, state, tmp_pa
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "final_layer.adaLN_modulation.1.weight" in lines[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("model_id", ["tiny-chroma", "tiny-wan", "tiny-flux"])
+def test_a_model_built_for_loading_has_its_buffers_as_the_constructor_makes_them(model_id):
+    """No checkpoint holds a non-persistent buffer (Chroma's mod_proj, Wan's rotary tables), so
+    the model a file is loaded into computes them for real while its parameters stay on meta."""
+    from runtime.catalog import get_model
+    from runtime.checkpoint.load import _build_for_loading
+    from runtime.families import get_family
+
+    spec = get_model(model_id)
+    register = torch.nn.Module.register_parameter
+    model = _build_for_loading(spec.family, spec.config)
+    assert torch.nn.Module.register_parameter is register  # the patch is undone
+    plain = get_family(spec.family).build(spec.config, device="cpu")
+    assert all(p.is_meta for p in model.parameters())
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in plain.named_parameters()]
+    persistent = set(model.state_dict())
+    for (name, buffer), (_, want) in zip(model.named_buffers(), plain.named_buffers()):
+        if name not in persistent:
+            assert not buffer.is_meta and torch.equal(buffer, want), name
+    assert all(p.device.type == "cpu" for p in plain.parameters())

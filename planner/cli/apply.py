@@ -22,6 +22,7 @@ def apply(
     width: Annotated[Optional[int], typer.Option(help="Image width (default: the plan's).")] = None,
     frames: Annotated[Optional[int], typer.Option(help="Video frames (default: the plan's).")] = None,
     transformer: Annotated[Optional[Path], typer.Option("--transformer", help="Single-file transformer: .safetensors (diffusers or original BFL/ComfyUI names; fp8 kept), .gguf, or a bitsandbytes NF4 .safetensors (kept packed).")] = None,
+    transformer_2: Annotated[Optional[Path], typer.Option("--transformer-2", help="The second expert's single file (Wan 2.2 A14B's low-noise transformer), as --transformer.")] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Image file to write; a video's frames go into an animated .webp or .gif.")] = Path("image.png"),
     device: Annotated[Optional[str], typer.Option(help="Compute device (default: cuda if present).")] = None,
     lora: Annotated[Optional[list[str]], typer.Option("--lora", help="LoRA file to load, FILE or FILE:SCALE; repeatable.")] = None,
@@ -52,7 +53,8 @@ def apply(
         guidance=guidance, height=height, width=width,
         frames=frames if frames is not None else plan.workload.frames,
         denoiser=_denoiser(plan.model.family), guidance_2=guidance_2,
-        experts=spec is not None and spec.experts is not None,
+        experts=spec is not None and spec.experts is not None, transformer_2=transformer_2,
+        pipeline=_pipeline_name(plan.model.family),
     )
     with open_store(db):  # a locked, read-only or out-of-date store fails here, before any work
         pass
@@ -63,7 +65,8 @@ def apply(
             steps=steps, seed=seed,
             guidance=guidance if guidance is not None else (spec.default_guidance if spec else 3.5),
             guidance_2=_second_guidance(spec, guidance_2),
-            height=height, width=width, frames=frames, transformer_file=transformer, device=device,
+            height=height, width=width, frames=frames, transformer_file=transformer,
+            transformer_2_file=transformer_2, device=device,
             loras=loras,
         )
         result = dataclasses.replace(generate(plan, config), output=str(output))
@@ -104,10 +107,19 @@ def _second_guidance(spec, given: float | None) -> float | None:
 
 def _denoiser(family: str) -> str:
     """The pipeline subfolder of the plan's model ("transformer", "unet")."""
+    return getattr(_adapter(family), "denoiser", "transformer")
+
+
+def _pipeline_name(family: str) -> str:
+    """The diffusers pipeline class the plan's model loads with, for messages."""
+    return getattr(_adapter(family), "diffusers_pipeline", "pipeline")
+
+
+def _adapter(family: str):
     from runtime.errors import UserError
     from runtime.families import get_family
 
     try:
-        return get_family(family).denoiser
+        return get_family(family)
     except UserError:
-        return "transformer"  # an unknown family: apply's model checks say so with the fix
+        return None  # an unknown family: apply's model checks say so with the fix

@@ -30,6 +30,7 @@ def check_apply_inputs(
     *, weights: Path, transformer: Path | None, output: Path, steps: int | None, seed: int,
     guidance: float | None, height: int | None, width: int | None, frames: int = 1,
     denoiser: str = "transformer", guidance_2: float | None = None, experts: bool = False,
+    transformer_2: Path | None = None, pipeline: str = "diffusers",
 ) -> tuple[str, ...]:
     """Refuse bad options before the pipeline loads; the image suffixes the output may take."""
     from runtime.files import check_target
@@ -41,37 +42,40 @@ def check_apply_inputs(
     for name, value in (("--guidance", guidance), ("--guidance-2", guidance_2)):
         if value is not None and not (math.isfinite(value) and 0 <= value <= 1000):
             raise UserError(f"{name} {value} is not a guidance scale: give a number from 0 to 1000, e.g. 3.5")
-    if guidance_2 is not None and not experts:
-        raise UserError(
-            "--guidance-2 sets the second expert's guidance and the plan's model has one "
-            "transformer: drop --guidance-2"
-        )
+    for name, given in (("--guidance-2", guidance_2), ("--transformer-2", transformer_2)):
+        if given is not None and not experts:
+            raise UserError(
+                f"{name} is for the second expert and the plan's model has one transformer: drop {name}"
+            )
     for name, value in (("--height", height), ("--width", width)):
         if value is not None and not (16 <= value <= 16384 and value % 16 == 0):
             raise UserError(f"{name} {value} is not an image size: give a multiple of 16 from 16 to 16384")
-    _check_weights(weights, transformer, denoiser)
+    _check_weights(weights, transformer, denoiser, pipeline)
+    if transformer_2 is not None:
+        _check_weights(weights, transformer_2, "transformer_2", pipeline, option="--transformer-2")
     suffixes = image_suffixes(animated=frames > 1)
     check_target(output, "-o", suffixes, "image" + suffixes[0])
     return suffixes
 
 
-def _check_weights(weights: Path, transformer: Path | None, denoiser: str) -> None:
+def _check_weights(weights: Path, transformer: Path | None, denoiser: str, pipeline: str,
+                   option: str = "--transformer") -> None:
     """The pipeline folder holds model_index.json and the denoiser's subfolder (`transformer/`,
-    `unet/` for UNet families) with its config, and its weights unless --transformer gives them."""
+    `unet/` for UNet families) with its config, and its weights unless `option` gives them."""
     if not weights.is_dir():
         raise UserError(
-            f"--weights {weights} is not a folder: give a local diffusers FLUX pipeline folder "
+            f"--weights {weights} is not a folder: give a local diffusers {pipeline} folder "
             f"(with model_index.json)"
         )
     if not (weights / "model_index.json").is_file():
         raise UserError(
-            f"--weights {weights} has no model_index.json: give a local diffusers FLUX pipeline "
+            f"--weights {weights} has no model_index.json: give a local diffusers {pipeline} "
             f"folder (save_pretrained or a downloaded snapshot)"
         )
     if not (weights / denoiser / "config.json").is_file():
         raise UserError(
             f"--weights {weights} has no {denoiser}/config.json: give the whole pipeline folder "
-            f"(its {denoiser}/ subfolder holds the config even when --transformer gives the weights)"
+            f"(its {denoiser}/ subfolder holds the config even when {option} gives the weights)"
         )
     if transformer is None:
         folder = weights / denoiser
@@ -84,6 +88,6 @@ def _check_weights(weights: Path, transformer: Path | None, denoiser: str) -> No
     try:
         mode = os.stat(transformer).st_mode
     except OSError as e:
-        raise UserError(f"--transformer {transformer} cannot be read ({e.strerror}): give a .safetensors file") from e
+        raise UserError(f"{option} {transformer} cannot be read ({e.strerror}): give a .safetensors file") from e
     if not stat.S_ISREG(mode):
-        raise UserError(f"--transformer {transformer} is not a regular file: give a .safetensors file")
+        raise UserError(f"{option} {transformer} is not a regular file: give a .safetensors file")

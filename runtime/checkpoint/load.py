@@ -41,7 +41,7 @@ def load_transformer(path: str | Path, config: Mapping[str, Any], family: str = 
             f"again in one naming"
         )
     config = {k: v for k, v in config.items() if not k.startswith("_")}
-    model = get_family(family).build(config, device="meta")
+    model = _build_for_loading(family, config)
     shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     if report.format.value != "safetensors":  # GGUF or NF4: kept packed
         from runtime.checkpoint.load_quantized import assign, read_quantized_state
@@ -58,6 +58,31 @@ def load_transformer(path: str | Path, config: Mapping[str, Any], family: str = 
     _check(path, state, leftover, shapes)
     model.load_state_dict(_fresh(state), assign=True, strict=True)
     return model.eval()
+
+
+def _build_for_loading(family: str, config: Mapping[str, Any]):
+    """The architecture with its parameters on `meta` (the file fills them) and its buffers
+    made on the CPU as the constructor makes them: a non-persistent buffer (Wan's rotary
+    tables, Chroma's modulation projection) is in no checkpoint, so it must be computed, as
+    diffusers' own loading keeps buffers (accelerate's init_empty_weights). Each parameter
+    goes to `meta` as it is registered, before its initialiser runs, so nothing of its size is
+    ever written."""
+    import torch
+
+    from runtime.families import get_family
+
+    register = torch.nn.Module.register_parameter
+
+    def on_meta(module, name, param):
+        if param is not None and param.device.type != "meta":
+            param = type(param)(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    torch.nn.Module.register_parameter = on_meta
+    try:
+        return get_family(family).build(config, device="cpu")
+    finally:
+        torch.nn.Module.register_parameter = register
 
 
 def _fresh(state: dict) -> dict:

@@ -94,25 +94,11 @@ class ChromaAdapter(FamilyAdapter):
         return MODELS
 
     def build(self, config: Mapping[str, Any], device: str = "meta", dtype=None):
-        """As the base, except that on `meta` the timestep embedder keeps its real `mod_proj`:
-        a non-persistent buffer (no checkpoint holds it) computed at construction, which a
-        model loaded from a file onto `meta` would otherwise never get (as diffusers'
-        `init_empty_weights` keeps buffers). It has no parameters: 2 x 4 x (3 x single +
-        12 x double + 2) x channels / 4 bytes."""
         import warnings
 
         with warnings.catch_warnings():  # diffusers' Chroma builds FLUX's deprecated alias
             warnings.filterwarnings("ignore", message="`FluxPosEmbed` is deprecated")
-            model = super().build(config, device, dtype)
-        if str(device) == "meta":
-            embed = model.time_text_embed
-            fresh = type(embed)(
-                num_channels=embed.time_proj.num_channels, out_dim=embed.mod_proj.shape[0]
-            )
-            if dtype is not None:
-                fresh = fresh.to(dtype)
-            model.time_text_embed = fresh
-        return model
+            return super().build(config, device, dtype)
 
     def block_of_tensor(self, tensor_name: str) -> str | None:
         match = _BLOCK_NAME.match(tensor_name)
