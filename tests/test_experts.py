@@ -330,6 +330,10 @@ def test_tune_places_the_a14b_experts_apart_where_the_switch_pays(tmp_path):
     assert explained.exit_code == 0, explained.output
     assert f"transformer_2 15 steps" in explained.output
     assert f"({len(second.streamed)} streamed)" in explained.output and "one placement for both" not in explained.output
+    shown = runner.invoke(app, ["plans", "show", "1", "--db", db])
+    assert shown.exit_code == 0, shown.output
+    assert f"transformer_2: {len(second.streamed)}/40 streamed, depth {second.prefetch_depth}" in shown.output
+    assert "transformer_2" in shown.output.splitlines()[-42]  # the block table's header
 
 
 def test_planner_apply_times_each_expert_and_the_switch(pipe_and_embeds, tmp_path):

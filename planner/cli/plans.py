@@ -256,6 +256,20 @@ def _print_plan(stored, json_out: bool) -> None:
         print_json({**_summary(stored), "plan": _plan_dict(stored)})
         return
     print_table(f"plan {stored.id}", _COLUMNS, [_row(stored)])
+    plan = stored.plan
     rows = [[i, b.name, b.kind, b.bytes, format_size(b.bytes), b.placement.value, b.cast.value]
-            for i, b in enumerate(stored.plan.blocks)]
-    print_table(None, ["#", "block", "kind", "bytes", "size", "placement", "cast"], rows)
+            for i, b in enumerate(plan.blocks)]
+    columns = ["#", "block", "kind", "bytes", "size", "placement", "cast"]
+    if plan.experts:  # a placement per expert: the first's columns, then each further one's
+        from planner.cli._common import echo
+        from runtime.plan import FIRST_EXPERT, Placement
+
+        columns[5:] = [f"{FIRST_EXPERT}", "cast"]
+        for e in plan.experts:
+            columns += [e.attr, "cast"]
+            for row, b in zip(rows, e.blocks):
+                row += [b.placement.value, b.cast.value]
+            streamed = sum(b.placement is Placement.STREAMED for b in e.blocks)
+            echo(f"{e.attr}: {streamed}/{len(e.blocks)} streamed, depth {e.prefetch_depth}, "
+                 f"host memory {e.host_memory.value}, predicted {e.predictions.step_ms:.1f} ms/step")
+    print_table(None, columns, rows)
