@@ -86,9 +86,8 @@ def leaving_ms(model: CostModel, layout: Layout) -> float:
 def arriving_ms(model: CostModel, layout: Layout) -> float:
     """The switch's share that depends on the incoming expert: its device bytes copied in and
     its streamed blocks packed into host buffers."""
-    bw = model.profile.bandwidth
-    return (_leaving_bytes(model, layout) / (bw.pageable_gbps * 1e6)
-            + _packed_bytes(model, layout) / (HOST_COPY_GBPS * 1e6))
+    # its device bytes cross the same pageable path as an outgoing expert's, the other way
+    return leaving_ms(model, layout) + _packed_bytes(model, layout) / (HOST_COPY_GBPS * 1e6)
 
 
 def switch_of(model: CostModel, outgoing: Layout, incoming: Layout) -> Switch:

@@ -230,12 +230,13 @@ def tune(req: TuneRequest) -> TuneOutcome:
     best, measured = host.scored, None
     if req.verify:
         best, measured = _verify(inv, source, result, req, host)
-    plan, prediction = plan_of(inv, source, best, req.budget_bytes)
     experts = None
     if _experts_spec(req.model_id) is not None:
         plan, prediction, best, host, experts = place_experts(
             inv, source, result, req, host, best, keep_first=bool(req.verify)
         )
+    else:
+        plan, prediction = plan_of(inv, source, best, req.budget_bytes)
     from db.store import open_store
 
     with open_store(req.db_url) as store:

@@ -203,9 +203,10 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
     Path(config.output).parent.mkdir(parents=True, exist_ok=True)
     save_frames(frames, Path(config.output))
     per = plan.workload.forwards_per_step
-    step_ms = tuple(sum(forward_ms[i:i + per]) for i in range(0, len(forward_ms), per))
     if by_expert[0] is not None:  # whole steps of each expert, the one it switched in left out
         step_ms = tuple(ms for steps in by_expert[0].values() for ms in steps)
+    else:
+        step_ms = tuple(sum(forward_ms[i:i + per]) for i in range(0, len(forward_ms), per))
     mean_ms = statistics.fmean(step_ms) if step_ms else 0.0
     lower = plan.predictions.lower_bound_ms
     return GenerateResult(
