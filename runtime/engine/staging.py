@@ -85,6 +85,24 @@ def _pieces(sizes: list[int], chunk_bytes: int):
             start += count
 
 
+def _through(chunks: _Chunks, sizes: list[tuple[int, int]]):
+    """(chunk index, its byte region, item, first element, element count) of every piece of
+    `sizes`, in order. A chunk is waited for before it is filled again (its last DMA done,
+    its pending host copies made: for a device copy its previous DMA has read it, for a host
+    copy it is drained), and every chunk's DMA is finished once the last piece is through."""
+    current = None
+    for chunk, offset, item, start, count in _pieces(sizes, chunks.nbytes):
+        if chunk != current:
+            if current is not None:
+                chunks.record(current)
+            chunks.wait(chunk)
+            current = chunk
+        yield chunk, chunks.buffers[chunk].narrow(0, offset, count * sizes[item][0]), item, start, count
+    if current is not None:
+        chunks.record(current)
+    chunks.finish()
+
+
 def _chunk_bytes(total: int, chunk_bytes: int | None) -> int:
     limit = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
     return max(_ALIGN, min(limit, -(-total // _ALIGN) * _ALIGN))
@@ -97,22 +115,11 @@ def to_device(sources: list[torch.Tensor], dtypes: list[torch.dtype], device,
     outs = [torch.empty(s.shape, dtype=d, device=device) for s, d in zip(sources, dtypes)]
     sizes = [(o.element_size(), o.numel()) for o in outs]
     nbytes = _chunk_bytes(sum(a * b for a, b in sizes), chunk_bytes)
-    chunks = _Chunks(device, nbytes)
-    current = None
-    for chunk, offset, item, start, count in _pieces(sizes, nbytes):
-        if chunk != current:
-            if current is not None:
-                chunks.record(current)
-            chunks.wait(chunk)  # its previous DMA has read it
-            current = chunk
+    for _, region, item, start, count in _through(_Chunks(device, nbytes), sizes):
         out = outs[item].view(-1)
-        staged = chunks.buffers[chunk].narrow(0, offset, count * sizes[item][0])
-        staged = staged.view(out.dtype)
+        staged = region.view(out.dtype)
         staged.copy_(sources[item].reshape(-1).narrow(0, start, count))
         out.narrow(0, start, count).copy_(staged, non_blocking=True)
-    if current is not None:
-        chunks.record(current)
-    chunks.finish()
     return outs
 
 
@@ -124,19 +131,9 @@ def to_host(sources: list[torch.Tensor], dtypes: list[torch.dtype],
     nbytes = _chunk_bytes(sum(a * b for a, b in sizes), chunk_bytes)
     device = sources[0].device if sources else torch.device("cpu")
     chunks = _Chunks(device, nbytes)
-    current = None
-    for chunk, offset, item, start, count in _pieces(sizes, nbytes):
-        if chunk != current:
-            if current is not None:
-                chunks.record(current)
-            chunks.wait(chunk)  # drained: free to fill again
-            current = chunk
+    for chunk, region, item, start, count in _through(chunks, sizes):
         src = sources[item].reshape(-1)
-        staged = chunks.buffers[chunk].narrow(0, offset, count * sizes[item][0])
-        staged = staged.view(src.dtype)
+        staged = region.view(src.dtype)
         staged.copy_(src.narrow(0, start, count), non_blocking=True)
         chunks.pending[chunk].append((outs[item].view(-1).narrow(0, start, count), staged))
-    if current is not None:
-        chunks.record(current)
-    chunks.finish()
     return outs
