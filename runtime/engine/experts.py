@@ -16,6 +16,8 @@ from __future__ import annotations
 import weakref
 from typing import Mapping
 
+from runtime.engine.device import resolve_device
+from runtime.engine.handle import apply_module
 from runtime.errors import PlanMismatchError, UserError
 
 _APPLIED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # first expert -> handle
@@ -64,8 +66,6 @@ class ExpertsHandle:
 
         import torch
 
-        from runtime.apply import apply_plan
-
         if expert == self.active:
             return
         switching = self._handle is not None
@@ -78,7 +78,7 @@ class ExpertsHandle:
             self._handle.remove()
             self._handle = None
             self.switches += 1
-        self._handle = apply_plan(getattr(self.pipe, expert), self.plans[expert], self.device)
+        self._handle = apply_module(getattr(self.pipe, expert), self.plans[expert], self.device)
         self.active = expert
         if switching:
             if self.device.type == "cuda":
@@ -119,8 +119,6 @@ def apply_experts(pipe, plans: Mapping[str, object], device=None) -> ExpertsHand
     one expert at a time is on `device`; the first attribute's expert is activated now."""
     import torch
 
-    from runtime.apply import _resolve_device
-
     if len(plans) < 2:
         raise UserError("apply_experts takes a plan per expert: give two or more, or use apply_plan")
     for attr in plans:
@@ -129,7 +127,7 @@ def apply_experts(pipe, plans: Mapping[str, object], device=None) -> ExpertsHand
                 f"{type(pipe).__name__} has no expert {attr!r}: give plans for its transformers "
                 f"(e.g. transformer and transformer_2)"
             )
-    handle = ExpertsHandle(pipe, plans, _resolve_device(device))
+    handle = ExpertsHandle(pipe, plans, resolve_device(device))
     first = getattr(pipe, next(iter(plans)))
     if first in _APPLIED:
         raise PlanMismatchError(

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from runtime.workload import Workload
 
 if TYPE_CHECKING:
-    from runtime.catalog import ModelSpec
+    from runtime.model_spec import ModelSpec
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping, Sequence
 
-from runtime.catalog import model_spec
+from runtime.model_spec import model_spec
 from runtime.dtypes import DType
 from runtime.families.base import BlockInputs, BlockList, FamilyAdapter
 from runtime.families.flux import PIXELS_PER_TOKEN_SIDE, decode_packed_latents, image_tokens_of

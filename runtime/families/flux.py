@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from runtime.catalog import model_spec
+from runtime.model_spec import model_spec
 from runtime.dtypes import DType
 from runtime.families.base import BlockInputs, BlockList, FamilyAdapter
 from runtime.workload import Workload

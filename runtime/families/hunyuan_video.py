@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping, Sequence
 
-from runtime.catalog import model_spec
+from runtime.model_spec import model_spec
 from runtime.dtypes import DType
 from runtime.errors import UserError
 from runtime.families.base import BlockInputs, BlockList, FamilyAdapter

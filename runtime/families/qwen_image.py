@@ -16,7 +16,7 @@ import functools
 import re
 from typing import Any
 
-from runtime.catalog import model_spec
+from runtime.model_spec import model_spec
 from runtime.dtypes import DType
 from runtime.families.base import BlockInputs, BlockList, FamilyAdapter
 from runtime.workload import CfgMode, Workload

@@ -21,7 +21,7 @@ import dataclasses
 import re
 from typing import Any, Mapping
 
-from runtime.catalog import Experts, model_spec
+from runtime.model_spec import Experts, model_spec
 from runtime.dtypes import DType
 from runtime.errors import UserError
 from runtime.families.base import BlockInputs, BlockList, FamilyAdapter
