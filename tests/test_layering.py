@@ -3,7 +3,7 @@ function-local and `TYPE_CHECKING` ones included, parsed with `ast` (nothing is 
 
 - The planner library (planner/ outside the application layer `planner.app` and the CLI) imports
   neither the store (`db`) nor the engine (`runtime.engine`, `runtime.apply`), nor the layers
-  above it.
+  above it; and every layer imports only the ones below it (`LAYERS`).
 - No import cycle between modules: a cycle hidden behind a function-local import is a cycle.
 - Every registered model family has test support (or says why not), so the contract suite
   cannot skip a family that was forgotten.
@@ -19,6 +19,20 @@ PACKAGES = ("planner", "profiler", "runtime", "db", "comfyui_nodes")
 
 APP_LAYERS = ("planner.app", "planner.cli")  # above the planner library
 NOT_FROM_LIBRARY = ("db", "runtime.engine", "runtime.apply", *APP_LAYERS)
+
+# Each layer and the layers it may import, lowest first: runtime executes, profiler measures,
+# db remembers, the planner library decides (planner/ but for planner.app and planner.cli); the
+# application layer joins them; the CLI and the ComfyUI nodes call it.
+_BELOW_APP = ("runtime", "profiler", "db", "planner")
+LAYERS = {
+    "runtime": ("runtime",),
+    "profiler": ("runtime", "profiler"),
+    "db": ("runtime", "profiler", "db"),
+    "planner": ("runtime", "profiler", "planner"),
+    "planner.app": (*_BELOW_APP, "planner.app"),
+    "planner.cli": (*_BELOW_APP, "planner.app", "planner.cli"),
+    "comfyui_nodes": (*_BELOW_APP, "planner.app", "comfyui_nodes"),
+}
 
 
 def _module_name(path: Path) -> str:
@@ -123,6 +137,19 @@ def test_the_planner_library_imports_neither_the_store_nor_the_engine():
         f"the planner library imports the store, the engine or the layers above it: {wrong}; "
         f"move the work that joins them into planner.app"
     )
+
+
+def _layer_of(module: str) -> str:
+    return max((layer for layer in LAYERS if _within(module, (layer,))), key=len)
+
+
+def test_each_layer_imports_only_the_layers_below_it():
+    wrong = {
+        module: sorted(d for d in deps if _layer_of(d) not in LAYERS[_layer_of(module)])
+        for module, deps in import_graph().items()
+    }
+    wrong = {module: deps for module, deps in wrong.items() if deps}
+    assert not wrong, f"modules that import a layer above their own: {wrong}"
 
 
 def test_no_import_cycle_between_our_modules():
