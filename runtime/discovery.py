@@ -81,6 +81,8 @@ class DiscoveredAdapter:
     """The part of a family adapter the engine and the inventory use, for discovered blocks."""
 
     name = AUTO_FAMILY
+    # tensors outside the blocks keep whatever dtype they have (checked: only block tensors)
+    free_non_block_dtypes = True
 
     def __init__(self, discovery: Discovery) -> None:
         self.discovery = discovery

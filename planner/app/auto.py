@@ -102,8 +102,8 @@ class AutoHandle:
 
         self.model = model
         self.config = config
-        self.storage = storage_of(model)
         self.adapter, self.discovery = _adapter_of(model)
+        self.storage = storage_of(model, self.adapter)
         self.model_id: str | None = None  # known at the first forward (its inputs are in it)
         self.profile = None  # profiler.types.Profile the plan was tuned from
         self.tuned = False  # True once the tuned plan is in force
@@ -274,7 +274,12 @@ def tune_auto(inventory, profile, config: AutoConfig):
 
     profiles = {profile.workload.cfg: profile}
     result = search(inventory, profiles, Settings(config.budget_bytes, trials=config.trials))
-    limit = config.host_ram_bytes if config.host_ram_bytes is not None else available_host_bytes()
+    if config.device.type == "cpu":
+        # no pinned memory on a CPU: the ring's copies are memcpys on the compute thread, which
+        # the cost model prices as it prices pageable copies (serial with compute)
+        limit = 0
+    else:
+        limit = config.host_ram_bytes if config.host_ram_bytes is not None else available_host_bytes()
     chosen = choose(inventory, profiles, result, config.budget_bytes, limit)
     source = ProfileSource(profiles, profile.machine.gpu_name, profile.id, False)
     plan, _ = plan_of(inventory, source, chosen.scored, config.budget_bytes)

@@ -70,15 +70,22 @@ def _describe(value) -> str:
     return type(value).__name__
 
 
-def storage_of(model: torch.nn.Module) -> DType:
-    """The one floating dtype the model's tensors are stored in; a `UserError` for a model
+def storage_of(model: torch.nn.Module, adapter) -> DType:
+    """The one floating dtype the model's blocks are stored in (the non-block modules may keep
+    others where the adapter allows it: `free_non_block_dtypes`); a `UserError` for blocks
     mixing several (plans count bytes by one storage dtype)."""
-    found = {t.dtype for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()}
+    if getattr(adapter, "free_non_block_dtypes", False):
+        modules = [block for _, _, block in adapter.blocks(model)]
+    else:
+        modules = [model]
+    found = {t.dtype for m in modules for t in list(m.parameters()) + list(m.buffers())
+             if t.is_floating_point()}
     if len(found) != 1:
         shown = ", ".join(sorted(str(d).removeprefix("torch.") for d in found)) or "none"
         raise UserError(
-            f"{type(model).__name__} stores floating tensors as {shown}: apply_auto plans a model "
-            f"stored in one dtype; cast it with model.to(torch.bfloat16) (or its own dtype) first"
+            f"{type(model).__name__} stores its blocks' floating tensors as {shown}: apply_auto "
+            f"plans blocks stored in one dtype; cast the model with model.to(torch.bfloat16) "
+            f"(or its own dtype) first"
         )
     try:
         return DType.from_torch(found.pop())
