@@ -17,7 +17,9 @@ frees the slot, so what is timed is the block's compute alone:
 - non-block time: the forward's time less its blocks' time.
 
 `profile_of(...)` turns the readings and a copy-bandwidth measurement on the model's own
-streamed packs (`measure_pack_bandwidth`) into a `profiler.types.Profile`.
+streamed packs (`measure_pack_bandwidth`) into a `profiler.types.Profile`. The bandwidth is
+measured between forwards, without compute beside it: it stands for the bandwidth under
+compute too (the offline profiler measures that one apart).
 """
 
 from __future__ import annotations
@@ -137,14 +139,13 @@ def _tensor_bytes(values) -> int:
     return total
 
 
-def measure_pack_bandwidth(host_buffers, slot_buffers, device: torch.device) -> Bandwidth:
-    """Copy bandwidth into a ring slot from the largest streamed block's own host pack (as
-    the engine keeps it: pinned or pageable), median of a few copies; pageable measured from
-    a pageable copy of that pack. `host_buffers`: per streamed block, {group: flat tensor}."""
+def measure_pack_bandwidth(pack, slot, device: torch.device) -> Bandwidth:
+    """Copy bandwidth into a ring slot from a streamed block's own host pack (pinned or
+    pageable, as the engine keeps it), median of a few copies; pageable measured from a
+    pageable copy of that pack. `pack` and `slot`: {group: flat tensor} (the handle's
+    `queued_copy()`, whose bytes the copies rewrite unchanged)."""
     from profiler.bandwidth import copy_overhead_us
 
-    pack = max(host_buffers, key=lambda b: sum(t.numel() * t.element_size() for t in b.values()))
-    slot = slot_buffers[0]
     size = sum(t.numel() * t.element_size() for t in pack.values())
     kept = _copy_gbps(pack, slot, device, size)
     pinned = any(t.is_pinned() for t in pack.values())

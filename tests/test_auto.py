@@ -106,8 +106,22 @@ def test_refusals_are_one_clear_sentence(tmp_path):
         apply_auto(model, vram="1GB", device="cpu", store=url)
 
 
+class Wide(torch.nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(dim, 4 * dim)
+        self.b = torch.nn.Linear(4 * dim, dim)
+
+    def forward(self, x):
+        return x + self.b(torch.tanh(self.a(x)))
+
+
 def test_a_budget_below_the_stream_all_plan_keeps_streaming_and_says_why(tmp_path):
+    """The copy bandwidth is timed on the ring's own buffers between the forwards: the ring
+    must still hold what it prefetched for the next forward (a wider block in the middle)."""
     model = _model()
+    model.layers[4] = Wide(32)
+    model.order = list(range(10))  # in declaration order: the ring runs on without restarting
     x = torch.randn(2, 32)
     with torch.no_grad():
         want = model(x, 1.0)

@@ -195,8 +195,8 @@ class AutoHandle:
     def _measured_profile(self, inventory, readings):
         from profiler.first_step import measure_pack_bandwidth, profile_of
 
-        packs, slots = self._inner.streamed_packs()
-        bandwidth = measure_pack_bandwidth(packs, slots, self.config.device)
+        pack, slot = self._inner.queued_copy()  # the first forward streamed every block
+        bandwidth = measure_pack_bandwidth(pack, slot, self.config.device)
         return profile_of(self.model_id, AUTO_WORKLOAD, self.storage, inventory, readings,
                           bandwidth, self._inner.stats.device_weight_bytes, self.config.device)
 
