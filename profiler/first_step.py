@@ -11,8 +11,9 @@ frees the slot, so what is timed is the block's compute alone:
 - activation per block: on CUDA the allocator's peak while the block runs above what was
   allocated when it started (`torch.cuda.max_memory_allocated`, reset per block); on CPU,
   which has no allocator statistics, the bytes of the block's outputs;
-- workspace: on CUDA the forward's allocator peak less the device weights and the largest
-  activation (carried tensors, library workspaces); on CPU the largest block's input bytes,
+- workspace: on CUDA the allocator's peak during the forward less the device weights and
+  the largest activation (inputs, carried tensors, library workspaces, and anything else the
+  run holds on the device: the budget counts what is really there); on CPU the largest block's input bytes,
   the tensors carried from block to block (as `profiler.run` counts them);
 - non-block time: the forward's time less its blocks' time.
 
@@ -42,7 +43,7 @@ class Readings:
     compute_ms: dict  # block name -> ms
     activation_bytes: dict  # block name -> bytes
     forward_ms: float
-    peak_bytes: int  # CUDA: allocator peak over the forward; CPU: 0
+    peak_bytes: int  # CUDA: the allocator's peak during the forward (all it holds); CPU: 0
     carried_bytes: int  # largest block input
 
 
@@ -59,7 +60,6 @@ class FirstStepMeter:
         self._spans: dict[str, tuple] = {}
         self._activation: dict[str, int] = {}
         self._carried = 0
-        self._base = 0
         self._peak = 0  # CUDA: the allocator peak over the forward, segment by segment
         self._forward: list = []
 
@@ -73,7 +73,6 @@ class FirstStepMeter:
                 prepend=True, always_call=True))
         self._forward.append(self._clock())
         if self.cuda:
-            self._base = torch.cuda.memory_allocated(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         return self
 
@@ -117,7 +116,7 @@ class FirstStepMeter:
             torch.cuda.synchronize(self.device)
             ms = {n: a.elapsed_time(b) for n, (a, b) in self._spans.items()}
             forward = self._forward[0].elapsed_time(self._forward[1])
-            peak = self._peak - self._base
+            peak = self._peak  # absolute: weights, inputs and whatever else the run holds
         else:
             ms = {n: (b - a) * 1000.0 for n, (a, b) in self._spans.items()}
             forward = (self._forward[1] - self._forward[0]) * 1000.0

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from planner.app.auto import apply_auto
+from runtime.discovery import find_blocks
 from runtime.errors import UserError
 from tests.conftest import build_tiny_flux
 from tests.test_discovery import Plain
@@ -102,7 +103,7 @@ def test_refusals_are_one_clear_sentence(tmp_path):
     finally:
         handle.remove()
     model.layers[0].to(torch.float64)
-    with pytest.raises(UserError, match="float32, float64"):
+    with pytest.raises(UserError, match="float32, float64, which no storage dtype"):
         apply_auto(model, vram="1GB", device="cpu", store=url)
 
 
@@ -140,3 +141,19 @@ def test_runtime_exports_apply_auto():
     import runtime
 
     assert runtime.apply_auto is apply_auto
+
+
+def test_fp8_matrices_beside_bf16_vectors_are_fp8_storage():
+    from planner.app.auto_keys import storage_of
+    from runtime.dtypes import DType
+
+    model = _model()
+    model.to(torch.bfloat16)
+    for block in model.layers:
+        for linear in (block.a, block.b):
+            linear.weight.data = linear.weight.data.to(torch.float8_e4m3fn)
+    found = find_blocks(model)
+    assert storage_of(model, found.adapter()) is DType.FP8
+    model.layers[2].a.bias.data = model.layers[2].a.bias.data.float()
+    with pytest.raises(UserError, match="no storage dtype describes"):
+        storage_of(model, found.adapter())

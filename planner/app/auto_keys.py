@@ -20,7 +20,7 @@ from typing import Mapping
 
 import torch
 
-from runtime.dtypes import DType
+from runtime.dtypes import DType, storage_dtype
 from runtime.errors import UserError
 from runtime.workload import Workload
 
@@ -71,23 +71,28 @@ def _describe(value) -> str:
 
 
 def storage_of(model: torch.nn.Module, adapter) -> DType:
-    """The one floating dtype the model's blocks are stored in (the non-block modules may keep
-    others where the adapter allows it: `free_non_block_dtypes`); a `UserError` for blocks
-    mixing several (plans count bytes by one storage dtype)."""
+    """The storage dtype of the model's blocks: the one under which every floating block
+    tensor has the dtype `runtime.dtypes.storage_dtype` gives it (fp32 throughout; fp8
+    matrices beside bf16 vectors is fp8). The non-block modules may keep dtypes of their own
+    where the adapter allows it (`free_non_block_dtypes`, discovered blocks). A `UserError`
+    for blocks no storage dtype describes (plans count bytes by one storage dtype)."""
     if getattr(adapter, "free_non_block_dtypes", False):
         modules = [block for _, _, block in adapter.blocks(model)]
     else:
         modules = [model]
-    found = {t.dtype for m in modules for t in list(m.parameters()) + list(m.buffers())
-             if t.is_floating_point()}
-    if len(found) != 1:
-        shown = ", ".join(sorted(str(d).removeprefix("torch.") for d in found)) or "none"
-        raise UserError(
-            f"{type(model).__name__} stores its blocks' floating tensors as {shown}: apply_auto "
-            f"plans blocks stored in one dtype; cast the model with model.to(torch.bfloat16) "
-            f"(or its own dtype) first"
-        )
-    try:
-        return DType.from_torch(found.pop())
-    except ValueError as e:
-        raise UserError(f"{type(model).__name__}: {e}; cast it to bf16, fp16 or fp32 first") from None
+    tensors = [t for m in modules for t in list(m.parameters()) + list(m.buffers())
+               if t.is_floating_point()]
+    found = {t.dtype for t in tensors}
+    for dtype in sorted(found, key=lambda d: torch.finfo(d).bits):  # fp8 before bf16 before fp32
+        try:
+            storage = DType.from_torch(dtype)
+        except ValueError:
+            continue
+        if all(storage_dtype(storage, tuple(t.shape)).torch() == t.dtype for t in tensors):
+            return storage
+    shown = ", ".join(sorted(str(d).removeprefix("torch.") for d in found)) or "none"
+    raise UserError(
+        f"{type(model).__name__} stores its blocks' floating tensors as {shown}, which no "
+        f"storage dtype describes: cast the model with model.to(torch.bfloat16) (or its own "
+        f"dtype) first"
+    )
