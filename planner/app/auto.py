@@ -25,6 +25,19 @@ How it runs:
    and the second. Where no plan fits better, the stream-everything plan stays.
 Every forward, the first included, computes exactly what the plain model does: the engine
 only moves weights.
+
+The handle (`AutoHandle`), for callers (the CLI, the ComfyUI auto node):
+- `plan` (runtime.plan.Plan) and `stats` (OffloadStats): the plan in force, stream-all until
+  the first forward has ended, then the tuned one; `tuned` says which;
+- `source`: "stream-all", "measured", "stored plan" or "stored profile"; `note`: why the
+  stream-everything plan stayed (the search's sentence), else "";
+- `profile` (profiler.types.Profile, with its store id), `model_id` (the `auto:` key, known
+  from the first forward on), `discovery` (runtime.discovery.Discovery, None where a family
+  adapter was used), `adapter`, `forwards`, `resyncs` (blocks run out of the recorded order);
+- `remove()`: every tensor's device, dtype and values and every hook as before; idempotent.
+Limits: only the first forward is measured; later forwards with other input shapes run under
+the plan in force (a new `apply_auto` measures them under their own key). A pipeline's first
+denoiser (transformer or unet) is what is offloaded.
 """
 
 from __future__ import annotations
