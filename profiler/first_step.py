@@ -65,16 +65,30 @@ class FirstStepMeter:
 
     def __enter__(self) -> "FirstStepMeter":
         for name, _, module in self.blocks:
-            self._hooks.append(module.register_forward_pre_hook(
-                torch.compiler.disable(lambda m, args, kwargs, n=name: self._before(n, args, kwargs)),
-                with_kwargs=True))
-            self._hooks.append(module.register_forward_hook(
-                torch.compiler.disable(lambda m, args, out, n=name: self._after(n, out)),
-                prepend=True, always_call=True))
+            self._hook(module, name, None)
+            for child_name, child in module.named_children():  # for a block never called
+                if any(True for _ in child.parameters()):  # whose children are (discovery)
+                    self._hook(child, f"{name}.{child_name}", name)
         self._forward.append(self._clock())
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
         return self
+
+    def _hook(self, module: torch.nn.Module, name: str, parent: str | None) -> None:
+        """Time `module` as `name`; a child only while its parent block is not running."""
+
+        def before(m, args, kwargs):
+            if parent not in self._start:
+                self._before(name, args, kwargs)
+
+        def after(m, args, out):
+            if parent not in self._start:
+                self._after(name, out)
+
+        self._hooks.append(module.register_forward_pre_hook(torch.compiler.disable(before),
+                                                            with_kwargs=True))
+        self._hooks.append(module.register_forward_hook(torch.compiler.disable(after),
+                                                        prepend=True, always_call=True))
 
     def __exit__(self, *exc) -> None:
         self._forward.append(self._clock())
