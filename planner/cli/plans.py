@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from planner.cli._common import DbOption, JsonOption, echo, print_json, print_table
+from planner.cli._common import DbOption, check_output, JsonOption, echo, print_json, print_table
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -136,11 +136,10 @@ def export(
 ) -> None:
     """Write a stored plan as a plan.json file (stdout without -o)."""
     from db.store import open_store
-    from runtime.files import check_target
     from runtime.plan import dumps_plan, save_plan
 
     if output is not None:
-        check_target(output, "-o")  # refused before the store is even opened
+        check_output(output, "-o", db)  # refused before the store is even opened
     with open_store(db) as store:
         stored = store.get_plan(plan_id)
     if output is None:
