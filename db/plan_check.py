@@ -38,7 +38,11 @@ def is_catalog_model(model_id: str) -> bool:
 
 def check_storable(plan, *, allow_unknown_model: bool = False, source: str = "the plan") -> bool:
     """Raise `PlanRejected` unless `plan` can run on its catalog model; True when it was checked
-    against the catalog, False for an unknown model stored because `allow_unknown_model`."""
+    against the catalog, False for an unknown model stored because `allow_unknown_model`.
+
+    The plan is first read back through the plan file's own reader, the one every read of the
+    store uses: a plan the store could not read back is never stored."""
+    _readable(plan, source)
     parts = _expert_parts(plan, source)
     if not is_catalog_model(plan.model.id):
         if allow_unknown_model:
@@ -51,10 +55,20 @@ def check_storable(plan, *, allow_unknown_model: bool = False, source: str = "th
             f"returned by `plans best`), or use a model from `planner models list`"
         )
     _check_experts(plan, source)
+    _check_workload(plan, source)
     for part, where in parts:
         _check_self_consistent(part, where)
         _check_against_model(part, where)
     return True
+
+
+def _readable(plan, source: str) -> None:
+    from runtime.plan import dumps_plan, loads_plan
+
+    try:
+        loads_plan(dumps_plan(plan), source=source)
+    except (UserError, ValueError) as e:
+        raise PlanRejected(f"{e}; the store keeps only plans it can read back") from None
 
 
 def _expert_parts(plan, source: str) -> list:
@@ -81,6 +95,16 @@ def _check_experts(plan, source: str) -> None:
             raise PlanRejected(
                 f"{source} places an expert {e.attr!r} that {plan.model.id} does not run ({has}): {_FIX}"
             )
+
+
+def _check_workload(plan, source: str) -> None:
+    """The workload is one the model's pipeline runs as given (frames, guidance, sizes)."""
+    from runtime.catalog import get_model
+
+    try:
+        get_model(plan.model.id).check_workload(plan.workload)
+    except UserError as e:
+        raise PlanRejected(f"{source}: {e}; {_FIX}") from None
 
 
 def fits_catalog(plan) -> bool:

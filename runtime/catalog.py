@@ -59,10 +59,28 @@ class ModelSpec:
         from runtime.workload import Workload, parse_resolution
 
         width, height = parse_resolution(resolution or self.default_resolution)
-        return Workload(
+        workload = Workload(
             height=height, width=width, batch=batch, cfg=cfg or self.cfg,
             text_tokens=self.text_tokens, frames=self.default_frames if frames is None else frames,
         )
+        self.check_workload(workload)
+        return workload
+
+    def check_workload(self, workload: "Workload") -> None:
+        """Refuse a workload this model's pipeline cannot run as given: frames for an image
+        model, guidance run otherwise than its pipeline does, sizes its family rounds."""
+        from runtime.families import get_family
+
+        if self.default_frames == 1 and workload.frames != 1:
+            raise UserError(
+                f"{self.id} makes images, not clips: drop --frames (frames {workload.frames})"
+            )
+        if workload.cfg is not self.cfg:
+            raise UserError(
+                f"{self.id}'s pipeline runs guidance as {self.cfg.value!r}, not {workload.cfg.value!r}: "
+                f"a plan for it uses cfg {self.cfg.value!r}"
+            )
+        get_family(self.family).check_workload(self.config, workload)
 
 
 def model_spec(**fields) -> ModelSpec:

@@ -159,29 +159,61 @@ def import_plan(
         "--allow-unknown-model",
         help="Keep a plan for a model this tool's catalog does not know (never returned by `plans best`).",
     )] = False,
+    profile: Annotated[Optional[int], typer.Option(
+        "--profile", min=1, max=MAX_ID,
+        help="Recompute the plan's predictions from this stored profile (default: its target GPU's reference profile).",
+    )] = None,
     db: DbOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Store a plan file (validated field by field, then against the catalog model it names);
-    importing it again keeps one copy."""
+    its predictions are recomputed here, never taken from the file. Importing it again keeps
+    one copy."""
     from db.plan_check import check_storable
     from db.store import open_store
     from runtime.plan import load_plan
 
     plan = load_plan(path)
     known = check_storable(plan, allow_unknown_model=allow_unknown_model, source=str(path))
+    claimed = plan.predictions.step_ms
+    if known:
+        plan = _recomputed(plan, profile, db, str(path))
     with open_store(db) as store:
         existed = store.find_plan(plan)
         plan_id = existed if existed is not None else store.save_plan(plan, allow_unknown_model=allow_unknown_model)
     if json_out:
-        print_json({"id": plan_id, "created": existed is None, "catalog_model": known})
+        print_json({"id": plan_id, "created": existed is None, "catalog_model": known,
+                    "predicted_step_ms": plan.predictions.step_ms, "file_step_ms": claimed})
         return
     if existed is None:
         echo(f"imported {path} as plan {plan_id}")
     else:
         echo(f"{path} is already stored as plan {plan_id}")
+    if known and abs(claimed - plan.predictions.step_ms) > 1e-6 * max(1.0, claimed):
+        echo(f"note: predicted {plan.predictions.step_ms:.1f} ms/step by this tool's cost model; "
+             f"the file said {claimed:.1f}, which is not kept")
     if not known:
         echo(f"note: model {plan.model.id!r} is not in the catalog: the plan is kept but never returned by `plans best`")
+
+
+def _recomputed(plan, profile_id: Optional[int], db: Optional[str], source: str):
+    """`plan` with predictions from `profile_id`, else its target GPU's reference profile."""
+    from planner.cli.explain import _profile_for
+    from planner.explain import recompute
+    from profiler.gpus import normalize
+    from runtime.errors import UserError
+
+    try:
+        profile = _profile_for(plan, None if profile_id is not None else plan.target.gpu_name, profile_id, db)
+        if profile.model_id != plan.model.id or normalize(profile.machine.gpu_name) != normalize(plan.target.gpu_name) \
+                and not profile.is_estimate:
+            raise UserError(f"profile {profile_id} is of {profile.model_id} on {profile.machine.gpu_name}")
+        return recompute(plan, profile)
+    except UserError as e:
+        raise UserError(
+            f"{source}: its predictions cannot be recomputed here ({e}); the store ranks only figures "
+            f"it computed: pass --profile ID, a stored profile of {plan.model.id} on {plan.target.gpu_name}"
+        ) from None
 
 
 @app.command("rm")
