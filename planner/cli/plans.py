@@ -169,51 +169,22 @@ def import_plan(
     """Store a plan file (validated field by field, then against the catalog model it names);
     its predictions are recomputed here, never taken from the file. Importing it again keeps
     one copy."""
-    from db.plan_check import check_storable
-    from db.store import open_store
-    from runtime.plan import load_plan
+    from planner.app.imports import import_plan as run_import
 
-    plan = load_plan(path)
-    known = check_storable(plan, allow_unknown_model=allow_unknown_model, source=str(path))
-    claimed = plan.predictions.step_ms
-    if known:
-        plan = _recomputed(plan, profile, db, str(path))
-    with open_store(db) as store:
-        existed = store.find_plan(plan)
-        plan_id = existed if existed is not None else store.save_plan(plan, allow_unknown_model=allow_unknown_model)
+    done = run_import(path, allow_unknown_model=allow_unknown_model, profile_id=profile, db_url=db)
     if json_out:
-        print_json({"id": plan_id, "created": existed is None, "catalog_model": known,
-                    "predicted_step_ms": plan.predictions.step_ms, "file_step_ms": claimed})
+        print_json({"id": done.plan_id, "created": done.created, "catalog_model": done.catalog_model,
+                    "predicted_step_ms": done.step_ms, "file_step_ms": done.file_step_ms})
         return
-    if existed is None:
-        echo(f"imported {path} as plan {plan_id}")
+    if done.created:
+        echo(f"imported {path} as plan {done.plan_id}")
     else:
-        echo(f"{path} is already stored as plan {plan_id}")
-    if known and abs(claimed - plan.predictions.step_ms) > 1e-6 * max(1.0, claimed):
-        echo(f"note: predicted {plan.predictions.step_ms:.1f} ms/step by this tool's cost model; "
-             f"the file said {claimed:.1f}, which is not kept")
-    if not known:
-        echo(f"note: model {plan.model.id!r} is not in the catalog: the plan is kept but never returned by `plans best`")
-
-
-def _recomputed(plan, profile_id: Optional[int], db: Optional[str], source: str):
-    """`plan` with predictions from `profile_id`, else its target GPU's reference profile."""
-    from planner.cli.explain import _profile_for
-    from planner.explain import recompute
-    from profiler.gpus import normalize
-    from runtime.errors import UserError
-
-    try:
-        profile = _profile_for(plan, None if profile_id is not None else plan.target.gpu_name, profile_id, db)
-        if profile.model_id != plan.model.id or normalize(profile.machine.gpu_name) != normalize(plan.target.gpu_name) \
-                and not profile.is_estimate:
-            raise UserError(f"profile {profile_id} is of {profile.model_id} on {profile.machine.gpu_name}")
-        return recompute(plan, profile)
-    except UserError as e:
-        raise UserError(
-            f"{source}: its predictions cannot be recomputed here ({e}); the store ranks only figures "
-            f"it computed: pass --profile ID, a stored profile of {plan.model.id} on {plan.target.gpu_name}"
-        ) from None
+        echo(f"{path} is already stored as plan {done.plan_id}")
+    if done.catalog_model and abs(done.file_step_ms - done.step_ms) > 1e-6 * max(1.0, done.file_step_ms):
+        echo(f"note: predicted {done.step_ms:.1f} ms/step by this tool's cost model; "
+             f"the file said {done.file_step_ms:.1f}, which is not kept")
+    if not done.catalog_model:
+        echo(f"note: model {done.model_id!r} is not in the catalog: the plan is kept but never returned by `plans best`")
 
 
 @app.command("rm")
