@@ -149,26 +149,33 @@ def _check_against_model(plan, source: str) -> None:
         inv = _inventory(plan.model.id, plan.model.storage_dtype)
     except UserError as e:
         raise PlanRejected(f"{source} cannot be checked against {plan.model.id}: {e}") from None
+    check_blocks(plan, inv, source)
+
+
+def check_blocks(plan, inv, source: str, model: str | None = None, fix: str = _FIX) -> None:
+    """`plan` places every block of inventory `inv` once, in its order, with its name, kind
+    and (unquantized) bytes; `model` names what `inv` is in messages (default the plan's model)."""
+    model = model or plan.model.id
     if plan.model.family != inv.family:
         raise PlanRejected(
-            f"{source} says {plan.model.id} is a {plan.model.family} model but it is a "
-            f"{inv.family} model: {_FIX}"
+            f"{source} is for a {plan.model.family} model but {model} is a "
+            f"{inv.family} model: {fix}"
         )
     if len(plan.blocks) != len(inv.blocks):
         raise PlanRejected(
-            f"{source} has {len(plan.blocks)} blocks but {plan.model.id} has {len(inv.blocks)}: "
-            f"a plan places every block of the model once; {_FIX}"
+            f"{source} has {len(plan.blocks)} blocks but {model} has {len(inv.blocks)}: "
+            f"a plan places every block of the model once; {fix}"
         )
     for have, want in zip(inv.blocks, plan.blocks):
         if (have.name, have.kind) != (want.name, want.kind):
             raise PlanRejected(
-                f"{source}: block {have.index} of {plan.model.id} is {have.name!r} ({have.kind}) "
-                f"but the plan has {want.name!r} ({want.kind}) there: {_FIX}"
+                f"{source}: block {have.index} of {model} is {have.name!r} ({have.kind}) "
+                f"but the plan has {want.name!r} ({want.kind}) there: {fix}"
             )
         # quantized storage: the bytes are the checkpoint's own layout (GGUF/NF4 blocks), which
         # the catalog cannot know; apply checks them against the loaded model
         if have.bytes != want.bytes and not plan.model.storage_dtype.is_quantized:
             raise PlanRejected(
                 f"{source}: block {have.name!r} holds {have.bytes} bytes in "
-                f"{plan.model.storage_dtype.value} but the plan says {want.bytes}: {_FIX}"
+                f"{plan.model.storage_dtype.value} in {model} but the plan says {want.bytes}: {fix}"
             )

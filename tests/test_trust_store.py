@@ -73,7 +73,7 @@ def test_a_three_block_plan_for_flux_dev_is_refused_and_never_best(store_url, tm
         (lambda d: d["blocks"][0].update(kind="single"), "(single) there"),
         (lambda d: d["blocks"][2].update(bytes=d["blocks"][2]["bytes"] + 1), "but the plan says"),
         (lambda d: d["blocks"].append(dict(d["blocks"][-1], name="extra.0")), "has 9 blocks but tiny-flux has 8"),
-        (lambda d: d["model"].update(family="sd3"), "is a sd3 model but it is a flux model"),
+        (lambda d: d["model"].update(family="sd3"), "is for a sd3 model but tiny-flux is a flux model"),
         (lambda d: d["model"].update(compute_dtype="bf16"), "computes in bf16 but stores fp32"),
         (lambda d: d["blocks"][0].update(cast="auto"), "casts 'auto', which only fp8 or quantized storage has"),
         (lambda d: d["predictions"].update(peak_vram_bytes=d["target"]["vram_budget_bytes"] + 1),
