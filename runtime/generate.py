@@ -81,7 +81,7 @@ def load_pipeline(adapter, weights: Path, transformer_file: Path | None, dtype,
             adapter, weights, Path(transformer_2_file), subfolder="transformer_2"
         )
     pipe = pipeline_class.from_pretrained(
-        weights, local_files_only=True, torch_dtype=dtype, **extra
+        weights, local_files_only=True, dtype=dtype, use_safetensors=True, **extra
     )
     for name in (adapter.denoiser, "transformer_2"):
         if name not in extra:  # a single file keeps the dtypes it stores

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from runtime.dtypes import DType
+from runtime.errors import UserError
 from runtime.workload import CfgMode
 
 if TYPE_CHECKING:
@@ -45,6 +46,11 @@ class ModelSpec:
     default_frames: int = 1  # frames of a video model's default clip; 1 for images
     default_resolution: str = "1024x1024"
     experts: Experts | None = None  # None: one transformer (`config` describes each expert)
+    # the family adapter's own workload rule (sizes its pipeline rounds, frames it refuses),
+    # attached by `runtime.families.family_models`; None for a spec built outside the registry
+    family_check: Callable[[Mapping[str, Any], "Workload"], None] | None = dataclasses.field(
+        default=None, compare=False, repr=False
+    )
 
     def workload(
         self, resolution: str | None = None, batch: int = 1, frames: int | None = None,
@@ -55,10 +61,27 @@ class ModelSpec:
         from runtime.workload import Workload, parse_resolution
 
         width, height = parse_resolution(resolution or self.default_resolution)
-        return Workload(
+        workload = Workload(
             height=height, width=width, batch=batch, cfg=cfg or self.cfg,
             text_tokens=self.text_tokens, frames=self.default_frames if frames is None else frames,
         )
+        self.check_workload(workload)
+        return workload
+
+    def check_workload(self, workload: "Workload") -> None:
+        """Refuse a workload this model's pipeline cannot run as given: frames for an image
+        model, guidance run otherwise than its pipeline does, sizes its family rounds."""
+        if self.default_frames == 1 and workload.frames != 1:
+            raise UserError(
+                f"{self.id} makes images, not clips: drop --frames (frames {workload.frames})"
+            )
+        if workload.cfg is not self.cfg:
+            raise UserError(
+                f"{self.id}'s pipeline runs guidance as {self.cfg.value!r}, not {workload.cfg.value!r}: "
+                f"a plan for it uses cfg {self.cfg.value!r}"
+            )
+        if self.family_check is not None:
+            self.family_check(self.config, workload)
 
 
 def model_spec(**fields) -> ModelSpec:

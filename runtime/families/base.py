@@ -115,6 +115,10 @@ class FamilyAdapter(abc.ABC):
 
         return getattr(diffusers, self.diffusers_model)
 
+    def check_workload(self, config: Mapping[str, Any], workload: Workload) -> None:
+        """Refuse (UserError) a workload this model's pipeline would round, refuse or fail on;
+        a family whose pipeline takes any multiple of 16 keeps this default."""
+
     def build(self, config: Mapping[str, Any], device: str = "meta", dtype=None):
         """The architecture from a config; on `meta` it holds no memory."""
         import torch

@@ -23,6 +23,7 @@ import re
 from typing import Any, Mapping
 
 from runtime.dtypes import DType
+from runtime.errors import UserError
 from runtime.families.base import CHECKPOINT_PREFIX, BlockInputs, BlockList, FamilyAdapter
 from runtime.families.inputs import random_tensors
 from runtime.model_spec import model_spec
@@ -216,6 +217,15 @@ class HunyuanImageAdapter(FamilyAdapter):
         }
 
     # ------------------------------------------------------------------ generation
+
+    def check_workload(self, config, workload: Workload) -> None:
+        side = PIXELS_PER_TOKEN_SIDE
+        if workload.height % side or workload.width % side:
+            raise UserError(
+                f"resolution {workload.resolution} is not usable for HunyuanImage: its pipeline "
+                f"rounds each side to a multiple of {side}; give e.g. "
+                f"{workload.width // side * side or side}x{workload.height // side * side or side}"
+            )
 
     def prompt_kwargs(self, pipe, prompt: str, workload: Workload, guidance: float, device) -> dict:
         embeds, mask, embeds_2, mask_2 = pipe.encode_prompt(prompt, device=device)

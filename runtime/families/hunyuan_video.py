@@ -19,6 +19,7 @@ of.
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 from typing import Any, Mapping, Sequence
 
 from runtime.dtypes import DType
@@ -193,6 +194,9 @@ class HunyuanVideoAdapter(FamilyAdapter):
         return inputs
 
     # ------------------------------------------------------------------ generation
+
+    def check_workload(self, config, workload: Workload) -> None:
+        latent_shape(SimpleNamespace(**config), workload)
 
     def prompt_kwargs(self, pipe, prompt: str, workload: Workload, guidance: float, device) -> dict:
         latent_shape(pipe.transformer.config, workload)  # refuses what the pipeline would round

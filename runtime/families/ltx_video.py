@@ -171,6 +171,9 @@ class LTXVideoAdapter(FamilyAdapter):
 
     # ------------------------------------------------------------------ generation
 
+    def check_workload(self, config, workload: Workload) -> None:
+        latent_shape(workload)
+
     def prompt_kwargs(self, pipe, prompt: str, workload: Workload, guidance: float, device) -> dict:
         latent_shape(workload)  # refuses what the pipeline would round
         cfg = guidance > 1.0  # as LTXPipeline.do_classifier_free_guidance

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from types import SimpleNamespace
 from typing import Any, Mapping
 
 from runtime.dtypes import DType
@@ -207,6 +208,9 @@ class WanAdapter(FamilyAdapter):
 
     # ------------------------------------------------------------------ generation
 
+    def check_workload(self, config, workload: Workload) -> None:
+        latent_shape(SimpleNamespace(**config), workload)
+
     def prompt_kwargs(self, pipe, prompt: str, workload: Workload, guidance: float, device) -> dict:
         latent_shape(pipe.transformer.config, workload)  # refuses what the pipeline would round
         cfg = guidance > 1.0  # as WanPipeline.do_classifier_free_guidance
@@ -271,7 +275,24 @@ def latent_shape(config, workload: Workload) -> tuple[int, int, int]:
             f"2x2 patches)"
         )
     frames = (workload.frames - 1) // vae.temporal + 1
-    return frames, workload.height // vae.spatial, workload.width // vae.spatial
+    shape = frames, workload.height // vae.spatial, workload.width // vae.spatial
+    _check_rope(config, workload, shape, vae)
+    return shape
+
+
+def _check_rope(config, workload: Workload, shape: tuple[int, int, int], vae) -> None:
+    """Refuse a clip whose token grid is longer, on any axis, than the rotary table the model
+    builds (`rope_max_seq_len` positions): its rope could not index those positions."""
+    limit = config.rope_max_seq_len
+    patch_t, patch_h, patch_w = config.patch_size
+    if all(n // p <= limit for n, p in zip(shape, (patch_t, patch_h, patch_w))):
+        return
+    max_frames = (limit * patch_t - 1) * vae.temporal + 1
+    raise UserError(
+        f"{workload.frames} frames at {workload.resolution} are beyond this Wan model's rotary "
+        f"table of {limit} positions per axis: give at most {max_frames} frames and sides of at "
+        f"most {limit * patch_w * vae.spatial}x{limit * patch_h * vae.spatial}"
+    )
 
 
 def token_grid(config, workload: Workload) -> tuple[int, int, int]:
