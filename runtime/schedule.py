@@ -23,6 +23,7 @@ one once per step; a planner wanting no copies marks the block resident instead.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,11 +64,12 @@ class RingSchedule:
 
     def use_at(self, step: int, position: int) -> int | None:
         """The use number of execution `position` in `step`, or None for a resident block."""
-        try:
-            j = self.streamed.index(position)
-        except ValueError:
-            return None
-        return step * self.m + j
+        j = self._index.get(position)
+        return None if j is None else step * self.m + j
+
+    @functools.cached_property
+    def _index(self) -> dict[int, int]:
+        return {p: j for j, p in enumerate(self.streamed)}
 
 
 def ring_of(placements: list[bool], depth: int) -> RingSchedule:
