@@ -123,8 +123,10 @@ def test_apply_plan_is_bitwise_equal_to_the_plain_model(family, model_id):
                               prefetch_depth=depth)
             handle = apply_plan(model, plan, "cpu")
             try:
+                homes = block_homes(model, adapter)
                 for _ in range(2):  # the second forward runs on the wrapped-around ring
                     assert torch.equal(forward(model, adapter, workload), expected), (placement, depth)
+                    assert moved(homes) == [], (placement, depth)
                 assert handle.resyncs == 0
             finally:
                 handle.remove()
