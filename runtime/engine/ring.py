@@ -20,7 +20,7 @@ import contextvars
 
 import torch
 
-from runtime.engine import packing
+from runtime.engine import host_memory, packing
 from runtime.schedule import Op, RingSchedule, StreamOp
 
 
@@ -71,6 +71,9 @@ class _Sync:
     def record_copy(self, slot: int, use: int) -> None:
         self._note(Op.COPY_RECORDED, slot, use)
         self._record_copy(slot)
+
+    def reads(self, sources, slot: int) -> None:
+        """The copy just recorded into `slot` read the host buffers `sources`."""
 
     def compute_waits_copy(self, slot: int, use: int) -> None:
         self._note(Op.COMPUTE_WAITS_COPY, slot, use)
@@ -135,6 +138,10 @@ class _CudaSync(_Sync):
     def _record_copy(self, slot: int) -> None:
         self.copied_events[slot].record(self.stream)
 
+    def reads(self, sources, slot: int) -> None:
+        for source in sources:  # a page-locked mapping is not unregistered before this copy ends
+            host_memory.note_read(source, self.copied_events[slot])
+
     def _wait_copy(self, slot: int) -> None:
         torch.cuda.current_stream(self.device).wait_event(self.copied_events[slot])
 
@@ -186,6 +193,7 @@ class Ring:
                 )
             self.sync.copied(slot, use)
             self.sync.record_copy(slot, use)
+            self.sync.reads(self.host_buffers[j].values(), slot)
 
     def _start(self, first_use: int) -> None:
         for k in self.schedule.initial_copies():
@@ -219,5 +227,6 @@ class Ring:
 
     def close(self) -> None:
         self.sync.synchronize()
+        host_memory.release_deferred()
         self.slot_buffers = []
         self.slot_views = []
