@@ -211,7 +211,8 @@ def _move_all(moves, staged_copy) -> None:
     (`staged_copy(sources, dtypes)`: `staging.to_device` or `to_host`), all at once: either all
     of them get their copy or none does (where the staging memory is refused, `Tensor.to` one
     by one instead). The rest, and anything the staging cannot take, use `Tensor.to` (a no-op
-    where nothing changes). A tensor listed twice is copied once."""
+    where nothing changes). A tensor listed twice is copied once. Any other error (a CUDA
+    error, the device full) is raised as it is."""
     staged, seen = [], set()
     for tensor, device, dtype in moves:
         if id(tensor) in seen:
@@ -225,9 +226,7 @@ def _move_all(moves, staged_copy) -> None:
         return
     try:
         copies = staged_copy([t.data for t, _, _ in staged], [dtype for _, _, dtype in staged])
-    except torch.cuda.OutOfMemoryError:
-        raise  # the device is full: plain copies would not fit either
-    except RuntimeError:  # pinned staging memory refused: plain copies, one by one
+    except staging.StagingRefused:  # no pinned staging memory: plain copies, one by one
         copies = [t.data.to(device=device, dtype=dtype) for t, device, dtype in staged]
     for (tensor, _, _), copy in zip(staged, copies):
         tensor.data = copy
