@@ -33,6 +33,10 @@ LAYERS = {
     "planner.cli": (*_BELOW_APP, "planner.app", "planner.cli"),
     "comfyui_nodes": (*_BELOW_APP, "planner.app", "comfyui_nodes"),
 }
+# The one import upwards, by design: the `runtime` package's Python API names `apply_auto` (issue
+# 21: `runtime.apply_auto`), resolved on first use from the application layer that implements it.
+# Its own modules do not import it, so it makes no cycle.
+FACADE = {"runtime": {"planner.app.auto"}}
 
 
 def _module_name(path: Path) -> str:
@@ -145,7 +149,8 @@ def _layer_of(module: str) -> str:
 
 def test_each_layer_imports_only_the_layers_below_it():
     wrong = {
-        module: sorted(d for d in deps if _layer_of(d) not in LAYERS[_layer_of(module)])
+        module: sorted(d for d in deps - FACADE.get(module, set())
+                       if _layer_of(d) not in LAYERS[_layer_of(module)])
         for module, deps in import_graph().items()
     }
     wrong = {module: deps for module, deps in wrong.items() if deps}
