@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 
 from planner import reserve
 from runtime.errors import UserError
@@ -257,7 +258,7 @@ class CostModel:
         self._check(layout)
         comp = [self.block_compute_ms(i, c) for i, c in enumerate(layout.casts)]
         copy = [self.copy_ms(i, c, layout.host_memory) for i, c in enumerate(layout.casts)]
-        return comp, copy, ring_of(list(layout.streamed), layout.depth)
+        return comp, copy, _ring(layout.streamed, layout.depth)
 
     def _forward(self, sim: "_Sim", layout: Layout, q: int, durations, step: int) -> None:
         """Forward `q` (counted across steps) on both streams, from the cursors where they are.
@@ -267,14 +268,12 @@ class CostModel:
         comp, copy, ring = durations
         pageable = layout.host_memory is HostMemory.PAGEABLE
         sim.compute(NON_BLOCK, self.profile.non_block_ms, 0.0, 0.0, step)
-        for i in range(len(self.names)):
-            g = ring.use_at(q, i)
-            if g is None:
+        for i, uses in enumerate(ring.step_uses(q)):
+            if uses is None:
                 sim.compute(i, comp[i], 0.0, comp[i] - self.compute[i], step)
                 continue
+            g, nxt, block = uses
             end = sim.compute(i, comp[i], sim.copy_done.pop(g), comp[i] - self.compute[i], step)
-            nxt = ring.copy_after(g)
-            block = ring.block_of_use(nxt)
             sim.copy(nxt, block, copy[block], end, step)
             if pageable:
                 sim.host_waits_copy()
@@ -328,6 +327,12 @@ class CostModel:
         return total
 
 
+@functools.lru_cache(maxsize=1024)
+def _ring(streamed: tuple[bool, ...], depth: int):
+    """The schedule of one placement and depth (the search asks for the same ones often)."""
+    return ring_of(list(streamed), depth)
+
+
 def _settled(ends: list[float]) -> bool:
     a, b = ends[-1] - ends[-2], ends[-2] - ends[-3]
     return abs(a - b) <= 1e-9 * max(1.0, a)
@@ -356,7 +361,7 @@ class _Sim:
         self.t_host = max(self.t_host, self.t_copy)
 
     def copy(self, use: int, block: int, duration: float, ready: float, step: int) -> None:
-        free = max(self.t_copy, self.t_host)
+        free = self.t_copy if self.t_copy > self.t_host else self.t_host  # max(), without a call
         start = ready + self.wait if ready > free else free
         self.t_copy = start + duration
         self.copy_done[use] = self.t_copy
@@ -364,10 +369,11 @@ class _Sim:
             self.events.append((step, Stream.COPY, start, self.t_copy, block, EventKind.COPY))
 
     def compute(self, block, duration: float, ready: float, cast: float, step: int) -> float:
-        free = max(self.t_comp, self.t_host)
+        free = self.t_comp if self.t_comp > self.t_host else self.t_host
         start = ready + self.wait if ready > free else free
         self.t_host += self.host
-        self.t_comp = max(start + duration, self.t_host)
+        end = start + duration
+        self.t_comp = end if end > self.t_host else self.t_host
         if self.record:
             if cast > 0:
                 self.events.append((step, Stream.COMPUTE, start, start + cast, block, EventKind.CAST))

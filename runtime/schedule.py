@@ -78,6 +78,25 @@ class RingSchedule:
     def _index(self) -> dict[int, int]:
         return {p: j for j, p in enumerate(self.streamed)}
 
+    def step_uses(self, step: int) -> tuple[tuple[int, int, int] | None, ...]:
+        """Per execution position of `step`: None for a resident block, else (its use, the use
+        copied once its compute is enqueued, the position of that use's block): `use_at`,
+        `copy_after` and `block_of_use` for a whole step at once (the cost model simulates
+        thousands of steps)."""
+        cache = self.__dict__.setdefault("_steps", {})
+        if step not in cache:
+            m, slots, streamed = self.m, self.slots, self.streamed
+            base = step * m
+            cache[step] = tuple(
+                None if j is None else (base + j, base + j + slots, streamed[(j + slots) % m])
+                for j in self._index_at
+            )
+        return cache[step]
+
+    @functools.cached_property
+    def _index_at(self) -> tuple[int | None, ...]:
+        return tuple(self._index.get(p) for p in range(self.num_blocks))
+
 
 def ring_of(placements: list[bool], depth: int) -> RingSchedule:
     """`placements[i]` is True where block i (execution order) is streamed."""
