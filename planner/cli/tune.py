@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from planner.cli._common import DbOption, JsonOption, echo, print_json, print_table, status
+from planner.cli._common import DbOption, check_output, JsonOption, echo, print_json, print_table, status
 
 
 def tune(
@@ -35,12 +35,12 @@ def tune(
     """Find the fastest plan that fits a VRAM budget (Optuna over the cost model)."""
     from planner.budget import parse_size
     from planner.search import DEFAULT_TRIALS
-    from planner.tuning import TuneRequest, summary
-    from planner.tuning import tune as run_tune
+    from planner.app.request import TuneRequest
+    from planner.app.summary import summary
+    from planner.app.tune import tune as run_tune
     from runtime.catalog import get_model
     from runtime.dtypes import DType
     from runtime.errors import UserError
-    from runtime.files import check_target
     from runtime.plan import save_plan
 
     spec = get_model(model)
@@ -66,12 +66,12 @@ def tune(
         workload_from_profile=resolution is None and batch is None,
     )
     if output is not None:
-        check_target(output, "-o")  # before any work, and before anything is stored
+        check_output(output, "-o", db)  # before any work, and before anything is stored
     with status(f"searching placements for {spec.id} ({request.trials} trials)", enabled=not json_out):
         outcome = run_tune(request)
     formats = ()
     if quant or weights is not None:
-        from planner.formats import compare_formats
+        from planner.app.formats import compare_formats
 
         formats = compare_formats(dataclasses.replace(request, storage_dtype=outcome.inventory.storage_dtype))
     if output is not None:

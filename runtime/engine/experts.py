@@ -19,6 +19,8 @@ from __future__ import annotations
 import weakref
 from typing import Mapping
 
+from runtime.engine.device import resolve_device
+from runtime.engine.handle import apply_module
 from runtime.errors import PlanMismatchError, UserError
 
 _APPLIED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # first expert -> handle
@@ -93,9 +95,7 @@ class ExpertsHandle:
             self._handle.enable_timing()
 
     def _apply(self, expert: str):
-        from runtime.apply import apply_plan
-
-        return apply_plan(getattr(self.pipe, expert), self.plans[expert], self.device)
+        return apply_module(getattr(self.pipe, expert), self.plans[expert], self.device)
 
     def _restore(self, outgoing: str | None) -> None:
         """After a failed switch: the outgoing expert back under its plan, as before the
@@ -143,8 +143,6 @@ def apply_experts(pipe, plans: Mapping[str, object], device=None) -> ExpertsHand
     one expert at a time is on `device`; the first attribute's expert is activated now."""
     import torch
 
-    from runtime.apply import _resolve_device
-
     if len(plans) < 2:
         raise UserError("apply_experts takes a plan per expert: give two or more, or use apply_plan")
     for attr in plans:
@@ -153,7 +151,7 @@ def apply_experts(pipe, plans: Mapping[str, object], device=None) -> ExpertsHand
                 f"{type(pipe).__name__} has no expert {attr!r}: give plans for its transformers "
                 f"(e.g. transformer and transformer_2)"
             )
-    handle = ExpertsHandle(pipe, plans, _resolve_device(device))
+    handle = ExpertsHandle(pipe, plans, resolve_device(device))
     first = getattr(pipe, next(iter(plans)))
     if first in _APPLIED:
         raise PlanMismatchError(
