@@ -283,7 +283,7 @@ class CostModel:
         for f in range(self.forwards):
             sim = Sim(False, self.overheads)
             sim.t_host = self.overheads.forward_start_us / 1000.0
-            sim.copy_done = {f * ring.m + g: 0.0 for g in ring.initial_copies()}
+            sim.copy_done = {use: 0.0 for use in ring.prefetched(f)}
             self._forward(sim, layout, f, durations, 0)
             total += max(sim.t_comp, sim.t_copy)
         return total

@@ -65,6 +65,11 @@ class RingSchedule:
         """Uses copied before the first step starts."""
         return range(self.slots)
 
+    def prefetched(self, step: int) -> range:
+        """Uses of `step` whose copies were issued before it began (by the step before, or
+        before the first step)."""
+        return range(step * self.m, step * self.m + self.slots)
+
     def copy_after(self, use: int) -> int:
         """The use whose copy is issued once compute of `use` is enqueued (same slot)."""
         return use + self.slots

@@ -96,3 +96,10 @@ def test_a_whole_step_of_uses_is_the_schedules_rule(depth):
             use = ring.use_at(step, position)
             expected.append(None if use is None else (use, ring.copy_after(use), ring.block_of_use(ring.copy_after(use))))
         assert ring.step_uses(step) == tuple(expected)
+
+
+def test_the_uses_prefetched_before_a_step_are_the_ones_copied_after_the_last_step():
+    ring = ring_of([True, False, True, True], 2)
+    assert list(ring.prefetched(0)) == list(ring.initial_copies())
+    last_uses = [u for u in ring.step_uses(0) if u is not None][-ring.slots:]
+    assert [nxt for _, nxt, _ in last_uses] == list(ring.prefetched(1))
