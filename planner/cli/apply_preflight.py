@@ -89,15 +89,13 @@ def _model_index(weights: Path) -> dict:
 
 
 def _check_components(weights: Path, index: dict, skip: set[str]) -> None:
-    """Every component is null or [library, class] of diffusers or transformers, and any with
-    weights has safetensors ones (a pickle is never loaded)."""
+    """Every component ([library, class]; other entries are the pipeline's settings) is null or
+    of diffusers or transformers, and any with weights has safetensors ones (a pickle is never
+    loaded)."""
     for name, entry in index.items():
-        if name.startswith("_"):
+        if name.startswith("_") or type(entry) is not list or len(entry) != 2 or entry == [None, None]:
             continue
-        if entry is None or entry == [None, None]:
-            continue
-        if not (type(entry) is list and len(entry) == 2 and all(type(v) is str for v in entry)
-                and entry[0] in LIBRARIES):
+        if not (all(type(v) is str for v in entry) and entry[0] in LIBRARIES):
             raise UserError(
                 f"--weights {weights}: model_index.json names {name} as {str(entry)[:60]}, code "
                 f"outside {' and '.join(LIBRARIES)} that apply never runs: use the model's "
