@@ -42,6 +42,16 @@ def check_output(path, option: str, db: Optional[str], suffixes: tuple[str, ...]
     return target
 
 
+def store_name(db: Optional[str]) -> str:
+    """The store `--db` names, as a user finds it: a SQLite file's path, else the URL without
+    its password."""
+    from db.location import resolve_url, safe_url, sqlite_path
+
+    url = resolve_url(db)
+    path = sqlite_path(url)
+    return str(path) if path is not None else safe_url(url)
+
+
 DbOption = Annotated[
     Optional[str],
     typer.Option(
