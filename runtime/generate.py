@@ -163,14 +163,15 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
 
     import torch
 
-    from runtime.apply import _resolve_device, apply_plan
+    from runtime.apply import apply_plan
+    from runtime.engine.device import resolve_device
     from runtime.catalog import get_model
     from runtime.families import get_family
     from runtime.lora import load_loras
 
     if config.steps < 1:
         raise UserError(f"steps {config.steps} is not usable: give 1 or more")
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
     adapter = get_family(get_model(plan.model.id).family)
     workload = dc.replace(
         plan.workload, height=config.height or plan.workload.height,

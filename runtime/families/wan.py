@@ -22,10 +22,11 @@ import re
 from types import SimpleNamespace
 from typing import Any, Mapping
 
-from runtime.catalog import Experts, model_spec
 from runtime.dtypes import DType
 from runtime.errors import UserError
 from runtime.families.base import BlockInputs, BlockList, FamilyAdapter
+from runtime.families.inputs import random_tensors
+from runtime.model_spec import Experts, model_spec
 from runtime.workload import CfgMode, Workload
 
 _PREFIX = r"^(?:model\.diffusion_model\.|diffusion_model\.)?"
@@ -147,8 +148,7 @@ class WanAdapter(FamilyAdapter):
     block_lists = (BlockList(attr="blocks", kind="block"),)
     text_encoders = ("text_encoder",)
 
-    def models(self):
-        return MODELS
+    catalog = MODELS
 
     def block_of_tensor(self, tensor_name: str) -> str | None:
         match = _BLOCK_NAME.match(tensor_name)
@@ -172,7 +172,7 @@ class WanAdapter(FamilyAdapter):
         batch = workload.forward_batch
         grid = token_grid(config, workload)
         tokens = grid[0] * grid[1] * grid[2]
-        rand = _random_tensors(device, dtype)
+        rand = random_tensors(device, dtype)
         if vae_of(config).per_token_timesteps:
             temb = rand(batch, tokens, 6, dim)
         else:
@@ -193,7 +193,7 @@ class WanAdapter(FamilyAdapter):
         config = model.config
         batch = workload.forward_batch
         frames, height, width = latent_shape(config, workload)
-        rand = _random_tensors(device, dtype)
+        rand = random_tensors(device, dtype)
         if vae_of(config).per_token_timesteps:
             grid = token_grid(config, workload)
             timestep_shape = (batch, grid[0] * grid[1] * grid[2])
@@ -315,9 +315,3 @@ def _rotary(config, workload: Workload):
     rope = WanRotaryPosEmbed(config.attention_head_dim, config.patch_size, config.rope_max_seq_len)
     shape = latent_shape(config, workload)
     return rope(torch.empty(1, config.in_channels, *shape, device="meta"))
-
-
-def _random_tensors(device, dtype):
-    from runtime.families.inputs import random_tensors
-
-    return random_tensors(device, dtype)
