@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipeline_fixtures import save_tiny_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = 'import sys; from planner.cli import main; sys.argv[0] = "planner"; main()'
@@ -36,7 +35,14 @@ def test_apply_prints_only_our_lines_and_no_ratio_for_another_device(tmp_path, e
     from runtime.plan import Predictions, Target, build_plan, save_plan
     from runtime.workload import Workload
 
-    weights = save_tiny_pipeline(tmp_path / "tiny-flux")
+    from typer.testing import CliRunner
+
+    from planner.cli import app
+
+    weights = tmp_path / "tiny-flux"  # as the README's quick start makes it
+    made = CliRunner().invoke(app, ["models", "tiny-pipeline", str(weights)])
+    assert made.exit_code == 0 and (weights / "model_index.json").is_file(), made.output
+    assert CliRunner().invoke(app, ["models", "tiny-pipeline", str(weights)]).exit_code == 2, "never over a folder"
     inv = inventory("tiny-flux")
     plan = tmp_path / "plan.json"
     save_plan(build_plan(inv, {b.name for b in inv.blocks[::2]}, workload=Workload(64, 64, text_tokens=16),
@@ -67,3 +73,10 @@ def test_inspect_of_a_plain_file_imports_neither_torch_nor_bitsandbytes(tmp_path
         "print('heavy:', sorted(m for m in ('torch', 'diffusers', 'bitsandbytes') if m in sys.modules))")
     done = _planner("models", "inspect", str(path), env=env, code=probe)
     assert "flux" in done.stdout and "heavy: []" in done.stdout, done.stdout + done.stderr
+
+
+def test_the_readme_quick_start_ends_with_a_dry_run_of_apply():
+    block = (ROOT / "README.md").read_text().split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = block.strip().splitlines()
+    assert lines[0].startswith("python3 -m venv .venv && .venv/bin/pip install -q torch==2.13.0 -e .")
+    assert "planner models tiny-pipeline tiny-flux" in lines[-1] and "planner apply tiny.json --weights tiny-flux" in lines[-1]

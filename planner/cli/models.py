@@ -115,6 +115,32 @@ def inspect_command(
     print_table(None, ["#", "block", "kind", "dtype", "tensors", "bytes", "size"], rows)
 
 
+@app.command("tiny-pipeline")
+def tiny_pipeline(
+    folder: Annotated[str, typer.Argument(help="A new folder to save it in, e.g. ./tiny-flux.")],
+    json_out: JsonOption = False,
+) -> None:
+    """Save a tiny FluxPipeline (the catalog's tiny-flux, random weights, 2 MB) to try
+    `planner apply` on a CPU: nothing is downloaded."""
+    from pathlib import Path
+
+    from runtime.errors import UserError
+    from runtime.tiny_pipeline import save_tiny_pipeline
+
+    path = Path(folder)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise UserError(f"{folder} already exists and is not an empty folder: give a new folder name, e.g. ./tiny-flux")
+    if not path.parent.is_dir():
+        raise UserError(f"{folder}: the directory {path.parent} does not exist; create it or choose another path")
+    save_tiny_pipeline(path)
+    if json_out:
+        print_json({"path": str(path), "model": "tiny-flux"})
+        return
+    echo(f"saved a tiny FluxPipeline for tiny-flux in {folder}; try: planner tune --model tiny-flux "
+         f"--vram 1GB --gpu rtx-4060 -o tiny.json && planner apply tiny.json --weights {folder} "
+         f"--prompt \"a cat\" --steps 2 -o cat.png")
+
+
 def _experts(spec) -> int:
     """How many transformers of this architecture the model's pipeline holds."""
     return len(spec.experts.attrs) if spec.experts is not None else 1

@@ -19,7 +19,10 @@ from typing import Iterator
 
 LOG = logging.getLogger("offload_planner")
 OURS = tuple(str(Path(__file__).resolve().parents[2] / name) for name in ("planner", "runtime", "db", "profiler"))
-_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
+# For libraries first imported during the command: their own stderr handlers start at errors
+# only, and no progress bars.
+_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false",
+        "TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error"}
 
 
 class _ToDebug(logging.Handler):
