@@ -59,12 +59,28 @@ class GenerateResult:
         }
 
 
+def quiet_hf_libraries() -> None:
+    """diffusers' and transformers' own stderr handlers and progress bars off: their records
+    propagate to the root logger like any library's (the CLI keeps them in its debug log)."""
+    import importlib
+
+    for name in ("diffusers", "transformers"):
+        try:
+            logs = importlib.import_module(f"{name}.utils.logging")
+        except ImportError:
+            continue
+        logs.disable_default_handler()
+        logs.enable_propagation()
+        logs.disable_progress_bar()
+
+
 def load_pipeline(adapter, weights: Path, transformer_file: Path | None, dtype,
                   transformer_2_file: Path | None = None):
     """The family's pipeline from a local folder, its transformer (and a second expert's)
     optionally from one single file each."""
     import torch  # noqa: F401
 
+    quiet_hf_libraries()
     os.environ["HF_HUB_OFFLINE"] = "1"
     weights = Path(weights)
     pipeline_class = adapter.pipeline_class()
@@ -166,6 +182,7 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
         adapter, config.weights, config.transformer_file, plan.model.compute_dtype.torch(),
         config.transformer_2_file,
     )
+    pipe.set_progress_bar_config(disable=True)
     load_loras(pipe, config.loras)
     try:
         handle = apply_plan(pipe, plan, device)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from planner.cli._common import DbOption, check_output, JsonOption, echo, print_json, print_table, status
+from planner.cli._common import DbOption, check_output, store_name, JsonOption, echo, print_json, print_table, status
 
 
 def tune(
@@ -76,7 +76,7 @@ def tune(
         formats = compare_formats(dataclasses.replace(request, storage_dtype=outcome.inventory.storage_dtype))
     if output is not None:
         save_plan(outcome.plan, output, option="-o")
-    data = {**summary(outcome), "formats": [row.to_dict() for row in formats]}
+    data = {**summary(outcome), "formats": [row.to_dict() for row in formats], "store": store_name(db)}
     if json_out:
         print_json({**data, "output": str(output) if output else None})
         return
@@ -141,8 +141,12 @@ def _print(data: dict, output: Path | None) -> None:
         lines.extend(_experts_lines(data["experts"]))
     if data["measured_step_ms"] is not None:
         lines.append(f"  measured:      {data['measured_step_ms'] / 1000:.3f} s/step")
+    plan_id, store = data["plan_id"], data["store"]
     if output is not None:
-        lines.append(f"  written to:    {output}")
+        lines.append(f"  written to:    {output} (and stored as plan {plan_id} in {store})")
+    else:
+        lines.append(f"  stored:        plan {plan_id} in {store}; write it as a file with "
+                     f"`planner plans export {plan_id} -o plan.json` (or tune with -o plan.json)")
     for line in lines:
         echo(line)
     rows = [["tuned (this plan)", "offload-planner", f"{data['step_ms'] / 1000:.3f}", format_size(data["peak_vram_bytes"])]]
