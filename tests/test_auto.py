@@ -157,3 +157,20 @@ def test_fp8_matrices_beside_bf16_vectors_are_fp8_storage():
     model.layers[2].a.bias.data = model.layers[2].a.bias.data.float()
     with pytest.raises(UserError, match="no storage dtype describes"):
         storage_of(model, found.adapter())
+
+
+def test_a_first_forward_that_raises_is_not_a_profile(tmp_path):
+    model = _model()
+    x = torch.randn(2, 32)
+    with torch.no_grad():
+        want = model(x, 1.0)
+        handle = apply_auto(model, vram=_budget(model), device="cpu", store=f"sqlite:///{tmp_path}/s.db")
+        try:
+            with pytest.raises(RuntimeError):
+                model(torch.randn(2, 7), 1.0)  # wrong width: fails in the first linear
+            assert not handle.tuned and handle.profile is None
+            assert torch.equal(model(x, 1.0), want)
+            assert handle.tuned and handle.source == "measured"
+            assert torch.equal(model(x, 1.0), want)
+        finally:
+            handle.remove()

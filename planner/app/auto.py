@@ -192,6 +192,9 @@ class AutoHandle:
             return
         recorder, meter = self._measuring
         self._stop_measuring()
+        if output is None:  # the forward raised (torch passes no output): measure the next one
+            self.forwards = 0
+            return
         if recorder is not None:
             self.discovery = recorder.result()
             self.adapter = self.discovery.adapter()
