@@ -48,13 +48,19 @@ import warnings
 import torch
 
 from planner.app.auto_keys import AUTO_WORKLOAD, auto_model_id, storage_of
+from planner.app.auto_store import save_plan, save_profile, stored_auto
+from planner.app.placing import plan_of
+from planner.app.request import ProfileSource
 from planner.budget import parse_size
 from planner.host_ram import choose
 from planner.search import Settings, search
-from planner.app.placing import plan_of
-from planner.app.request import ProfileSource
+from profiler.first_step import FirstStepMeter, measure_pack_bandwidth, profile_of
+from runtime.apply import _resolve_device, denoiser_of
 from runtime.discovery import Discovery, FoundBlock, OrderRecorder, find_blocks
-from runtime.errors import UserError
+from runtime.engine import offload
+from runtime.engine.host_memory import available_host_bytes
+from runtime.errors import PlanMismatchError, UserError
+from runtime.families import family_of_module
 from runtime.inventory import inventory_of_module
 from runtime.plan import HostMemory, Target, build_plan
 
@@ -76,9 +82,6 @@ def apply_auto(model_or_pipeline, vram="8GB", host_ram=None, device=None, store=
     module docstring. `host_ram` caps the pinned host RAM (default: what is available),
     `device` is the compute device (default CUDA when there is one, else CPU), `store` a
     database URL (default: the user's store). Returns an `AutoHandle`; `remove()` undoes it."""
-    from runtime.apply import _resolve_device, denoiser_of
-    from runtime.engine import offload
-
     model = denoiser_of(model_or_pipeline)
     if offload.applied_handle(model) is not None:
         raise UserError(
@@ -98,8 +101,6 @@ def apply_auto(model_or_pipeline, vram="8GB", host_ram=None, device=None, store=
 def _adapter_of(model):
     """(family adapter, discovery): the family's adapter where one recognises `model`, else
     the structural discovery's (discovery is None for a family)."""
-    from runtime.families import family_of_module
-
     try:
         return family_of_module(model), None
     except UserError:
@@ -112,8 +113,6 @@ class AutoHandle:
     (`profile`, `tuned`, `source`), and `remove()`."""
 
     def __init__(self, model: torch.nn.Module, config: AutoConfig) -> None:
-        from runtime.engine import offload
-
         self.model = model
         self.config = config
         self.adapter, self.discovery = _adapter_of(model)
@@ -175,8 +174,6 @@ class AutoHandle:
         self.forwards += 1
         if self.forwards != 1 or self._inner is None:
             return
-        from profiler.first_step import FirstStepMeter
-
         self.model_id = auto_model_id(self.model, args, kwargs)
         if self._start_stored():
             return
@@ -210,8 +207,6 @@ class AutoHandle:
         self._measuring = None
 
     def _measured_profile(self, inventory, readings):
-        from profiler.first_step import measure_pack_bandwidth, profile_of
-
         pack, slot = self._inner.queued_copy()  # the first forward streamed every block
         bandwidth = measure_pack_bandwidth(pack, slot, self.config.device)
         return profile_of(self.model_id, AUTO_WORKLOAD, self.storage, inventory, readings,
@@ -232,8 +227,6 @@ class AutoHandle:
         )
 
     def _tune_and_switch(self, inventory, source: str) -> None:
-        from planner.app.auto_store import save_plan, save_profile
-
         if self.profile.id is None:
             self.profile = save_profile(self.config.store_url, self.profile)
         try:
@@ -247,8 +240,6 @@ class AutoHandle:
         self.source = source
 
     def _switch(self, plan) -> None:
-        from runtime.engine import offload
-
         self._inner.remove()
         self._inner = None
         self._inner = offload.apply(self.model, self.adapter, plan, self.config.device)
@@ -256,9 +247,6 @@ class AutoHandle:
 
     def _start_stored(self) -> bool:
         """Apply this key's stored plan (or tune from its stored profile); False if none."""
-        from planner.app.auto_store import stored_auto
-        from runtime.errors import PlanMismatchError
-
         found = stored_auto(self.config.store_url, self.model_id, self.storage, self.config.device,
                             self.config.budget_bytes)
         if found is None:
@@ -287,8 +275,6 @@ class AutoHandle:
 def tune_auto(inventory, profile, config: AutoConfig):
     """The plan the search finds for `inventory` from `profile` within the VRAM budget and
     the host RAM limit (as `planner tune` does, without a store or an engine)."""
-    from runtime.engine.host_memory import available_host_bytes
-
     profiles = {profile.workload.cfg: profile}
     result = search(inventory, profiles, Settings(config.budget_bytes, trials=config.trials))
     if config.device.type == "cpu":
