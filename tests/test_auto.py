@@ -174,3 +174,4 @@ def test_a_first_forward_that_raises_is_not_a_profile(tmp_path):
             assert torch.equal(model(x, 1.0), want)
         finally:
             handle.remove()
+

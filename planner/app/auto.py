@@ -236,35 +236,46 @@ class AutoHandle:
             warnings.warn(f"apply_auto keeps every block streamed: {e}", stacklevel=2)
             return
         save_plan(self.config.store_url, plan)
-        self._switch(plan)
+        self._switch(plan, self.adapter)
         self.source = source
 
-    def _switch(self, plan) -> None:
-        self._inner.remove()
+    def _switch(self, plan, adapter) -> None:
+        """Undo the plan in force and apply `plan`; if that is refused, the old one again."""
+        old, old_adapter = self._inner, self.adapter
+        old.remove()
         self._inner = None
-        self._inner = offload.apply(self.model, self.adapter, plan, self.config.device)
+        try:
+            self._inner = offload.apply(self.model, adapter, plan, self.config.device)
+        except BaseException:
+            self._inner = offload.apply(self.model, old_adapter, old.plan, self.config.device)
+            raise
+        self.adapter = adapter
         self.tuned = True
 
     def _start_stored(self) -> bool:
-        """Apply this key's stored plan (or tune from its stored profile); False if none."""
+        """Apply this key's stored plan (or tune from its stored profile); False if none, or
+        if what is stored no longer fits the model (then it is measured again)."""
         found = stored_auto(self.config.store_url, self.model_id, self.storage, self.config.device,
                             self.config.budget_bytes)
         if found is None:
             return False
         profile, plan = found
-        self.profile = profile
-        discovery = Discovery(type(self.model).__name__,
-                              tuple(FoundBlock(b.name, b.kind) for b in profile.blocks), recorded=True)
-        if self.discovery is not None:
-            self.discovery, self.adapter = discovery, discovery.adapter()
+        discovery, adapter = self.discovery, self.adapter
+        if discovery is not None:  # the stored profile holds the recorded order
+            discovery = Discovery(type(self.model).__name__,
+                                  tuple(FoundBlock(b.name, b.kind) for b in profile.blocks),
+                                  recorded=True)
+            adapter = discovery.adapter()
         try:
             if plan is None:
-                self._tune_and_switch(self._inventory(), "stored profile")
-            else:
-                self._switch(plan)
-                self.source = "stored plan"
-        except PlanMismatchError:
-            return False  # stored for a model that no longer matches: measure again
+                inventory = inventory_of_module(self.model, adapter, self.model_id, self.storage)
+                self.profile, self.adapter, self.discovery = profile, adapter, discovery
+                self._tune_and_switch(inventory, "stored profile")
+                return True
+            self._switch(plan, adapter)
+        except (PlanMismatchError, AttributeError):  # AttributeError: a block name not there
+            return False
+        self.profile, self.discovery, self.source = profile, discovery, "stored plan"
         return True
 
     def _require_active(self) -> None:
