@@ -55,9 +55,10 @@ from planner.budget import parse_size
 from planner.host_ram import choose
 from planner.search import Settings, search
 from profiler.first_step import FirstStepMeter, measure_pack_bandwidth, profile_of
-from runtime.apply import _resolve_device, denoiser_of
+from runtime.apply import denoiser_of
+from runtime.engine.device import resolve_device
 from runtime.discovery import Discovery, FoundBlock, OrderRecorder, find_blocks
-from runtime.engine import offload
+from runtime.engine import handle as engine
 from runtime.engine.host_memory import available_host_bytes
 from runtime.errors import PlanMismatchError, UserError
 from runtime.families import family_of_module
@@ -83,7 +84,7 @@ def apply_auto(model_or_pipeline, vram="8GB", host_ram=None, device=None, store=
     `device` is the compute device (default CUDA when there is one, else CPU), `store` a
     database URL (default: the user's store). Returns an `AutoHandle`; `remove()` undoes it."""
     model = denoiser_of(model_or_pipeline)
-    if offload.applied_handle(model) is not None:
+    if engine.applied_handle(model) is not None:
         raise UserError(
             f"a plan is already applied to this {type(model).__name__}: call remove() on its "
             f"handle first, then apply_auto"
@@ -92,7 +93,7 @@ def apply_auto(model_or_pipeline, vram="8GB", host_ram=None, device=None, store=
         budget_bytes=vram if isinstance(vram, int) else parse_size(str(vram), "vram"),
         host_ram_bytes=None if host_ram is None else
         host_ram if isinstance(host_ram, int) else parse_size(str(host_ram), "host_ram"),
-        device=_resolve_device(device),
+        device=resolve_device(device),
         store_url=store,
     )
     return AutoHandle(model, config)
@@ -123,7 +124,7 @@ class AutoHandle:
         self.source = "stream-all"  # then "measured", "stored plan" or "stored profile"
         self.note = ""  # why the stream-everything plan stayed, where it did
         self.forwards = 0
-        self._inner = offload.apply(model, self.adapter, self._stream_all_plan(), config.device)
+        self._inner = engine.apply(model, self.adapter, self._stream_all_plan(), config.device)
         self._measuring = None  # (recorder or None, meter) during the first forward
         self._hooks = [
             model.register_forward_pre_hook(torch.compiler.disable(self._before), prepend=True,
@@ -245,9 +246,9 @@ class AutoHandle:
         old.remove()
         self._inner = None
         try:
-            self._inner = offload.apply(self.model, adapter, plan, self.config.device)
+            self._inner = engine.apply(self.model, adapter, plan, self.config.device)
         except BaseException:
-            self._inner = offload.apply(self.model, old_adapter, old.plan, self.config.device)
+            self._inner = engine.apply(self.model, old_adapter, old.plan, self.config.device)
             raise
         self.adapter = adapter
         self.tuned = True
