@@ -57,7 +57,7 @@ from planner.search import Settings, search
 from profiler.first_step import FirstStepMeter, measure_pack_bandwidth, profile_of
 from runtime.apply import denoiser_of
 from runtime.engine.device import resolve_device
-from runtime.discovery import Discovery, FoundBlock, OrderRecorder, find_blocks
+from runtime.discovery import ChildCallBinder, Discovery, FoundBlock, OrderRecorder, find_blocks
 from runtime.engine import handle as engine
 from runtime.engine.host_memory import available_host_bytes
 from runtime.errors import PlanMismatchError, UserError
@@ -125,7 +125,7 @@ class AutoHandle:
         self.note = ""  # why the stream-everything plan stayed, where it did
         self.forwards = 0
         self._inner = engine.apply(model, self.adapter, self._stream_all_plan(), config.device)
-        self._measuring = None  # (recorder or None, meter) during the first forward
+        self._measuring = None  # (meter, recorder, binder) during the first forward
         self._hooks = [
             model.register_forward_pre_hook(torch.compiler.disable(self._before), prepend=True,
                                             with_kwargs=True),
@@ -178,23 +178,24 @@ class AutoHandle:
         self.model_id = auto_model_id(self.model, args, kwargs)
         if self._start_stored():
             return
-        recorder = OrderRecorder(self.model, self.discovery) if self.discovery else None
-        meter = FirstStepMeter(self.model, self.adapter.blocks(self.model), self.config.device)
-        if recorder is not None:
-            recorder.__enter__()
-        meter.__enter__()
-        self._measuring = (recorder, meter)
+        parts = [FirstStepMeter(self.model, self.adapter.blocks(self.model), self.config.device)]
+        if self.discovery is not None:  # discovered blocks: record their order as they run
+            parts += [OrderRecorder(self.model, self.discovery), ChildCallBinder(
+                self.model, self.discovery, self._inner.bind_streamed, self._inner.release_streamed)]
+        for part in parts:
+            part.__enter__()
+        self._measuring = tuple(parts)
 
     def _after(self, module, args, output) -> None:
         if self._measuring is None:
             return
-        recorder, meter = self._measuring
+        meter, *found = self._measuring
         self._stop_measuring()
         if output is None:  # the forward raised (torch passes no output): measure the next one
             self.forwards = 0
             return
-        if recorder is not None:
-            self.discovery = recorder.result()
+        if found:
+            self.discovery = found[0].result()
             self.adapter = self.discovery.adapter()
         inventory = self._inventory()
         self.profile = self._measured_profile(inventory, meter.readings())
@@ -203,8 +204,7 @@ class AutoHandle:
     def _stop_measuring(self) -> None:
         if self._measuring is not None:
             for part in reversed(self._measuring):
-                if part is not None:
-                    part.__exit__(None, None, None)
+                part.__exit__(None, None, None)
         self._measuring = None
 
     def _measured_profile(self, inventory, readings):
