@@ -137,10 +137,11 @@ def test_a_budget_below_the_stream_all_plan_keeps_streaming_and_says_why(tmp_pat
             handle.remove()
 
 
-def test_the_application_layer_exports_apply_auto():
+def test_runtime_and_the_application_layer_export_apply_auto():
     import planner.app
+    import runtime
 
-    assert planner.app.apply_auto is apply_auto
+    assert planner.app.apply_auto is apply_auto and runtime.apply_auto is apply_auto
 
 
 def test_fp8_matrices_beside_bf16_vectors_are_fp8_storage():
