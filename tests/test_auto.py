@@ -176,3 +176,15 @@ def test_a_first_forward_that_raises_is_not_a_profile(tmp_path):
         finally:
             handle.remove()
 
+
+
+def test_the_inputs_key_reads_shapes_and_flags_never_values():
+    from planner.app.auto_keys import inputs_hash
+
+    a = torch.randn(2, 3)
+    options = {"patches": {}, "sigmas": torch.ones(4), "cond_or_uncond": [0, 1]}
+    same = inputs_hash((a, 0.5), {"transformer_options": options, "flag": True})
+    assert same == inputs_hash((torch.zeros(2, 3), 0.7),
+                               {"flag": True, "transformer_options": {**options, "sigmas": torch.zeros(4)}})
+    assert same != inputs_hash((torch.zeros(2, 4), 0.5), {"transformer_options": options, "flag": True})
+    assert same != inputs_hash((a, 0.5), {"transformer_options": options, "flag": False})
