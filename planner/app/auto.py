@@ -16,8 +16,10 @@ How it runs:
    this key and budget is applied before that forward runs (the run starts tuned); a stored
    profile is tuned from at once. Otherwise the forward runs under step 1's plan while
    `runtime.discovery.OrderRecorder` records the blocks' execution order (discovered blocks
-   only) and `profiler.first_step.FirstStepMeter` measures each block's compute, activation
-   and the workspace; the copy bandwidth is measured on the model's own packs right after.
+   only; `ChildCallBinder` streams a block whose children the forward runs without calling
+   the block) and `profiler.first_step.FirstStepMeter` measures each block's compute,
+   activation and the workspace (on CUDA it resets the allocator's peak statistics as it
+   goes); the copy bandwidth is measured on the model's own packs right after.
 3. The search (`planner.search`, `planner.host_ram.choose`: the same planner as `planner
    tune`) tunes a plan from that profile within the VRAM budget (on CPU: the budget itself,
    counted against measured activations and workspace, no margin) and the host RAM limit;
