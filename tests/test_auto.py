@@ -188,3 +188,22 @@ def test_the_inputs_key_reads_shapes_and_flags_never_values():
                                {"flag": True, "transformer_options": {**options, "sigmas": torch.zeros(4)}})
     assert same != inputs_hash((torch.zeros(2, 4), 0.5), {"transformer_options": options, "flag": True})
     assert same != inputs_hash((a, 0.5), {"transformer_options": options, "flag": False})
+
+
+def test_a_pipeline_offloads_its_denoiser(tmp_path):
+    import types
+
+    model = _model()
+    pipe = types.SimpleNamespace(transformer=model, vae=None)
+    x = torch.randn(2, 32)
+    with torch.no_grad():
+        want = model(x, 1.0)
+        handle = apply_auto(pipe, vram="1MB", host_ram="64MB", device="cpu",
+                            store=f"sqlite:///{tmp_path}/s.db")
+        try:
+            assert handle.model is model and handle.config.host_ram_bytes == 64 << 20
+            for _ in range(2):
+                assert torch.equal(model(x, 1.0), want)
+            assert handle.tuned
+        finally:
+            handle.remove()
