@@ -47,7 +47,14 @@ class WanVae:
 # Wan-AI/Wan2.1-T2V-14B-Diffusers vae/config.json: z_dim 16, scale factors 4 and 8.
 # Wan-AI/Wan2.2-TI2V-5B-Diffusers vae/config.json: z_dim 48, scale factors 4 and 16; its
 # pipeline runs with expand_timesteps (model_index.json).
-_VAES = {16: WanVae(4, 8, False), 48: WanVae(4, 16, True)}
+# Image-to-video (Wan2.1-I2V-14B-*, Wan2.2-I2V-A14B): the z_dim-16 VAE, and the transformer
+# takes 36 channels, the noise's 16 concatenated with the first frame's latents (16) and a
+# 4-channel mask (WanImageToVideoPipeline.prepare_latents): the token count is the noise's.
+_VAES = {16: WanVae(4, 8, False), 36: WanVae(4, 8, False), 48: WanVae(4, 16, True)}
+I2V_CHANNELS = 36
+# Wan 2.1 I2V's CLIP ViT-H/14 image embedding: 257 tokens (16x16 patches + class) that the
+# transformer prepends to the text in every block's cross-attention (`image_dim` 1280).
+IMAGE_TOKENS = 257
 
 # The Wan team's configs (Wan-Video/Wan2.1 wan/configs/wan_t2v_{14B,1_3B}.py,
 # Wan-Video/Wan2.2 wan/configs/wan_t2v_A14B.py and wan_ti2v_5B.py), as the diffusers repos
@@ -179,7 +186,7 @@ class WanAdapter(FamilyAdapter):
         cos, sin = _rotary(config, workload)
         kwargs = {
             "hidden_states": rand(batch, tokens, dim),
-            "encoder_hidden_states": rand(batch, workload.text_tokens, dim),
+            "encoder_hidden_states": rand(batch, context_tokens(config, workload), dim),
             "temb": temb,
             # in the model's dtype, as its rotary buffers are once loaded for a plan
             "rotary_emb": (cos.to(device=device, dtype=dtype), sin.to(device=device, dtype=dtype)),
@@ -203,7 +210,8 @@ class WanAdapter(FamilyAdapter):
             "timestep": torch.full(timestep_shape, 500.0, device=device, dtype=torch.float32),
             "encoder_hidden_states": rand(batch, workload.text_tokens, config.text_dim),
             "return_dict": False,
-        }
+        } | ({"encoder_hidden_states_image": rand(batch, IMAGE_TOKENS, config.image_dim)}
+             if config.image_dim else {})
 
     # ------------------------------------------------------------------ generation
 
@@ -248,8 +256,14 @@ def vae_of(config) -> WanVae:
         known = ", ".join(str(c) for c in _VAES)
         raise UserError(
             f"this Wan transformer takes {config.in_channels} latent channels, which no Wan "
-            f"VAE makes (known: {known}): image-conditioned variants are not supported yet"
+            f"VAE makes (known: {known}): it is not a Wan text- or image-to-video model"
         ) from None
+
+
+def context_tokens(config, workload: Workload) -> int:
+    """Tokens each block's cross-attention reads: the text's, after the image embedding's
+    where the model has one (Wan 2.1 I2V's `image_dim`)."""
+    return workload.text_tokens + (IMAGE_TOKENS if config.image_dim else 0)
 
 
 def latent_shape(config, workload: Workload) -> tuple[int, int, int]:

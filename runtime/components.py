@@ -1,0 +1,103 @@
+"""Any local diffusers pipeline folder, loaded by the class its `model_index.json` names, and
+the role of each of its components: denoisers (what `apply_auto` offloads block by block),
+text encoders (on the device whole when they fit beside the budget, else streamed through the
+same ring), and the rest (VAE, image encoder, ...: on the device for the whole run).
+
+No family adapter is asked: roles come from the component's library class, so a pipeline of a
+class nobody wrote an adapter for (Sana, CogView4, Lumina 2, Mochi, PixArt, cascades) is
+driven the same way as FLUX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from runtime.errors import UserError
+from runtime.files import read_bounded
+
+MAX_INDEX_BYTES = 1 << 20
+# diffusers models that encode or decode pixels rather than denoise: they stay whole.
+_CODEC_WORDS = ("Autoencoder", "VQ", "VAE")
+
+
+@dataclasses.dataclass(frozen=True)
+class Roles:
+    """Pipeline attribute names by role, in the pipeline's component order."""
+
+    denoisers: tuple[str, ...]
+    encoders: tuple[str, ...]
+    rest: tuple[str, ...]
+
+
+def pipeline_class_name(folder: Path) -> str:
+    """The pipeline class `folder/model_index.json` names; one sentence when it cannot."""
+    folder = Path(folder)
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise UserError(
+            f"weights folder {folder} has no model_index.json: give a local diffusers pipeline "
+            f"folder (save_pretrained or a downloaded snapshot)"
+        )
+    try:
+        data = json.loads(read_bounded(index, MAX_INDEX_BYTES, "model_index.json"))
+    except ValueError as e:
+        raise UserError(f"{index} is not valid JSON ({e}): restore the pipeline folder") from e
+    name = data.get("_class_name") if isinstance(data, dict) else None
+    if not isinstance(name, str) or not name.isidentifier():
+        raise UserError(f"{index} names no pipeline class (_class_name): restore the pipeline folder")
+    return name
+
+
+def load_any_pipeline(folder: Path, dtype=None):
+    """The pipeline saved in `folder`, of the class its model_index.json names, on the CPU.
+    Nothing is fetched (`local_files_only`, `HF_HUB_OFFLINE=1`)."""
+    import diffusers
+
+    name = pipeline_class_name(folder)
+    pipeline_class = getattr(diffusers, name, None)
+    if not isinstance(pipeline_class, type) or not issubclass(pipeline_class, diffusers.DiffusionPipeline):
+        raise UserError(
+            f"{folder}/model_index.json names {name}, which is not a diffusers "
+            f"{diffusers.__version__} pipeline class: update diffusers or give another folder"
+        )
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    extra = {"torch_dtype": dtype} if dtype is not None else {}
+    return pipeline_class.from_pretrained(Path(folder), local_files_only=True, **extra)
+
+
+def roles_of(pipe) -> Roles:
+    """Which components denoise, which encode text, which are the rest."""
+    import torch
+    from diffusers import ModelMixin
+    from transformers import PreTrainedModel
+
+    denoisers, encoders, rest = [], [], []
+    for name, module in pipe.components.items():
+        if not isinstance(module, torch.nn.Module):
+            continue
+        kind = type(module).__name__
+        if isinstance(module, PreTrainedModel):
+            (encoders if "text" in name else rest).append(name)
+        elif isinstance(module, ModelMixin) and not any(w in kind for w in _CODEC_WORDS):
+            denoisers.append(name)
+        else:
+            rest.append(name)
+    if not denoisers:
+        raise UserError(
+            f"{type(pipe).__name__} has no denoiser component (a diffusers transformer or UNet) "
+            f"to offload: give a text-to-image or video pipeline folder"
+        )
+    return Roles(tuple(denoisers), tuple(encoders), tuple(rest))
+
+
+def module_bytes(module) -> int:
+    """Bytes of a module's parameters and buffers (shared tensors once)."""
+    seen, total = set(), 0
+    for t in list(module.parameters()) + list(module.buffers()):
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
