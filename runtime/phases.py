@@ -42,10 +42,13 @@ def _tensors(module) -> list:
 class Phases:
     """Hooks on the heavy components of a pipeline; see the module docstring."""
 
-    def __init__(self, pipe, device, place: Callable[[str, object], object]) -> None:
+    def __init__(self, pipe, device, place: Callable[[str, object], object],
+                 describe: Callable[[object], object] = lambda handle: None) -> None:
         self.pipe = pipe
         self.device = device
         self.place = place
+        self.describe = describe  # what to keep of a placement before it is removed
+        self.described: dict[str, object] = {}  # the last phase of each component, described
         self.active: str | None = None
         self.handle = None
         self.order: list[str] = []  # the phases as they ran (a component again: a new phase)
@@ -59,16 +62,21 @@ class Phases:
         for name in names:
             module = getattr(self.pipe, name)
             self._hooks.append(module.register_forward_pre_hook(
-                lambda m, args, name=name: self._before(name)))
+                lambda m, args, kwargs, name=name: self._before(name, m, args, kwargs),
+                with_kwargs=True))
             self._hooks.append(module.register_forward_hook(
                 lambda m, args, out, name=name: self._after(name)))
         return self
 
-    def _before(self, name: str) -> None:
+    def _before(self, name: str, module, args, kwargs):
+        changed = None
         if name != self.active:
+            known = set(module._forward_pre_hooks)
             self._switch(name)
+            changed = _run_new_pre_hooks(module, known, args, kwargs)
         self._sync()
         self._start = time.perf_counter()
+        return changed
 
     def _after(self, name: str) -> None:
         self._sync()
@@ -91,6 +99,7 @@ class Phases:
             torch.cuda.synchronize(self.device)
             peak = int(torch.cuda.max_memory_allocated(self.device))
             self.peak_bytes[self.active] = max(peak, self.peak_bytes.get(self.active, 0))
+        self.described[self.active] = self.describe(self.handle)
         self.handle.remove()
         self.handle, self.active = None, None
         if self.device.type == "cuda":
@@ -111,6 +120,25 @@ class Phases:
             for hook in self._hooks:
                 hook.remove()
             self._hooks = []
+
+
+def _run_new_pre_hooks(module, known: set, args, kwargs):
+    """Run the forward pre-hooks a placement installed on `module` during this call's own
+    pre-hooks (PyTorch iterates a snapshot taken before them, so it would skip those until
+    the next call: `apply_auto` measures from its pre-hook at the first forward). Each hook
+    runs as `Module._call_impl` would run it; the (args, kwargs) they leave are returned."""
+    for hook_id, hook in list(module._forward_pre_hooks.items()):
+        if hook_id in known:
+            continue
+        if hook_id in module._forward_pre_hooks_with_kwargs:
+            result = hook(module, args, kwargs)
+            if result is not None:
+                args, kwargs = result
+        else:
+            result = hook(module, args)
+            if result is not None:
+                args = result if isinstance(result, tuple) else (result,)
+    return args, kwargs
 
 
 @contextlib.contextmanager

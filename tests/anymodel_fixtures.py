@@ -1,0 +1,120 @@
+"""Tiny, real diffusers pipelines of classes that have no family adapter, and image-conditioned
+variants of those that have one, built locally (nothing downloaded; tokenizers from the
+`tokenizers` library, as tests/pipeline_fixtures.py makes them).
+
+- `sana`: SanaPipeline (SanaTransformer2DModel, Gemma2 text encoder, AutoencoderDC): no adapter.
+- `wan-i2v`: WanImageToVideoPipeline, Wan 2.2 I2V style (36 input channels, no image encoder).
+- `wan-i2v-clip`: the same, Wan 2.1 I2V style (a CLIP vision encoder; `image_dim` set).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def build_sana(seed: int = 0):
+    import torch
+    from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaPipeline, SanaTransformer2DModel
+    from transformers import Gemma2Config, Gemma2Model
+
+    from tests.pipeline_fixtures import tiny_tokenizers
+
+    torch.manual_seed(seed)
+    transformer = SanaTransformer2DModel(
+        patch_size=1, in_channels=4, out_channels=4, num_layers=4, num_attention_heads=2,
+        attention_head_dim=16, num_cross_attention_heads=2, cross_attention_head_dim=16,
+        cross_attention_dim=32, caption_channels=16, sample_size=16,
+    )
+    vae = AutoencoderDC(
+        in_channels=3, latent_channels=4, attention_head_dim=2,
+        encoder_block_types=("ResBlock", "EfficientViTBlock"),
+        decoder_block_types=("ResBlock", "EfficientViTBlock"),
+        encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+        encoder_qkv_multiscales=((), (5,)), decoder_qkv_multiscales=((), (5,)),
+        encoder_layers_per_block=(1, 1), decoder_layers_per_block=[1, 1],
+        downsample_block_type="conv", upsample_block_type="interpolate",
+        decoder_norm_types="rms_norm", decoder_act_fns="silu", scaling_factor=0.41407,
+    )
+    _, _, tokenizer, vocab = tiny_tokenizers()
+    text_encoder = Gemma2Model(Gemma2Config(
+        head_dim=8, hidden_size=16, intermediate_size=32, num_attention_heads=2,
+        num_hidden_layers=2, num_key_value_heads=1, vocab_size=vocab, pad_token_id=0,
+        bos_token_id=1, eos_token_id=1,
+    ))
+    return SanaPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(),
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+    )
+
+
+def build_wan_i2v(seed: int = 0, clip: bool = False):
+    """WanImageToVideoPipeline: tiny-wan's blocks taking 36 channels (16 noise + 16 image
+    latents + 4 mask); with `clip`, Wan 2.1's CLIP image encoder and `image_dim`."""
+    import torch
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from runtime.catalog import get_model
+    from runtime.families import get_family
+    from tests.pipeline_fixtures import tiny_tokenizers
+
+    torch.manual_seed(seed)
+    config = dict(get_model("tiny-wan").config) | {"in_channels": 36, "out_channels": 16}
+    extra = {}
+    if clip:
+        from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+        config |= {"image_dim": 16, "added_kv_proj_dim": 32}
+        extra["image_encoder"] = CLIPVisionModel(CLIPVisionConfig(
+            hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2,
+            image_size=32, patch_size=8, projection_dim=16,
+        )).eval()
+        extra["image_processor"] = CLIPImageProcessor(crop_size=32, size={"shortest_edge": 32})
+    transformer = get_family("wan").build(config, device="cpu")
+    vae = AutoencoderKLWan(
+        base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+    )
+    _, _, tokenizer, vocab = tiny_tokenizers()
+    text_encoder = UMT5EncoderModel(UMT5Config(
+        d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2, vocab_size=vocab,
+        pad_token_id=0, eos_token_id=1,
+    ))
+    return WanImageToVideoPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), transformer=transformer, **extra,
+    )
+
+
+BUILDERS = {
+    "sana": build_sana,
+    "wan-i2v": build_wan_i2v,
+    "wan-i2v-clip": lambda seed=0: build_wan_i2v(seed, clip=True),
+}
+
+
+def save_pipeline(name: str, path: Path, seed: int = 0) -> Path:
+    BUILDERS[name](seed).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def save_image(path: Path, size: tuple[int, int] = (64, 64)) -> Path:
+    """A conditioning image (a red square on blue) as PNG."""
+    from PIL import Image
+
+    image = Image.new("RGB", size, (20, 20, 200))
+    image.paste((200, 20, 20), (size[0] // 4, size[1] // 4, 3 * size[0] // 4, 3 * size[1] // 4))
+    image.save(path)
+    return path
+
+
+def no_ftfy(monkeypatch) -> None:
+    """diffusers' Wan image-to-video pipeline calls `ftfy.fix_text` even where ftfy is not
+    installed (its text-to-video pipeline checks first): the environment seam, as it checks."""
+    import types
+
+    from diffusers.pipelines.wan import pipeline_wan_i2v
+
+    if not hasattr(pipeline_wan_i2v, "ftfy"):
+        monkeypatch.setattr(pipeline_wan_i2v, "ftfy", types.SimpleNamespace(fix_text=lambda s: s),
+                            raising=False)
