@@ -113,6 +113,15 @@ class OffloadHandle:
         ring = self._state.ring
         return [] if ring is None else [t for slot in ring.slot_buffers for t in slot.values()]
 
+    def streamed_packs(self) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
+        """(host packs, ring slots): per streamed block its {group: flat host buffer}, per slot
+        its {group: flat device buffer}; empty lists where nothing streams (for measuring the
+        copies the ring makes, `profiler.first_step`)."""
+        self._require_active()
+        ring = self._state.ring
+        return (list(self._state.host_buffers), []) if ring is None else \
+            (list(self._state.host_buffers), list(ring.slot_buffers))
+
     def enable_timing(self) -> None:
         self._timer.enabled = True
 
