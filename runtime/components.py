@@ -51,21 +51,34 @@ def pipeline_class_name(folder: Path) -> str:
     return name
 
 
-def load_any_pipeline(folder: Path, dtype=None):
-    """The pipeline saved in `folder`, of the class its model_index.json names, on the CPU.
-    Nothing is fetched (`local_files_only`, `HF_HUB_OFFLINE=1`)."""
+def pipeline_class(folder: Path):
+    """The diffusers pipeline class `folder` was saved from (not loaded)."""
     import diffusers
 
     name = pipeline_class_name(folder)
-    pipeline_class = getattr(diffusers, name, None)
-    if not isinstance(pipeline_class, type) or not issubclass(pipeline_class, diffusers.DiffusionPipeline):
+    cls = getattr(diffusers, name, None)
+    if not isinstance(cls, type) or not issubclass(cls, diffusers.DiffusionPipeline):
         raise UserError(
             f"{folder}/model_index.json names {name}, which is not a diffusers "
             f"{diffusers.__version__} pipeline class: update diffusers or give another folder"
         )
+    return cls
+
+
+def takes_frames(folder: Path) -> bool:
+    """Whether the folder's pipeline makes videos (its call takes `num_frames`)."""
+    import inspect
+
+    return "num_frames" in inspect.signature(pipeline_class(folder).__call__).parameters
+
+
+def load_any_pipeline(folder: Path, dtype=None):
+    """The pipeline saved in `folder`, of the class its model_index.json names, on the CPU.
+    Nothing is fetched (`local_files_only`, `HF_HUB_OFFLINE=1`)."""
+    cls = pipeline_class(folder)
     os.environ["HF_HUB_OFFLINE"] = "1"
     extra = {"torch_dtype": dtype} if dtype is not None else {}
-    return pipeline_class.from_pretrained(Path(folder), local_files_only=True, **extra)
+    return cls.from_pretrained(Path(folder), local_files_only=True, **extra)
 
 
 def roles_of(pipe) -> Roles:

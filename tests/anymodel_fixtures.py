@@ -25,13 +25,15 @@ def build_sana(seed: int = 0):
         attention_head_dim=16, num_cross_attention_heads=2, cross_attention_head_dim=16,
         cross_attention_dim=32, caption_channels=16, sample_size=16,
     )
+    # SanaPipeline bins the size asked for to its 512 table (sample_size 16): a 32x DC-AE, as
+    # Sana's, keeps 512x512 at 16x16 latent tokens
+    levels = 6
     vae = AutoencoderDC(
         in_channels=3, latent_channels=4, attention_head_dim=2,
-        encoder_block_types=("ResBlock", "EfficientViTBlock"),
-        decoder_block_types=("ResBlock", "EfficientViTBlock"),
-        encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
-        encoder_qkv_multiscales=((), (5,)), decoder_qkv_multiscales=((), (5,)),
-        encoder_layers_per_block=(1, 1), decoder_layers_per_block=[1, 1],
+        encoder_block_types=("ResBlock",) * levels, decoder_block_types=("ResBlock",) * levels,
+        encoder_block_out_channels=(4,) * levels, decoder_block_out_channels=(4,) * levels,
+        encoder_qkv_multiscales=((),) * levels, decoder_qkv_multiscales=((),) * levels,
+        encoder_layers_per_block=(1,) * levels, decoder_layers_per_block=[1] * levels,
         downsample_block_type="conv", upsample_block_type="interpolate",
         decoder_norm_types="rms_norm", decoder_act_fns="silu", scaling_factor=0.41407,
     )

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import statistics
 from pathlib import Path
 
 from planner.app.auto import apply_auto
@@ -137,8 +136,11 @@ def _describe(handle) -> dict:
     if isinstance(handle, Whole):
         return {"placement": "whole"}
     stats = handle.stats
+    plan = handle.plan
+    if handle.model_id and plan.model.id != handle.model_id:  # the stream-everything plan stayed:
+        plan = dataclasses.replace(plan, model=dataclasses.replace(plan.model, id=handle.model_id))
     return {
-        "placement": "streamed", "plan": handle.plan, "source": handle.source,
+        "placement": "streamed", "plan": plan, "source": handle.source,
         "profile_id": getattr(handle.profile, "id", None),
         "streamed_blocks": stats.streamed_blocks, "device_weight_bytes": stats.device_weight_bytes,
     }
@@ -227,7 +229,3 @@ def _result(config, device, pipe, roles, phases: Phases, steps: int) -> AnyRunRe
         peak_vram_bytes=max(peaks) if peaks else None,
         components=tuple(runs),
     )
-
-
-def median_ms(values) -> float:
-    return statistics.median(values) if values else 0.0

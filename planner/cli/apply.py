@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,9 +12,12 @@ from planner.cli._common import DbOption, JsonOption, print_json
 
 
 def apply(
-    plan_file: Annotated[Path, typer.Argument(help="plan.json from `planner tune`.")],
-    weights: Annotated[Path, typer.Option("--weights", help="Local diffusers pipeline folder of the plan's model.")],
-    prompt: Annotated[str, typer.Option("--prompt", help="Text prompt.")],
+    plan_file: Annotated[Optional[Path], typer.Argument(help="plan.json from `planner tune`; leave it out and give --vram to plan any pipeline folder from its first step.")] = None,
+    weights: Annotated[Path, typer.Option("--weights", help="Local diffusers pipeline folder of the plan's model (with --vram: of any pipeline class).")] = ...,
+    prompt: Annotated[str, typer.Option("--prompt", help="Text prompt.")] = ...,
+    vram: Annotated[Optional[str], typer.Option("--vram", help="Without a plan: the VRAM budget, e.g. 8GB; the first step is measured and the plan tuned from it.")] = None,
+    host_ram: Annotated[Optional[str], typer.Option("--host-ram", help="With --vram: host RAM the plan may pin, e.g. 32GB.")] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help="With --vram: the conditioning image of an image-to-video or edit pipeline.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Denoising steps (default: the model's).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     guidance: Annotated[Optional[float], typer.Option(help="Guidance scale (default: the model's).")] = None,
@@ -30,6 +34,13 @@ def apply(
     json_out: JsonOption = False,
 ) -> None:
     """Generate an image with a plan applied, and measure it against the plan."""
+    if plan_file is None or vram is not None:
+        return _apply_any(plan_file, locals())
+    from runtime.errors import UserError
+
+    for option, given in (("--image", image), ("--host-ram", host_ram)):
+        if given is not None:
+            raise UserError(f"{option} is for planning from the first step: give --vram instead of a plan, or drop {option}")
     import dataclasses
 
     from planner.budget import format_size
@@ -95,6 +106,22 @@ def apply(
         echo(f"LoRA weights placed with their blocks: {format_size(result.adapter_bytes)}")
     echo(f"ratio to the plan's lower bound ({result.lower_bound_ms:.1f} ms/step): {ratio}")
     echo(run.note)
+
+
+def _apply_any(plan_file, given: dict) -> None:
+    """No plan, a --vram budget: any pipeline folder, planned from its first step."""
+    from planner.cli.apply_any import AnyApplyOptions, apply_any
+    from runtime.errors import UserError
+
+    if plan_file is not None:
+        raise UserError(f"give a plan ({plan_file}) or --vram, not both: a plan sets its own budget")
+    if given["vram"] is None:
+        raise UserError("give a plan.json from `planner tune`, or --vram 8GB to plan this pipeline from its first step")
+    for option in ("transformer", "transformer_2", "guidance_2", "lora"):
+        if given[option]:
+            raise UserError(f"--{option.replace('_', '-')} needs a plan: leave it out with --vram")
+    names = {f.name for f in dataclasses.fields(AnyApplyOptions)}
+    apply_any(AnyApplyOptions(**{k: v for k, v in given.items() if k in names}))
 
 
 def _second_guidance(spec, given: float | None) -> float | None:
