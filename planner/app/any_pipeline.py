@@ -81,9 +81,9 @@ class AnyRunResult:
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
-        for c in data["components"]:
+        for c, run in zip(data["components"], self.components):
             c["forward_ms"] = list(c["forward_ms"])
-            c["plan"] = None if c["plan"] is None else c["plan"].model.id
+            c["plan"] = None if run.plan is None else run.plan.model.id
         return data
 
 
