@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from planner.app.auto_store import save_plan
-from planner.runs import RecordedRun, device_name
+from planner.app.runs import RecordedRun, device_name
 
 
 def record_component_runs(db_url, result) -> list[RecordedRun]:

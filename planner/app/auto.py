@@ -38,7 +38,8 @@ from planner.app.auto_keys import AUTO_WORKLOAD, auto_model_id, storage_of
 from planner.budget import parse_size
 from planner.host_ram import choose
 from planner.search import Settings, search
-from planner.tuning import ProfileSource, plan_of
+from planner.app.placing import plan_of
+from planner.app.request import ProfileSource
 from runtime.discovery import Discovery, FoundBlock, OrderRecorder, find_blocks
 from runtime.errors import UserError
 from runtime.inventory import inventory_of_module
