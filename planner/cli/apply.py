@@ -94,6 +94,11 @@ def apply(
     echo(f"wrote {result.output}")
     echo(f"{result.seconds_per_step:.3f} s/step over {result.steps} steps on {result.device}")
     echo(f"peak VRAM {peak} (plan predicted {format_size(result.predicted_peak_vram_bytes)})")
+    encode_peak = (result.phase_peak_vram_bytes or {}).get("encode")
+    echo(f"encode: {result.encode_ms / 1000:.3f} s on {result.encode_device}"
+         + (f", {', '.join(result.encoders_streamed)} streamed through the ring"
+            if result.encoders_streamed else "")
+         + (f", peak VRAM {format_size(encode_peak)}" if encode_peak is not None else ""))
     if result.phase_peak_vram_bytes:
         echo("peak VRAM by phase: " + ", ".join(
             f"{phase} {format_size(n)}" for phase, n in result.phase_peak_vram_bytes.items()))
