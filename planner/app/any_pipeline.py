@@ -57,7 +57,7 @@ class ComponentRun:
     forward_ms: tuple[float, ...]
     peak_vram_bytes: int | None  # CUDA only
     plan: object | None = None  # the apply_auto plan in force at the end of its phase
-    profile_id: int | None = None
+    profile: object | None = None  # the apply_auto profile it was tuned from (stored)
     source: str = ""  # apply_auto's: "stream-all", "measured", "stored plan", "stored profile"
     streamed_blocks: int = 0
     device_weight_bytes: int = 0
@@ -84,6 +84,7 @@ class AnyRunResult:
         for c, run in zip(data["components"], self.components):
             c["forward_ms"] = list(c["forward_ms"])
             c["plan"] = None if run.plan is None else run.plan.model.id
+            c["profile"] = None if run.profile is None else run.profile.id
         return data
 
 
@@ -141,7 +142,7 @@ def _describe(handle) -> dict:
         plan = dataclasses.replace(plan, model=dataclasses.replace(plan.model, id=handle.model_id))
     return {
         "placement": "streamed", "plan": plan, "source": handle.source,
-        "profile_id": getattr(handle.profile, "id", None),
+        "profile": handle.profile,
         "streamed_blocks": stats.streamed_blocks, "device_weight_bytes": stats.device_weight_bytes,
     }
 
