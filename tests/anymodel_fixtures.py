@@ -5,6 +5,7 @@ variants of those that have one, built locally (nothing downloaded; tokenizers f
 - `sana`: SanaPipeline (SanaTransformer2DModel, Gemma2 text encoder, AutoencoderDC): no adapter.
 - `wan-i2v`: WanImageToVideoPipeline, Wan 2.2 I2V style (36 input channels, no image encoder).
 - `wan-i2v-clip`: the same, Wan 2.1 I2V style (a CLIP vision encoder; `image_dim` set).
+- `flux`, `flux-kontext`: FluxPipeline and FluxKontextPipeline around the same tiny-flux.
 """
 
 from __future__ import annotations
@@ -88,7 +89,25 @@ def build_wan_i2v(seed: int = 0, clip: bool = False):
     )
 
 
+def build_flux_kontext(seed: int = 0):
+    """FluxKontextPipeline around the tiny FLUX pipeline's parts (the catalog's tiny-flux):
+    the conditioning image's latent tokens are appended to the sequence."""
+    from diffusers import FluxKontextPipeline
+
+    from tests.pipeline_fixtures import build_tiny_pipeline
+
+    return FluxKontextPipeline(**build_tiny_pipeline(seed).components)
+
+
+def build_flux(seed: int = 0):
+    from tests.pipeline_fixtures import build_tiny_pipeline
+
+    return build_tiny_pipeline(seed)
+
+
 BUILDERS = {
+    "flux": build_flux,
+    "flux-kontext": build_flux_kontext,
     "sana": build_sana,
     "wan-i2v": build_wan_i2v,
     "wan-i2v-clip": lambda seed=0: build_wan_i2v(seed, clip=True),

@@ -45,6 +45,9 @@ class AnyRunConfig:
     device: str | None = None
     store_url: str | None = None
     output_type: str = "pil"  # "latent": one step of the denoisers only (profiling)
+    # further arguments of the pipeline's own call (Kontext's max_area, Sana's
+    # use_resolution_binning, ...), by name, as (name, value) pairs
+    call_args: tuple[tuple[str, object], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +173,13 @@ def _call_kwargs(pipe, config: AnyRunConfig) -> dict:
         )
     if config.image is not None and "image" not in accepted:
         raise UserError(f"{type(pipe).__name__} takes no conditioning image: leave out --image")
-    return {k: v for k, v in wanted.items() if v is not None and k in accepted}
+    for name, value in config.call_args:
+        if name not in accepted or name in wanted or name in ("self", "return_dict"):
+            raise UserError(
+                f"--pipeline-arg {name} is not an argument {type(pipe).__name__} takes beside "
+                f"the options this command sets: see its documentation for the names it takes"
+            )
+    return {k: v for k, v in wanted.items() if v is not None and k in accepted} | dict(config.call_args)
 
 
 def _image(path: Path):

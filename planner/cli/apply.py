@@ -18,6 +18,7 @@ def apply(
     vram: Annotated[Optional[str], typer.Option("--vram", help="Without a plan: the VRAM budget, e.g. 8GB; the first step is measured and the plan tuned from it.")] = None,
     host_ram: Annotated[Optional[str], typer.Option("--host-ram", help="With --vram: host RAM the plan may pin, e.g. 32GB.")] = None,
     image: Annotated[Optional[Path], typer.Option("--image", help="With --vram: the conditioning image of an image-to-video or edit pipeline.")] = None,
+    pipeline_arg: Annotated[Optional[list[str]], typer.Option("--pipeline-arg", help="With --vram: a further argument of the pipeline's own call, NAME=VALUE (e.g. max_area=1048576); repeatable.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Denoising steps (default: the model's).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     guidance: Annotated[Optional[float], typer.Option(help="Guidance scale (default: the model's).")] = None,
@@ -38,7 +39,7 @@ def apply(
         return _apply_any(plan_file, locals())
     from runtime.errors import UserError
 
-    for option, given in (("--image", image), ("--host-ram", host_ram)):
+    for option, given in (("--image", image), ("--host-ram", host_ram), ("--pipeline-arg", pipeline_arg)):
         if given is not None:
             raise UserError(f"{option} is for planning from the first step: give --vram instead of a plan, or drop {option}")
     import dataclasses

@@ -5,6 +5,7 @@ denoiser's run recorded in the store."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 from planner.cli._common import echo, print_json
@@ -27,6 +28,7 @@ class AnyApplyOptions:
     device: str | None
     db: str | None
     json_out: bool
+    pipeline_arg: list[str] | None = None
 
 
 def apply_any(o: AnyApplyOptions) -> None:
@@ -56,7 +58,7 @@ def apply_any(o: AnyApplyOptions) -> None:
             weights=o.weights, prompt=o.prompt, output=tmp, vram_bytes=vram,
             host_ram_bytes=host_ram, steps=o.steps, seed=o.seed, guidance=o.guidance,
             height=o.height, width=o.width, frames=o.frames, image=o.image, device=o.device,
-            store_url=o.db,
+            store_url=o.db, call_args=parse_call_args(o.pipeline_arg),
         ))
         result = dataclasses.replace(result, output=str(o.output))
     runs = record_component_runs(o.db, result)
@@ -64,6 +66,25 @@ def apply_any(o: AnyApplyOptions) -> None:
         print_json(result.to_dict() | {"runs": [dataclasses.asdict(r) for r in runs]})
         return
     _print(result, runs)
+
+
+def parse_call_args(texts: list[str] | None) -> tuple[tuple[str, object], ...]:
+    """`NAME=VALUE` texts as (name, value): the value a JSON number, boolean or null where it
+    reads as one, else the text."""
+
+    parsed = []
+    for text in texts or ():
+        name, sep, value = text.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise _error(f"--pipeline-arg {text!r} is not NAME=VALUE: write e.g. max_area=1048576")
+        try:
+            decoded = json.loads(value)
+            if isinstance(decoded, (list, dict)):
+                decoded = value
+        except ValueError:
+            decoded = value
+        parsed.append((name.strip(), decoded))
+    return tuple(parsed)
 
 
 def _first_denoiser(weights: Path) -> str:
