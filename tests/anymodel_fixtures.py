@@ -5,6 +5,7 @@ variants of those that have one, built locally (nothing downloaded; tokenizers f
 - `sana`: SanaPipeline (SanaTransformer2DModel, Gemma2 text encoder, AutoencoderDC): no adapter.
 - `wan-i2v`: WanImageToVideoPipeline, Wan 2.2 I2V style (36 input channels, no image encoder).
 - `wan-i2v-clip`: the same, Wan 2.1 I2V style (a CLIP vision encoder; `image_dim` set).
+- `wan-experts`: WanPipeline with two experts (Wan 2.2 A14B's layout).
 - `flux`, `flux-kontext`: FluxPipeline and FluxKontextPipeline around the same tiny-flux.
 """
 
@@ -89,6 +90,20 @@ def build_wan_i2v(seed: int = 0, clip: bool = False):
     )
 
 
+def build_wan_two_experts(seed: int = 0):
+    """WanPipeline with two tiny-wan experts (Wan 2.2 A14B's layout): `transformer` for the
+    high-noise steps, `transformer_2` after boundary_ratio 0.5."""
+    from diffusers import WanPipeline
+
+    from runtime.catalog import get_model
+    from runtime.families import get_family
+    from tests.family_support.wan import build_tiny_pipeline
+
+    parts = build_tiny_pipeline("tiny-wan", seed).components
+    second = get_family("wan").build(get_model("tiny-wan").config, device="cpu")
+    return WanPipeline(**parts | {"transformer_2": second, "boundary_ratio": 0.5})
+
+
 def build_flux_kontext(seed: int = 0):
     """FluxKontextPipeline around the tiny FLUX pipeline's parts (the catalog's tiny-flux):
     the conditioning image's latent tokens are appended to the sequence."""
@@ -106,6 +121,7 @@ def build_flux(seed: int = 0):
 
 
 BUILDERS = {
+    "wan-experts": build_wan_two_experts,
     "flux": build_flux,
     "flux-kontext": build_flux_kontext,
     "sana": build_sana,
