@@ -6,6 +6,7 @@ variants of those that have one, built locally (nothing downloaded; tokenizers f
 - `wan-i2v`: WanImageToVideoPipeline, Wan 2.2 I2V style (36 input channels, no image encoder).
 - `wan-i2v-clip`: the same, Wan 2.1 I2V style (a CLIP vision encoder; `image_dim` set).
 - `wan-experts`: WanPipeline with two experts (Wan 2.2 A14B's layout).
+- `build_stable_cascade`: a prior + decoder cascade (in memory only).
 - `flux`, `flux-kontext`: FluxPipeline and FluxKontextPipeline around the same tiny-flux.
 """
 
@@ -102,6 +103,52 @@ def build_wan_two_experts(seed: int = 0):
     parts = build_tiny_pipeline("tiny-wan", seed).components
     second = get_family("wan").build(get_model("tiny-wan").config, device="cpu")
     return WanPipeline(**parts | {"transformer_2": second, "boundary_ratio": 0.5})
+
+
+def build_stable_cascade(seed: int = 0):
+    """StableCascadeCombinedPipeline, a prior + decoder cascade (two StableCascadeUNets, a
+    CLIP text encoder each, a Paella VQ-GAN), in memory only: diffusers 0.42.1 cannot load
+    a saved one (`PaellaVQModel` is no longer exported where model_index.json says)."""
+    import torch
+    from diffusers import DDPMWuerstchenScheduler, StableCascadeCombinedPipeline, StableCascadeUNet
+    from diffusers.pipelines.deprecated.wuerstchen.modeling_paella_vq_model import PaellaVQModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from tests.pipeline_fixtures import tiny_tokenizers
+
+    torch.manual_seed(seed)
+    tokenizer, vocab, _, _ = tiny_tokenizers()
+
+    def text_encoder():
+        return CLIPTextModelWithProjection(CLIPTextConfig(
+            hidden_size=32, intermediate_size=37, projection_dim=32, num_attention_heads=4,
+            num_hidden_layers=2, vocab_size=vocab, max_position_embeddings=77, bos_token_id=0,
+            eos_token_id=1, pad_token_id=1,
+        )).eval()
+
+    prior = StableCascadeUNet(
+        in_channels=16, out_channels=16, conditioning_dim=32, block_out_channels=(32, 32),
+        num_attention_heads=(2, 2), down_num_layers_per_block=(2, 2), up_num_layers_per_block=(2, 2),
+        switch_level=(False,), clip_image_in_channels=32, clip_text_in_channels=32,
+        clip_text_pooled_in_channels=32, dropout=(0.0, 0.0),
+    )
+    resnet = ["SDCascadeResBlock", "SDCascadeTimestepBlock"]
+    decoder = StableCascadeUNet(
+        in_channels=4, out_channels=4, conditioning_dim=32, block_out_channels=[16, 32],
+        num_attention_heads=[-1, 2], down_num_layers_per_block=[1, 2], up_num_layers_per_block=[2, 1],
+        down_blocks_repeat_mappers=[1, 1], up_blocks_repeat_mappers=[1, 1],
+        block_types_per_layer=[resnet, resnet + ["SDCascadeAttnBlock"]], switch_level=None,
+        clip_text_pooled_in_channels=32, effnet_in_channels=16, pixel_mapper_in_channels=3,
+        dropout=[0.0, 0.0],
+    )
+    vqgan = PaellaVQModel(up_down_scale_factor=2, levels=2, bottleneck_blocks=1, embed_dim=8,
+                          latent_channels=4, num_vq_embeddings=16)
+    return StableCascadeCombinedPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder(), decoder=decoder,
+        scheduler=DDPMWuerstchenScheduler(), vqgan=vqgan.eval(), prior_prior=prior,
+        prior_text_encoder=text_encoder(), prior_tokenizer=tokenizer,
+        prior_scheduler=DDPMWuerstchenScheduler(),
+    )
 
 
 def build_flux_kontext(seed: int = 0):
