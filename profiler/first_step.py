@@ -11,13 +11,16 @@ frees the slot, so what is timed is the block's compute alone:
 - activation per block: on CUDA the allocator's peak while the block runs above what was
   allocated when it started (`torch.cuda.max_memory_allocated`, reset per block); on CPU,
   which has no allocator statistics, the bytes of the block's outputs;
-- workspace: on CUDA the forward's allocator peak less the device weights and the largest
-  activation (carried tensors, library workspaces); on CPU the largest block's input bytes,
+- workspace: on CUDA the allocator's peak during the forward less the device weights and
+  the largest activation (inputs, carried tensors, library workspaces, and anything else the
+  run holds on the device: the budget counts what is really there); on CPU the largest block's input bytes,
   the tensors carried from block to block (as `profiler.run` counts them);
 - non-block time: the forward's time less its blocks' time.
 
 `profile_of(...)` turns the readings and a copy-bandwidth measurement on the model's own
-streamed packs (`measure_pack_bandwidth`) into a `profiler.types.Profile`.
+streamed packs (`measure_pack_bandwidth`) into a `profiler.types.Profile`. The bandwidth is
+measured between forwards, without compute beside it: it stands for the bandwidth under
+compute too (the offline profiler measures that one apart).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ class Readings:
     compute_ms: dict  # block name -> ms
     activation_bytes: dict  # block name -> bytes
     forward_ms: float
-    peak_bytes: int  # CUDA: allocator peak over the forward; CPU: 0
+    peak_bytes: int  # CUDA: the allocator's peak during the forward (all it holds); CPU: 0
     carried_bytes: int  # largest block input
 
 
@@ -57,23 +60,35 @@ class FirstStepMeter:
         self._spans: dict[str, tuple] = {}
         self._activation: dict[str, int] = {}
         self._carried = 0
-        self._base = 0
         self._peak = 0  # CUDA: the allocator peak over the forward, segment by segment
         self._forward: list = []
 
     def __enter__(self) -> "FirstStepMeter":
         for name, _, module in self.blocks:
-            self._hooks.append(module.register_forward_pre_hook(
-                torch.compiler.disable(lambda m, args, kwargs, n=name: self._before(n, args, kwargs)),
-                with_kwargs=True))
-            self._hooks.append(module.register_forward_hook(
-                torch.compiler.disable(lambda m, args, out, n=name: self._after(n, out)),
-                prepend=True, always_call=True))
+            self._hook(module, name, None)
+            for child_name, child in module.named_children():  # for a block never called
+                if any(True for _ in child.parameters()):  # whose children are (discovery)
+                    self._hook(child, f"{name}.{child_name}", name)
         self._forward.append(self._clock())
         if self.cuda:
-            self._base = torch.cuda.memory_allocated(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         return self
+
+    def _hook(self, module: torch.nn.Module, name: str, parent: str | None) -> None:
+        """Time `module` as `name`; a child only while its parent block is not running."""
+
+        def before(m, args, kwargs):
+            if parent not in self._start:
+                self._before(name, args, kwargs)
+
+        def after(m, args, out):
+            if parent not in self._start:
+                self._after(name, out)
+
+        self._hooks.append(module.register_forward_pre_hook(torch.compiler.disable(before),
+                                                            with_kwargs=True))
+        self._hooks.append(module.register_forward_hook(torch.compiler.disable(after),
+                                                        prepend=True, always_call=True))
 
     def __exit__(self, *exc) -> None:
         self._forward.append(self._clock())
@@ -115,7 +130,7 @@ class FirstStepMeter:
             torch.cuda.synchronize(self.device)
             ms = {n: a.elapsed_time(b) for n, (a, b) in self._spans.items()}
             forward = self._forward[0].elapsed_time(self._forward[1])
-            peak = self._peak - self._base
+            peak = self._peak  # absolute: weights, inputs and whatever else the run holds
         else:
             ms = {n: (b - a) * 1000.0 for n, (a, b) in self._spans.items()}
             forward = (self._forward[1] - self._forward[0]) * 1000.0
@@ -137,14 +152,13 @@ def _tensor_bytes(values) -> int:
     return total
 
 
-def measure_pack_bandwidth(host_buffers, slot_buffers, device: torch.device) -> Bandwidth:
-    """Copy bandwidth into a ring slot from the largest streamed block's own host pack (as
-    the engine keeps it: pinned or pageable), median of a few copies; pageable measured from
-    a pageable copy of that pack. `host_buffers`: per streamed block, {group: flat tensor}."""
+def measure_pack_bandwidth(pack, slot, device: torch.device) -> Bandwidth:
+    """Copy bandwidth into a ring slot from a streamed block's own host pack (pinned or
+    pageable, as the engine keeps it), median of a few copies; pageable measured from a
+    pageable copy of that pack. `pack` and `slot`: {group: flat tensor} (the handle's
+    `queued_copy()`, whose bytes the copies rewrite unchanged)."""
     from profiler.bandwidth import copy_overhead_us
 
-    pack = max(host_buffers, key=lambda b: sum(t.numel() * t.element_size() for t in b.values()))
-    slot = slot_buffers[0]
     size = sum(t.numel() * t.element_size() for t in pack.values())
     kept = _copy_gbps(pack, slot, device, size)
     pinned = any(t.is_pinned() for t in pack.values())

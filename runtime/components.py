@@ -77,8 +77,10 @@ def load_any_pipeline(folder: Path, dtype=None):
     Nothing is fetched (`local_files_only`, `HF_HUB_OFFLINE=1`)."""
     cls = pipeline_class(folder)
     os.environ["HF_HUB_OFFLINE"] = "1"
-    extra = {"torch_dtype": dtype} if dtype is not None else {}
-    return cls.from_pretrained(Path(folder), local_files_only=True, **extra)
+    extra = {"dtype": dtype} if dtype is not None else {}
+    # safetensors only: a pickle is never loaded (planner.cli.apply_preflight refuses a
+    # folder holding only pickles before this)
+    return cls.from_pretrained(Path(folder), local_files_only=True, use_safetensors=True, **extra)
 
 
 def roles_of(pipe) -> Roles:

@@ -24,7 +24,11 @@ Two stages, because the order can only be known once the model has run:
    `vace_blocks` interleaved with (before) `blocks`; a forward that runs a list backwards or
    picks elements by mode is recorded as it ran. A candidate the forward did not call, or
    called more than once, is not a block (it stays with the non-block modules, on the device):
-   the ring streams each block once per forward in a fixed order.
+   the ring streams each block once per forward in a fixed order. Where the forward never
+   called a candidate but iterated its children itself (`blk.attn(...)`, `blk.ff(...)`), the
+   children it called once are the blocks instead: the blocks are the modules it really calls.
+   (Under the stream-all first forward such a candidate's weights stay in its host pack while
+   its children run: right on CPU; on CUDA that first forward fails on the device mismatch.)
 
 Kinds come from the block's class and the shapes of its tensors: blocks of one class with one
 shape share the class name as kind (`FluxTransformerBlock`); where one class comes in several
@@ -32,12 +36,22 @@ shapes (a UNet's down blocks, T5's first block with its relative attention bias)
 a kind of its own, numbered in order of appearance (`T5Block`, `T5Block.1`). The planner plans
 kinds as runs of interchangeable blocks, so equal kinds must mean equal shapes.
 
-What the engine consumes: `Discovery.adapter()` is an object with the two things the engine
-and `runtime.inventory.inventory_of_module` ask of a family adapter, `name` (`AUTO_FAMILY`, the
-plan's `model.family`) and `blocks(model) -> [(name, kind, module)]` in execution order; block
-names are module paths (`transformer_blocks.3`), so `model.get_submodule(name)` finds them.
-A family adapter file, where one recognises the model, wins over discovery (`runtime.auto`
-asks `runtime.families` first).
+What the engine consumes: `Discovery.adapter()` is an object with what the engine
+(`runtime.engine.handle.apply`, `checks.check_plan`) and `runtime.inventory.inventory_of_module`
+ask of a family adapter: `name` (`AUTO_FAMILY`, the plan's `model.family`) and
+`blocks(model) -> [(name, kind, module)]` in execution order; block names are module paths
+(`transformer_blocks.3`), so `model.get_submodule(name)` finds them. Its
+`free_non_block_dtypes` lets tensors outside the blocks keep dtypes of their own (a float64
+position table beside fp32 blocks); only block tensors are checked against the storage dtype.
+So the existing inventory, planner, cost model and engine run discovered blocks unchanged:
+
+    found = record_order(model, lambda: model(**inputs))      # or OrderRecorder around a forward
+    inv = inventory_of_module(model, found.adapter(), "my-model", DType.BF16)
+    plan = build_plan(inv, streamed_names, workload=..., target=...)
+    handle = runtime.engine.handle.apply(model, found.adapter(), plan, device)
+
+A family adapter file, where one recognises the model, wins over discovery
+(`planner.app.auto.apply_auto` asks `runtime.families.family_of_module` first).
 """
 
 from __future__ import annotations
@@ -81,6 +95,8 @@ class DiscoveredAdapter:
     """The part of a family adapter the engine and the inventory use, for discovered blocks."""
 
     name = AUTO_FAMILY
+    # tensors outside the blocks keep whatever dtype they have (checked: only block tensors)
+    free_non_block_dtypes = True
 
     def __init__(self, discovery: Discovery) -> None:
         self.discovery = discovery
@@ -189,7 +205,8 @@ def _with_kinds(model: torch.nn.Module, names) -> list[FoundBlock]:
 
 
 class OrderRecorder:
-    """Hooks on every candidate block for one forward: which ran, in which order, how often.
+    """Hooks on every candidate block and its direct children for one forward: which ran, in
+    which order, how often.
 
     Use it around a real forward; `result()` is the discovery in execution order. The hooks
     only note the call (no tensor is read or changed), so the forward's output is untouched.
@@ -198,18 +215,23 @@ class OrderRecorder:
     def __init__(self, model: torch.nn.Module, discovery: Discovery) -> None:
         self.model = model
         self.discovery = discovery
-        self.calls: list[str] = []
+        self.calls: list[str] = []  # module paths, candidates and their children, as called
         self._hooks: list = []
 
     def __enter__(self) -> "OrderRecorder":
         for block in self.discovery.blocks:
             module = self.model.get_submodule(block.name)
-
-            def note(module, args, name=block.name):
-                self.calls.append(name)
-
-            self._hooks.append(module.register_forward_pre_hook(torch.compiler.disable(note)))
+            self._note(module, block.name)
+            for child_name, child in module.named_children():
+                if _params(child) > 0:
+                    self._note(child, f"{block.name}.{child_name}")
         return self
+
+    def _note(self, module: torch.nn.Module, name: str) -> None:
+        def note(module, args):
+            self.calls.append(name)
+
+        self._hooks.append(module.register_forward_pre_hook(torch.compiler.disable(note)))
 
     def __exit__(self, *exc) -> None:
         for hook in self._hooks:
@@ -217,21 +239,30 @@ class OrderRecorder:
         self._hooks = []
 
     def result(self) -> Discovery:
-        """The blocks the forward called exactly once, in the order it called them."""
+        """The blocks the forward called exactly once, in the order it first called them. A
+        candidate the forward never called, whose children it called (it iterated them
+        itself), gives those of its children called exactly once instead."""
         counts: dict[str, int] = {}
         for name in self.calls:
             counts[name] = counts.get(name, 0) + 1
-        kinds = {b.name: b.kind for b in self.discovery.blocks}
-        ordered = tuple(FoundBlock(n, kinds[n]) for n in dict.fromkeys(self.calls) if counts[n] == 1)
-        kept = {b.name for b in ordered}
-        dropped = tuple(b.name for b in self.discovery.blocks if b.name not in kept)
+        kept = []
+        for block in self.discovery.blocks:
+            if counts.get(block.name, 0) == 1:
+                kept.append(block.name)
+            elif block.name not in counts:
+                prefix = block.name + "."
+                kept.extend(n for n, c in counts.items() if n.startswith(prefix) and c == 1)
+        first = {name: i for i, name in reversed(list(enumerate(self.calls)))}
+        ordered = sorted(kept, key=first.__getitem__)
+        dropped = tuple(b.name for b in self.discovery.blocks if b.name not in counts or counts[b.name] != 1)
         if not ordered:
             raise UserError(
                 f"the forward of {self.discovery.model_class} called none of its "
                 f"{len(self.discovery.blocks)} candidate blocks exactly once, so there is no "
                 f"block order to stream in: run it without offloading"
             )
-        return dataclasses.replace(self.discovery, blocks=ordered, recorded=True, dropped=dropped)
+        return dataclasses.replace(self.discovery, blocks=tuple(_with_kinds(self.model, ordered)),
+                                   recorded=True, dropped=dropped)
 
 
 def record_order(model: torch.nn.Module, run) -> Discovery:

@@ -18,7 +18,7 @@ import inspect
 from pathlib import Path
 
 from planner.app.auto import apply_auto
-from runtime.apply import _resolve_device
+from runtime.engine.device import resolve_device
 from runtime.components import load_any_pipeline, module_bytes, roles_of
 from runtime.errors import UserError
 from runtime.generate import save_frames
@@ -93,7 +93,7 @@ class AnyRunResult:
 
 def run_any(config: AnyRunConfig) -> AnyRunResult:
     """See the module docstring."""
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
     dtype = _dtype(device)
     pipe = load_any_pipeline(config.weights, dtype)
     roles = roles_of(pipe)

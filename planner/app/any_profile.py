@@ -58,9 +58,9 @@ def _whole_budget(device: str | None, pipeline_bytes) -> int:
     """The device's memory (CUDA), or room for the whole pipeline twice over (CPU)."""
     import torch
 
-    from runtime.apply import _resolve_device
+    from runtime.engine.device import resolve_device
 
-    resolved = _resolve_device(device)
+    resolved = resolve_device(device)
     if resolved.type == "cuda":
         return int(torch.cuda.mem_get_info(resolved)[1])
     return 2 * pipeline_bytes() + (64 << 20)

@@ -25,6 +25,19 @@ How it runs:
    and the second. Where no plan fits better, the stream-everything plan stays.
 Every forward, the first included, computes exactly what the plain model does: the engine
 only moves weights.
+
+The handle (`AutoHandle`), for callers (the CLI, the ComfyUI auto node):
+- `plan` (runtime.plan.Plan) and `stats` (OffloadStats): the plan in force, stream-all until
+  the first forward has ended, then the tuned one; `tuned` says which;
+- `source`: "stream-all", "measured", "stored plan" or "stored profile"; `note`: why the
+  stream-everything plan stayed (the search's sentence), else "";
+- `profile` (profiler.types.Profile, with its store id), `model_id` (the `auto:` key, known
+  from the first forward on), `discovery` (runtime.discovery.Discovery, None where a family
+  adapter was used), `adapter`, `forwards`, `resyncs` (blocks run out of the recorded order);
+- `remove()`: every tensor's device, dtype and values and every hook as before; idempotent.
+Limits: only the first forward is measured; later forwards with other input shapes run under
+the plan in force (a new `apply_auto` measures them under their own key). A pipeline's first
+denoiser (transformer or unet) is what is offloaded.
 """
 
 from __future__ import annotations
@@ -63,11 +76,12 @@ def apply_auto(model_or_pipeline, vram="8GB", host_ram=None, device=None, store=
     module docstring. `host_ram` caps the pinned host RAM (default: what is available),
     `device` is the compute device (default CUDA when there is one, else CPU), `store` a
     database URL (default: the user's store). Returns an `AutoHandle`; `remove()` undoes it."""
-    from runtime.apply import _resolve_device, denoiser_of
-    from runtime.engine import offload
+    from runtime.apply import denoiser_of
+    from runtime.engine.device import resolve_device
+    from runtime.engine import handle as engine
 
     model = denoiser_of(model_or_pipeline)
-    if offload.applied_handle(model) is not None:
+    if engine.applied_handle(model) is not None:
         raise UserError(
             f"a plan is already applied to this {type(model).__name__}: call remove() on its "
             f"handle first, then apply_auto"
@@ -76,7 +90,7 @@ def apply_auto(model_or_pipeline, vram="8GB", host_ram=None, device=None, store=
         budget_bytes=vram if isinstance(vram, int) else parse_size(str(vram), "vram"),
         host_ram_bytes=None if host_ram is None else
         host_ram if isinstance(host_ram, int) else parse_size(str(host_ram), "host_ram"),
-        device=_resolve_device(device),
+        device=resolve_device(device),
         store_url=store,
     )
     return AutoHandle(model, config)
@@ -99,19 +113,19 @@ class AutoHandle:
     (`profile`, `tuned`, `source`), and `remove()`."""
 
     def __init__(self, model: torch.nn.Module, config: AutoConfig) -> None:
-        from runtime.engine import offload
+        from runtime.engine import handle as engine
 
         self.model = model
         self.config = config
-        self.storage = storage_of(model)
         self.adapter, self.discovery = _adapter_of(model)
+        self.storage = storage_of(model, self.adapter)
         self.model_id: str | None = None  # known at the first forward (its inputs are in it)
         self.profile = None  # profiler.types.Profile the plan was tuned from
         self.tuned = False  # True once the tuned plan is in force
         self.source = "stream-all"  # then "measured", "stored plan" or "stored profile"
         self.note = ""  # why the stream-everything plan stayed, where it did
         self.forwards = 0
-        self._inner = offload.apply(model, self.adapter, self._stream_all_plan(), config.device)
+        self._inner = engine.apply(model, self.adapter, self._stream_all_plan(), config.device)
         self._measuring = None  # (recorder or None, meter) during the first forward
         self._hooks = [
             model.register_forward_pre_hook(torch.compiler.disable(self._before), prepend=True,
@@ -196,8 +210,8 @@ class AutoHandle:
     def _measured_profile(self, inventory, readings):
         from profiler.first_step import measure_pack_bandwidth, profile_of
 
-        packs, slots = self._inner.streamed_packs()
-        bandwidth = measure_pack_bandwidth(packs, slots, self.config.device)
+        pack, slot = self._inner.queued_copy()  # the first forward streamed every block
+        bandwidth = measure_pack_bandwidth(pack, slot, self.config.device)
         return profile_of(self.model_id, AUTO_WORKLOAD, self.storage, inventory, readings,
                           bandwidth, self._inner.stats.device_weight_bytes, self.config.device)
 
@@ -231,11 +245,11 @@ class AutoHandle:
         self.source = source
 
     def _switch(self, plan) -> None:
-        from runtime.engine import offload
+        from runtime.engine import handle as engine
 
         self._inner.remove()
         self._inner = None
-        self._inner = offload.apply(self.model, self.adapter, plan, self.config.device)
+        self._inner = engine.apply(self.model, self.adapter, plan, self.config.device)
         self.tuned = True
 
     def _start_stored(self) -> bool:
@@ -275,7 +289,12 @@ def tune_auto(inventory, profile, config: AutoConfig):
 
     profiles = {profile.workload.cfg: profile}
     result = search(inventory, profiles, Settings(config.budget_bytes, trials=config.trials))
-    limit = config.host_ram_bytes if config.host_ram_bytes is not None else available_host_bytes()
+    if config.device.type == "cpu":
+        # no pinned memory on a CPU: the ring's copies are memcpys on the compute thread, which
+        # the cost model prices as it prices pageable copies (serial with compute)
+        limit = 0
+    else:
+        limit = config.host_ram_bytes if config.host_ram_bytes is not None else available_host_bytes()
     chosen = choose(inventory, profiles, result, config.budget_bytes, limit)
     source = ProfileSource(profiles, profile.machine.gpu_name, profile.id, False)
     plan, _ = plan_of(inventory, source, chosen.scored, config.budget_bytes)

@@ -20,7 +20,7 @@ from typing import Mapping
 
 import torch
 
-from runtime.dtypes import DType
+from runtime.dtypes import DType, storage_dtype
 from runtime.errors import UserError
 from runtime.workload import Workload
 
@@ -70,17 +70,29 @@ def _describe(value) -> str:
     return type(value).__name__
 
 
-def storage_of(model: torch.nn.Module) -> DType:
-    """The one floating dtype the model's tensors are stored in; a `UserError` for a model
-    mixing several (plans count bytes by one storage dtype)."""
-    found = {t.dtype for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()}
-    if len(found) != 1:
-        shown = ", ".join(sorted(str(d).removeprefix("torch.") for d in found)) or "none"
-        raise UserError(
-            f"{type(model).__name__} stores floating tensors as {shown}: apply_auto plans a model "
-            f"stored in one dtype; cast it with model.to(torch.bfloat16) (or its own dtype) first"
-        )
-    try:
-        return DType.from_torch(found.pop())
-    except ValueError as e:
-        raise UserError(f"{type(model).__name__}: {e}; cast it to bf16, fp16 or fp32 first") from None
+def storage_of(model: torch.nn.Module, adapter) -> DType:
+    """The storage dtype of the model's blocks: the one under which every floating block
+    tensor has the dtype `runtime.dtypes.storage_dtype` gives it (fp32 throughout; fp8
+    matrices beside bf16 vectors is fp8). The non-block modules may keep dtypes of their own
+    where the adapter allows it (`free_non_block_dtypes`, discovered blocks). A `UserError`
+    for blocks no storage dtype describes (plans count bytes by one storage dtype)."""
+    if getattr(adapter, "free_non_block_dtypes", False):
+        modules = [block for _, _, block in adapter.blocks(model)]
+    else:
+        modules = [model]
+    tensors = [t for m in modules for t in list(m.parameters()) + list(m.buffers())
+               if t.is_floating_point()]
+    found = {t.dtype for t in tensors}
+    for dtype in sorted(found, key=lambda d: torch.finfo(d).bits):  # fp8 before bf16 before fp32
+        try:
+            storage = DType.from_torch(dtype)
+        except ValueError:
+            continue
+        if all(storage_dtype(storage, tuple(t.shape)).torch() == t.dtype for t in tensors):
+            return storage
+    shown = ", ".join(sorted(str(d).removeprefix("torch.") for d in found)) or "none"
+    raise UserError(
+        f"{type(model).__name__} stores its blocks' floating tensors as {shown}, which no "
+        f"storage dtype describes: cast the model with model.to(torch.bfloat16) (or its own "
+        f"dtype) first"
+    )
