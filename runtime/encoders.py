@@ -18,7 +18,7 @@ import torch
 
 from runtime.discovery import find_blocks
 from runtime.dtypes import DType
-from runtime.engine import offload
+from runtime.engine.handle import apply as apply_engine
 from runtime.errors import UserError
 from runtime.inventory import inventory_of_module
 from runtime.plan import HostMemory, Target, build_plan
@@ -58,7 +58,7 @@ def stream_encoder(module, device: torch.device, budget_bytes: int):
         target=Target(_gpu_name(device), budget_bytes), prefetch_depth=1,
         host_memory=HostMemory.PINNED,
     )
-    return offload.apply(module, adapter, plan, device)
+    return apply_engine(module, adapter, plan, device)
 
 
 def _gpu_name(device: torch.device) -> str:

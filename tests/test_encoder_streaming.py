@@ -75,7 +75,7 @@ def _plan(tmp_path: Path, budget: int) -> Path:
     inv = inventory("tiny-flux")
     plan = build_plan(inv, {b.name for b in inv.blocks[::2]}, workload=Workload(64, 64, text_tokens=16),
                       target=Target("cpu", budget), prefetch_depth=2,
-                      predictions=Predictions(step_ms=5.0, peak_vram_bytes=2 << 20, lower_bound_ms=4.0))
+                      predictions=Predictions(step_ms=5.0, peak_vram_bytes=budget // 2, lower_bound_ms=4.0))
     path = tmp_path / f"plan-{budget}.json"
     save_plan(plan, path)
     return path

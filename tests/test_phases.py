@@ -10,7 +10,7 @@ import torch
 
 from planner.app.auto import apply_auto
 from runtime.components import roles_of
-from runtime.engine import offload
+from runtime.engine.handle import applied_handle
 from runtime.phases import Phases, Whole, execution_device
 from tests.anymodel_fixtures import build_stable_cascade, build_wan_two_experts
 
@@ -31,8 +31,8 @@ def _run_in_phases(pipe, store: str, **call):
     def check(name):  # a pre-hook after the phases': which denoisers hold a placement now
         def hook(module, args):
             others = [n for n in roles.denoisers if n != name]
-            seen.append((name, offload.applied_handle(module) is not None,
-                         any(offload.applied_handle(getattr(pipe, n)) is not None for n in others)))
+            seen.append((name, applied_handle(module) is not None,
+                         any(applied_handle(getattr(pipe, n)) is not None for n in others)))
         return hook
 
     phases = Phases(pipe, CPU, place).install(roles.encoders + roles.denoisers)
@@ -72,6 +72,6 @@ def test_denoisers_take_the_device_one_at_a_time(case, tmp_path):
         handle = phases.handles[name]  # placed inside the first forward's pre-hook, apply_auto
         assert handle.forwards == len(phases.forward_ms[name])  # still saw and measured it
         assert handle.profile is not None and handle.profile.model_id.startswith("auto:")
-        assert offload.applied_handle(getattr(pipe, name)) is None  # removed: values restored
+        assert applied_handle(getattr(pipe, name)) is None  # removed: values restored
         after = getattr(pipe, name).state_dict()
         assert all(torch.equal(before[name][k], after[k]) for k in before[name])
