@@ -75,22 +75,43 @@ def test_apply_a_pipeline_class_without_an_adapter(sana, tmp_path):
     assert data["runs"][0]["plan_id"] == runs[0].id
 
 
+def _frames(path: Path) -> list[bytes]:
+    from PIL import Image, ImageSequence
+
+    with Image.open(path) as clip:
+        return [frame.convert("RGB").tobytes() for frame in ImageSequence.Iterator(clip)]
+
+
 def test_apply_wan_image_to_video(wan_i2v, tmp_path, monkeypatch):
+    """Recorded like any run; with a budget the umT5 encoder does not fit, it streams through
+    the ring instead of running whole, and the clip is the same."""
     from PIL import Image
 
     no_ftfy(monkeypatch)
-    out, db = tmp_path / "clip.webp", f"sqlite:///{tmp_path / 'store.db'}"
+    db = f"sqlite:///{tmp_path / 'store.db'}"
     image = save_image(tmp_path / "first.png")
-    result = _apply(wan_i2v, out, db, "--image", str(image), "--height", "64", "--width", "64",
-                    "--frames", "5")
-    assert result.exit_code == 0, result.output
-    with Image.open(out) as clip:
+    args = ("--image", str(image), "--height", "64", "--width", "64", "--frames", "5", "--json")
+    roomy = _apply(wan_i2v, tmp_path / "roomy.webp", db, *args)
+    assert roomy.exit_code == 0, roomy.output
+    with Image.open(tmp_path / "roomy.webp") as clip:
         assert clip.n_frames == 5 and clip.size == (64, 64)
-    assert "WanImageToVideoPipeline" in result.output
+    data = json.loads(roomy.stdout)
+    assert data["pipeline"] == "WanImageToVideoPipeline"
     runs = _runs(db)
     assert [p.runs for p in runs] == [1]
     assert runs[0].plan.model.id.startswith("auto:WanTransformer3DModel:")
     assert runs[0].plan.model.family == "wan"  # the Wan adapter still names the blocks
+
+    sizes = _sizes(wan_i2v)
+    tight = CliRunner().invoke(app, [
+        "apply", "--weights", str(wan_i2v), "--vram", str(sizes["vae"] + sizes["text_encoder"] * 3 // 4),
+        "--prompt", "a cat", "--steps", "2", "-o", str(tmp_path / "tight.webp"), "--device", "cpu",
+        "--db", db, *args,
+    ])
+    assert tight.exit_code == 0, tight.output
+    encoder = next(c for c in json.loads(tight.stdout)["components"] if c["name"] == "text_encoder")
+    assert encoder["placement"] == "streamed" and encoder["streamed_blocks"] == 2
+    assert _frames(tmp_path / "tight.webp") == _frames(tmp_path / "roomy.webp")
 
 
 def test_image_to_video_without_an_image_is_refused(wan_i2v, tmp_path):

@@ -3,7 +3,8 @@
 `run_any(config)` loads the folder's own pipeline class (`runtime.components`), keeps the
 small components (VAE, image encoder) on the device for the run, and gives the device to one
 heavy component at a time (`runtime.phases`): each text encoder whole where it fits beside
-the budget, else streamed through the ring by `apply_auto` like the denoisers; each denoiser
+the budget, else streamed through the ring (`runtime.encoders`, every block at depth 1: it
+runs once or twice, nothing to tune); each denoiser
 (a transformer, a UNet, Wan 2.2's two experts, a cascade's prior and decoder) under
 `apply_auto` within the same budget at its phase. The pipeline is called as its users call
 it (prompt, steps, size, a conditioning image where it takes one), so image-conditioned and
@@ -20,6 +21,7 @@ from pathlib import Path
 from planner.app.auto import apply_auto
 from runtime.engine.device import resolve_device
 from runtime.components import load_any_pipeline, module_bytes, roles_of
+from runtime.encoders import stream_encoder
 from runtime.errors import UserError
 from runtime.generate import save_frames
 from runtime.phases import Phases, Whole, execution_device
@@ -107,8 +109,9 @@ def run_any(config: AnyRunConfig) -> AnyRunResult:
         )
 
     def place(name: str, module):
-        if name in roles.encoders and module_bytes(module) <= budget:
-            return Whole(module, device)
+        if name in roles.encoders:  # run once or twice a prompt: nothing to tune
+            return Whole(module, device) if module_bytes(module) <= budget else \
+                stream_encoder(module, device, budget)
         return apply_auto(module, vram=budget, host_ram=config.host_ram_bytes, device=device,
                           store=config.store_url)
 
@@ -140,6 +143,10 @@ def _describe(handle) -> dict:
     if isinstance(handle, Whole):
         return {"placement": "whole"}
     stats = handle.stats
+    if not hasattr(handle, "source"):  # an encoder streamed at depth 1 (runtime.encoders)
+        return {"placement": "streamed", "source": "every block at depth 1",
+                "streamed_blocks": stats.streamed_blocks,
+                "device_weight_bytes": stats.device_weight_bytes}
     plan = handle.plan
     if handle.model_id and plan.model.id != handle.model_id:  # the stream-everything plan stayed:
         plan = dataclasses.replace(plan, model=dataclasses.replace(plan.model, id=handle.model_id))
