@@ -100,3 +100,18 @@ def test_wan_adapter_takes_image_to_video_configs():
         model.blocks[0](*inputs.args, **inputs.kwargs)  # the block takes them
         meta = adapter.build(config, device="meta")  # the profiler's meta trace: no values read
         adapter.model_inputs(meta, workload, "meta", torch.float32)
+
+
+def test_catalog_image_to_video_models_count_the_image_embedding():
+    """Reference planning of the catalog's I2V models: Wan 2.1 I2V's blocks also attend to the
+    257 image-embedding tokens, so each block costs more than text-to-video's at one workload,
+    over the same video tokens; Wan 2.2 I2V A14B's 36 channels change neither."""
+    from profiler.flops import model_trace
+    from runtime.catalog import get_model
+
+    workload = get_model("wan2.1-t2v-14b").workload("832x480", frames=1)
+    t2v, i2v, a14b = (model_trace(m, workload) for m in
+                      ("wan2.1-t2v-14b", "wan2.1-i2v-14b-480p", "wan2.2-i2v-a14b"))
+    assert i2v.blocks[0].flops > t2v.blocks[0].flops
+    assert a14b.blocks[0].flops == t2v.blocks[0].flops
+    assert get_model("wan2.2-i2v-a14b").experts.boundary_ratio == 0.9

@@ -79,6 +79,10 @@ _1_3B = {**_COMMON, "num_attention_heads": 12, "ffn_dim": 8960, "num_layers": 30
          "in_channels": 16, "out_channels": 16}
 _5B = {**_COMMON, "num_attention_heads": 24, "ffn_dim": 14336, "num_layers": 30,
        "in_channels": 48, "out_channels": 48}
+# Image-to-video: 36 input channels (above); Wan 2.1's adds the CLIP image embedding's
+# projections to each block's cross-attention (`added_kv_proj_dim` = its width).
+_I2V_14B = {**_14B, "in_channels": I2V_CHANNELS}
+_I2V_21_14B = {**_I2V_14B, "image_dim": 1280, "added_kv_proj_dim": 5120}
 _SOURCE = "Wan-AI/{}-Diffusers, transformer/config.json (Wan-Video/{} wan/configs/{})"
 _TINY = {
     **_COMMON, "num_attention_heads": 2, "attention_head_dim": 16, "ffn_dim": 64,
@@ -128,6 +132,33 @@ MODELS = (
         description="Wan 2.2 text/image-to-video, 5B transformer (16x VAE, 48 latent channels)",
         config_source=_SOURCE.format("Wan2.2-TI2V-5B", "Wan2.2", "wan_ti2v_5B.py"),
         stated_params="5B",
+    ),
+    model_spec(
+        id="wan2.1-i2v-14b-480p", family="wan", config=_I2V_21_14B, storage_dtype=DType.BF16,
+        text_tokens=512, default_steps=50, default_guidance=5.0, cfg=CfgMode.SEQUENTIAL,
+        default_frames=81, default_resolution="832x480",
+        description=(
+            "Wan 2.1 image-to-video 14B, 480p: 36 input channels (the first frame's latents and "
+            "a mask beside the noise), a CLIP image embedding of 257 tokens in every block's "
+            "cross-attention (WanImageToVideoPipeline)"
+        ),
+        config_source=_SOURCE.format("Wan2.1-I2V-14B-480P", "Wan2.1", "wan_i2v_14B.py"),
+        stated_params=None,  # the name counts the 14B blocks; the image projections add more
+    ),
+    model_spec(
+        id="wan2.2-i2v-a14b", family="wan", config=_I2V_14B, storage_dtype=DType.BF16,
+        text_tokens=512, default_steps=40, default_guidance=3.5, cfg=CfgMode.SEQUENTIAL,
+        default_frames=81, default_resolution="1280x720",
+        description=(
+            "Wan 2.2 image-to-video A14B: two 14B experts taking 36 input channels "
+            "(WanImageToVideoPipeline), `transformer_2` after boundary_ratio 0.9"
+        ),
+        config_source=_SOURCE.format("Wan2.2-I2V-A14B", "Wan2.2", "wan_i2v_A14B.py"),
+        stated_params="14B",  # per expert, as the text-to-video A14B
+        # wan_i2v_A14B.py: boundary 0.900, sample_shift 5.0, sample_steps 40,
+        # sample_guide_scale (3.5, 3.5)
+        experts=Experts(("transformer", "transformer_2"), boundary_ratio=0.9, shift=5.0,
+                        guidance_2=3.5),
     ),
     model_spec(
         id="tiny-wan", family="wan", config=_TINY,
