@@ -65,6 +65,28 @@ def pipeline_class(folder: Path):
     return cls
 
 
+def image_argument(folder: Path) -> str:
+    """How the folder's pipeline takes a conditioning image: "required", "optional" or "none"."""
+    import inspect
+
+    found = inspect.signature(pipeline_class(folder).__call__).parameters.get("image")
+    if found is None:
+        return "none"
+    return "required" if found.default is inspect.Parameter.empty else "optional"
+
+
+def check_image(folder: Path, image) -> None:
+    """Refuse a missing conditioning image the pipeline needs, or one it does not take."""
+    taken = image_argument(folder)
+    name = pipeline_class_name(folder)
+    if taken == "required" and image is None:
+        raise UserError(f"{name} is conditioned on an image: give one with --image FILE")
+    if taken == "none" and image is not None:
+        raise UserError(f"{name} takes no conditioning image: leave out --image")
+    if image is not None and not Path(image).is_file():
+        raise UserError(f"--image {image} is not a file: give the conditioning image's path")
+
+
 def takes_frames(folder: Path) -> bool:
     """Whether the folder's pipeline makes videos (its call takes `num_frames`)."""
     import inspect

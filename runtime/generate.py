@@ -32,6 +32,7 @@ class GenerateConfig:
     transformer_2_file: Path | None = None  # the second expert's (Wan 2.2 A14B's low-noise) file
     device: str | None = None
     loras: tuple = ()  # runtime.lora.LoraSpec, loaded before the plan is applied
+    image: Path | None = None  # the conditioning image of an image-to-video variant
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +72,7 @@ def load_pipeline(adapter, weights: Path, transformer_file: Path | None, dtype,
 
     os.environ["HF_HUB_OFFLINE"] = "1"
     weights = Path(weights)
-    pipeline_class = adapter.pipeline_class()
+    pipeline_class = _pipeline_class(adapter, weights)
     if not (weights / "model_index.json").is_file():
         raise UserError(
             f"weights folder {weights} has no model_index.json: give a local diffusers "
@@ -91,6 +92,20 @@ def load_pipeline(adapter, weights: Path, transformer_file: Path | None, dtype,
         if name not in extra:  # a single file keeps the dtypes it stores
             _drop_fp32_kept(getattr(pipe, name, None), dtype)
     return pipe
+
+
+def _pipeline_class(adapter, weights: Path):
+    """The family's pipeline class, or the image-conditioned variant the folder was saved as
+    (`FamilyAdapter.variant_pipelines`: Wan's image-to-video)."""
+    import diffusers
+
+    from runtime.components import pipeline_class_name
+
+    if (weights / "model_index.json").is_file():
+        name = pipeline_class_name(weights)
+        if name in adapter.variant_pipelines:
+            return getattr(diffusers, name)
+    return adapter.pipeline_class()
 
 
 def _drop_fp32_kept(model, dtype) -> None:
@@ -240,7 +255,9 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
         if config.guidance_2 is not None:
             kwargs.update(adapter.second_guidance_kwargs(pipe, config.guidance_2))
         phases.close("encode")
-        pipe.vae.to(device)
+        if config.image is not None:
+            kwargs["image"] = conditioning_image(config.image)
+        _others_to(pipe, adapter, device)  # the VAE, an image encoder
         generator = torch.Generator("cpu").manual_seed(config.seed)
         phases.close("load_vae")
         handle.enable_timing()
@@ -277,6 +294,27 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
         expert_step_ms=by_expert[0], switch_ms=by_expert[1],
         encode_ms=encoded.ms, encoders_streamed=encoded.streamed, encode_device=encoded.device,
     )
+
+
+def conditioning_image(path: Path):
+    """The image at `path` as RGB (a pipeline's conditioning image); one sentence otherwise."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError) as e:
+        raise UserError(f"--image {path} is not an image file this tool reads ({e}): give a PNG or JPEG") from e
+
+
+def _others_to(pipe, adapter, device) -> None:
+    """Every module of the pipeline but its denoisers and text encoders onto `device`."""
+    import torch
+
+    skip = {adapter.denoiser, "transformer_2", *adapter.text_encoders}
+    for name, module in pipe.components.items():
+        if isinstance(module, torch.nn.Module) and name not in skip:
+            module.to(device)
 
 
 def _expert_step_ms(handle, per: int) -> tuple[dict | None, tuple[float, ...]]:

@@ -115,3 +115,31 @@ def test_catalog_image_to_video_models_count_the_image_embedding():
     assert i2v.blocks[0].flops > t2v.blocks[0].flops
     assert a14b.blocks[0].flops == t2v.blocks[0].flops
     assert get_model("wan2.2-i2v-a14b").experts.boundary_ratio == 0.9
+
+
+def test_a_catalog_plan_applies_to_a_wan_image_to_video_folder(tmp_path, monkeypatch):
+    """`planner apply plan.json --image`: the folder's own WanImageToVideoPipeline is loaded
+    (the family's variant), the plan applied to its 36-channel transformer."""
+    from PIL import Image
+
+    from runtime.catalog import get_model
+    from runtime.inventory import inventory
+    from runtime.plan import Predictions, Target, build_plan, save_plan
+
+    no_ftfy(monkeypatch)
+    folder = save_pipeline("wan-i2v", tmp_path / "wan-i2v")
+    inv = inventory("tiny-wan-i2v")
+    workload = get_model("tiny-wan-i2v").workload()
+    plan = build_plan(inv, {b.name for b in inv.blocks[::2]}, workload=workload,
+                      target=Target("cpu", 1 << 30), prefetch_depth=2,
+                      predictions=Predictions(step_ms=5.0, peak_vram_bytes=1 << 20, lower_bound_ms=4.0))
+    save_plan(plan, tmp_path / "plan.json")
+    out = tmp_path / "clip.webp"
+    args = ["apply", str(tmp_path / "plan.json"), "--weights", str(folder), "--prompt", "a cat",
+            "--steps", "1", "-o", str(out), "--device", "cpu", "--db", f"sqlite:///{tmp_path / 's.db'}"]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code != 0 and "WanImageToVideoPipeline is conditioned on an image" in refused.output
+    result = CliRunner().invoke(app, args + ["--image", str(save_image(tmp_path / "f.png"))])
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as clip:
+        assert clip.n_frames == 5 and clip.size == (64, 64)

@@ -23,7 +23,7 @@ from runtime.engine.device import resolve_device
 from runtime.components import load_any_pipeline, module_bytes, roles_of
 from runtime.encoders import stream_encoder
 from runtime.errors import UserError
-from runtime.generate import save_frames
+from runtime.generate import conditioning_image, save_frames
 from runtime.phases import Phases, Whole, execution_device
 
 ENCODER = "text encoder"
@@ -171,15 +171,8 @@ def _call_kwargs(pipe, config: AnyRunConfig) -> dict:
         "num_frames": config.frames,
         "generator": torch.Generator("cpu").manual_seed(config.seed),
         "output_type": config.output_type,
-        "image": _image(config.image) if config.image is not None else None,
+        "image": conditioning_image(config.image) if config.image is not None else None,
     }
-    if "image" in accepted and accepted["image"].default is inspect.Parameter.empty \
-            and config.image is None:
-        raise UserError(
-            f"{type(pipe).__name__} is conditioned on an image: give one with --image FILE"
-        )
-    if config.image is not None and "image" not in accepted:
-        raise UserError(f"{type(pipe).__name__} takes no conditioning image: leave out --image")
     for name, value in config.call_args:
         if name not in accepted or name in wanted or name in ("self", "return_dict"):
             raise UserError(
@@ -187,16 +180,6 @@ def _call_kwargs(pipe, config: AnyRunConfig) -> dict:
                 f"the options this command sets: see its documentation for the names it takes"
             )
     return {k: v for k, v in wanted.items() if v is not None and k in accepted} | dict(config.call_args)
-
-
-def _image(path: Path):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, UnidentifiedImageError) as e:
-        raise UserError(f"--image {path} is not an image file this tool reads ({e}): give a PNG or JPEG") from e
 
 
 def _steps(pipe, config: AnyRunConfig) -> int:

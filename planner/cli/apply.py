@@ -17,7 +17,7 @@ def apply(
     prompt: Annotated[str, typer.Option("--prompt", help="Text prompt.")] = ...,
     vram: Annotated[Optional[str], typer.Option("--vram", help="Without a plan: the VRAM budget, e.g. 8GB; the first step is measured and the plan tuned from it.")] = None,
     host_ram: Annotated[Optional[str], typer.Option("--host-ram", help="With --vram: host RAM the plan may pin, e.g. 32GB.")] = None,
-    image: Annotated[Optional[Path], typer.Option("--image", help="With --vram: the conditioning image of an image-to-video or edit pipeline.")] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help="The conditioning image of an image-to-video or edit pipeline (its folder's own class).")] = None,
     pipeline_arg: Annotated[Optional[list[str]], typer.Option("--pipeline-arg", help="With --vram: a further argument of the pipeline's own call, NAME=VALUE (e.g. max_area=1048576); repeatable.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Denoising steps (default: the model's).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -39,7 +39,7 @@ def apply(
         return _apply_any(plan_file, locals())
     from runtime.errors import UserError
 
-    for option, given in (("--image", image), ("--host-ram", host_ram), ("--pipeline-arg", pipeline_arg)):
+    for option, given in (("--host-ram", host_ram), ("--pipeline-arg", pipeline_arg)):
         if given is not None:
             raise UserError(f"{option} is for planning from the first step: give --vram instead of a plan, or drop {option}")
     import dataclasses
@@ -50,6 +50,7 @@ def apply(
     from planner.cli.apply_preflight import ApplyFiles, preflight
     from planner.app.runs import record_measured_run
     from runtime.catalog import find_model
+    from runtime.components import check_image
     from runtime.files import atomic_path
     from runtime.generate import GenerateConfig, generate
     from runtime.plan import load_plan
@@ -69,6 +70,7 @@ def apply(
         experts=spec is not None and spec.experts is not None, transformer_2=transformer_2,
         pipeline=_pipeline_name(plan.model.family),
     )
+    check_image(weights, image)  # an image-to-video folder takes one, others none
     preflight(plan, ApplyFiles(plan_file, weights, transformer, transformer_2, loras, height, width, frames))
     with open_store(db):  # a locked, read-only or out-of-date store fails here, before any work
         pass
@@ -81,7 +83,7 @@ def apply(
             guidance_2=_second_guidance(spec, guidance_2),
             height=height, width=width, frames=frames, transformer_file=transformer,
             transformer_2_file=transformer_2, device=device,
-            loras=loras,
+            loras=loras, image=image,
         )
         result = dataclasses.replace(generate(plan, config), output=str(output))
     run = record_measured_run(db, plan, result, steps=steps, height=height, width=width,

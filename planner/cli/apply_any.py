@@ -37,7 +37,7 @@ def apply_any(o: AnyApplyOptions) -> None:
     from planner.budget import parse_size
     from planner.cli.apply_checks import check_apply_inputs
     from planner.cli.apply_preflight import _check_components, _model_index
-    from runtime.components import takes_frames
+    from runtime.components import check_image, takes_frames
     from runtime.files import atomic_path
 
     from db.store import open_store
@@ -51,8 +51,7 @@ def apply_any(o: AnyApplyOptions) -> None:
         denoiser=_first_denoiser(o.weights), pipeline="pipeline",
     )
     _check_components(o.weights, _model_index(o.weights), set())  # no custom code, no pickles
-    if o.image is not None and not Path(o.image).is_file():
-        raise _error(f"--image {o.image} is not a file: give the conditioning image's path")
+    check_image(o.weights, o.image)
     with open_store(o.db):  # a locked, read-only or out-of-date store fails here, before any work
         pass
     with atomic_path(o.output, "-o", suffixes, "image" + suffixes[0]) as tmp:

@@ -168,6 +168,13 @@ MODELS = (
         config_source="ours (test model)",
     ),
     model_spec(
+        id="tiny-wan-i2v", family="wan", config={**_TINY, "in_channels": I2V_CHANNELS},
+        storage_dtype=DType.FP32, text_tokens=16, default_steps=2, default_guidance=5.0,
+        cfg=CfgMode.SEQUENTIAL, default_frames=5, default_resolution="64x64",
+        description="tiny Wan image-to-video for tests: tiny-wan's blocks taking 36 channels",
+        config_source="ours (test model)",
+    ),
+    model_spec(
         id="tiny-wan-a14b", family="wan", config=_TINY,
         storage_dtype=DType.FP32, text_tokens=16, default_steps=4, default_guidance=5.0,
         cfg=CfgMode.SEQUENTIAL, default_frames=5, default_resolution="64x64",
@@ -183,6 +190,7 @@ class WanAdapter(FamilyAdapter):
     name = "wan"
     diffusers_model = "WanTransformer3DModel"
     diffusers_pipeline = "WanPipeline"
+    variant_pipelines = ("WanImageToVideoPipeline",)  # 36 input channels: `--image` given
     block_lists = (BlockList(attr="blocks", kind="block"),)
     text_encoders = ("text_encoder",)
 
