@@ -20,7 +20,7 @@ from runtime.files import read_bounded
 
 MAX_INDEX_BYTES = 1 << 20
 # diffusers models that encode or decode pixels rather than denoise: they stay whole.
-_CODEC_WORDS = ("Autoencoder", "VQ", "VAE")
+CODEC_WORDS = ("Autoencoder", "VQ", "VAE")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +118,7 @@ def roles_of(pipe) -> Roles:
         kind = type(module).__name__
         if isinstance(module, PreTrainedModel):
             (encoders if "text" in name else rest).append(name)
-        elif isinstance(module, ModelMixin) and not any(w in kind for w in _CODEC_WORDS):
+        elif isinstance(module, ModelMixin) and not any(w in kind for w in CODEC_WORDS):
             denoisers.append(name)
         else:
             rest.append(name)

@@ -17,7 +17,7 @@ from types import MappingProxyType
 from runtime.checkpoint.header import read_header
 from runtime.checkpoint.inspect import BlockReport, CheckpointReport, Naming, _read_index
 from runtime.checkpoint.stored import safetensors_tensors
-from runtime.components import MAX_INDEX_BYTES, _CODEC_WORDS
+from runtime.components import MAX_INDEX_BYTES, CODEC_WORDS
 from runtime.discovery import AUTO_FAMILY, find_blocks
 from runtime.errors import CheckpointError, UserError
 from runtime.files import read_bounded
@@ -46,7 +46,7 @@ def components_of(folder: Path) -> list[tuple[str, str, str, str]]:
         if name.startswith("_") or not (isinstance(entry, list) and len(entry) == 2):
             continue
         library, cls = entry
-        if library == "diffusers" and isinstance(cls, str) and not any(w in cls for w in _CODEC_WORDS) \
+        if library == "diffusers" and isinstance(cls, str) and not any(w in cls for w in CODEC_WORDS) \
                 and (Path(folder) / name / "config.json").is_file() and "Scheduler" not in cls:
             found.append((name, library, cls, "denoiser"))
         elif library == "transformers" and "text" in name and isinstance(cls, str):

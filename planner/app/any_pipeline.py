@@ -20,7 +20,7 @@ from pathlib import Path
 
 from planner.app.auto import apply_auto
 from runtime.engine.device import resolve_device
-from runtime.components import load_any_pipeline, module_bytes, roles_of
+from runtime.components import check_image, load_any_pipeline, module_bytes, roles_of
 from runtime.encoders import stream_encoder
 from runtime.errors import UserError
 from runtime.generate import conditioning_image, save_frames
@@ -95,6 +95,7 @@ class AnyRunResult:
 
 def run_any(config: AnyRunConfig) -> AnyRunResult:
     """See the module docstring."""
+    check_image(config.weights, config.image)
     device = resolve_device(config.device)
     dtype = _dtype(device)
     pipe = load_any_pipeline(config.weights, dtype)

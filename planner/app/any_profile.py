@@ -2,7 +2,7 @@
 
 `profile_folder(...)` runs one real denoising step of the folder's pipeline (latents out, no
 decode) with every denoiser under `apply_auto` and a budget that holds it whole (the device's
-memory; on the CPU the pipeline's bytes), so each denoiser's first forward is measured and
+memory; on the CPU the machine's RAM), so each denoiser's first forward is measured and
 its profile stored under its `auto:` id; a second call finds it stored.
 
 `tune_profile(profile_id, budget)` tunes a plan from such a stored profile for a budget, as
@@ -38,11 +38,7 @@ def profile_folder(weights: Path, *, device: str | None, store_url: str | None,
                    frames: int | None = None, image: Path | None = None,
                    prompt: str = "a photo of a cat") -> list[FolderProfile]:
     """One real step of the folder's pipeline, each denoiser's first forward measured."""
-    from runtime.components import load_any_pipeline, module_bytes
-
-    budget = _whole_budget(device, lambda: sum(
-        module_bytes(m) for m in load_any_pipeline(weights).components.values()
-        if hasattr(m, "parameters")))
+    budget = _whole_budget(device)
     result = run_any(AnyRunConfig(
         weights=Path(weights), prompt=prompt, output=Path("unused"), vram_bytes=budget,
         steps=1, height=height, width=width, frames=frames, image=image, device=device,
@@ -54,8 +50,10 @@ def profile_folder(weights: Path, *, device: str | None, store_url: str | None,
     return [FolderProfile(c.name, c.profile, c.source.startswith("stored")) for c in found]
 
 
-def _whole_budget(device: str | None, pipeline_bytes) -> int:
-    """The device's memory (CUDA), or room for the whole pipeline twice over (CPU)."""
+def _whole_budget(device: str | None) -> int:
+    """The device's memory: CUDA's, or the machine's RAM for the CPU."""
+    import os
+
     import torch
 
     from runtime.engine.device import resolve_device
@@ -63,7 +61,7 @@ def _whole_budget(device: str | None, pipeline_bytes) -> int:
     resolved = resolve_device(device)
     if resolved.type == "cuda":
         return int(torch.cuda.mem_get_info(resolved)[1])
-    return 2 * pipeline_bytes() + (64 << 20)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def is_auto(model_id: str) -> bool:
