@@ -102,7 +102,11 @@ def load_any_pipeline(folder: Path, dtype=None):
     extra = {"dtype": dtype} if dtype is not None else {}
     # safetensors only: a pickle is never loaded (planner.cli.apply_preflight refuses a
     # folder holding only pickles before this)
-    return cls.from_pretrained(Path(folder), local_files_only=True, use_safetensors=True, **extra)
+    pipe = cls.from_pretrained(Path(folder), local_files_only=True, use_safetensors=True, **extra)
+    if dtype is not None:  # plans store a denoiser in one dtype (see drop_fp32_kept)
+        for name in roles_of(pipe).denoisers:
+            drop_fp32_kept(getattr(pipe, name), dtype)
+    return pipe
 
 
 def roles_of(pipe) -> Roles:
@@ -138,3 +142,19 @@ def module_bytes(module) -> int:
             seen.add(id(t))
             total += t.numel() * t.element_size()
     return total
+
+
+def drop_fp32_kept(model, dtype) -> None:
+    """fp32 tensors of a model loaded in a 16-bit `dtype`, cast to it. diffusers keeps a
+    class's `_keep_in_fp32_modules` (Wan's norms, modulation tables, time embedder, rotary
+    tables) in fp32 when loading; a plan stores the model in one dtype, as the released bf16
+    single files do, and those modules compute in fp32 inside their forward anyway."""
+    import torch
+
+    kept = getattr(model, "_keep_in_fp32_modules", None)
+    if not kept or dtype not in (torch.bfloat16, torch.float16):
+        return
+    named = list(model.named_parameters()) + list(model.named_buffers())
+    for name, tensor in named:  # diffusers' own rule: a kept module's name is a path component
+        if tensor.dtype == torch.float32 and any(m in name.split(".") for m in kept):
+            tensor.data = tensor.data.to(dtype)

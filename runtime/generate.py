@@ -13,6 +13,7 @@ import os
 import statistics
 from pathlib import Path
 
+from runtime.components import drop_fp32_kept, module_bytes, pipeline_class_name
 from runtime.errors import PlanMismatchError, UserError
 
 
@@ -90,7 +91,7 @@ def load_pipeline(adapter, weights: Path, transformer_file: Path | None, dtype,
     )
     for name in (adapter.denoiser, "transformer_2"):
         if name not in extra:  # a single file keeps the dtypes it stores
-            _drop_fp32_kept(getattr(pipe, name, None), dtype)
+            drop_fp32_kept(getattr(pipe, name, None), dtype)
     return pipe
 
 
@@ -99,29 +100,11 @@ def _pipeline_class(adapter, weights: Path):
     (`FamilyAdapter.variant_pipelines`: Wan's image-to-video)."""
     import diffusers
 
-    from runtime.components import pipeline_class_name
-
     if (weights / "model_index.json").is_file():
         name = pipeline_class_name(weights)
         if name in adapter.variant_pipelines:
             return getattr(diffusers, name)
     return adapter.pipeline_class()
-
-
-def _drop_fp32_kept(model, dtype) -> None:
-    """fp32 tensors of a model loaded in a 16-bit `dtype`, cast to it. diffusers keeps a
-    class's `_keep_in_fp32_modules` (Wan's norms, modulation tables, time embedder, rotary
-    tables) in fp32 when loading; a plan stores the model in one dtype, as the released bf16
-    single files do, and those modules compute in fp32 inside their forward anyway."""
-    import torch
-
-    kept = getattr(model, "_keep_in_fp32_modules", None)
-    if not kept or dtype not in (torch.bfloat16, torch.float16):
-        return
-    named = list(model.named_parameters()) + list(model.named_buffers())
-    for name, tensor in named:  # diffusers' own rule: a kept module's name is a path component
-        if tensor.dtype == torch.float32 and any(m in name.split(".") for m in kept):
-            tensor.data = tensor.data.to(dtype)
 
 
 def _transformer_from_file(adapter, weights: Path, path: Path, subfolder: str | None = None):
@@ -184,7 +167,6 @@ def _place_encoders(named, device, room: int):
     `room`, the largest streamed until it does; the CPU where one can be neither."""
     import torch
 
-    from runtime.components import module_bytes
     from runtime.encoders import stream_encoder
     from runtime.phases import Whole
 

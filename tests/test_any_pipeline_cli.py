@@ -146,3 +146,16 @@ def test_inspect_shows_the_blocks_discovery_finds(sana):
     assert all(b["bytes"] > 0 for b in transformer["blocks"])
     encoder = next(r for r in reports if r["component"] == "text_encoder")
     assert [b["name"] for b in encoder["blocks"]] == ["layers.0", "layers.1"]
+
+
+def test_a_16_bit_load_stores_each_denoiser_in_one_dtype(wan_i2v):
+    """diffusers keeps Wan's norms and modulation tables in fp32 in a bf16 load; plans store a
+    model in one dtype, so the any-pipeline loader casts them, as the catalog path does."""
+    import torch
+
+    from runtime.components import load_any_pipeline
+
+    pipe = load_any_pipeline(wan_i2v, torch.bfloat16)
+    dtypes = {t.dtype for t in pipe.transformer.parameters()} | \
+        {t.dtype for t in pipe.transformer.buffers() if t.is_floating_point()}
+    assert dtypes == {torch.bfloat16}
