@@ -159,3 +159,24 @@ def test_a_16_bit_load_stores_each_denoiser_in_one_dtype(wan_i2v):
     dtypes = {t.dtype for t in pipe.transformer.parameters()} | \
         {t.dtype for t in pipe.transformer.buffers() if t.is_floating_point()}
     assert dtypes == {torch.bfloat16}
+
+
+def test_apply_wan_two_experts_plans_each_at_its_phase(tmp_path):
+    """A saved Wan 2.2 A14B-style folder (two experts, boundary 0.5): each expert runs under
+    apply_auto at its own phase and both runs are recorded; the second expert, of the same
+    class, config and inputs, starts from the plan the first one's step stored."""
+    folder = save_pipeline("wan-experts", tmp_path / "wan-experts")
+    db = f"sqlite:///{tmp_path / 'store.db'}"
+    sizes = _sizes(folder)
+    result = CliRunner().invoke(app, [
+        "apply", "--weights", str(folder), "--vram", str(sizes["vae"] + sizes["transformer"] * 5 // 4),
+        "--prompt", "a cat", "--steps", "2", "--guidance", "1.0", "--height", "64", "--width", "64",
+        "--frames", "5", "-o", str(tmp_path / "clip.webp"), "--device", "cpu", "--db", db, "--json",
+    ])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    experts = [c for c in data["components"] if c["role"] == "denoiser"]
+    assert [c["name"] for c in experts] == ["transformer", "transformer_2"]
+    assert [len(c["forward_ms"]) for c in experts] == [1, 1]
+    assert experts[0]["source"] == "measured" and experts[1]["source"] == "stored plan"
+    assert len(data["runs"]) == 2
