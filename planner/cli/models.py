@@ -87,7 +87,11 @@ def inspect_command(
     """Blocks of a local checkpoint with dtypes, tensors and bytes, read from headers only."""
     from planner.budget import format_size
     from runtime.checkpoint.inspect import inspect_checkpoint
+    from runtime.folder_blocks import discovered_reports, without_adapter
 
+    if without_adapter(path):  # a pipeline folder of a class no family adapter knows
+        _print_discovered(discovered_reports(path), json_out)
+        return
     report = inspect_checkpoint(path)
     if json_out:
         print_json(report.to_dict())
@@ -144,6 +148,27 @@ def tiny_pipeline(
 def _experts(spec) -> int:
     """How many transformers of this architecture the model's pipeline holds."""
     return len(spec.experts.attrs) if spec.experts is not None else 1
+
+
+def _print_discovered(reports, json_out: bool) -> None:
+    """Each component's blocks as generic discovery finds them (declaration order)."""
+    from planner.budget import format_size
+
+    if json_out:
+        print_json([{"component": r.component, "class": r.model_class, "role": r.role}
+                    | r.report.to_dict() for r in reports])
+        return
+    for r in reports:
+        rep = r.report
+        echo(f"{r.component}: {r.model_class} ({r.role}), no family adapter: "
+             f"{len(rep.blocks)} blocks found by discovery (declaration order; the first "
+             f"forward records the order they run in)" if rep.blocks else
+             f"{r.component}: {r.model_class} ({r.role}): no repeated blocks, runs whole")
+        rows = [[b.index, b.name, b.kind, b.tensors, b.bytes, format_size(b.bytes)] for b in rep.blocks]
+        rows.append(["", "(non-block)", "", rep.non_block_tensors, rep.non_block_bytes,
+                     format_size(rep.non_block_bytes)])
+        rows.append(["", "total", "", rep.total_tensors, rep.total_bytes, format_size(rep.total_bytes)])
+        print_table(None, ["#", "block", "kind", "tensors", "bytes", "size"], rows)
 
 
 def _params(n: int) -> str:

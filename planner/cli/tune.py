@@ -12,8 +12,8 @@ from planner.cli._common import DbOption, check_output, store_name, JsonOption, 
 
 
 def tune(
-    model: Annotated[str, typer.Option("--model", help="Model id from `planner models list`.")],
-    vram: Annotated[str, typer.Option("--vram", help="VRAM budget, e.g. 8GB (GB means GiB).")],
+    model: Annotated[Optional[str], typer.Option("--model", help="Model id from `planner models list` (leave it out with a --profile measured by `planner profile --weights`).")] = None,
+    vram: Annotated[str, typer.Option("--vram", help="VRAM budget, e.g. 8GB (GB means GiB).")] = ...,
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="Plan from this reference GPU's profile.")] = None,
     profile: Annotated[Optional[int], typer.Option("--profile", help="Plan from this stored profile id (`planner profiles list`).")] = None,
     resolution: Annotated[Optional[str], typer.Option(help="Image size WIDTHxHEIGHT (default: the model's, or the --profile's).")] = None,
@@ -43,6 +43,12 @@ def tune(
     from runtime.errors import UserError
     from runtime.plan import save_plan
 
+    if model is None:  # a first-step profile of a pipeline folder names its own model
+        from planner.cli.tune_any import tune_profile_cli
+
+        if profile is None:
+            raise UserError("give --model ID, or --profile ID of a profile `planner profile --weights` measured")
+        return tune_profile_cli(profile, vram, host_ram, trials, output, db, json_out)
     spec = get_model(model)
     if batch is not None and not 1 <= batch <= 64:
         raise UserError(f"--batch {batch} is out of range: give 1 to 64 images per step")
