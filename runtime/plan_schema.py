@@ -18,6 +18,7 @@ from runtime.plan import (
     CastMode,
     HostMemory,
     Placement,
+    Tier,
 )
 from runtime.workload import CfgMode
 
@@ -68,6 +69,7 @@ _BLOCKS = {
             "uniqueItems": True,
             "items": {"enum": [d.value for d in DType if d.is_quantized]},
         },
+        tier=_enum(Tier),  # absent means "ram"; "disk" only for a streamed block
     ),
 }
 _PREDICTIONS = _obj(

@@ -13,7 +13,7 @@ import weakref
 
 import torch
 
-from runtime.engine import adapters, packing, quantized, staging
+from runtime.engine import adapters, disk_tier, packing, quantized, staging
 from runtime.engine.casting import install_casts
 from runtime.engine.checks import check_plan
 from runtime.engine.handle import OffloadHandle, OffloadStats
@@ -22,7 +22,7 @@ from runtime.engine.ring import Ring
 from runtime.dtypes import DType
 from runtime.errors import PlanMismatchError
 from runtime.inventory import device_bytes_by_dtype
-from runtime.plan import CastMode, Placement
+from runtime.plan import CastMode, Placement, Tier
 from runtime.schedule import ring_of
 
 _APPLIED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -47,7 +47,8 @@ class AppliedState:
         self.moved: list[tuple[torch.Tensor, torch.device, torch.dtype, str]] = []
         self.dequantized: list[tuple[torch.Tensor, torch.Tensor]] = []  # tensor, packed bytes
         self.layouts: list[packing.Layout] = []
-        self.host_buffers: list[dict[str, torch.Tensor]] = []
+        self.host_buffers: list[dict[str, torch.Tensor] | None] = []  # None: on the disk tier
+        self.pack_file: disk_tier.PackFile | None = None
         self.host_views: list[list[torch.Tensor]] = []
         self.pinned: list[bool] = []
         self.ring: Ring | None = None
@@ -59,7 +60,8 @@ class AppliedState:
         def nbytes(kind: str) -> int:
             return sum(t.numel() * t.element_size() for t, _, _, k in self.moved if k == kind)
 
-        pack = [sum(t.numel() * t.element_size() for t in b.values()) for b in self.host_buffers]
+        pack = [sum(t.numel() * t.element_size() for t in (b or {}).values()) for b in self.host_buffers]
+        reader = self.ring.disk if self.ring is not None else None
         adapter_bytes = sum(
             t.numel() * t.element_size() for t, _, _, _ in self.moved if id(t) in self.adapter_ids
         ) + sum(
@@ -77,6 +79,9 @@ class AppliedState:
             pinned_bytes=sum(b for b, p in zip(pack, self.pinned) if p),
             pageable_bytes=sum(b for b, p in zip(pack, self.pinned) if not p),
             adapter_bytes=adapter_bytes,
+            disk_bytes=self.pack_file.nbytes if self.pack_file is not None else 0,
+            staging_bytes=reader.staging_bytes if reader is not None else 0,
+            direct_io=self.pack_file.direct if self.pack_file is not None else None,
         )
 
     def undo(self) -> None:
@@ -94,6 +99,9 @@ class AppliedState:
             packing.restore(layout, views)
             self.host_buffers.pop()
             self.pinned.pop()
+        if self.pack_file is not None:  # the views read from it were restored above
+            self.pack_file.close()
+            self.pack_file = None
         packed = {id(t): data for t, data in self.dequantized}
         back = []
         for tensor, orig_device, orig_dtype, _ in reversed(self.moved):
@@ -121,6 +129,7 @@ def apply_state(model, adapter, plan, device: torch.device) -> AppliedState:
     by_name = {b.name: b for b in plan.blocks}
     streamed = [by_name[name].placement is Placement.STREAMED for name, _, _ in blocks]
     pre = [by_name[name].cast is CastMode.PRE for name, _, _ in blocks]
+    on_disk = [by_name[name].tier is Tier.DISK for name, _, _ in blocks if by_name[name].placement is Placement.STREAMED]
     layouts = []
     adapter_signature = adapters.signature(model)
     for (name, _, module), info, s, p in zip(blocks, inv.blocks, streamed, pre):
@@ -131,7 +140,10 @@ def apply_state(model, adapter, plan, device: torch.device) -> AppliedState:
                 _base_bytes(layout, adapter_signature[0]) == device_bytes_by_dtype(info, p), name
             layouts.append(layout)
     freed = _host_bytes_released(model, blocks, streamed, device, pre)
-    decision = decide_host_memory([l.bytes for l in layouts], freed, _wants_pinned(plan))
+    in_ram = [l.bytes for l, d in zip(layouts, on_disk) if not d]
+    staging_bytes = disk_tier.DEFAULT_STAGING * max(
+        (disk_tier.align(l.bytes) for l, d in zip(layouts, on_disk) if d), default=0)
+    decision = decide_host_memory(in_ram + ([staging_bytes] if staging_bytes else []), freed, _wants_pinned(plan))
     if decision.warning:
         warnings.warn(decision.warning, stacklevel=3)
 
@@ -139,10 +151,15 @@ def apply_state(model, adapter, plan, device: torch.device) -> AppliedState:
     try:
         _place_resident(state, model, blocks, streamed, pre, compute, device)
         if layouts:
-            _pack_streamed(state, layouts, decision.pinned, device)
+            pinned = iter(decision.pinned)
+            _pack_streamed(state, layouts, [False if d else next(pinned) for d in on_disk], on_disk, device)
+            reader = None
+            if state.pack_file is not None:
+                state.pack_file.seal()
+                reader = disk_tier.DiskReader(state.pack_file, [j for j, d in enumerate(on_disk) if d], device)
             state.ring = Ring(
                 ring_of(streamed, plan.prefetch_depth),
-                state.layouts, state.host_buffers, state.host_views, device,
+                state.layouts, state.host_buffers, state.host_views, device, disk=reader,
             )
             modules = [module for (_, _, module), s in zip(blocks, streamed) if s]
             _hook_streamed(state, modules)
@@ -260,9 +277,19 @@ def _dequantize(state, tensor, device, compute, kind: str) -> None:
     tensor.data = quantized.host_dequantized(tensor, compute).to(device)
 
 
-def _pack_streamed(state, layouts, pinned, device) -> None:
-    for layout, pin in zip(layouts, pinned):
-        buffers, host_views = packing.pack_host(layout, pin, device)
+def _pack_streamed(state, layouts, pinned, on_disk, device) -> None:
+    """RAM-tier blocks into host packs; disk-tier blocks into the pack file (its mapping)."""
+    disk_layouts = [layout for layout, d in zip(layouts, on_disk) if d]
+    if disk_layouts:
+        state.pack_file = disk_tier.PackFile(disk_layouts)
+    k = 0
+    for layout, pin, d in zip(layouts, pinned, on_disk):
+        if d:
+            buffers, host_views = None, state.pack_file.write(k, layout)
+            packing.bind(layout, host_views)
+            k += 1
+        else:
+            buffers, host_views = packing.pack_host(layout, pin, device)
         state.layouts.append(layout)
         state.host_buffers.append(buffers)
         state.host_views.append(host_views)

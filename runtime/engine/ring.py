@@ -41,6 +41,9 @@ class _CpuSync:
     def synchronize(self) -> None:
         pass
 
+    def staging_done(self):
+        return None  # CPU copies are done when they return
+
 
 class _CudaSync:
     """One side copy stream; per slot, the event of its last copy and of its last compute."""
@@ -69,6 +72,12 @@ class _CudaSync:
         if self.has_computed[slot]:
             self.stream.wait_event(self.computed[slot])
 
+    def staging_done(self) -> torch.cuda.Event:
+        """An event behind the copies enqueued so far (a disk-tier staging buffer's copy)."""
+        event = torch.cuda.Event()
+        event.record(self.stream)
+        return event
+
     def synchronize(self) -> None:
         torch.cuda.synchronize(self.device)
 
@@ -76,10 +85,13 @@ class _CudaSync:
 class Ring:
     """Slots on the device and the use counter; `before`/`after` wrap each streamed block."""
 
-    def __init__(self, schedule: RingSchedule, layouts, host_buffers, host_views, device):
+    def __init__(self, schedule: RingSchedule, layouts, host_buffers, host_views, device, disk=None):
         self.schedule = schedule
         self.layouts = layouts  # per streamed block (j), its packing.Layout
-        self.host_buffers = host_buffers  # per j: {group: flat host tensor}
+        # per j: {group: flat host tensor}; None for a disk-tier block, which `disk` (a
+        # runtime.engine.disk_tier.DiskReader) reads into a staging buffer for each copy
+        self.host_buffers = host_buffers
+        self.disk = disk
         self.host_views = host_views  # per j: views of the host pack, one per entry
         self.device = torch.device(device)
         slot_numel: dict[str, int] = {}
@@ -107,11 +119,15 @@ class Ring:
         slot = self.schedule.slot(use)
         with self.sync.copy_context():
             self.sync.copy_waits_compute(slot)
-            for group, host in self.host_buffers[j].items():
+            on_disk = self.host_buffers[j] is None
+            source = self.disk.take(j) if on_disk else self.host_buffers[j]
+            for group, host in source.items():
                 self.slot_buffers[slot][group].narrow(0, 0, host.numel()).copy_(
                     host, non_blocking=True
                 )
             self.sync.record_copy(slot)
+            if on_disk:
+                self.disk.release(self.sync.staging_done())
 
     def _start(self, first_use: int) -> None:
         for k in self.schedule.initial_copies():
@@ -145,5 +161,8 @@ class Ring:
 
     def close(self) -> None:
         self.sync.synchronize()
+        if self.disk is not None:
+            self.disk.close()
+            self.disk = None
         self.slot_buffers = []
         self.slot_views = []
