@@ -46,7 +46,8 @@ class GenerateResult:
     lower_bound_ms: float
     ratio_to_lower_bound: float | None  # measured step time / the plan's lower bound
     device_weight_bytes: int
-    phase_peak_vram_bytes: dict | None = None  # encode, load_vae, denoise, decode (CUDA only)
+    phase_peak_vram_bytes: dict | None = None  # encode, load, load_vae, denoise, decode (CUDA only)
+    phase_peak_host_bytes: dict | None = None  # the same phases' RSS high-water (host memory)
     adapter_bytes: int = 0  # LoRA weights the engine placed (counted in device_weight_bytes
     # where resident, in the ring's slots where streamed)
     expert_step_ms: dict | None = None  # two experts: each one's step times (ms)
@@ -166,6 +167,13 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
         config.transformer_2_file,
     )
     load_loras(pipe, config.loras)
+    phases = _PhasePeaks(device)
+    # the prompt is encoded before the plan is applied: the text encoders are dropped before
+    # any pack is built, so host RAM never holds both (planner.host_peak's phases)
+    kwargs = _prompt_kwargs(adapter, pipe, config.prompt, workload, config.guidance, device)
+    if config.guidance_2 is not None:
+        kwargs.update(adapter.second_guidance_kwargs(pipe, config.guidance_2))
+    phases.close("encode")
     try:
         handle = apply_plan(pipe, plan, device)
     except PlanMismatchError as e:
@@ -176,12 +184,8 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
             f"loading --lora {files} changed the transformer's base weights (diffusers widens "
             f"layers for control LoRAs), so the plan no longer fits it ({e})"
         ) from e
-    phases = _PhasePeaks(device)
+    phases.close("load")
     try:
-        kwargs = _prompt_kwargs(adapter, pipe, config.prompt, workload, config.guidance, device)
-        if config.guidance_2 is not None:
-            kwargs.update(adapter.second_guidance_kwargs(pipe, config.guidance_2))
-        phases.close("encode")
         pipe.vae.to(device)
         generator = torch.Generator("cpu").manual_seed(config.seed)
         phases.close("load_vae")
@@ -194,8 +198,9 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
         by_expert = _expert_step_ms(handle, plan.workload.forwards_per_step)
         peak = phases.close("denoise")
         stats = handle.stats
-        handle.remove()  # the denoiser leaves the device before the decode, whose peak
-        # (a video VAE's above all) then has the memory the plan held
+        handle.release()  # the denoiser leaves the device before the decode, whose peak
+        # (a video VAE's above all) then has the memory the plan held; it is dropped, not
+        # restored to host memory: this pipeline is thrown away after the run
         frames = adapter.decode(pipe, latents, workload)
         phases.close("decode")
     finally:
@@ -215,7 +220,7 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
         predicted_peak_vram_bytes=plan.predictions.peak_vram_bytes, lower_bound_ms=lower,
         ratio_to_lower_bound=(mean_ms / lower) if lower > 0 else None,
         device_weight_bytes=stats.device_weight_bytes, adapter_bytes=stats.adapter_bytes,
-        phase_peak_vram_bytes=phases.peaks or None,
+        phase_peak_vram_bytes=phases.peaks or None, phase_peak_host_bytes=phases.host_peaks or None,
         expert_step_ms=by_expert[0], switch_ms=by_expert[1],
     )
 
@@ -238,14 +243,18 @@ def _expert_step_ms(handle, per: int) -> tuple[dict | None, tuple[float, ...]]:
 
 
 class _PhasePeaks:
-    """Peak device memory of each phase of a run (encode, denoise, decode); nothing on CPU."""
+    """Peak device memory (CUDA only) and host RSS high-water of each phase of a run."""
 
     def __init__(self, device) -> None:
         import torch
 
+        from runtime import host_rss
+
         self.device = device
         self.cuda = device.type == "cuda"
         self.peaks: dict[str, int] = {}
+        self.host_peaks: dict[str, int] = {}
+        self._reset_host = host_rss.reset_peak()  # False: each phase reads the lifetime peak
         if self.cuda:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
@@ -254,6 +263,13 @@ class _PhasePeaks:
         """The peak since the last phase closed, recorded under `phase`; the next one starts."""
         import torch
 
+        from runtime import host_rss
+
+        host = host_rss.peak_rss_bytes()
+        if host is not None:
+            self.host_peaks[phase] = host
+        if self._reset_host:
+            host_rss.reset_peak()
         if not self.cuda:
             return None
         torch.cuda.synchronize(self.device)

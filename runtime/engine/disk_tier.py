@@ -33,13 +33,7 @@ import torch
 
 from runtime.dtypes import DType
 from runtime.engine import host_memory, packing
-
-ALIGN = 4096  # offsets and lengths of direct I/O: a multiple of any disk's logical block size
-DEFAULT_STAGING = 2  # staging buffers: one being read while the other is copied
-
-
-def align(n: int) -> int:
-    return -(-n // ALIGN) * ALIGN
+from runtime.tiers import ALIGN, DEFAULT_STAGING, align
 
 
 def pack_dir() -> Path:

@@ -141,6 +141,20 @@ class OffloadHandle:
             state.undo()
         forget(self.model, self)
 
+    def release(self) -> None:
+        """Drop the plan and the model's weights without restoring them: for a caller that
+        throws the model away (`runtime.generate`, before the decode), so that the host never
+        holds the whole transformer again. The model is unusable afterwards. Idempotent."""
+        from runtime.engine.offload import forget
+
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        state, self._state = self._state, None
+        if state is not None:
+            state.drop(self.model)
+        forget(self.model, self)
+
     def _follow_adapters(self, module, args) -> None:
         from runtime.engine import adapters
         from runtime.engine.offload import apply_state

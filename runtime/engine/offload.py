@@ -23,6 +23,7 @@ from runtime.dtypes import DType
 from runtime.errors import PlanMismatchError
 from runtime.inventory import device_bytes_by_dtype
 from runtime.plan import CastMode, Placement, Tier
+from runtime import tiers
 from runtime.schedule import ring_of
 
 _APPLIED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -114,6 +115,30 @@ class AppliedState:
         self.dequantized = []
 
 
+    def drop(self, model) -> None:
+        """Unhook and free every tensor of `model` (see `OffloadHandle.release`)."""
+        for hook in self.hooks:
+            hook.remove()
+        for cast in self.casts:
+            cast.remove()
+        self.hooks, self.casts = [], []
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
+        drop_tensors(model)
+        self.layouts, self.host_buffers, self.host_views, self.pinned = [], [], [], []
+        self.moved, self.dequantized = [], []
+        if self.pack_file is not None:
+            self.pack_file.close()
+            self.pack_file = None
+
+
+def drop_tensors(model) -> None:
+    """Every parameter and buffer of `model` emptied: its storage is freed."""
+    for tensor in packing.unique_tensors(model):
+        tensor.data = torch.empty(0, dtype=tensor.dtype)
+
+
 def apply(model, adapter, plan, device: torch.device) -> OffloadHandle:
     """Check, then apply; a failure half-way undoes what was done and re-raises."""
     handle = OffloadHandle(model, adapter, plan, device, apply_state(model, adapter, plan, device))
@@ -141,9 +166,8 @@ def apply_state(model, adapter, plan, device: torch.device) -> AppliedState:
             layouts.append(layout)
     freed = _host_bytes_released(model, blocks, streamed, device, pre)
     in_ram = [l.bytes for l, d in zip(layouts, on_disk) if not d]
-    staging_bytes = disk_tier.DEFAULT_STAGING * max(
-        (disk_tier.align(l.bytes) for l, d in zip(layouts, on_disk) if d), default=0)
-    decision = decide_host_memory(in_ram + ([staging_bytes] if staging_bytes else []), freed, _wants_pinned(plan))
+    disk_staging = tiers.staging_bytes([l.bytes for l, d in zip(layouts, on_disk) if d])
+    decision = decide_host_memory(in_ram + ([disk_staging] if disk_staging else []), freed, _wants_pinned(plan))
     if decision.warning:
         warnings.warn(decision.warning, stacklevel=3)
 
