@@ -7,7 +7,7 @@ prints comes from `planner.app.summary.summary()`.
 from __future__ import annotations
 
 from planner.app.placing import experts_spec, place_experts, plan_of
-from planner.app.profiles import host_ram_limit, request_inventory, resolve_profiles, with_weights
+from planner.app.profiles import host_parts, host_ram_limit, request_inventory, resolve_profiles, with_weights
 from planner.app.request import TuneOutcome, TuneRequest
 from planner.app.verify import require_gpu_for_verify, verify
 from planner.search import Settings, search
@@ -25,17 +25,20 @@ def tune(req: TuneRequest) -> TuneOutcome:
     from planner.host_ram import choose
 
     limit, limit_source = host_ram_limit(req, source)
-    host = choose(inv, source.profiles, result, req.budget_bytes, limit)
+    two = experts_spec(req.model_id) is not None
+    host = choose(inv, source.profiles, result, req.budget_bytes, limit,
+                  host_parts(req, source, inv, limit_source, two), experts=two)
     best, measured = host.scored, None
     if req.verify:
         best, measured = verify(inv, source, result, req, host)
     experts = None
-    if experts_spec(req.model_id) is not None:
+    if two:
         plan, prediction, best, host, experts = place_experts(
             inv, source, result, req, host, best, keep_first=bool(req.verify)
         )
     else:
-        plan, prediction = plan_of(inv, source, best, req.budget_bytes)
+        on_disk, disk_ms = (host.on_disk, host.disk_ms) if best == host.scored else (frozenset(), 0.0)
+        plan, prediction = plan_of(inv, source, best, req.budget_bytes, on_disk, disk_ms)
     from db.store import open_store
 
     with open_store(req.db_url) as store:

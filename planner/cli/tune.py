@@ -125,8 +125,7 @@ def _print(data: dict, output: Path | None) -> None:
         f"plan {data['plan_id']} for {data['plan']['model']['id']} within {format_size(data['plan']['target']['vram_budget_bytes'])}, from the {where}",
         f"  blocks:        {counts} (pattern {p['pattern']})",
         f"  prefetch:      depth {p['depth']}, cast {_casts(p)}, host memory {p['host_memory']}",
-        f"  host RAM:      {format_size(data['host_bytes'])} {p['host_memory']} for streamed blocks"
-        f" (limit {format_size(data['host_ram']['limit_bytes'])}, {data['host_ram']['limit_source']})",
+        *host_lines(data["host_ram"], p["host_memory"]),
         f"  predicted:     {data['step_ms'] / 1000:.3f} s/step, peak VRAM {format_size(data['peak_vram_bytes'])}",
     ]
     cal = data.get("calibration")
@@ -151,7 +150,7 @@ def _print(data: dict, output: Path | None) -> None:
         if row["fits"]:
             rows.append([row["policy"], row["peer"], f"{row['step_ms'] / 1000:.3f}", format_size(row["peak_vram_bytes"])])
         elif row["fits_vram"]:
-            rows.append([row["policy"], row["peer"], f"pins {format_size(row['pinned_bytes'])}: over host RAM",
+            rows.append([row["policy"], row["peer"], f"needs {format_size(row['host_peak_bytes'])} host RAM: over",
                          format_size(row["peak_vram_bytes"])])
         else:
             rows.append([row["policy"], row["peer"], "does not fit", ""])
@@ -168,6 +167,25 @@ def _print(data: dict, output: Path | None) -> None:
                 rows.append([row["storage"], format_size(row["weight_bytes"]), "does not fit", "", ""])
         print_table("storage formats at the same budget (predicted)",
                     ["storage", "weights", "s/step", "peak VRAM", "cast"], rows)
+
+
+def host_lines(host: dict, host_memory: str) -> list[str]:
+    """The run's host RAM: the peak and its phase against the limit, each phase, the tiers."""
+    from planner.budget import format_size
+
+    if "peak_bytes" not in host:
+        return []
+    phases = ", ".join(f"{phase} {format_size(n)}" for phase, n in host["phases"].items())
+    lines = [
+        f"  host RAM:      peak {format_size(host['peak_bytes'])} ({host['peak_phase']}) of "
+        f"{format_size(host['limit_bytes'])} ({host['limit_source']})",
+        f"  by phase:      {phases}; baseline {format_size(host['baseline_bytes'])} ({host['baseline_source']})",
+    ]
+    tier = f"  streamed:      {format_size(host['ram_pack_bytes'])} in RAM ({host_memory})"
+    if host["disk_blocks"]:
+        tier += (f", {len(host['disk_blocks'])} blocks ({format_size(host['disk_bytes'])}) on the disk tier, "
+                 f"read in {host['disk_ms'] / 1000:.3f} s/step through {format_size(host['staging_bytes'])} of staging")
+    return lines + [tier]
 
 
 def _experts_lines(experts: dict) -> list[str]:
