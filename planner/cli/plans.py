@@ -249,15 +249,40 @@ def _plan_dict(stored) -> dict:
     return plan_to_dict(stored.plan)
 
 
+def _host_peak(plan):
+    """The plan's run's host memory by phase (stated parts and baseline), None where the
+    catalog cannot say (a plan of a model this version does not know)."""
+    from planner.plan_host import plan_host_peak
+    from runtime.errors import UserError
+    from runtime.inventory import inventory
+
+    try:
+        return plan_host_peak(plan, inventory(plan.model.id, plan.model.storage_dtype))
+    except (UserError, KeyError):
+        return None
+
+
+def _print_host(plan) -> None:
+    from planner.cli._common import echo
+    from planner.cli.explain import host_ram_line
+
+    host = _host_peak(plan)
+    if host is not None:
+        echo("predicted " + host_ram_line(host))
+
+
 def _print_plan(stored, json_out: bool) -> None:
     from planner.budget import format_size
 
     if json_out:
-        print_json({**_summary(stored), "plan": _plan_dict(stored)})
+        host = _host_peak(stored.plan)
+        print_json({**_summary(stored), "plan": _plan_dict(stored),
+                    "host_ram": host.to_dict() if host is not None else None})
         return
     print_table(f"plan {stored.id}", _COLUMNS, [_row(stored)])
     plan = stored.plan
-    rows = [[i, b.name, b.kind, b.bytes, format_size(b.bytes), b.placement.value, b.cast.value]
+    rows = [[i, b.name, b.kind, b.bytes, format_size(b.bytes),
+             b.placement.value + (f" ({b.tier.value})" if b.tier.value != "ram" else ""), b.cast.value]
             for i, b in enumerate(plan.blocks)]
     columns = ["#", "block", "kind", "bytes", "size", "placement", "cast"]
     if plan.experts:  # a placement per expert: the first's columns, then each further one's
@@ -273,3 +298,4 @@ def _print_plan(stored, json_out: bool) -> None:
             echo(f"{e.attr}: {streamed}/{len(e.blocks)} streamed, depth {e.prefetch_depth}, "
                  f"host memory {e.host_memory.value}, predicted {e.predictions.step_ms:.1f} ms/step")
     print_table(None, columns, rows)
+    _print_host(plan)
