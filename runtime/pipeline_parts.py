@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from runtime.catalog import get_model
+from runtime.catalog import find_model
 from runtime.dtypes import compute_dtype
 
 
@@ -59,11 +59,13 @@ _NONE = PipelineParts(0, 0, "a test model: parts of a few KiB")
 
 
 def pipeline_parts(model_id: str) -> PipelineParts:
-    get_model(model_id)  # an unknown id is refused with the catalog's sentence
+    """The model's parts; none for a test model or a module outside the catalog."""
     return _PARTS.get(model_id, _NONE)
 
 
 def parts_bytes(model_id: str) -> tuple[int, int]:
     """(text encoders, VAE) bytes as the model's pipeline loads them (its compute dtype)."""
-    spec = get_model(model_id)
+    spec = find_model(model_id)
+    if spec is None:
+        return 0, 0
     return pipeline_parts(model_id).bytes(compute_dtype(spec.storage_dtype).element_size)
