@@ -84,6 +84,9 @@ class Predictions:
     step_ms: float
     peak_vram_bytes: int
     lower_bound_ms: float
+    # the run's predicted host RAM peak over its phases (planner.host_peak); optional in the
+    # file, absent (None) in plans made before it, which keep their text and hash
+    host_peak_bytes: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,7 +196,8 @@ def _blocks_to_list(blocks: tuple[BlockPlan, ...]) -> list[dict[str, Any]]:
 
 
 def _predictions_to_dict(p: Predictions) -> dict[str, Any]:
-    return {"step_ms": p.step_ms, "peak_vram_bytes": p.peak_vram_bytes, "lower_bound_ms": p.lower_bound_ms}
+    return {"step_ms": p.step_ms, "peak_vram_bytes": p.peak_vram_bytes, "lower_bound_ms": p.lower_bound_ms,
+            **({"host_peak_bytes": p.host_peak_bytes} if p.host_peak_bytes is not None else {})}
 
 
 def _workload_to_dict(w: Workload) -> dict[str, Any]:
@@ -300,11 +304,15 @@ def plan_from_dict(data: Any, source: str = "plan") -> Plan:
 
 
 def _read_predictions(r: "_Reader", data: dict, where: str) -> Predictions:
-    p = r.section(data, "predictions", {"step_ms", "peak_vram_bytes", "lower_bound_ms"}, where)
+    keys = {"step_ms", "peak_vram_bytes", "lower_bound_ms"}
+    value = data["predictions"]
+    optional = {"host_peak_bytes"} & set(value) if type(value) is dict else set()
+    p = r.section(data, "predictions", keys | optional, where)
     return Predictions(
         step_ms=r.number(p, f"{where}.step_ms"),
         peak_vram_bytes=r.integer(p, f"{where}.peak_vram_bytes", 0, MAX_BUDGET_BYTES),
         lower_bound_ms=r.number(p, f"{where}.lower_bound_ms"),
+        host_peak_bytes=r.integer(p, f"{where}.host_peak_bytes", 0, MAX_BUDGET_BYTES) if optional else None,
     )
 
 

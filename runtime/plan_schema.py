@@ -73,7 +73,8 @@ _BLOCKS = {
     ),
 }
 _PREDICTIONS = _obj(
-    {"step_ms": _NUMBER, "peak_vram_bytes": _int(0, MAX_BUDGET_BYTES), "lower_bound_ms": _NUMBER}
+    {"step_ms": _NUMBER, "peak_vram_bytes": _int(0, MAX_BUDGET_BYTES), "lower_bound_ms": _NUMBER},
+    optional={"host_peak_bytes": _int(0, MAX_BUDGET_BYTES)},  # absent in plans made before it
 )
 
 

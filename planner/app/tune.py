@@ -6,6 +6,8 @@ prints comes from `planner.app.summary.summary()`.
 
 from __future__ import annotations
 
+import dataclasses
+
 from planner.app.placing import experts_spec, place_experts, plan_of
 from planner.app.profiles import host_parts, host_ram_limit, request_inventory, resolve_profiles, with_weights
 from planner.app.request import TuneOutcome, TuneRequest
@@ -39,6 +41,9 @@ def tune(req: TuneRequest) -> TuneOutcome:
     else:
         on_disk, disk_ms = (host.on_disk, host.disk_ms) if best == host.scored else (frozenset(), 0.0)
         plan, prediction = plan_of(inv, source, best, req.budget_bytes, on_disk, disk_ms)
+    if host.host is not None:  # the plan file states its run's host peak (planner.host_peak)
+        plan = dataclasses.replace(plan, predictions=dataclasses.replace(
+            plan.predictions, host_peak_bytes=host.host.peak_bytes))
     from db.store import open_store
 
     with open_store(req.db_url) as store:

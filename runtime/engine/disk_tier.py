@@ -95,8 +95,8 @@ class PackFile:
     def seal(self) -> None:
         """Everything is written: flush it, drop it from the page cache, map it, open the reader."""
         os.fsync(self._fd)
-        _drop_cached(self._fd, 0, self.nbytes)
-        self._read_fd, self.direct = _open_direct(self.path)
+        drop_cached(self._fd, 0, self.nbytes)
+        self._read_fd, self.direct = open_direct(self.path)
 
     def views(self, j: int, layout: packing.Layout) -> list[torch.Tensor]:
         """Each tensor of block `j` as a view of the file's mapping."""
@@ -121,7 +121,7 @@ class PackFile:
                 raise OSError(f"short read of the disk-tier pack {self.path} at {extent.offset + done}")
             done += n
         if not self.direct:
-            _drop_cached(self._read_fd, extent.offset, extent.length)
+            drop_cached(self._read_fd, extent.offset, extent.length)
 
     def close(self) -> None:
         self._mapped = None
@@ -132,7 +132,7 @@ class PackFile:
         self.path.unlink(missing_ok=True)
 
 
-def _open_direct(path: Path) -> tuple[int, bool]:
+def open_direct(path: Path) -> tuple[int, bool]:
     """A read-only descriptor with O_DIRECT, or a plain one where the filesystem refuses it."""
     flag = getattr(os, "O_DIRECT", 0)
     if flag:
@@ -149,7 +149,7 @@ def _open_direct(path: Path) -> tuple[int, bool]:
     return os.open(path, os.O_RDONLY), False
 
 
-def _drop_cached(fd: int, offset: int, length: int) -> None:
+def drop_cached(fd: int, offset: int, length: int) -> None:
     if hasattr(os, "posix_fadvise"):
         os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
