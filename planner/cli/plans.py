@@ -73,10 +73,12 @@ def best(
     dtype: Annotated[str, typer.Option("--dtype", help="Storage dtype (default: the model's).")] = "",
     text_tokens: Annotated[Optional[int], typer.Option("--text-tokens", help="Text length (default: the model's).", min=1, max=4096)] = None,
     frames: Annotated[Optional[int], typer.Option("--frames", help="Video frames (default: the model's; 1 for an image).", min=1, max=1024)] = None,
+    host_ram: Annotated[Optional[str], typer.Option("--host-ram", help="Host RAM the plan's run must fit at its predicted peak, e.g. 32GB.")] = None,
+    ram_only: Annotated[bool, typer.Option("--ram-only", help="Only plans that keep every streamed block in RAM (no disk tier).")] = False,
     db: DbOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """The fastest stored plan for this model, dtype and workload that fits VRAM: measured time
+    """The fastest stored plan for this model, dtype and workload that fits VRAM (and host RAM): measured time
     (runs of its workload on its target GPU) first, else predicted."""
     import dataclasses
 
@@ -89,6 +91,7 @@ def best(
     from runtime.workload import parse_resolution
 
     vram_bytes = parse_size(vram, "--vram")
+    host_bytes = parse_size(host_ram, "--host-ram") if host_ram is not None else None
     if resolution is not None:
         parse_resolution(resolution)
     spec = get_model(model)  # an unknown model has no trusted plans: refused here
@@ -97,13 +100,17 @@ def best(
         workload = dataclasses.replace(workload, text_tokens=text_tokens)
     storage = DType.parse(dtype) if dtype else spec.storage_dtype
     with open_store(db) as store:
-        stored = store.best_plan(spec.id, vram_bytes, gpu=gpu, storage_dtype=storage, workload=workload)
+        stored = store.best_plan(spec.id, vram_bytes, gpu=gpu, storage_dtype=storage, workload=workload,
+                                 max_host_ram=host_bytes, ram_only=ram_only)
     if stored is None:
         on = f" on {gpu}" if gpu else ""
+        on += f" within {format_size(host_bytes)} of host RAM" if host_bytes is not None else ""
+        on += " in RAM only" if ram_only else ""
         raise UserError(
             f"no stored plan for {model} ({storage.value}, {workload.resolution}, batch {workload.batch}){on} "
             f"fits {format_size(vram_bytes)}: make one with `planner tune --model {model} --vram {vram}"
-            f" --resolution {workload.resolution}`"
+            f" --resolution {workload.resolution}"
+            + (f" --host-ram {host_ram}" if host_ram is not None else "") + "`"
         )
     if json_out:
         print_json({**_summary(stored), "chosen_by": _chosen(stored), "plan": _plan_dict(stored)})
