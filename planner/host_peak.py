@@ -5,7 +5,9 @@
     encode   baseline + text encoders (the pipeline's checkpoints are memory-mapped; only
              what is read is resident, and the text encoders are read whole, then dropped)
     load     baseline + RAM-tier packs + disk staging ring + the largest streamed block once
-             more (its mapped pages while it is packed or written to the pack file)
+             more (its mapped pages while it is packed or written to the pack file); a model
+             already whole in host memory (built in the process, `in_memory_bytes`) holds all
+             of it and one block's pack more, as each block's pack replaces its original
     denoise  baseline + RAM-tier packs + disk staging ring
     switch   (two experts) baseline + the first expert restored whole to host memory (its
              plan is removed, it is parked) + the second expert's packs, staging and one block
@@ -54,6 +56,7 @@ class HostParts:
     vae_bytes: int
     parked_expert_bytes: int = 0  # two experts: the first one's bytes restored at the switch
     device_bytes: int = 0  # a CPU profile: the device peak (it is host memory); else 0
+    in_memory_bytes: int = 0  # the model's weights in host memory before the plan is applied
     baseline_source: str = ""
 
 
@@ -110,7 +113,7 @@ def host_peak(parts: HostParts, first: Streamed, second: Streamed | None = None)
     held = first.ram_bytes + first.staging_bytes
     phases = [
         (Phase.ENCODE, base + parts.text_encoder_bytes),
-        (Phase.LOAD, base + held + first.largest + parts.device_bytes),
+        (Phase.LOAD, base + first.largest + (parts.in_memory_bytes or held + parts.device_bytes)),
         (Phase.DENOISE, base + held + parts.device_bytes),
     ]
     disk, staging = first.disk_bytes, first.staging_bytes
