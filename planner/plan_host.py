@@ -21,7 +21,7 @@ def plan_parts(plan: Plan, inventory, profile=None) -> HostParts:
     spec = find_model(plan.model.id)
     parked = inventory.total_bytes if spec is not None and spec.experts is not None else 0
     device = plan.predictions.peak_vram_bytes if plan.target.gpu_name == "cpu" else 0
-    return HostParts(baseline, text, vae, parked, device, said)
+    return HostParts(baseline, text, vae, parked_expert_bytes=parked, device_bytes=device, baseline_source=said)
 
 
 def streamed_of(plan: Plan, inventory) -> Streamed:

@@ -99,7 +99,8 @@ def host_parts(req: TuneRequest, source: ProfileSource, inventory, limit_source:
     else:
         baseline, said = REFERENCE_BASELINE_BYTES, "OS and process, stated"
     text, vae = parts_bytes(req.model_id)
-    return HostParts(baseline, text, vae, inventory.total_bytes if experts else 0, 0, said)
+    return HostParts(baseline, text, vae, parked_expert_bytes=inventory.total_bytes if experts else 0,
+                     baseline_source=said)
 
 
 def _this_machine(req: TuneRequest) -> ProfileSource:
