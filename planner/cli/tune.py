@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from planner.cli._common import DbOption, JsonOption, echo, print_json, print_table, status
+from planner.cli._common import DbOption, check_output, JsonOption, echo, print_json, print_table, status
 
 
 def tune(
@@ -41,7 +41,6 @@ def tune(
     from runtime.catalog import get_model
     from runtime.dtypes import DType
     from runtime.errors import UserError
-    from runtime.files import check_target
     from runtime.plan import save_plan
 
     spec = get_model(model)
@@ -67,7 +66,7 @@ def tune(
         workload_from_profile=resolution is None and batch is None,
     )
     if output is not None:
-        check_target(output, "-o")  # before any work, and before anything is stored
+        check_output(output, "-o", db)  # before any work, and before anything is stored
     with status(f"searching placements for {spec.id} ({request.trials} trials)", enabled=not json_out):
         outcome = run_tune(request)
     formats = ()
