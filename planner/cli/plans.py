@@ -306,5 +306,5 @@ def _print_plan(stored, json_out: bool) -> None:
             streamed = sum(b.placement is Placement.STREAMED for b in e.blocks)
             echo(f"{e.attr}: {streamed}/{len(e.blocks)} streamed, depth {e.prefetch_depth}, "
                  f"host memory {e.host_memory.value}, predicted {e.predictions.step_ms:.1f} ms/step")
-    print_table(None, columns, rows)
     _print_host(plan)
+    print_table(None, columns, rows)
