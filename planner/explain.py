@@ -9,7 +9,7 @@ from pathlib import Path
 from planner.costmodel import NON_BLOCK, CostModel, EventKind, Layout, Prediction, Stream
 from planner.plan_host import plan_host_peak
 from runtime.errors import PlanMismatchError, UserError
-from runtime.plan import Placement, Plan
+from runtime.plan import Placement, Plan, Tier
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +78,7 @@ def layout_of(plan: Plan, inventory) -> Layout:
         casts=tuple(b.cast for b in plan.blocks),
         depth=plan.prefetch_depth,
         host_memory=plan.host_memory,
+        on_disk=tuple(b.tier is Tier.DISK for b in plan.blocks) if any(b.tier is Tier.DISK for b in plan.blocks) else (),
     )
 
 

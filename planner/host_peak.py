@@ -125,11 +125,18 @@ def host_peak(parts: HostParts, first: Streamed, second: Streamed | None = None)
     return HostPeak(tuple(phases), first.ram_bytes, disk, staging)
 
 
-def fit_tiers(sizes: tuple[int, ...], room: int) -> tuple[bool, ...] | None:
-    """Disk tier for the fewest, largest streamed blocks that bring RAM packs plus the staging
+class TierOrder(str, enum.Enum):
+    """Which streamed blocks go to the disk tier first."""
+
+    LARGEST = "largest"  # the fewest blocks: the largest first
+    SPREAD = "spread"  # evenly through the stream: each read has RAM-tier copies around it
+
+
+def fit_tiers(sizes: tuple[int, ...], room: int, order: TierOrder = TierOrder.LARGEST) -> tuple[bool, ...] | None:
+    """Disk tier for the first streamed blocks in `order` that bring RAM packs plus the staging
     ring within `room`; all in RAM where they fit; None where not even all on disk fits."""
     on_disk = [False] * len(sizes)
-    order = sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
+    order = _order(sizes, order)
     for count in range(len(sizes) + 1):
         for i in order[:count]:
             on_disk[i] = True
@@ -139,31 +146,39 @@ def fit_tiers(sizes: tuple[int, ...], room: int) -> tuple[bool, ...] | None:
     return None
 
 
+def _order(sizes: tuple[int, ...], order: TierOrder) -> list[int]:
+    if order is TierOrder.LARGEST:
+        return sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
+    bits = max(1, (len(sizes) - 1).bit_length())  # bit-reversed positions: any prefix is spread
+    return sorted(range(len(sizes)), key=lambda i: int(format(i, f"0{bits}b")[::-1], 2))
+
+
 def place(parts: HostParts, limit: int, first: tuple[int, ...],
-          second: tuple[int, ...] | None = None) -> tuple[HostPeak, Streamed, Streamed | None] | None:
+          second: tuple[int, ...] | None = None,
+          order: TierOrder = TierOrder.LARGEST) -> tuple[HostPeak, Streamed, Streamed | None] | None:
     """The tiers that keep every phase within `limit` host bytes, RAM first; None if none do.
     `first`/`second`: each expert's streamed host bytes in stream order."""
     base = parts.baseline_bytes
     fixed = [base + parts.text_encoder_bytes, base + parts.vae_bytes]
     if max(fixed) > limit:
         return None
-    one = _fit(first, limit - base - max(first, default=0) - parts.device_bytes)
+    one = _fit(first, limit - base - max(first, default=0) - parts.device_bytes, order)
     if one is None:
         return None
     two = None
     if second is not None:
         two = _fit(second, limit - base - parts.parked_expert_bytes - max(second, default=0)
-                   - parts.device_bytes)
+                   - parts.device_bytes, order)
         if two is None:
             return None
     peak = host_peak(parts, one, two)
     return (peak, one, two) if peak.peak_bytes <= limit else None
 
 
-def _fit(sizes: tuple[int, ...], room: int) -> Streamed | None:
+def _fit(sizes: tuple[int, ...], room: int, order: TierOrder) -> Streamed | None:
     if room < 0:
         return None
-    on_disk = fit_tiers(tuple(sizes), room)
+    on_disk = fit_tiers(tuple(sizes), room, order)
     return Streamed(tuple(sizes), on_disk) if on_disk is not None else None
 
 

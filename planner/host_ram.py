@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 
 from planner.budget import format_size
-from planner.host_peak import HostParts, HostPeak, Streamed, all_on_disk, host_peak, place
+from planner.host_peak import HostParts, HostPeak, Streamed, TierOrder, all_on_disk, host_peak, place
 from planner.search import Evaluator, Scored, SearchResult
 from planner.space import Candidate, Pattern
 from runtime.errors import UserError
@@ -43,7 +43,7 @@ class Tiered:
     host: HostPeak
     on_disk: frozenset[str]  # names of the streamed blocks on the disk tier
     disk_ms: float  # one step's disk reads at the profile's disk bandwidth
-    step_ms: float  # the search's step, or the disk reads where they take longer
+    step_ms: float  # the cost model's step with the disk tier as the copies' third stage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +58,7 @@ class Choice:
     step_ms: float | None = None  # with the disk reads; None: the scored step
     parts: HostParts | None = None  # what the run holds beside the packs (planner.host_peak)
     disk_ms: float = 0.0
+    disk_floor_bytes: int = 0  # the fewest disk-tier bytes any plan within both budgets reads
 
 
 def streamed_sizes(ev: Evaluator, c: Candidate) -> tuple[int, ...]:
@@ -90,17 +91,28 @@ def parts_for(ev: Evaluator, c: Candidate, parts: HostParts) -> HostParts:
 
 
 def tiered(ev: Evaluator, s: Scored, parts: HostParts, host_ram: int, experts: bool = False) -> Tiered | None:
-    """`s` with the tiers that fit `host_ram` (RAM first), or None where none do."""
+    """`s` with the tiers that fit `host_ram` (RAM first), or None where none do: of the
+    orders that fill the disk tier (`TierOrder`), the one the cost model steps fastest with."""
+    found = [t for t in (_tiered(ev, s, parts, host_ram, experts, order) for order in TierOrder) if t]
+    return min(found, key=lambda t: (t.step_ms, t.host.disk_bytes), default=None)
+
+
+def _tiered(ev: Evaluator, s: Scored, parts: HostParts, host_ram: int, experts: bool,
+            order: TierOrder) -> Tiered | None:
     c = s.candidate
     sizes = streamed_sizes(ev, c)
-    found = place(parts_for(ev, c, parts), host_ram, sizes, sizes if experts else None)
+    found = place(parts_for(ev, c, parts), host_ram, sizes, sizes if experts else None, order)
     if found is None:
         return None
     peak, first, _ = found
-    streamed_names = [b.name for b, st in zip(ev.inventory.blocks, ev.space.layout(c).streamed) if st]
+    layout = ev.space.layout(c)
+    streamed_names = [b.name for b, st in zip(ev.inventory.blocks, layout.streamed) if st]
     on_disk = frozenset(n for n, d in zip(streamed_names, first.on_disk) if d)
-    disk_ms = disk_step_ms(ev, c, first)
-    return Tiered(s, peak, on_disk, disk_ms, max(s.step_ms, disk_ms))
+    if not on_disk:
+        return Tiered(s, peak, on_disk, 0.0, s.step_ms)
+    flags = tuple(b.name in on_disk for b in ev.inventory.blocks)
+    step = ev.models[c.cfg].step_ms(dataclasses.replace(layout, on_disk=flags))  # the third stage
+    return Tiered(s, peak, on_disk, disk_step_ms(ev, c, first), step)
 
 
 def disk_step_ms(ev: Evaluator, c: Candidate, streamed: Streamed) -> float:
@@ -141,6 +153,7 @@ def choose(inventory, profiles, result: SearchResult, vram_budget: int, host_ram
         step_ms=best.step_ms,
         parts=parts,
         disk_ms=best.disk_ms,
+        disk_floor_bytes=min(t.host.disk_bytes for t in fits),
     )
 
 

@@ -12,16 +12,17 @@ from runtime.plan import Plan, Predictions, Target, build_plan
 
 
 def plan_of(inventory, source: ProfileSource, scored: Scored, budget: int,
-            on_disk: frozenset[str] = frozenset(), disk_ms: float = 0.0) -> tuple[Plan, Prediction]:
+            on_disk: frozenset[str] = frozenset(), disk_floor_bytes: int = 0) -> tuple[Plan, Prediction]:
     """The plan file for a scored candidate, with the cost model's full prediction; the
-    streamed blocks named in `on_disk` live on the disk tier, whose reads take `disk_ms` a step."""
+    streamed blocks named in `on_disk` live on the disk tier, and the floor reads at least
+    `disk_floor_bytes` from it (planner.host_ram.Choice)."""
     c = scored.candidate
     profile = source.profiles[c.cfg]
     space = space_of(inventory, tuple(source.profiles))
     layout = space.layout(c)
-    prediction = CostModel(inventory, profile).predict(layout, budget)
-    if disk_ms > prediction.step_ms:  # the disk reads bound the step (planner.host_ram)
-        prediction = dataclasses.replace(prediction, step_ms=disk_ms)
+    if on_disk:
+        layout = dataclasses.replace(layout, on_disk=tuple(b.name in on_disk for b in inventory.blocks))
+    prediction = CostModel(inventory, profile).predict(layout, budget, disk_floor_bytes)
     streamed = {b.name for b, s in zip(inventory.blocks, layout.streamed) if s}
     plan = build_plan(
         inventory,
@@ -70,9 +71,10 @@ def place_experts(inv, source: ProfileSource, result: SearchResult, req: TuneReq
     )
     high = options[h]
     tiers = {i: tiered(ev, options[i], host.parts, host.host_ram_bytes, experts=True) for i in (h, low)}
-    plan, prediction = plan_of(inv, source, high, req.budget_bytes, tiers[h].on_disk, tiers[h].disk_ms)
+    floor = host.disk_floor_bytes
+    plan, prediction = plan_of(inv, source, high, req.budget_bytes, tiers[h].on_disk, floor)
     if options[low].candidate != high.candidate or tiers[low].on_disk != tiers[h].on_disk:
-        second, _ = plan_of(inv, source, options[low], req.budget_bytes, tiers[low].on_disk, tiers[low].disk_ms)
+        second, _ = plan_of(inv, source, options[low], req.budget_bytes, tiers[low].on_disk, floor)
         plan = with_experts(plan, {spec.experts.attrs[1]: second})
     # one expert packed at a time
     pinned = max(pinned_bytes(ev, options[i].candidate, tiers[i].on_disk) for i in (h, low))

@@ -39,8 +39,8 @@ def tune(req: TuneRequest) -> TuneOutcome:
             inv, source, result, req, host, best, keep_first=bool(req.verify)
         )
     else:
-        on_disk, disk_ms = (host.on_disk, host.disk_ms) if best == host.scored else (frozenset(), 0.0)
-        plan, prediction = plan_of(inv, source, best, req.budget_bytes, on_disk, disk_ms)
+        on_disk = host.on_disk if best == host.scored else frozenset()
+        plan, prediction = plan_of(inv, source, best, req.budget_bytes, on_disk, host.disk_floor_bytes)
     if host.host is not None:  # the plan file states its run's host peak (planner.host_peak)
         plan = dataclasses.replace(plan, predictions=dataclasses.replace(
             plan.predictions, host_peak_bytes=host.host.peak_bytes))
