@@ -35,6 +35,15 @@ REFERENCE_HOST_RAM_BYTES = 64 << 30
 TIE_RELATIVE = 1e-9  # the same predicted speed, up to float rounding: never slower than a peer
 
 
+class HostRamRefusal(UserError):
+    """No plan's run fits the host RAM; `by_encoders`: the text encoders alone are over it
+    (no placement, tier or transformer format changes that)."""
+
+    def __init__(self, message: str, by_encoders: bool) -> None:
+        super().__init__(message)
+        self.by_encoders = by_encoders
+
+
 @dataclasses.dataclass(frozen=True)
 class Tiered:
     """A scored candidate with its streamed blocks' tiers and the run's host memory."""
@@ -132,7 +141,9 @@ def choose(inventory, profiles, result: SearchResult, vram_budget: int, host_ram
     ev = Evaluator(inventory, profiles)
     fits = fitting(ev, result, host_ram, parts, experts)
     if not fits:
-        raise UserError(refusal(ev, result, host_ram, parts, experts))
+        base = parts.baseline_bytes
+        raise HostRamRefusal(refusal(ev, result, host_ram, parts, experts),
+                             by_encoders=base + parts.text_encoder_bytes > host_ram)
     fastest = min(t.step_ms for t in fits)
     tied = [t for t in fits if t.step_ms <= fastest * (1 + TIE_RELATIVE) + 1e-9]
     best = min(
