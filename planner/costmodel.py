@@ -29,6 +29,11 @@ Durations, in ms:
   storage (GGUF, NF4) dequantized, on the device (`auto`), for streamed and resident blocks
   alike; `pre` sends (and keeps) the compute dtype, dequantized on the host.
 - each forward starts with the non-block modules (`non_block_ms`).
+- a disk-tier block's copy waits for its read: a third stage ahead of the copy stream, one
+  reader reading the disk-tier uses in order, each its aligned bytes at the profile's disk
+  bandwidth (`Bandwidth.disk_gbps`), into one of `runtime.tiers.DEFAULT_STAGING` staging
+  buffers, which is free again once the copy out of it ended
+  (`runtime.engine.disk_tier`).
 
 Overheads (`planner.timeline.Overheads`, per device kind: `overheads_of`): what the stream
 durations alone miss, and what matters where per-block compute is small and the copies bind:
@@ -79,6 +84,7 @@ from runtime.errors import UserError
 from runtime.inventory import device_bytes_by_dtype, side_device_bytes
 from runtime.plan import CastMode, HostMemory
 from runtime.schedule import ring_bytes, ring_of
+from runtime.tiers import align
 
 DEFAULT_STEPS = 4  # simulated steps at least; the last one is the steady state reported
 MAX_STEPS = 8
@@ -93,6 +99,8 @@ class Layout:
     casts: tuple[CastMode, ...]
     depth: int
     host_memory: HostMemory
+    # per block, True where a streamed block lives on the disk tier; () for none on disk
+    on_disk: tuple[bool, ...] = ()
 
     @classmethod
     def uniform(cls, streamed, cast: CastMode, depth: int, host_memory: HostMemory) -> "Layout":
@@ -182,13 +190,16 @@ class CostModel:
     def step_ms(self, layout: Layout) -> float:
         return self._simulate(layout, record=False)[0]
 
-    def predict(self, layout: Layout, budget_bytes: int | None = None) -> Prediction:
+    def predict(self, layout: Layout, budget_bytes: int | None = None, disk_floor_bytes: int = 0) -> Prediction:
         """Step time, memory and timeline of `layout`; the lower bound is taken at
-        `budget_bytes`, or at the layout's own peak when no budget is given."""
+        `budget_bytes`, or at the layout's own peak when no budget is given, and is no lower
+        than reading `disk_floor_bytes` (the fewest any plan within the host RAM budget keeps
+        on the disk tier) once per forward."""
         step, timeline = self._simulate(layout, record=True)
         weights = self.device_weight_bytes(layout)
         peak = weights - self.inventory.non_block_device_bytes + self.fixed_bytes
-        bound = self.lower_bound_ms(peak if budget_bytes is None else budget_bytes)
+        bound = max(self.lower_bound_ms(peak if budget_bytes is None else budget_bytes),
+                    self.disk_floor_ms(disk_floor_bytes))
         return Prediction(step, peak, weights, bound, timeline, self.synchronized_step_ms(layout))
 
     def lower_bound_ms(self, budget_bytes: int) -> float:
@@ -220,14 +231,25 @@ class CostModel:
         self._check(layout)
         comp = [self.block_compute_ms(i, c) for i, c in enumerate(layout.casts)]
         copy = [self.copy_ms(i, c, layout.host_memory) for i, c in enumerate(layout.casts)]
-        return comp, copy, _ring(layout.streamed, layout.depth)
+        on_disk = layout.on_disk or (False,) * len(self.names)
+        reads = [self.read_ms(i, c) if d and s else None
+                 for i, (s, c, d) in enumerate(zip(layout.streamed, layout.casts, on_disk))]
+        return comp, copy, _ring(layout.streamed, layout.depth), reads
+
+    def read_ms(self, i: int, cast: CastMode) -> float:
+        """Reading block `i` from the disk tier, as the reader reads it (aligned extent)."""
+        return align(self.dev_total[cast][i]) / (self.profile.bandwidth.disk_gbps * 1e6)
+
+    def disk_floor_ms(self, disk_bytes: int) -> float:
+        """A step reads `disk_bytes` from the disk tier once per forward: no faster than that."""
+        return disk_bytes / (self.profile.bandwidth.disk_gbps * 1e6) * self.forwards
 
     def _forward(self, sim: "Sim", layout: Layout, q: int, durations, step: int) -> None:
         """Forward `q` (counted across steps) on both streams, from the cursors where they are.
 
         The ring's rule is `runtime.schedule`'s: which use a block is, which use is copied once
         its compute is enqueued and into which block; this only adds the durations."""
-        comp, copy, ring = durations
+        comp, copy, ring, reads = durations
         pageable = layout.host_memory is HostMemory.PAGEABLE
         sim.compute(NON_BLOCK, self.profile.non_block_ms, 0.0, 0.0, step)
         for i, uses in enumerate(ring.step_uses(q)):
@@ -236,15 +258,15 @@ class CostModel:
                 continue
             g, nxt, block = uses
             end = sim.compute(i, comp[i], sim.copy_done.pop(g), comp[i] - self.compute[i], step)
-            sim.copy(nxt, block, copy[block], end, step)
+            sim.copy(nxt, block, copy[block], sim.read(reads[block], end), step)
             if pageable:
                 sim.host_waits_copy()
 
     def _initial_copies(self, sim: "Sim", layout: Layout, durations) -> None:
-        _, copy, ring = durations
+        _, copy, ring, reads = durations
         for g in ring.initial_copies():  # before the first step
             block = ring.block_of_use(g)
-            sim.copy(g, block, copy[block], 0.0, step=-1)
+            sim.copy(g, block, copy[block], sim.read(reads[block], 0.0), step=-1)
         if layout.host_memory is HostMemory.PAGEABLE:
             sim.host_waits_copy()
 

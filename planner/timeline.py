@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+from runtime.tiers import DEFAULT_STAGING
+
 NON_BLOCK = "non-block"
 
 
@@ -79,6 +81,22 @@ class Sim:
         self.events: list[tuple] = []
         self.wait = overheads.event_wait_us / 1000.0
         self.host = overheads.host_block_us / 1000.0
+        self.t_disk = 0.0  # the disk reader's cursor
+        self.staging: list[float] = []  # per disk read, when its staging buffer is free again
+        self._reading: int | None = None  # the read whose buffer the next copy empties
+
+    def read(self, duration: float | None, ready: float) -> float:
+        """When the next copy may start: `ready`, or later where it copies a disk-tier block
+        (`duration`, None otherwise) whose read ends later. The reader reads ahead into
+        DEFAULT_STAGING buffers; a buffer is free once the copy out of it ended."""
+        if duration is None:
+            return ready
+        k = len(self.staging)
+        free = self.staging[k - DEFAULT_STAGING] if k >= DEFAULT_STAGING else 0.0
+        self.t_disk = max(self.t_disk, free) + duration
+        self.staging.append(float("inf"))  # set by the copy (`copy`) once it is simulated
+        self._reading = k
+        return max(ready, self.t_disk)
 
     def host_waits_copy(self) -> None:
         """A pageable copy blocks the host, hence what it enqueues next, until it is done."""
@@ -90,6 +108,9 @@ class Sim:
         start = ready + self.wait if ready > free else free
         self.t_copy = start + duration
         self.copy_done[use] = self.t_copy
+        if self._reading is not None:  # a staging buffer's copy: free after it
+            self.staging[self._reading] = self.t_copy
+            self._reading = None
         if self.record:
             self.events.append((step, Stream.COPY, start, self.t_copy, block, EventKind.COPY))
 

@@ -110,6 +110,9 @@ def apply(
     if result.phase_peak_vram_bytes:
         echo("peak VRAM by phase: " + ", ".join(
             f"{phase} {format_size(n)}" for phase, n in result.phase_peak_vram_bytes.items()))
+    if result.phase_peak_host_bytes:
+        echo("peak host RAM by phase (RSS): " + ", ".join(
+            f"{phase} {format_size(n)}" for phase, n in result.phase_peak_host_bytes.items()))
     if result.expert_step_ms:
         echo("experts: " + ", then ".join(
             f"{expert} {sum(ms) / len(ms) / 1000:.3f} s/step" if ms else f"{expert} (no whole step timed)"

@@ -157,6 +157,18 @@ class OffloadHandle:
             state.undo()
         forget(self.model, self)
 
+    def release(self) -> None:
+        """Drop the plan and the model's weights without restoring them: for a caller that
+        throws the model away (`runtime.generate`, before the decode), so that the host never
+        holds the whole transformer again. The model is unusable afterwards. Idempotent."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        state, self._state = self._state, None
+        if state is not None:
+            state.drop(self.model)
+        forget(self.model, self)
+
     def _follow_adapters(self, module, args) -> None:
         if self._state is None or adapters.signature(self.model) == self._state.adapter_signature:
             return
