@@ -82,19 +82,15 @@ def _plan(tmp_path: Path, budget: int) -> Path:
 
 
 def _room_for_the_smaller_encoder(weights: Path, tmp_path: Path) -> tuple[int, str]:
-    """A budget holding the transformer's placement and the smaller encoder, not the larger
-    beside them; and the larger's name (in this tiny pipeline CLIP, by its position table)."""
-    from runtime.apply import apply_plan
+    """A budget holding the smaller encoder, not the larger beside it (the prompt is encoded
+    before the plan is applied, so the encoders have the whole budget); and the larger's name
+    (in this tiny pipeline CLIP, by its position table)."""
     from runtime.components import load_any_pipeline, module_bytes
-    from runtime.plan import load_plan
 
     pipe = load_any_pipeline(weights)
-    handle = apply_plan(pipe, load_plan(_plan(tmp_path, 1 << 30)), CPU)
-    held = handle.stats.device_weight_bytes
-    handle.remove()
     sizes = {name: module_bytes(getattr(pipe, name)) for name in ("text_encoder", "text_encoder_2")}
     small, large = sorted(sizes, key=sizes.get)
-    return held + sizes[small] + sizes[large] // 2, large
+    return sizes[small] + sizes[large] // 2, large
 
 
 def _apply(plan: Path, weights: Path, out: Path) -> dict:

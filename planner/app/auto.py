@@ -54,6 +54,7 @@ from planner.app.auto_store import save_plan, save_profile, stored_auto
 from planner.app.placing import plan_of
 from planner.app.request import ProfileSource
 from planner.budget import parse_size
+from planner.host_peak import PROCESS_BASELINE_BYTES, HostParts
 from planner.host_ram import choose
 from planner.search import Settings, search
 from profiler.first_step import FirstStepMeter, measure_pack_bandwidth, profile_of
@@ -291,16 +292,24 @@ def tune_auto(inventory, profile, config: AutoConfig):
     the host RAM limit (as `planner tune` does, without a store or an engine)."""
     profiles = {profile.workload.cfg: profile}
     result = search(inventory, profiles, Settings(config.budget_bytes, trials=config.trials))
-    if config.device.type == "cpu":
-        # no pinned memory on a CPU: the ring's copies are memcpys on the compute thread, which
-        # the cost model prices as it prices pageable copies (serial with compute)
-        limit = 0
-    else:
-        limit = config.host_ram_bytes if config.host_ram_bytes is not None else available_host_bytes()
-    chosen = choose(inventory, profiles, result, config.budget_bytes, limit)
+    chosen = choose(inventory, profiles, result, config.budget_bytes, *_host_budget(inventory, config),
+                    pinnable=config.device.type != "cpu")
     source = ProfileSource(profiles, profile.machine.gpu_name, profile.id, False)
     plan, _ = plan_of(inventory, source, chosen.scored, config.budget_bytes)
     return plan
+
+
+def _host_budget(inventory, config: AutoConfig) -> tuple[int, HostParts]:
+    """The host RAM the run may hold and what it holds beside the packs (planner.host_peak).
+    The module is already whole in this process's memory: each block's pack replaces it. With
+    `host_ram` given, that is the limit of the whole process (its stated baseline counted);
+    without, the limit is what this machine has available now plus what the module holds."""
+    held = inventory.total_bytes
+    if config.host_ram_bytes is not None:
+        return config.host_ram_bytes, HostParts(
+            PROCESS_BASELINE_BYTES, 0, 0, in_memory_bytes=held, baseline_source="this process, stated")
+    return available_host_bytes() + held, HostParts(
+        0, 0, 0, in_memory_bytes=held, baseline_source="already out of what is available")
 
 
 def _gpu_name(device: torch.device) -> str:
