@@ -134,14 +134,12 @@ def disk_step_ms(ev: Evaluator, c: Candidate, streamed: Streamed) -> float:
 
 
 def choose(inventory, profiles, result: SearchResult, vram_budget: int, host_ram: int,
-           parts: HostParts, experts: bool = False, pinnable: bool = True) -> Choice:
+           parts: HostParts, experts: bool = False) -> Choice:
     """The fastest candidate within both budgets; ties to fewer disk, streamed, then pinned
     bytes, then the search's own tie-break (a forward timed between device synchronisations).
-    `pinnable` False: no candidate pins (a CPU device, whose copies are memcpys on its one
-    compute thread). Refuses, naming what would fit, where no candidate's run fits `host_ram`."""
+    Refuses, naming what would fit, where no candidate's run fits `host_ram`."""
     ev = Evaluator(inventory, profiles)
-    fits = [t for t in fitting(ev, result, host_ram, parts, experts)
-            if pinnable or not pinned_bytes(ev, t.scored.candidate, t.on_disk)]
+    fits = fitting(ev, result, host_ram, parts, experts)
     if not fits:
         base = parts.baseline_bytes
         raise HostRamRefusal(refusal(ev, result, host_ram, parts, experts),
