@@ -48,7 +48,8 @@ class GenerateResult:
     lower_bound_ms: float
     ratio_to_lower_bound: float | None  # measured step time / the plan's lower bound
     device_weight_bytes: int
-    phase_peak_vram_bytes: dict | None = None  # encode, load_vae, denoise, decode (CUDA only)
+    phase_peak_vram_bytes: dict | None = None  # encode, load, load_vae, denoise, decode (CUDA only)
+    phase_peak_host_bytes: dict | None = None  # the same phases' RSS high-water (host memory)
     adapter_bytes: int = 0  # LoRA weights the engine placed (counted in device_weight_bytes
     # where resident, in the ring's slots where streamed)
     expert_step_ms: dict | None = None  # two experts: each one's step times (ms)
@@ -65,12 +66,28 @@ class GenerateResult:
         }
 
 
+def quiet_hf_libraries() -> None:
+    """diffusers' and transformers' own stderr handlers and progress bars off: their records
+    propagate to the root logger like any library's (the CLI keeps them in its debug log)."""
+    import importlib
+
+    for name in ("diffusers", "transformers"):
+        try:
+            logs = importlib.import_module(f"{name}.utils.logging")
+        except ImportError:
+            continue
+        logs.disable_default_handler()
+        logs.enable_propagation()
+        logs.disable_progress_bar()
+
+
 def load_pipeline(adapter, weights: Path, transformer_file: Path | None, dtype,
                   transformer_2_file: Path | None = None):
     """The family's pipeline from a local folder, its transformer (and a second expert's)
     optionally from one single file each."""
     import torch  # noqa: F401
 
+    quiet_hf_libraries()
     os.environ["HF_HUB_OFFLINE"] = "1"
     weights = Path(weights)
     pipeline_class = _pipeline_class(adapter, weights)
@@ -119,8 +136,8 @@ def _transformer_from_file(adapter, weights: Path, path: Path, subfolder: str | 
 
 def _prompt_kwargs(adapter, pipe, prompt: str, workload, guidance: float, device,
                    room: int) -> tuple[dict, "EncodeReport"]:
-    """Run the text encoders, then drop them. Within `room` (the plan's budget less what the
-    denoiser holds) they run on the device whole; the largest that do not fit are streamed
+    """Run the text encoders, then drop them. Within `room` (the plan's budget: they run before
+    the denoiser is applied) they run on the device whole; the largest that do not fit are streamed
     through a ring (`runtime.encoders`); only an encoder that can be neither (no repeated
     blocks, fp16 with fp32-kept parts) sends them all to the CPU, as before."""
     import time
@@ -218,7 +235,17 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
         adapter, config.weights, config.transformer_file, plan.model.compute_dtype.torch(),
         config.transformer_2_file,
     )
+    pipe.set_progress_bar_config(disable=True)
     load_loras(pipe, config.loras)
+    phases = _PhasePeaks(device)
+    # the prompt is encoded before the plan is applied: the text encoders are dropped before
+    # any pack is built, so host RAM never holds both (planner.host_peak's phases), and they
+    # have the plan's whole VRAM budget, the denoiser not being on the device yet
+    kwargs, encoded = _prompt_kwargs(adapter, pipe, config.prompt, workload, config.guidance,
+                                     device, plan.target.vram_budget_bytes)
+    if config.guidance_2 is not None:
+        kwargs.update(adapter.second_guidance_kwargs(pipe, config.guidance_2))
+    phases.close("encode")
     try:
         handle = apply_plan(pipe, plan, device)
     except PlanMismatchError as e:
@@ -229,14 +256,8 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
             f"loading --lora {files} changed the transformer's base weights (diffusers widens "
             f"layers for control LoRAs), so the plan no longer fits it ({e})"
         ) from e
-    phases = _PhasePeaks(device)
+    phases.close("load")
     try:
-        room = plan.target.vram_budget_bytes - handle.stats.device_weight_bytes
-        kwargs, encoded = _prompt_kwargs(adapter, pipe, config.prompt, workload, config.guidance,
-                                         device, room)
-        if config.guidance_2 is not None:
-            kwargs.update(adapter.second_guidance_kwargs(pipe, config.guidance_2))
-        phases.close("encode")
         if config.image is not None:
             kwargs["image"] = conditioning_image(config.image)
         _others_to(pipe, adapter, device)  # the VAE, an image encoder
@@ -251,8 +272,9 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
         by_expert = _expert_step_ms(handle, plan.workload.forwards_per_step)
         peak = phases.close("denoise")
         stats = handle.stats
-        handle.remove()  # the denoiser leaves the device before the decode, whose peak
-        # (a video VAE's above all) then has the memory the plan held
+        handle.release()  # the denoiser leaves the device before the decode, whose peak
+        # (a video VAE's above all) then has the memory the plan held; it is dropped, not
+        # restored to host memory: this pipeline is thrown away after the run
         frames = adapter.decode(pipe, latents, workload)
         phases.close("decode")
     finally:
@@ -272,7 +294,7 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
         predicted_peak_vram_bytes=plan.predictions.peak_vram_bytes, lower_bound_ms=lower,
         ratio_to_lower_bound=(mean_ms / lower) if lower > 0 else None,
         device_weight_bytes=stats.device_weight_bytes, adapter_bytes=stats.adapter_bytes,
-        phase_peak_vram_bytes=phases.peaks or None,
+        phase_peak_vram_bytes=phases.peaks or None, phase_peak_host_bytes=phases.host_peaks or None,
         expert_step_ms=by_expert[0], switch_ms=by_expert[1],
         encode_ms=encoded.ms, encoders_streamed=encoded.streamed, encode_device=encoded.device,
     )
@@ -317,14 +339,18 @@ def _expert_step_ms(handle, per: int) -> tuple[dict | None, tuple[float, ...]]:
 
 
 class _PhasePeaks:
-    """Peak device memory of each phase of a run (encode, denoise, decode); nothing on CPU."""
+    """Peak device memory (CUDA only) and host RSS high-water of each phase of a run."""
 
     def __init__(self, device) -> None:
         import torch
 
+        from runtime import host_rss
+
         self.device = device
         self.cuda = device.type == "cuda"
         self.peaks: dict[str, int] = {}
+        self.host_peaks: dict[str, int] = {}
+        self._reset_host = host_rss.reset_peak()  # False: each phase reads the lifetime peak
         if self.cuda:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
@@ -333,6 +359,13 @@ class _PhasePeaks:
         """The peak since the last phase closed, recorded under `phase`; the next one starts."""
         import torch
 
+        from runtime import host_rss
+
+        host = host_rss.peak_rss_bytes()
+        if host is not None:
+            self.host_peaks[phase] = host
+        if self._reset_host:
+            host_rss.reset_peak()
         if not self.cuda:
             return None
         torch.cuda.synchronize(self.device)

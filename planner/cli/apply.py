@@ -88,6 +88,8 @@ def apply(
         result = dataclasses.replace(generate(plan, config), output=str(output))
     run = record_measured_run(db, plan, result, steps=steps, height=height, width=width,
                               frames=frames)
+    if not run.comparable:  # the plan's bound is for its target GPU and workload, not this run
+        result = dataclasses.replace(result, ratio_to_lower_bound=None)
     if json_out:
         print_json(result.to_dict() | {"run_id": run.run_id, "plan_id": run.plan_id,
                                        "run_ranks_plan": run.comparable, "gpu_name": run.gpu_name})
@@ -95,7 +97,8 @@ def apply(
     peak = format_size(result.peak_vram_bytes) if result.peak_vram_bytes is not None \
         else "not measured on CPU"
     ratio = f"{result.ratio_to_lower_bound:.2f}x" if result.ratio_to_lower_bound is not None \
-        else "n/a (plan has no lower bound)"
+        else "not compared (the bound is for the plan's own workload on its target GPU)" \
+        if not run.comparable else "n/a (plan has no lower bound)"
     echo(f"wrote {result.output}")
     echo(f"{result.seconds_per_step:.3f} s/step over {result.steps} steps on {result.device}")
     echo(f"peak VRAM {peak} (plan predicted {format_size(result.predicted_peak_vram_bytes)})")
@@ -107,6 +110,9 @@ def apply(
     if result.phase_peak_vram_bytes:
         echo("peak VRAM by phase: " + ", ".join(
             f"{phase} {format_size(n)}" for phase, n in result.phase_peak_vram_bytes.items()))
+    if result.phase_peak_host_bytes:
+        echo("peak host RAM by phase (RSS): " + ", ".join(
+            f"{phase} {format_size(n)}" for phase, n in result.phase_peak_host_bytes.items()))
     if result.expert_step_ms:
         echo("experts: " + ", then ".join(
             f"{expert} {sum(ms) / len(ms) / 1000:.3f} s/step" if ms else f"{expert} (no whole step timed)"

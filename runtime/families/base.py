@@ -206,3 +206,19 @@ class FamilyAdapter(abc.ABC):
     @abc.abstractmethod
     def decode(self, pipe, latents, workload: Workload) -> list:
         """The pipeline's latents as PIL images: one for an image model, every frame for video."""
+
+
+def block_tensor_names(spec, key: str, make) -> frozenset[str]:
+    """The tensor names of the block `make()` builds (on `meta`; names do not depend on
+    widths), derived once through the model cache under catalog model `spec` and `key`: a
+    family that names a file's tensors by its blocks (`models inspect`) then imports neither
+    torch nor diffusers."""
+    from runtime.model_cache import cached
+
+    def derive() -> dict:
+        import torch
+
+        with torch.device("meta"):
+            return {"names": sorted(make().state_dict())}
+
+    return frozenset(cached("block_tensor_names", spec, {"key": key}, derive)["names"])
