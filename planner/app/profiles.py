@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from planner.app.request import ProfileSource, TuneRequest, cfg_modes
+from planner.budget import format_size
 from runtime.errors import UserError
 
 
@@ -15,6 +16,11 @@ def resolve_profiles(req: TuneRequest) -> ProfileSource:
         from profiler.reference import find_gpu, reference_profile
 
         spec = find_gpu(req.gpu)
+        if req.budget_bytes > spec.memory_bytes:
+            raise UserError(
+                f"--vram {format_size(req.budget_bytes)} is more than the {spec.id}'s "
+                f"{format_size(spec.memory_bytes)}: give at most that, or the --gpu you plan for"
+            )
         inv = request_inventory(req) if req.weights is not None else None
         profiles = {
             cfg: reference_profile(spec.id, req.model_id, dataclasses.replace(req.workload, cfg=cfg),

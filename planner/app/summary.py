@@ -54,7 +54,9 @@ def summary(outcome: TuneOutcome) -> dict:
         "host_ram_peak_bytes": host.host.peak_bytes if host and host.host else None,
         "weight_bytes": outcome.inventory.total_bytes,
         "step_ms": pred.step_ms,
-        "peak_vram_bytes": pred.peak_vram_bytes,
+        # the run's peak: with experts, the highest of both phases and the switch (one figure
+        # wherever tune shows a peak, and the one the peers' rows are compared with)
+        "peak_vram_bytes": outcome.experts.peak_vram_bytes if outcome.experts else pred.peak_vram_bytes,
         "device_weight_bytes": pred.device_weight_bytes,
         "lower_bound_ms": pred.lower_bound_ms,
         "ratio_to_bound": pred.step_ms / pred.lower_bound_ms if pred.lower_bound_ms > 0 else None,

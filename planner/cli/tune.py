@@ -8,12 +8,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from planner.cli._common import DbOption, check_output, JsonOption, echo, print_json, print_table, status
+from planner.cli._common import DbOption, check_output, store_name, JsonOption, echo, print_json, print_table, status
 
 
 def tune(
-    model: Annotated[str, typer.Option("--model", help="Model id from `planner models list`.")],
-    vram: Annotated[str, typer.Option("--vram", help="VRAM budget, e.g. 8GB (GB means GiB).")],
+    model: Annotated[Optional[str], typer.Option("--model", help="Model id from `planner models list` (leave it out with a --profile measured by `planner profile --weights`).")] = None,
+    vram: Annotated[str, typer.Option("--vram", help="VRAM budget, e.g. 8GB (GB means GiB).")] = ...,
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="Plan from this reference GPU's profile.")] = None,
     profile: Annotated[Optional[int], typer.Option("--profile", help="Plan from this stored profile id (`planner profiles list`).")] = None,
     resolution: Annotated[Optional[str], typer.Option(help="Image size WIDTHxHEIGHT (default: the model's, or the --profile's).")] = None,
@@ -44,6 +44,12 @@ def tune(
     from runtime.errors import UserError
     from runtime.plan import save_plan
 
+    if model is None:  # a first-step profile of a pipeline folder names its own model
+        from planner.cli.tune_any import tune_profile_cli
+
+        if profile is None:
+            raise UserError("give --model ID, or --profile ID of a profile `planner profile --weights` measured")
+        return tune_profile_cli(profile, vram, host_ram, trials, output, db, json_out)
     spec = get_model(model)
     if batch is not None and not 1 <= batch <= 64:
         raise UserError(f"--batch {batch} is out of range: give 1 to 64 images per step")
@@ -84,7 +90,8 @@ def tune(
         rows = compare_formats(dataclasses.replace(request, storage_dtype=outcome.inventory.storage_dtype))
     if output is not None:
         save_plan(outcome.plan, output, option="-o")
-    data = {**summary(outcome), "formats": [row.to_dict() for row in rows], "formats_ranked": bool(formats)}
+    data = {**summary(outcome), "formats": [row.to_dict() for row in rows], "formats_ranked": bool(formats),
+            "store": store_name(db)}
     if json_out:
         print_json({**data, "output": str(output) if output else None})
         return
@@ -167,8 +174,12 @@ def _print(data: dict, output: Path | None) -> None:
         lines.extend(_experts_lines(data["experts"]))
     if data["measured_step_ms"] is not None:
         lines.append(f"  measured:      {data['measured_step_ms'] / 1000:.3f} s/step")
+    plan_id, store = data["plan_id"], data["store"]
     if output is not None:
-        lines.append(f"  written to:    {output}")
+        lines.append(f"  written to:    {output} (and stored as plan {plan_id} in {store})")
+    else:
+        lines.append(f"  stored:        plan {plan_id} in {store}; write it as a file with "
+                     f"`planner plans export {plan_id} -o plan.json` (or tune with -o plan.json)")
     for line in lines:
         echo(line)
     rows = [["tuned (this plan)", "offload-planner", f"{data['step_ms'] / 1000:.3f}", format_size(data["peak_vram_bytes"])]]
