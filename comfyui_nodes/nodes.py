@@ -88,16 +88,18 @@ class OffloadPlanTune:
                 "trials": ("INT", {"default": 200, "min": 1, "max": 100000}),
                 "measure_steps": ("INT", {"default": 2, "min": 0, "max": 100}),
                 "db_url": ("STRING", {"default": ""}),
+                # host RAM the whole run may use, e.g. 32GB; empty: what this machine has available
+                "host_ram": ("STRING", {"default": ""}),
             },
         }
 
     def tune(self, model, vram, model_id="flux-dev", resolution="1024x1024", gpu="", trials=200,
-             measure_steps=2, db_url=""):
+             measure_steps=2, db_url="", host_ram=""):
         from .patcher import attach_plan
         from .tune import measure, record, tune_for
 
         url = db_url.strip() or None
-        outcome = tune_for(model, model_id.strip(), vram, resolution, gpu, trials, url)
+        outcome = tune_for(model, model_id.strip(), vram, resolution, gpu, trials, url, host_ram)
         clone, attachment = attach_plan(model, outcome.plan)
         measured_ms = None
         if measure_steps > 0:

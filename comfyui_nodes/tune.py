@@ -55,7 +55,7 @@ def check_model_is(patcher, model_id: str, storage) -> None:
 
 
 def tune_for(patcher, model_id: str, vram: str, resolution: str, gpu: str, trials: int,
-             db_url: str | None):
+             db_url: str | None, host_ram: str = ""):
     """Tune (profiling this GPU first when no profile is stored) and return the outcome."""
     from planner.budget import parse_size
     from planner.app.request import TuneRequest
@@ -73,6 +73,7 @@ def tune_for(patcher, model_id: str, vram: str, resolution: str, gpu: str, trial
         gpu=gpu.strip() or None,
         trials=trials,
         db_url=db_url,
+        host_ram_bytes=parse_size(host_ram, "host_ram") if host_ram.strip() else None,
     )
     return tune(request)
 

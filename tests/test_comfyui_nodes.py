@@ -238,3 +238,16 @@ def test_example_workflow_wires_our_node_into_a_comfyui_flux_graph(pack, comfy):
             assert isinstance(value, {"STRING": str, "INT": int}[kind]), name
     assert [i["type"] for i in apply["inputs"]] == ["MODEL"]
     assert [o["type"] for o in apply["outputs"]] == list(ours["OffloadPlanApply"].RETURN_TYPES)
+
+
+def test_tune_node_takes_a_host_ram_budget(pack, db_url):
+    """Issue 22: the tune node's host_ram is the whole run's limit; too little is refused."""
+    from db.store import open_store
+
+    with pytest.raises(UserError, match="no plan for tiny-flux fits 1.00 MiB of host RAM"):
+        pack.NODE_CLASS_MAPPINGS["OffloadPlanTune"]().tune(
+            tiny_flux_patcher(), "1GB", model_id="tiny-flux", gpu="rtx-4060", trials=10, db_url=db_url,
+            host_ram="1MB", measure_steps=0,
+        )
+    with open_store(db_url) as store:
+        assert store.list_plans() == []
