@@ -103,11 +103,22 @@ def _parent(block, owner_path: str):
     return block.get_submodule(parent_path) if parent_path else block
 
 
+class ColumnSplit(tuple):
+    """A split of a weight `[out, in]` by input columns: `columns` keeps each part's
+    `(role, first column, end column)`, for whoever reads the MLP's part of the input."""
+
+    columns: tuple[tuple[Role, int, int], ...] = ()
+
+
 def _by_columns(tensor, widths: tuple[tuple[Role, int], ...]) -> Split | None:
     """A weight `[out, in]` whose input columns are the concatenation of `widths`."""
     if tensor.dim() != 2 or tensor.shape[1] != sum(w for _, w in widths):
         return None
-    return tuple((role, tensor.shape[0] * width) for role, width in widths if width)
+    split = ColumnSplit((role, tensor.shape[0] * width) for role, width in widths if width)
+    starts = [sum(w for _, w in widths[:i]) for i in range(len(widths))]
+    split.columns = tuple((role, start, start + width)
+                          for (role, width), start in zip(widths, starts) if width)
+    return split
 
 
 def _by_rows(tensor, heights: tuple[tuple[Role, int], ...]) -> Split | None:
