@@ -71,7 +71,7 @@ def test_residual_update_is_the_blocks_own():
     update = ((image_out - image_in).double().norm(dim=-1).sum()
               + (text_out - text_in).double().norm(dim=-1).sum())
     mean, relative = recorder.collect().residual_norm("transformer_blocks.1")
-    assert mean == pytest.approx(float(update) / (16 + 32), rel=1e-12)
+    assert mean == pytest.approx(float(update) / (16 + 32), rel=1e-6)  # norms in float32
     assert 0 < relative
 
 

@@ -159,8 +159,9 @@ def _residual_sums(inputs: list, output):
             continue
         base = min(same, key=lambda t: float((out - t).float().norm())) if len(same) > 1 else same[0]
         candidates = [t for t in candidates if t is not base]
-        update = (out - base).double().norm(dim=-1)
-        row = torch.stack([update.sum(), base.double().norm(dim=-1).sum(),
+        update = torch.linalg.vector_norm(out - base, dim=-1)
+        row = torch.stack([update.sum(dtype=torch.float64),
+                           torch.linalg.vector_norm(base, dim=-1).sum(dtype=torch.float64),
                            torch.tensor(float(update.numel()), dtype=torch.float64,
                                         device=update.device)])
         sums = row if sums is None else sums + row
