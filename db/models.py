@@ -157,3 +157,32 @@ class RunRow(Base):
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     plan: Mapped[PlanRow] = relationship(back_populates="runs")
+
+
+class BlockAnalysisRow(Base):
+    """One `planner analyze` run: each block's error in each format, over `inputs` forwards."""
+
+    __tablename__ = "block_analyses"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(128), index=True)
+    profile_id: Mapped[Optional[int]] = mapped_column(ForeignKey("profiles.id"))
+    inputs: Mapped[int] = mapped_column(Integer)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    errors: Mapped[list["BlockErrorRow"]] = relationship(
+        back_populates="analysis", cascade="all, delete-orphan", order_by="BlockErrorRow.id"
+    )
+
+
+class BlockErrorRow(Base):
+    __tablename__ = "block_errors"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    analysis_id: Mapped[int] = mapped_column(ForeignKey("block_analyses.id"), index=True)
+    block: Mapped[str]
+    kind: Mapped[str] = mapped_column(String(64))
+    format: Mapped[str] = mapped_column(String(16))
+    rel_error: Mapped[float] = mapped_column(Float)
+
+    analysis: Mapped[BlockAnalysisRow] = relationship(back_populates="errors")

@@ -23,6 +23,7 @@ from profiler.gpus import normalize as normalize_gpu_name
 from db.location import default_db_url, resolve_url
 from db.matching import run_is_comparable, workload_matches
 from profiler.types import Profile
+from runtime.analysis.sensitivity import BlockError, SensitivityTable
 from runtime.dtypes import DType
 from runtime.plan import Plan
 from runtime.workload import Workload
@@ -405,6 +406,46 @@ class Store:
                            peak, gpu or "")
                 for run_id, plan_id, text, step_ms, peak, gpu in session.execute(query)
             ]
+
+        return self._run(work, write=False)
+
+    # ------------------------------------------------------------ block analyses
+
+    def save_block_analysis(self, table: SensitivityTable, profile_id: int | None = None) -> int:
+        """Store `planner analyze`'s table (beside profile `profile_id` where given)."""
+        from db.models import BlockAnalysisRow, BlockErrorRow, ProfileRow
+
+        def work(session) -> int:
+            if profile_id is not None and session.get(ProfileRow, profile_id) is None:
+                raise NotFound(f"no profile {profile_id} in {self.url}: `planner profiles list` "
+                               f"shows the ids")
+            row = BlockAnalysisRow(model_id=table.model_id, profile_id=profile_id,
+                                   inputs=table.inputs)
+            row.errors = [BlockErrorRow(block=e.block, kind=e.kind, format=e.format.value,
+                                        rel_error=e.rel_error) for e in table.rows]
+            session.add(row)
+            session.flush()
+            return row.id
+
+        return self._run(work)
+
+    def latest_block_analysis(self, model_id: str, profile_id: int | None = None
+                              ) -> SensitivityTable | None:
+        """The newest table of `model_id` (of profile `profile_id` where given); None if none."""
+        from sqlalchemy import select
+
+        from db.models import BlockAnalysisRow
+
+        query = select(BlockAnalysisRow).where(BlockAnalysisRow.model_id == model_id)
+        if profile_id is not None:
+            query = query.where(BlockAnalysisRow.profile_id == profile_id)
+
+        def work(session) -> SensitivityTable | None:
+            row = session.scalars(query.order_by(BlockAnalysisRow.id.desc()).limit(1)).first()
+            if row is None:
+                return None
+            return SensitivityTable(row.model_id, row.inputs, tuple(
+                BlockError(e.block, e.kind, DType(e.format), e.rel_error) for e in row.errors))
 
         return self._run(work, write=False)
 

@@ -1,0 +1,57 @@
+"""Per-block sensitivity tables (`planner analyze`): each block's relative output error when
+stored fp8, Q8_0 or Q4_K, kept beside the profile of the machine it was measured on.
+
+- block_analyses: one analysis (model, optional profile, calibration forwards, when).
+- block_errors: its rows (block, kind, format, relative error).
+
+New tables only; nothing existing changes.
+
+Revision ID: 0007_block_analysis
+Revises: 0003_trusted_plans
+Create Date: 2026-12-06
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0007_block_analysis"
+down_revision = "0003_trusted_plans"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "block_analyses",
+        sa.Column("id", sa.Integer, nullable=False),
+        sa.Column("model_id", sa.String(128), nullable=False),
+        sa.Column("profile_id", sa.Integer, nullable=True),
+        sa.Column("inputs", sa.Integer, nullable=False),
+        sa.Column("created", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["profile_id"], ["profiles.id"],
+                                name="fk_block_analyses_profile_id_profiles"),
+        sa.PrimaryKeyConstraint("id", name="pk_block_analyses"),
+    )
+    op.create_index("ix_block_analyses_model_id", "block_analyses", ["model_id"])
+    op.create_table(
+        "block_errors",
+        sa.Column("id", sa.Integer, nullable=False),
+        sa.Column("analysis_id", sa.Integer, nullable=False),
+        sa.Column("block", sa.String(256), nullable=False),
+        sa.Column("kind", sa.String(64), nullable=False),
+        sa.Column("format", sa.String(16), nullable=False),
+        sa.Column("rel_error", sa.Float, nullable=False),
+        sa.ForeignKeyConstraint(["analysis_id"], ["block_analyses.id"],
+                                name="fk_block_errors_analysis_id_block_analyses"),
+        sa.PrimaryKeyConstraint("id", name="pk_block_errors"),
+    )
+    op.create_index("ix_block_errors_analysis_id", "block_errors", ["analysis_id"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_block_errors_analysis_id", table_name="block_errors")
+    op.drop_table("block_errors")
+    op.drop_index("ix_block_analyses_model_id", table_name="block_analyses")
+    op.drop_table("block_analyses")
