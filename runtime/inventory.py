@@ -130,10 +130,12 @@ def _tensor_bytes_of(tensors, storage: DType, as_stored: bool = False) -> tuple[
 
 
 def inventory_of_module(
-    model, adapter, model_id: str, storage: DType, skip: frozenset[int] = frozenset()
+    model, adapter, model_id: str, storage: DType, skip: frozenset[int] = frozenset(),
+    formats: Mapping[str, DType] | None = None,
 ) -> Inventory:
     """Inventory of a built model (on any device, meta included) stored as `storage`;
-    tensors whose ids are in `skip` (adapter weights) are left out."""
+    tensors whose ids are in `skip` (adapter weights) are left out. Blocks named in `formats`
+    are stored in their own format (a plan's per-block formats)."""
     from runtime.engine.quantized import has_quantized
 
     as_stored = storage.is_quantized and has_quantized(model)
@@ -141,7 +143,8 @@ def inventory_of_module(
     block_ids = set(skip)
     for index, (name, kind, block) in enumerate(adapter.blocks(model)):
         tensors = [t for t in list(block.parameters()) + list(block.buffers()) if id(t) not in skip]
-        params, by_dtype = _tensor_bytes_of(tensors, storage, as_stored)
+        own = (formats or {}).get(name)
+        params, by_dtype = _tensor_bytes_of(tensors, own or storage, as_stored and own is None)
         blocks.append(BlockInfo(name, kind, index, params, by_dtype))
         block_ids.update(id(t) for t in tensors)
     rest = [t for t in list(model.parameters()) + list(model.buffers()) if id(t) not in block_ids]

@@ -33,9 +33,13 @@ def check_plan(model, adapter, plan) -> Inventory:
         )
     _check_untouched(model)
     skip = frozenset(id(t) for t in adapter_tensors(model))
-    inv = inventory_of_module(model, adapter, plan.model.id, plan.model.storage_dtype, skip)
+    formats = {b.name: b.format for b in plan.blocks if b.format is not None}
+    inv = inventory_of_module(model, adapter, plan.model.id, plan.model.storage_dtype, skip,
+                              formats)
     _check_blocks(inv, plan)
-    _check_dtypes(model, plan.model.storage_dtype, plan.model.id, skip)
+    converted = frozenset(id(t) for name, _, block in adapter.blocks(model) if name in formats
+                          for t in list(block.parameters()) + list(block.buffers()))
+    _check_dtypes(model, plan.model.storage_dtype, plan.model.id, skip | converted)
     return inv
 
 

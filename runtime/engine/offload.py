@@ -16,6 +16,7 @@ import torch
 from runtime.engine import adapters, packing, quantized, staging
 from runtime.engine.casting import install_casts
 from runtime.engine.checks import check_plan
+from runtime.engine.conversion import convert_blocks, converts
 from runtime.engine.handle import OffloadHandle, OffloadStats
 from runtime.engine.host_memory import decide_host_memory
 from runtime.engine.ring import Ring
@@ -54,6 +55,7 @@ class AppliedState:
         self.hooks: list = []
         self.casts: list = []
         self.resident_block_count = 0
+        self.conversions = None  # conversion.BlockConversions of the plan's converted blocks
 
     def stats(self, device: torch.device) -> OffloadStats:
         def nbytes(kind: str) -> int:
@@ -104,6 +106,9 @@ class AppliedState:
         _move_all(back, staging.to_host)
         self.moved = []
         self.dequantized = []
+        if self.conversions is not None:
+            self.conversions.undo()
+            self.conversions = None
 
 
 def apply(model, adapter, plan, device: torch.device) -> OffloadHandle:
@@ -114,7 +119,24 @@ def apply(model, adapter, plan, device: torch.device) -> OffloadHandle:
 
 
 def apply_state(model, adapter, plan, device: torch.device) -> AppliedState:
-    """Everything `apply` does to the model's tensors and blocks, recorded for undo."""
+    """Everything `apply` does to the model's tensors and blocks, recorded for undo. Blocks
+    the plan gives their own format or pruned units are converted first (and put back last)."""
+    conversions = convert_blocks(adapter.blocks(model), plan) if converts(plan) else None
+    try:
+        state = _apply_converted(model, adapter, plan, device)
+    except BaseException:
+        if conversions is not None:
+            conversions.undo()
+        raise
+    state.conversions = conversions
+    if conversions is not None and not quantized.has_quantized(model):
+        compute = plan.model.compute_dtype.torch()
+        for block in conversions.converted:  # fp8 matrices and their bf16 vectors
+            state.casts.extend(quantized.install_dequant(block, compute))
+    return state
+
+
+def _apply_converted(model, adapter, plan, device: torch.device) -> AppliedState:
     inv = check_plan(model, adapter, plan)
     compute = plan.model.compute_dtype.torch()
     blocks = adapter.blocks(model)
