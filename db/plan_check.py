@@ -30,6 +30,17 @@ def _inventory(model_id: str, storage):
     return inventory(model_id, storage)
 
 
+def _converted(inv, plan):
+    from runtime.analysis.mixed import converted_inventory
+
+    names = {b.name for b in inv.blocks}
+    if any(b.name not in names for b in plan.blocks):
+        return inv  # the block check below names the stranger
+    return converted_inventory(
+        inv, {b.name: b.format for b in plan.blocks if b.format is not None},
+        {b.name: b.pruned for b in plan.blocks if b.pruned})
+
+
 def is_catalog_model(model_id: str) -> bool:
     from runtime.catalog import find_model
 
@@ -123,6 +134,8 @@ def _check_self_consistent(plan, source: str) -> None:
 def _check_against_model(plan, source: str) -> None:
     try:
         inv = _inventory(plan.model.id, plan.model.storage_dtype)
+        if any(b.format is not None or b.pruned for b in plan.blocks):
+            inv = _converted(inv, plan)  # blocks in their own format, pruned: their bytes
     except UserError as e:
         raise PlanRejected(f"{source} cannot be checked against {plan.model.id}: {e}") from None
     if plan.model.family != inv.family:

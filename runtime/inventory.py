@@ -182,25 +182,32 @@ def derive_inventory(model_id: str, storage: DType) -> Inventory:
     return inventory_of_module(model, adapter, model_id, storage)
 
 
-def device_bytes_by_dtype(block: BlockInfo, cast_on_host: bool) -> dict[str, int]:
+def device_bytes_by_dtype(block: BlockInfo, cast_on_host: bool,
+                          compute: DType | None = None) -> dict[str, int]:
     """Bytes by dtype a block occupies on the device (and moves per copy when streamed).
 
     fp8 storage with the cast on the host (`pre`) arrives in the compute dtype (bf16): its fp8
     matrices take twice the bytes; quantized matrices (GGUF, NF4) dequantized on the host take
     their bf16 bytes. Otherwise the device holds the storage as it is (packed, for quantized).
+    `compute`: the model's compute dtype where it is not the storage's own (a plan's block in
+    its own format inside an fp32 model dequantizes to fp32).
     """
-    return _device_groups(block.bytes_by_dtype, cast_on_host)
+    return _device_groups(block.bytes_by_dtype, cast_on_host, compute)
 
 
-def _device_groups(bytes_by_dtype: Mapping[str, int], cast_on_host: bool) -> dict[str, int]:
+def _device_groups(bytes_by_dtype: Mapping[str, int], cast_on_host: bool,
+                   compute: DType | None = None) -> dict[str, int]:
     from runtime.dtypes import compute_dtype, dequantized_bytes
 
     out: dict[str, int] = {}
     for name, num_bytes in bytes_by_dtype.items():
         dtype = DType(name)
         if cast_on_host and dtype.casts:
-            num_bytes = dequantized_bytes(dtype, num_bytes)
-            dtype = compute_dtype(dtype)
+            if compute is None or compute.casts:
+                num_bytes = dequantized_bytes(dtype, num_bytes)
+                dtype = compute_dtype(dtype)
+            else:
+                num_bytes, dtype = compute.nbytes(dtype.numel_of(num_bytes)), compute
         out[dtype.value] = out.get(dtype.value, 0) + num_bytes
     return out
 

@@ -11,8 +11,10 @@ from planner.space import space_of
 from runtime.plan import Plan, Predictions, Target, build_plan
 
 
-def plan_of(inventory, source: ProfileSource, scored: Scored, budget: int) -> tuple[Plan, Prediction]:
-    """The plan file for a scored candidate, with the cost model's full prediction."""
+def plan_of(inventory, source: ProfileSource, scored: Scored, budget: int,
+            formats=None) -> tuple[Plan, Prediction]:
+    """The plan file for a scored candidate, with the cost model's full prediction; `formats`
+    (block -> format) for a mixed plan, whose `inventory` holds those blocks converted."""
     c = scored.candidate
     profile = source.profiles[c.cfg]
     space = space_of(inventory, tuple(source.profiles))
@@ -30,6 +32,7 @@ def plan_of(inventory, source: ProfileSource, scored: Scored, budget: int) -> tu
         casts={b.name: cast for b, cast in zip(inventory.blocks, layout.casts)},
         predictions=Predictions(prediction.step_ms, prediction.peak_vram_bytes, prediction.lower_bound_ms),
         profile_id=source.profile_id,
+        formats=formats,
     )
     return plan, prediction
 

@@ -29,6 +29,7 @@ def tune(
     verify: Annotated[int, typer.Option(help="Run the K best candidates on this GPU; keep the fastest.")] = 0,
     fresh: Annotated[bool, typer.Option("--fresh", help="Profile this machine's GPU again even if a profile is stored.")] = False,
     host_ram: Annotated[Optional[str], typer.Option("--host-ram", help="Host RAM the plan may pin, e.g. 32GB (default: what this machine can pin; 64 GiB for a reference --gpu).")] = None,
+    max_error: Annotated[Optional[float], typer.Option("--max-error", help="Search mixed plans: blocks in fp8/q8_0/q4_k where the newest `planner analyze` table says so, summed relative output error under this (e.g. 0.05).")] = None,
     db: DbOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -65,6 +66,7 @@ def tune(
         fresh=fresh,
         host_ram_bytes=parse_size(host_ram, "--host-ram") if host_ram is not None else None,
         workload_from_profile=resolution is None and batch is None,
+        max_error=max_error,
     )
     if output is not None:
         check_target(output, "-o")  # before any work, and before anything is stored
@@ -77,7 +79,8 @@ def tune(
         formats = compare_formats(dataclasses.replace(request, storage_dtype=outcome.inventory.storage_dtype))
     if output is not None:
         save_plan(outcome.plan, output, option="-o")
-    data = {**summary(outcome), "formats": [row.to_dict() for row in formats]}
+    data = {**summary(outcome), "formats": [row.to_dict() for row in formats],
+            "mixed": outcome.mixed.to_dict() if outcome.mixed is not None else None}
     if json_out:
         print_json({**data, "output": str(output) if output else None})
         return
@@ -142,6 +145,11 @@ def _print(data: dict, output: Path | None) -> None:
         lines.extend(_experts_lines(data["experts"]))
     if data["measured_step_ms"] is not None:
         lines.append(f"  measured:      {data['measured_step_ms'] / 1000:.3f} s/step")
+    if data.get("mixed") is not None:
+        m = data["mixed"]
+        lines.append(f"  mixed:         {len(m['formats'])} blocks in their own format, predicted "
+                     f"error {m['predicted_error']:.3g} (max {m['max_error']:.3g}); the uniform plan: "
+                     f"{m['uniform_step_ms'] / 1000:.3f} s/step")
     if output is not None:
         lines.append(f"  written to:    {output}")
     for line in lines:

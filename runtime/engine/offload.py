@@ -150,7 +150,8 @@ def _apply_converted(model, adapter, plan, device: torch.device) -> AppliedState
             layout = packing.layout_of(module, p, compute)
             # NF4's absmax and code books stay beside the packed bytes: the plan counts them
             assert plan.model.storage_dtype is DType.NF4 or \
-                _base_bytes(layout, adapter_signature[0]) == device_bytes_by_dtype(info, p), name
+                _base_bytes(layout, adapter_signature[0]) == \
+                device_bytes_by_dtype(info, p, plan.model.compute_dtype), name
             layouts.append(layout)
     freed = _host_bytes_released(model, blocks, streamed, device, pre)
     decision = decide_host_memory([l.bytes for l in layouts], freed, _wants_pinned(plan))
