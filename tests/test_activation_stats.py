@@ -125,3 +125,32 @@ def test_apply_refuses_a_file_that_holds_no_statistics(weights, tmp_path):
     assert result.exit_code == 2, result.output
     assert len([l for l in result.output.splitlines() if l.startswith("error:")]) == 1
     assert "--record-stats" in result.output and not out.exists()
+
+
+def test_least_active_units_are_the_rarest_and_prune_to_the_model_without_them():
+    """The statistics choose the units, the plan's pruning removes them: the pruned block's
+    output equals the block with those units' down-projection columns zeroed (the units then
+    contribute nothing), up to float rounding of the shorter sums."""
+    from runtime.analysis.pruning import prune_units
+
+    model = build_tiny_flux()
+    recorder = record_stats(model)
+    with torch.no_grad():
+        model(**_inputs(model))
+    recorder.remove()
+    stats = recorder.collect()
+    key = ("transformer_blocks.0", "ff.net.2")
+    chosen = stats.least_active(*key, 16)
+    fraction = stats.active_fraction(*key)
+    assert len(chosen) == 16 and max(fraction[list(chosen)]) <= min(
+        fraction[[i for i in range(128) if i not in chosen]])
+    block = model.transformer_blocks[0]
+    inputs = get_family("flux").block_inputs(model, "double", WORKLOAD, "cpu", torch.float32)
+    zeroed = __import__("copy").deepcopy(block)
+    zeroed.ff.net[2].weight.data[:, list(chosen)] = 0
+    prune_units(block, "ff.net.2", chosen)
+    with torch.no_grad():
+        got = block(*inputs.args, **inputs.kwargs)
+        want = zeroed(*inputs.args, **inputs.kwargs)
+    assert all(torch.allclose(g, w, rtol=1e-5, atol=1e-6) for g, w in zip(got, want))
+    assert block.ff.net[2].in_features == 128 - 16

@@ -44,6 +44,18 @@ class ActivationStats:
         tokens = int(self.tensors[f"mlp/{block}/{site}/tokens"][0])
         return self.tensors[f"mlp/{block}/{site}/active"].double() / max(tokens, 1)
 
+    def least_active(self, block: str, site: str, count: int) -> tuple[int, ...]:
+        """The `count` units of the MLP read by `site` that were active least often (ties to
+        the lower index), sorted: what a plan's `pruned` takes."""
+        import torch
+
+        fraction = self.active_fraction(block, site)
+        if not 0 <= count <= fraction.numel():
+            raise UserError(f"{count} units cannot be chosen from the {fraction.numel()} of "
+                            f"{block} {site}: give 0 to {fraction.numel()}")
+        order = torch.argsort(fraction, stable=True)[:count]
+        return tuple(sorted(int(i) for i in order))
+
     def residual_norm(self, block: str) -> tuple[float, float]:
         """(mean update norm per token, mean update norm / mean input norm) of `block`."""
         update, base, tokens = (float(v) for v in self.tensors[f"residual/{block}"])
