@@ -18,11 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-CONFIG = {
-    "patch_size": 1, "in_channels": 64, "num_layers": 4, "num_single_layers": 8,
-    "attention_head_dim": 64, "num_attention_heads": 8, "joint_attention_dim": 512,
-    "pooled_projection_dim": 256, "guidance_embeds": True, "axes_dims_rope": (8, 28, 28),
-}
+from runtime_overhead import CONFIG, mid_flux_inputs  # the same mid-size FLUX and inputs
 
 
 def main() -> None:
@@ -40,14 +36,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = get_family("flux").build(CONFIG, device="cpu")
-    g = torch.Generator().manual_seed(0)
-    inputs = dict(
-        hidden_states=torch.randn(1, args.tokens, 64, generator=g),
-        encoder_hidden_states=torch.randn(1, args.text, 512, generator=g),
-        pooled_projections=torch.randn(1, 256, generator=g),
-        timestep=torch.tensor([0.5]), guidance=torch.tensor([3.5]),
-        img_ids=torch.zeros(args.tokens, 3), txt_ids=torch.zeros(args.text, 3),
-    )
+    inputs = mid_flux_inputs(args.tokens, args.text)
     times: dict[str, list[float]] = {"plain": [], "recording": []}
     with torch.no_grad():
         reference = model(**inputs).sample
