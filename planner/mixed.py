@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
+from profiler.reference import cast_ms_of
 from runtime.dtypes import DType
 
 LEVELS = (1.0, 0.5, 0.25, 0.125)  # fractions of the error budget searched
@@ -67,8 +68,6 @@ def assignments(errors, saved, max_error: float) -> list[Assignment]:
 def profile_for(profile, inventory, memory_gbps: float = DEFAULT_MEMORY_GBPS):
     """`profile` describing `inventory`'s (mixed) blocks: their bytes, and for blocks holding
     fp8 or quantized tensors the estimated on-device conversion time."""
-    from profiler.reference import cast_ms_of
-
     blocks = tuple(
         dataclasses.replace(p, bytes=b.bytes, cast_ms=p.cast_ms if p.bytes == b.bytes
                             else cast_ms_of(b.bytes_by_dtype, memory_gbps))

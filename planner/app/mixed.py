@@ -13,6 +13,8 @@ from planner.app.request import TuneOutcome, TuneRequest
 from planner.host_ram import choose
 from planner.mixed import DEFAULT_MEMORY_GBPS, assignments, profile_for
 from planner.search import Settings, search
+from profiler.gpus import keys, normalize, specs
+from runtime.analysis.mixed import converted_inventory
 from runtime.errors import UserError
 
 
@@ -74,8 +76,6 @@ def tune_mixed(req: TuneRequest) -> TuneOutcome:
 
 
 def _converted(inv, formats):
-    from runtime.analysis.mixed import converted_inventory
-
     return converted_inventory(inv, formats)
 
 
@@ -93,8 +93,6 @@ def _saved(inv, table) -> dict:
 def _memory_gbps(source) -> float:
     """The GPU's memory bandwidth for dequantization estimates: its spec sheet where the
     profile's target is a known GPU, else a conservative default."""
-    from profiler.gpus import keys, normalize, specs
-
     for spec in specs():
         if normalize(source.target_name) in keys(spec):
             return spec.memory_gbps
