@@ -29,6 +29,17 @@ Durations, in ms:
   alike; `pre` sends (and keeps) the compute dtype, dequantized on the host.
 - each forward starts with the non-block modules (`non_block_ms`).
 
+Overheads (`Overheads`, per device kind: `overheads_of`), what the stream durations alone miss
+and what matters where per-block compute is small and the copies bind:
+- a stream blocked on the other stream's event (compute on its copy, a copy on its slot's last
+  compute) resumes `event_wait_us` after the event fires;
+- the host enqueues block after block, `host_block_us` each: a block's compute neither starts
+  before the host began it nor ends before the host finished it, and the copy the host issues
+  after a block's compute waits for the host too (launch overhead: where compute per block is
+  below it, the host sets the pace and the prefetch it issues comes late);
+- a synchronised forward's host starts `forward_start_us` behind the idle device.
+On the CPU the host runs each operation itself: no overheads.
+
 Memory: peak VRAM = device weight bytes + activation peak + workspace: what torch's allocator
 holds at its peak (`torch.cuda.max_memory_allocated`). Device weight bytes = resident blocks'
 device bytes + the non-block modules' device bytes (`Inventory.non_block_device_bytes`: the
@@ -100,6 +111,33 @@ class Layout:
 
 
 @dataclasses.dataclass(frozen=True)
+class Overheads:
+    """What the two streams' durations leave out, in microseconds (see the module docstring)."""
+
+    event_wait_us: float = 0.0  # a stream blocked on the other's event resumes this long after it
+    host_block_us: float = 0.0  # host time to enqueue one block; the device cannot run ahead of it
+    forward_start_us: float = 0.0  # after a synchronize: host time before the first kernel is queued
+
+
+NO_OVERHEADS = Overheads()
+# From the H100 traces (bench/replay_h100.py derives each from ../shared/gpu-evidence/
+# h100-2026-11-22; bench/results/replay_h100.json records them): the median gap between a copy's
+# end and the first kernel of a compute stream that was waiting for it (trace_plan8_depth2,
+# copy-bound, 45 waits); the CUDA runtime calls' host time per block of a forward
+# (trace_plan16_depth2, 34.3 ms / 57 blocks: what the host spends in launches alone, the Python
+# around them not counted); the host time from a forward's first operator to its first kernel
+# (trace_plan8_depth2, the host not behind). The profiler's callbacks stretch the last two, so
+# they are upper estimates of those parts and lower ones of the whole host path.
+CUDA_OVERHEADS = Overheads(event_wait_us=7.6, host_block_us=601.0, forward_start_us=695.0)
+
+
+def overheads_of(profile) -> Overheads:
+    """A CUDA device's stream latencies and launch cost; none where the profile's device runs
+    each operation as the host calls it (the CPU)."""
+    return NO_OVERHEADS if profile.device == "cpu" else CUDA_OVERHEADS
+
+
+@dataclasses.dataclass(frozen=True)
 class Prediction:
     step_ms: float  # steady-state time of one step (the last simulated step)
     peak_vram_bytes: int
@@ -112,10 +150,11 @@ class Prediction:
 class CostModel:
     """Precomputed per-block durations and bytes for one inventory and one profile."""
 
-    def __init__(self, inventory, profile) -> None:
+    def __init__(self, inventory, profile, overheads: Overheads | None = None) -> None:
         check_same_blocks(inventory, profile)
         self.inventory = inventory
         self.profile = profile
+        self.overheads = overheads_of(profile) if overheads is None else overheads
         self.names = tuple(b.name for b in inventory.blocks)
         self.forwards = profile.workload.forwards_per_step
         self.fp8 = inventory.storage_dtype.casts  # fp8 or quantized: a cast (dequantization) per use
@@ -224,38 +263,40 @@ class CostModel:
         self._check(layout)
         comp = [self.block_compute_ms(i, c) for i, c in enumerate(layout.casts)]
         copy = [self.copy_ms(i, c, layout.host_memory) for i, c in enumerate(layout.casts)]
-        streamed = [i for i in range(len(self.names)) if layout.streamed[i]]
-        return comp, copy, streamed
+        return comp, copy, ring_of(list(layout.streamed), layout.depth)
 
     def _forward(self, sim: "_Sim", layout: Layout, q: int, durations, step: int) -> None:
-        """Forward `q` (counted across steps) on both streams, from the cursors where they are."""
-        comp, copy, streamed = durations
-        m = len(streamed)
-        slots = min(layout.depth, m)
+        """Forward `q` (counted across steps) on both streams, from the cursors where they are.
+
+        The ring's rule is `runtime.schedule`'s: which use a block is, which use is copied once
+        its compute is enqueued and into which block; this only adds the durations."""
+        comp, copy, ring = durations
         pageable = layout.host_memory is HostMemory.PAGEABLE
         sim.compute(NON_BLOCK, self.profile.non_block_ms, 0.0, 0.0, step)
-        j = 0
         for i in range(len(self.names)):
-            if not layout.streamed[i]:
+            g = ring.use_at(q, i)
+            if g is None:
                 sim.compute(i, comp[i], 0.0, comp[i] - self.compute[i], step)
                 continue
-            g = q * m + j
-            j += 1
             end = sim.compute(i, comp[i], sim.copy_done.pop(g), comp[i] - self.compute[i], step)
-            nxt = streamed[(g + slots) % m]
-            sim.copy(g + slots, nxt, copy[nxt], end, step)
+            nxt = ring.copy_after(g)
+            block = ring.block_of_use(nxt)
+            sim.copy(nxt, block, copy[block], end, step)
             if pageable:
-                sim.t_comp = sim.t_copy
+                sim.host_waits_copy()
+
+    def _initial_copies(self, sim: "_Sim", layout: Layout, durations) -> None:
+        _, copy, ring = durations
+        for g in ring.initial_copies():  # before the first step
+            block = ring.block_of_use(g)
+            sim.copy(g, block, copy[block], 0.0, step=-1)
+        if layout.host_memory is HostMemory.PAGEABLE:
+            sim.host_waits_copy()
 
     def _simulate(self, layout: Layout, record: bool) -> tuple[float, tuple[Event, ...]]:
         durations = self._durations(layout)
-        _, copy, streamed = durations
-        slots = min(layout.depth, len(streamed))
-        sim = _Sim(record)
-        for g in range(slots):  # initial copies, before the first step
-            sim.copy(g, streamed[g], copy[streamed[g]], 0.0, step=-1)
-        if layout.host_memory is HostMemory.PAGEABLE:
-            sim.t_comp = sim.t_copy
+        sim = _Sim(record, self.overheads)
+        self._initial_copies(sim, layout, durations)
         ends = [0.0]
         step = 0
         while step < DEFAULT_STEPS or (step < MAX_STEPS and not _settled(ends)):
@@ -278,15 +319,16 @@ class CostModel:
         when both streams are done: the synchronize also waits for this forward's own
         wrap-around copies of the next forward's first blocks, which in a denoising loop run
         under the next forward's compute instead. A deeper ring prefetches more of those
-        blocks at the tail of the forward, so here a deeper ring can be slower.
+        blocks at the tail of the forward, so here a deeper ring can be slower. The host
+        starts each forward from the synchronize, `forward_start_us` behind the device.
         """
         durations = self._durations(layout)
-        m = len(durations[2])
-        slots = min(layout.depth, m)
+        ring = durations[2]
         total = 0.0
         for f in range(self.forwards):
-            sim = _Sim(False)
-            sim.copy_done = {f * m + g: 0.0 for g in range(slots)}
+            sim = _Sim(False, self.overheads)
+            sim.t_host = self.overheads.forward_start_us / 1000.0
+            sim.copy_done = {f * ring.m + g: 0.0 for g in ring.initial_copies()}
             self._forward(sim, layout, f, durations, 0)
             total += max(sim.t_comp, sim.t_copy)
         return total
@@ -298,25 +340,40 @@ def _settled(ends: list[float]) -> bool:
 
 
 class _Sim:
-    """Stream cursors and, when recording, raw events (step, stream, start, end, block, kind)."""
+    """Stream cursors, the host's enqueue cursor and, when recording, raw events (step, stream,
+    start, end, block, kind). The host enqueues blocks one after another (`host_block_us`
+    each); a block's compute starts no earlier than the host began it and ends no earlier than
+    the host finished it, and the copy issued after a block's compute starts no earlier than
+    that. A stream waiting on the other stream's event resumes `event_wait_us` after it."""
 
-    def __init__(self, record: bool) -> None:
+    def __init__(self, record: bool, overheads: "Overheads") -> None:
         self.t_comp = 0.0
         self.t_copy = 0.0
+        self.t_host = 0.0
         self.copy_done: dict[int, float] = {}
         self.record = record
         self.events: list[tuple] = []
+        self.wait = overheads.event_wait_us / 1000.0
+        self.host = overheads.host_block_us / 1000.0
+
+    def host_waits_copy(self) -> None:
+        """A pageable copy blocks the host, hence what it enqueues next, until it is done."""
+        self.t_comp = max(self.t_comp, self.t_copy)
+        self.t_host = max(self.t_host, self.t_copy)
 
     def copy(self, use: int, block: int, duration: float, ready: float, step: int) -> None:
-        start = max(ready, self.t_copy)
+        free = max(self.t_copy, self.t_host)
+        start = ready + self.wait if ready > free else free
         self.t_copy = start + duration
         self.copy_done[use] = self.t_copy
         if self.record:
             self.events.append((step, Stream.COPY, start, self.t_copy, block, EventKind.COPY))
 
     def compute(self, block, duration: float, ready: float, cast: float, step: int) -> float:
-        start = max(self.t_comp, ready)
-        self.t_comp = start + duration
+        free = max(self.t_comp, self.t_host)
+        start = ready + self.wait if ready > free else free
+        self.t_host += self.host
+        self.t_comp = max(start + duration, self.t_host)
         if self.record:
             if cast > 0:
                 self.events.append((step, Stream.COMPUTE, start, start + cast, block, EventKind.CAST))

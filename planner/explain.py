@@ -83,11 +83,7 @@ def explain(plan: Plan, profile, inventory=None, calibration=None) -> Explanatio
     from runtime.inventory import inventory as inventory_of
 
     inv = inventory or inventory_of(plan.model.id, plan.model.storage_dtype)
-    if profile.workload != plan.workload:
-        raise UserError(
-            f"the profile is for {profile.workload.resolution} batch {profile.workload.batch}, the plan for "
-            f"{plan.workload.resolution} batch {plan.workload.batch}: use a profile of the plan's workload"
-        )
+    _same_workload(plan, profile)
     model = CostModel(inv, profile)
     layout = layout_of(plan, inv)
     prediction = model.predict(layout, plan.target.vram_budget_bytes)
@@ -108,6 +104,32 @@ def explain(plan: Plan, profile, inventory=None, calibration=None) -> Explanatio
         )
     calibrated = calibration.step_ms(model, layout, prediction.step_ms) if calibration is not None else None
     return Explanation(plan, prediction, tuple(rows), _experts(plan, model, layout), calibration, calibrated)
+
+
+def recompute(plan: Plan, profile, inventory=None) -> Plan:
+    """`plan` with its predictions, and each further expert's, as the cost model gives them
+    under `profile`: the figures a plan file claims are never the ones ranked."""
+    from runtime.inventory import inventory as inventory_of
+    from runtime.plan import Predictions
+
+    inv = inventory or inventory_of(plan.model.id, plan.model.storage_dtype)
+    _same_workload(plan, profile)
+    model = CostModel(inv, profile)
+
+    def predictions(part: Plan) -> Predictions:
+        p = model.predict(layout_of(part, inv), plan.target.vram_budget_bytes)
+        return Predictions(p.step_ms, p.peak_vram_bytes, p.lower_bound_ms)
+
+    experts = tuple(dataclasses.replace(e, predictions=predictions(plan.for_expert(e.attr))) for e in plan.experts)
+    return dataclasses.replace(plan, predictions=predictions(plan), experts=experts)
+
+
+def _same_workload(plan: Plan, profile) -> None:
+    if profile.workload != plan.workload:
+        raise UserError(
+            f"the profile is for {profile.workload.resolution} batch {profile.workload.batch}, the plan for "
+            f"{plan.workload.resolution} batch {plan.workload.batch}: use a profile of the plan's workload"
+        )
 
 
 def _experts(plan: Plan, model: CostModel, layout: Layout):

@@ -82,7 +82,7 @@ def load_pipeline(adapter, weights: Path, transformer_file: Path | None, dtype,
             adapter, weights, Path(transformer_2_file), subfolder="transformer_2"
         )
     pipe = pipeline_class.from_pretrained(
-        weights, local_files_only=True, torch_dtype=dtype, **extra
+        weights, local_files_only=True, dtype=dtype, use_safetensors=True, **extra
     )
     for name in (adapter.denoiser, "transformer_2"):
         if name not in extra:  # a single file keeps the dtypes it stores
@@ -148,14 +148,15 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
 
     import torch
 
-    from runtime.apply import _resolve_device, apply_plan
+    from runtime.apply import apply_plan
+    from runtime.engine.device import resolve_device
     from runtime.catalog import get_model
     from runtime.families import get_family
     from runtime.lora import load_loras
 
     if config.steps < 1:
         raise UserError(f"steps {config.steps} is not usable: give 1 or more")
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
     adapter = get_family(get_model(plan.model.id).family)
     workload = dc.replace(
         plan.workload, height=config.height or plan.workload.height,

@@ -18,7 +18,7 @@ from runtime.analysis.convert import FORMATS
 from runtime.dtypes import DType
 from runtime.errors import PlanFormatError
 from runtime.strict_json import DuplicateKey, NonFiniteConstant, loads_strict
-from runtime.workload import MAX_FRAMES, CfgMode, Workload
+from runtime.workload import MAX_FRAMES, MAX_SIDE, CfgMode, Workload
 
 FORMAT_VERSION = 1
 MAX_PLAN_FILE_BYTES = 10 * 1024 * 1024
@@ -333,8 +333,8 @@ def _read_workload(r: "_Reader", data: dict) -> Workload:
     w = data["workload"]
     r.object(w, "workload")
     r.keys({k: v for k, v in w.items() if k != "frames"}, "workload", _WORKLOAD_KEYS)
-    height = r.integer(w, "workload.height", 16, 16384)
-    width = r.integer(w, "workload.width", 16, 16384)
+    height = r.integer(w, "workload.height", 16, MAX_SIDE)
+    width = r.integer(w, "workload.width", 16, MAX_SIDE)
     if height % 16 or width % 16:
         raise PlanFormatError(f"{r.source}: workload height and width must be multiples of 16")
     fields = dict(

@@ -19,6 +19,29 @@ def _db_url(value: Optional[str]) -> Optional[str]:
     return value
 
 
+def check_output(path, option: str, db: Optional[str], suffixes: tuple[str, ...] = (),
+                 example: Optional[str] = None):
+    """`runtime.files.check_target`, and not the store's own file (nor its journal), even
+    where that file does not exist yet: an output never replaces the database."""
+    from pathlib import Path
+
+    from db.location import resolve_url, sqlite_path
+    from runtime.errors import UserError
+    from runtime.files import check_target
+
+    target = check_target(path, option, suffixes, example)
+    store = sqlite_path(resolve_url(db))
+    if store is not None:
+        mine = Path(os.path.abspath(target))
+        for name in (store, *(Path(f"{store}{s}") for s in ("-journal", "-wal", "-shm"))):
+            if mine == Path(os.path.abspath(name.expanduser())):
+                raise UserError(
+                    f"{option} {path} is the plan store's database file ({store}): give a new file "
+                    f"name for the output, e.g. {mine.parent / (example or 'plan.json')}"
+                )
+    return target
+
+
 DbOption = Annotated[
     Optional[str],
     typer.Option(

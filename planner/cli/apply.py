@@ -36,6 +36,7 @@ def apply(
     from planner.budget import format_size
     from planner.cli._common import echo
     from planner.cli.apply_checks import check_apply_inputs
+    from planner.cli.apply_preflight import ApplyFiles, preflight
     from planner.app.runs import record_measured_run
     from runtime.catalog import find_model
     from runtime.files import atomic_path
@@ -57,6 +58,7 @@ def apply(
         experts=spec is not None and spec.experts is not None, transformer_2=transformer_2,
         pipeline=_pipeline_name(plan.model.family),
     )
+    preflight(plan, ApplyFiles(plan_file, weights, transformer, transformer_2, loras, height, width, frames))
     if record_stats is not None:
         from runtime.files import check_target
 

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from planner.cli._common import DbOption, JsonOption, echo, print_json, print_table
+from planner.cli._common import DbOption, check_output, JsonOption, echo, print_json, print_table
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -136,11 +136,10 @@ def export(
 ) -> None:
     """Write a stored plan as a plan.json file (stdout without -o)."""
     from db.store import open_store
-    from runtime.files import check_target
     from runtime.plan import dumps_plan, save_plan
 
     if output is not None:
-        check_target(output, "-o")  # refused before the store is even opened
+        check_output(output, "-o", db)  # refused before the store is even opened
     with open_store(db) as store:
         stored = store.get_plan(plan_id)
     if output is None:
@@ -160,29 +159,32 @@ def import_plan(
         "--allow-unknown-model",
         help="Keep a plan for a model this tool's catalog does not know (never returned by `plans best`).",
     )] = False,
+    profile: Annotated[Optional[int], typer.Option(
+        "--profile", min=1, max=MAX_ID,
+        help="Recompute the plan's predictions from this stored profile (default: its target GPU's reference profile).",
+    )] = None,
     db: DbOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Store a plan file (validated field by field, then against the catalog model it names);
-    importing it again keeps one copy."""
-    from db.plan_check import check_storable
-    from db.store import open_store
-    from runtime.plan import load_plan
+    its predictions are recomputed here, never taken from the file. Importing it again keeps
+    one copy."""
+    from planner.app.imports import import_plan as run_import
 
-    plan = load_plan(path)
-    known = check_storable(plan, allow_unknown_model=allow_unknown_model, source=str(path))
-    with open_store(db) as store:
-        existed = store.find_plan(plan)
-        plan_id = existed if existed is not None else store.save_plan(plan, allow_unknown_model=allow_unknown_model)
+    done = run_import(path, allow_unknown_model=allow_unknown_model, profile_id=profile, db_url=db)
     if json_out:
-        print_json({"id": plan_id, "created": existed is None, "catalog_model": known})
+        print_json({"id": done.plan_id, "created": done.created, "catalog_model": done.catalog_model,
+                    "predicted_step_ms": done.step_ms, "file_step_ms": done.file_step_ms})
         return
-    if existed is None:
-        echo(f"imported {path} as plan {plan_id}")
+    if done.created:
+        echo(f"imported {path} as plan {done.plan_id}")
     else:
-        echo(f"{path} is already stored as plan {plan_id}")
-    if not known:
-        echo(f"note: model {plan.model.id!r} is not in the catalog: the plan is kept but never returned by `plans best`")
+        echo(f"{path} is already stored as plan {done.plan_id}")
+    if done.catalog_model and abs(done.file_step_ms - done.step_ms) > 1e-6 * max(1.0, done.file_step_ms):
+        echo(f"note: predicted {done.step_ms:.1f} ms/step by this tool's cost model; "
+             f"the file said {done.file_step_ms:.1f}, which is not kept")
+    if not done.catalog_model:
+        echo(f"note: model {done.model_id!r} is not in the catalog: the plan is kept but never returned by `plans best`")
 
 
 @app.command("rm")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from planner.cli._common import DbOption, JsonOption, echo, print_json, print_table, status
+from planner.cli._common import DbOption, check_output, JsonOption, echo, print_json, print_table, status
 
 
 def tune(
@@ -42,7 +42,6 @@ def tune(
     from runtime.catalog import get_model
     from runtime.dtypes import DType
     from runtime.errors import UserError
-    from runtime.files import check_target
     from runtime.plan import save_plan
 
     spec = get_model(model)
@@ -69,7 +68,7 @@ def tune(
         max_error=max_error,
     )
     if output is not None:
-        check_target(output, "-o")  # before any work, and before anything is stored
+        check_output(output, "-o", db)  # before any work, and before anything is stored
     with status(f"searching placements for {spec.id} ({request.trials} trials)", enabled=not json_out):
         outcome = run_tune(request)
     formats = ()

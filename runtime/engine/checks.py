@@ -39,8 +39,21 @@ def check_plan(model, adapter, plan) -> Inventory:
     _check_blocks(inv, plan)
     converted = frozenset(id(t) for name, _, block in adapter.blocks(model) if name in formats
                           for t in list(block.parameters()) + list(block.buffers()))
-    _check_dtypes(model, plan.model.storage_dtype, plan.model.id, skip | converted)
+    skip = skip | converted
+    if getattr(adapter, "free_non_block_dtypes", False):  # discovered blocks: check only them
+        skip = skip | _non_block_ids(model, adapter)
+    _check_dtypes(model, plan.model.storage_dtype, plan.model.id, skip)
     return inv
+
+
+def _non_block_ids(model, adapter) -> frozenset[int]:
+    """Ids of tensors outside every block: an adapter with `free_non_block_dtypes` (generic
+    discovery) lets them keep their own dtypes (a float64 position table beside fp32 blocks);
+    the engine moves them as they are."""
+    inside = {id(t) for _, _, block in adapter.blocks(model)
+              for t in list(block.parameters()) + list(block.buffers())}
+    return frozenset(id(t) for t in list(model.parameters()) + list(model.buffers())
+                     if id(t) not in inside)
 
 
 def _active_foreign_hooks(module) -> bool:
@@ -88,9 +101,13 @@ def _check_blocks(inv: Inventory, plan) -> None:
 
 
 def _check_dtypes(model, storage: DType, model_id: str, skip: frozenset[int]) -> None:
+    """Every parameter in the dtype `storage` keeps it in. Buffers are not stored weights: a
+    model computes its rotary and position tables (Wan's `rope.freqs_cos`, SD3's
+    `pos_embed.pos_embed`, Chroma's `mod_proj`) in a float dtype whatever the checkpoint holds,
+    so they are left to the block byte check."""
     if storage.is_quantized:
         return  # the checkpoint decides each tensor's dtype; the block bytes were checked
-    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+    for name, tensor in model.named_parameters():
         if not tensor.is_floating_point() or id(tensor) in skip:
             continue
         want = storage_dtype(storage, tuple(tensor.shape)).torch()

@@ -9,7 +9,6 @@ packed with a streamed block, resident with a resident one (`runtime.engine.adap
 from __future__ import annotations
 
 import warnings
-import weakref
 
 import torch
 
@@ -17,26 +16,13 @@ from runtime.engine import adapters, packing, quantized, staging
 from runtime.engine.casting import install_casts
 from runtime.engine.checks import check_plan
 from runtime.engine.conversion import convert_blocks, converts
-from runtime.engine.handle import OffloadHandle, OffloadStats
 from runtime.engine.host_memory import decide_host_memory
 from runtime.engine.ring import Ring
+from runtime.engine.stats import OffloadStats
 from runtime.dtypes import DType
-from runtime.errors import PlanMismatchError
 from runtime.inventory import device_bytes_by_dtype
 from runtime.plan import CastMode, Placement
 from runtime.schedule import ring_of
-
-_APPLIED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def applied_handle(model) -> OffloadHandle | None:
-    return _APPLIED.get(model)
-
-
-def forget(model, handle) -> None:
-    if _APPLIED.get(model) is handle:
-        del _APPLIED[model]
-
 
 class AppliedState:
     """What was done to one model, in the order it was done."""
@@ -109,13 +95,6 @@ class AppliedState:
         if self.conversions is not None:
             self.conversions.undo()
             self.conversions = None
-
-
-def apply(model, adapter, plan, device: torch.device) -> OffloadHandle:
-    """Check, then apply; a failure half-way undoes what was done and re-raises."""
-    handle = OffloadHandle(model, adapter, plan, device, apply_state(model, adapter, plan, device))
-    _APPLIED[model] = handle
-    return handle
 
 
 def apply_state(model, adapter, plan, device: torch.device) -> AppliedState:
@@ -255,7 +234,8 @@ def _move_all(moves, staged_copy) -> None:
     (`staged_copy(sources, dtypes)`: `staging.to_device` or `to_host`), all at once: either all
     of them get their copy or none does (where the staging memory is refused, `Tensor.to` one
     by one instead). The rest, and anything the staging cannot take, use `Tensor.to` (a no-op
-    where nothing changes). A tensor listed twice is copied once."""
+    where nothing changes). A tensor listed twice is copied once. Any other error (a CUDA
+    error, the device full) is raised as it is."""
     staged, seen = [], set()
     for tensor, device, dtype in moves:
         if id(tensor) in seen:
@@ -269,9 +249,7 @@ def _move_all(moves, staged_copy) -> None:
         return
     try:
         copies = staged_copy([t.data for t, _, _ in staged], [dtype for _, _, dtype in staged])
-    except torch.cuda.OutOfMemoryError:
-        raise  # the device is full: plain copies would not fit either
-    except RuntimeError:  # pinned staging memory refused: plain copies, one by one
+    except staging.StagingRefused:  # no pinned staging memory: plain copies, one by one
         copies = [t.data.to(device=device, dtype=dtype) for t, device, dtype in staged]
     for (tensor, _, _), copy in zip(staged, copies):
         tensor.data = copy
@@ -306,16 +284,3 @@ def _hook_streamed(state, modules) -> None:
         state.hooks.append(
             module.register_forward_hook(torch.compiler.disable(after), always_call=True)
         )
-
-
-def refuse_other_plan(model, plan, device) -> OffloadHandle | None:
-    """The handle when the same plan is applied again; refuse a different one."""
-    handle = applied_handle(model)
-    if handle is None:
-        return None
-    if handle.plan == plan and handle.device == device:
-        return handle
-    raise PlanMismatchError(
-        f"another plan ({handle.plan.model.id} on {handle.device}) is already applied to this "
-        f"model: call remove() on its handle first, then apply the new plan"
-    )

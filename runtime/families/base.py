@@ -19,12 +19,35 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+import re
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from runtime.workload import Workload
 
 if TYPE_CHECKING:
-    from runtime.catalog import ModelSpec
+    from runtime.model_spec import ModelSpec
+
+
+# The prefixes a single-file checkpoint's tensor names may carry: ComfyUI's, the original
+# release's, a pipeline-level diffusers file's.
+CHECKPOINT_PREFIX = r"^(?:model\.diffusion_model\.|diffusion_model\.|transformer\.)?"
+
+
+def block_pattern(lists: Iterable[str]) -> re.Pattern:
+    """A checkpoint tensor of a block of one of `lists` (block list names as files spell them),
+    under any CHECKPOINT_PREFIX; groups: the list name, the block index."""
+    alternatives = "|".join(re.escape(name) for name in lists)
+    return re.compile(CHECKPOINT_PREFIX + "(" + alternatives + r")\.(\d+)\.")
+
+
+def block_of(pattern: re.Pattern, name: str, lists: Mapping[str, str] | None = None) -> str | None:
+    """The block (diffusers path) of a tensor matched by `pattern` (`block_pattern`), its list
+    renamed by `lists` (file name -> diffusers name) where given; None for another tensor."""
+    match = pattern.match(name)
+    if not match:
+        return None
+    listed = match.group(1)
+    return f"{(lists or {}).get(listed, listed)}.{int(match.group(2))}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,11 +100,13 @@ class FamilyAdapter(abc.ABC):
     # The pipeline attribute (and pipeline subfolder) holding the model plans apply to.
     denoiser: str = "transformer"
 
+    # The catalog entries of this family (released configs, source named, and a tiny-*).
+    catalog: tuple["ModelSpec", ...] = ()
+
     # ------------------------------------------------------------------ architecture
 
-    @abc.abstractmethod
     def models(self) -> tuple["ModelSpec", ...]:
-        """The catalog entries of this family (released configs, source named, and a tiny-*)."""
+        return self.catalog
 
     def model_class(self) -> type:
         """The torch module class this family's transformer is: `diffusers_model`, the name
@@ -89,6 +114,10 @@ class FamilyAdapter(abc.ABC):
         import diffusers
 
         return getattr(diffusers, self.diffusers_model)
+
+    def check_workload(self, config: Mapping[str, Any], workload: Workload) -> None:
+        """Refuse (UserError) a workload this model's pipeline would round, refuse or fail on;
+        a family whose pipeline takes any multiple of 16 keeps this default."""
 
     def build(self, config: Mapping[str, Any], device: str = "meta", dtype=None):
         """The architecture from a config; on `meta` it holds no memory."""

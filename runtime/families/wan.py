@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from types import SimpleNamespace
 from typing import Any, Mapping
 
-from runtime.catalog import Experts, model_spec
 from runtime.dtypes import DType
 from runtime.errors import UserError
 from runtime.families.base import BlockInputs, BlockList, FamilyAdapter
+from runtime.families.inputs import random_tensors
+from runtime.model_spec import Experts, model_spec
 from runtime.workload import CfgMode, Workload
 
 _PREFIX = r"^(?:model\.diffusion_model\.|diffusion_model\.)?"
@@ -146,8 +148,7 @@ class WanAdapter(FamilyAdapter):
     block_lists = (BlockList(attr="blocks", kind="block"),)
     text_encoders = ("text_encoder",)
 
-    def models(self):
-        return MODELS
+    catalog = MODELS
 
     def block_of_tensor(self, tensor_name: str) -> str | None:
         match = _BLOCK_NAME.match(tensor_name)
@@ -171,7 +172,7 @@ class WanAdapter(FamilyAdapter):
         batch = workload.forward_batch
         grid = token_grid(config, workload)
         tokens = grid[0] * grid[1] * grid[2]
-        rand = _random_tensors(device, dtype)
+        rand = random_tensors(device, dtype)
         if vae_of(config).per_token_timesteps:
             temb = rand(batch, tokens, 6, dim)
         else:
@@ -192,7 +193,7 @@ class WanAdapter(FamilyAdapter):
         config = model.config
         batch = workload.forward_batch
         frames, height, width = latent_shape(config, workload)
-        rand = _random_tensors(device, dtype)
+        rand = random_tensors(device, dtype)
         if vae_of(config).per_token_timesteps:
             grid = token_grid(config, workload)
             timestep_shape = (batch, grid[0] * grid[1] * grid[2])
@@ -206,6 +207,9 @@ class WanAdapter(FamilyAdapter):
         }
 
     # ------------------------------------------------------------------ generation
+
+    def check_workload(self, config, workload: Workload) -> None:
+        latent_shape(SimpleNamespace(**config), workload)
 
     def prompt_kwargs(self, pipe, prompt: str, workload: Workload, guidance: float, device) -> dict:
         latent_shape(pipe.transformer.config, workload)  # refuses what the pipeline would round
@@ -271,7 +275,24 @@ def latent_shape(config, workload: Workload) -> tuple[int, int, int]:
             f"2x2 patches)"
         )
     frames = (workload.frames - 1) // vae.temporal + 1
-    return frames, workload.height // vae.spatial, workload.width // vae.spatial
+    shape = frames, workload.height // vae.spatial, workload.width // vae.spatial
+    _check_rope(config, workload, shape, vae)
+    return shape
+
+
+def _check_rope(config, workload: Workload, shape: tuple[int, int, int], vae) -> None:
+    """Refuse a clip whose token grid is longer, on any axis, than the rotary table the model
+    builds (`rope_max_seq_len` positions): its rope could not index those positions."""
+    limit = config.rope_max_seq_len
+    patch_t, patch_h, patch_w = config.patch_size
+    if all(n // p <= limit for n, p in zip(shape, (patch_t, patch_h, patch_w))):
+        return
+    max_frames = (limit * patch_t - 1) * vae.temporal + 1
+    raise UserError(
+        f"{workload.frames} frames at {workload.resolution} are beyond this Wan model's rotary "
+        f"table of {limit} positions per axis: give at most {max_frames} frames and sides of at "
+        f"most {limit * patch_w * vae.spatial}x{limit * patch_h * vae.spatial}"
+    )
 
 
 def token_grid(config, workload: Workload) -> tuple[int, int, int]:
@@ -294,9 +315,3 @@ def _rotary(config, workload: Workload):
     rope = WanRotaryPosEmbed(config.attention_head_dim, config.patch_size, config.rope_max_seq_len)
     shape = latent_shape(config, workload)
     return rope(torch.empty(1, config.in_channels, *shape, device="meta"))
-
-
-def _random_tensors(device, dtype):
-    from runtime.families.inputs import random_tensors
-
-    return random_tensors(device, dtype)
