@@ -31,14 +31,9 @@ def _inventory(model_id: str, storage):
 
 
 def _converted(inv, plan):
-    from runtime.analysis.mixed import converted_inventory
+    from runtime.analysis.mixed import converted_inventory, plan_conversions
 
-    names = {b.name for b in inv.blocks}
-    if any(b.name not in names for b in plan.blocks):
-        return inv  # the block check below names the stranger
-    return converted_inventory(
-        inv, {b.name: b.format for b in plan.blocks if b.format is not None},
-        {b.name: b.pruned for b in plan.blocks if b.pruned})
+    return converted_inventory(inv, *plan_conversions(plan))
 
 
 def is_catalog_model(model_id: str) -> bool:

@@ -44,7 +44,7 @@ def analyze(req: AnalyzeRequest):
     """(the table, its id in the store). The denoiser runs whole on `req.device`."""
     from db.store import open_store
     from runtime.analysis.sensitivity import block_sensitivity, record_calibration
-    from runtime.apply import _resolve_device
+    from runtime.engine.device import resolve_device
     from runtime.catalog import get_model
     from runtime.families import get_family
     from runtime.generate import load_pipeline
@@ -55,7 +55,7 @@ def analyze(req: AnalyzeRequest):
     with open_store(req.db_url):  # a locked or out-of-date store fails before any work
         pass
     adapter = get_family(spec.family)
-    device = _resolve_device(req.device)
+    device = resolve_device(req.device)
     pipe = load_pipeline(adapter, req.weights, None, compute_dtype(spec.storage_dtype).torch())
     denoiser = getattr(pipe, adapter.denoiser).to(device)
     pipe.vae.to(device)
