@@ -37,7 +37,7 @@ a kind of its own, numbered in order of appearance (`T5Block`, `T5Block.1`). The
 kinds as runs of interchangeable blocks, so equal kinds must mean equal shapes.
 
 What the engine consumes: `Discovery.adapter()` is an object with what the engine
-(`runtime.engine.offload.apply`, `checks.check_plan`) and `runtime.inventory.inventory_of_module`
+(`runtime.engine.handle.apply`, `checks.check_plan`) and `runtime.inventory.inventory_of_module`
 ask of a family adapter: `name` (`AUTO_FAMILY`, the plan's `model.family`) and
 `blocks(model) -> [(name, kind, module)]` in execution order; block names are module paths
 (`transformer_blocks.3`), so `model.get_submodule(name)` finds them. Its
@@ -48,7 +48,7 @@ So the existing inventory, planner, cost model and engine run discovered blocks 
     found = record_order(model, lambda: model(**inputs))      # or OrderRecorder around a forward
     inv = inventory_of_module(model, found.adapter(), "my-model", DType.BF16)
     plan = build_plan(inv, streamed_names, workload=..., target=...)
-    handle = runtime.engine.offload.apply(model, found.adapter(), plan, device)
+    handle = runtime.engine.handle.apply(model, found.adapter(), plan, device)
 
 A family adapter file, where one recognises the model, wins over discovery
 (`planner.app.auto.apply_auto` asks `runtime.families.family_of_module` first).

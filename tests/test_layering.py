@@ -35,6 +35,12 @@ LAYERS = {
 }
 
 
+# The `runtime` package's own `__init__` is the Python API users import (`from runtime import
+# apply_plan, apply_auto`): a facade over the layers, whose lazy re-export of the application
+# layer's `apply_auto` is the one import allowed to point up. Only the top layers import it.
+FACADE = {"runtime": {"planner.app.auto"}}
+
+
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -74,7 +80,7 @@ def import_graph() -> dict[str, set[str]]:
     graph = {}
     for module, path in modules.items():
         deps = {_resolve(name, modules) for name in imported_names(path, module)}
-        graph[module] = deps - {None, module}
+        graph[module] = deps - {None, module} - FACADE.get(module, set())
     return graph
 
 
@@ -158,6 +164,18 @@ def test_no_import_cycle_between_our_modules():
     found = cycles(graph)
     shown = [{m: sorted(graph[m] & set(c)) for m in c} for c in found]
     assert not found, f"import cycles (module: what it imports within the cycle): {shown}"
+
+
+def test_only_users_import_the_python_api_facade():
+    graph = import_graph()
+    below = [m for m in graph if not _within(m, ("comfyui_nodes", *APP_LAYERS))]
+    importers = sorted(m for m in below if set(FACADE) & graph[m])
+    assert not importers, (
+        f"modules below the application layer import the facade package {sorted(FACADE)}: "
+        f"{importers}; import the module that defines the name"
+    )
+    raw = imported_names(our_modules()["runtime"], "runtime")
+    assert FACADE["runtime"] <= raw, "the facade re-exports apply_auto from planner.app.auto"
 
 
 def test_the_cycle_finder_finds_a_cycle_through_a_function_local_import(tmp_path):

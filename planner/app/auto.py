@@ -76,11 +76,12 @@ def apply_auto(model_or_pipeline, vram="8GB", host_ram=None, device=None, store=
     module docstring. `host_ram` caps the pinned host RAM (default: what is available),
     `device` is the compute device (default CUDA when there is one, else CPU), `store` a
     database URL (default: the user's store). Returns an `AutoHandle`; `remove()` undoes it."""
-    from runtime.apply import _resolve_device, denoiser_of
-    from runtime.engine import offload
+    from runtime.apply import denoiser_of
+    from runtime.engine.device import resolve_device
+    from runtime.engine import handle as engine
 
     model = denoiser_of(model_or_pipeline)
-    if offload.applied_handle(model) is not None:
+    if engine.applied_handle(model) is not None:
         raise UserError(
             f"a plan is already applied to this {type(model).__name__}: call remove() on its "
             f"handle first, then apply_auto"
@@ -89,7 +90,7 @@ def apply_auto(model_or_pipeline, vram="8GB", host_ram=None, device=None, store=
         budget_bytes=vram if isinstance(vram, int) else parse_size(str(vram), "vram"),
         host_ram_bytes=None if host_ram is None else
         host_ram if isinstance(host_ram, int) else parse_size(str(host_ram), "host_ram"),
-        device=_resolve_device(device),
+        device=resolve_device(device),
         store_url=store,
     )
     return AutoHandle(model, config)
@@ -112,7 +113,7 @@ class AutoHandle:
     (`profile`, `tuned`, `source`), and `remove()`."""
 
     def __init__(self, model: torch.nn.Module, config: AutoConfig) -> None:
-        from runtime.engine import offload
+        from runtime.engine import handle as engine
 
         self.model = model
         self.config = config
@@ -124,7 +125,7 @@ class AutoHandle:
         self.source = "stream-all"  # then "measured", "stored plan" or "stored profile"
         self.note = ""  # why the stream-everything plan stayed, where it did
         self.forwards = 0
-        self._inner = offload.apply(model, self.adapter, self._stream_all_plan(), config.device)
+        self._inner = engine.apply(model, self.adapter, self._stream_all_plan(), config.device)
         self._measuring = None  # (recorder or None, meter) during the first forward
         self._hooks = [
             model.register_forward_pre_hook(torch.compiler.disable(self._before), prepend=True,
@@ -244,11 +245,11 @@ class AutoHandle:
         self.source = source
 
     def _switch(self, plan) -> None:
-        from runtime.engine import offload
+        from runtime.engine import handle as engine
 
         self._inner.remove()
         self._inner = None
-        self._inner = offload.apply(self.model, self.adapter, plan, self.config.device)
+        self._inner = engine.apply(self.model, self.adapter, plan, self.config.device)
         self.tuned = True
 
     def _start_stored(self) -> bool:

@@ -89,12 +89,13 @@ def _model_index(weights: Path) -> dict:
 
 
 def _check_components(weights: Path, index: dict, skip: set[str]) -> None:
-    """Every component is null or [library, class] of diffusers or transformers, and any with
-    weights has safetensors ones (a pickle is never loaded)."""
+    """Every component (a list: [library, class]) is null or of diffusers or transformers, and
+    any with weights has safetensors ones (a pickle is never loaded). Scalars are the pipeline's
+    own config values (Wan 2.2's `boundary_ratio`), not components."""
     for name, entry in index.items():
-        if name.startswith("_"):
+        if name.startswith("_") or type(entry) in (bool, int, float, str) or entry is None:
             continue
-        if entry is None or entry == [None, None]:
+        if entry == [None, None]:
             continue
         if not (type(entry) is list and len(entry) == 2 and all(type(v) is str for v in entry)
                 and entry[0] in LIBRARIES):
