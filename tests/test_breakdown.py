@@ -107,3 +107,25 @@ def test_cli_breakdown_json_and_table():
     table = runner.invoke(app, ["models", "show", "flux-dev", "--breakdown"])
     assert table.exit_code == 0, table.output
     assert "2.87 B" in table.stdout and "1.08 B" in table.stdout and "2.15 B" in table.stdout
+
+
+def test_blocks_the_generic_path_discovers_break_down_too():
+    """A module no family adapter knows (transformers' T5 encoder): its discovered blocks'
+    roles come from module classes (`T5Attention`'s q/k/v/o, `T5DenseGatedActDense`)."""
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    from runtime.discovery import find_blocks
+
+    config = T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=96, num_layers=2, num_heads=4,
+                      feed_forward_proj="gated-gelu")
+    with torch.device("meta"):
+        model = T5EncoderModel(config)
+    adapter = find_blocks(model).adapter()
+    blocks = adapter.blocks(model)
+    inv = inventory_of_module(model, adapter, "t5", DType.BF16)
+    for info, broken in zip(inv.blocks, breakdown_of_blocks(blocks, DType.BF16)):
+        assert (broken.params, broken.bytes) == (info.params, info.bytes)
+        assert broken.roles[Role.Q].params == broken.roles[Role.OUT].params == 32 * 32
+        assert broken.roles[Role.MLP].params == 3 * 32 * 96  # wi_0, wi_1, wo
+        assert broken.group(Group.OTHER).params <= 32 * 4  # relative position bias: 32 buckets x 4 heads

@@ -181,6 +181,29 @@ def _inside_adaptive_norm(block, owner_path: str, leaf: str, tensor) -> Split | 
     return ((Role.MODULATION, tensor.numel()),)
 
 
+_BY_LEAF = {"q": Role.Q, "query": Role.Q, "k": Role.K, "key": Role.K, "v": Role.V,
+            "value": Role.V, "o": Role.OUT, "out": Role.OUT}
+
+
+def _inside_attention(block, owner_path: str, leaf: str, tensor) -> Split | None:
+    """A projection named q, k, v, o (query, key, value, out) of a module whose class is an
+    attention (transformers' `T5Attention`, `CLIPAttention` with `q_proj` matched above)."""
+    role = _BY_LEAF.get(owner_path.rpartition(".")[2])
+    if role is None or not re.search(r"Attention|Attn", type(_parent(block, owner_path)).__name__):
+        return None
+    return ((role, tensor.numel()),)
+
+
+def _inside_mlp(block, owner_path: str, leaf: str, tensor) -> Split | None:
+    """Any tensor of a module whose class is an MLP (`T5DenseGatedActDense`, `CLIPMLP`, ...)."""
+    parts = owner_path.split(".") if owner_path else []
+    for depth in range(len(parts), 0, -1):
+        module = block.get_submodule(".".join(parts[:depth]))
+        if re.search(r"MLP|Mlp|FeedForward|FFN|Dense", type(module).__name__):
+            return ((Role.MLP, tensor.numel()),)
+    return None
+
+
 def _rule(path: str, role: Role | None = None, owner: str | None = None,
           split: Splitter | None = None) -> RoleRule:
     return RoleRule(re.compile(path), role, re.compile(owner) if owner else None, split)
@@ -207,6 +230,9 @@ for _built_in in (
     # MLPs: feed-forward modules and the MLP input of single-stream blocks
     _rule(_NAME + r"(?:ff|ff_context|ffn|feed_forward|img_mlp|txt_mlp|mlp|proj_mlp)(?:\.\w+)*$",
           Role.MLP),
+    # modules no name above matched, known by their class: attention projections, MLPs
+    _rule(_NAME + r"\w+\.\w+$", split=_inside_attention),
+    _rule(r"\w+$", split=_inside_mlp),
     # norms: any module whose class is a norm (LayerNorm, RMSNorm, GroupNorm, ...)
     _rule(r"\w+$", Role.NORM, owner=r"Norm"),
 ):
