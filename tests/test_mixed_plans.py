@@ -102,9 +102,16 @@ def test_a_converted_block_streams_fewer_bytes():
 
 
 def test_plan_file_carries_formats_and_pruned_units():
+    import json
+
+    import jsonschema
+
+    from runtime.plan_schema import plan_schema
+
     plan = _plan()
     text = dumps_plan(plan)
     assert loads_plan(text) == plan
+    jsonschema.validate(json.loads(text), plan_schema())
     assert '"format": "q8_0"' in text and '"ff.net.2": [\n' in text or '"ff.net.2"' in text
     plain = build_plan(inventory("tiny-flux"), set(), workload=WORKLOAD, target=Target("cpu", 1 << 30))
     assert '"format"' not in dumps_plan(plain) and '"pruned"' not in dumps_plan(plain)
@@ -117,10 +124,17 @@ def test_plan_file_carries_formats_and_pruned_units():
 def test_bad_block_fields_are_refused(field, value):
     import json
 
+    import jsonschema
+
+    from runtime.plan_schema import plan_schema
+
     data = json.loads(dumps_plan(_plan()))
     data["blocks"][0][field] = value
     with pytest.raises(PlanFormatError, match=f"blocks\\[0\\].{field}"):
         loads_plan(json.dumps(data))
+    if value not in ({"ff.net.2": [3, 1]}, {"b": [1], "a": [2]}):  # order: the reader's rule
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(data, plan_schema())
 
 
 def test_pruning_unknown_units_is_refused_and_leaves_the_model():
