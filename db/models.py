@@ -186,3 +186,12 @@ class BlockErrorRow(Base):
     rel_error: Mapped[float] = mapped_column(Float)
 
     analysis: Mapped[BlockAnalysisRow] = relationship(back_populates="errors")
+
+
+class BlockAnalysisPlanRow(Base):
+    """A plan `tune --max-error` made from a block analysis: the table it was made from."""
+
+    __tablename__ = "block_analysis_plans"
+
+    plan_id: Mapped[int] = mapped_column(ForeignKey("plans.id"), primary_key=True)
+    analysis_id: Mapped[int] = mapped_column(ForeignKey("block_analyses.id"), index=True)

@@ -324,10 +324,10 @@ class Store:
         return min(plans, key=lambda p: (p.ranking_ms, p.id), default=None)
 
     def remove_plan(self, plan_id: int) -> None:
-        """Remove a plan and its measured runs."""
+        """Remove a plan, its measured runs and its link to the block analysis it came from."""
         from sqlalchemy import delete
 
-        from db.models import PlanRow, RunRow
+        from db.models import BlockAnalysisPlanRow, PlanRow, RunRow
 
         _check_id(plan_id, "plan", self.url)
 
@@ -335,6 +335,7 @@ class Store:
             if session.get(PlanRow, plan_id) is None:
                 raise NotFound(f"no plan {plan_id} in {self.url}: `planner plans list` shows the ids")
             session.execute(delete(RunRow).where(RunRow.plan_id == plan_id))
+            session.execute(delete(BlockAnalysisPlanRow).where(BlockAnalysisPlanRow.plan_id == plan_id))
             session.execute(delete(PlanRow).where(PlanRow.id == plan_id))
 
         self._run(work)
@@ -437,7 +438,7 @@ class Store:
         return self._run(work)
 
     def latest_block_analysis(self, model_id: str, profile_id: int | None = None
-                              ) -> SensitivityTable | None:
+                              ) -> "StoredBlockAnalysis | None":
         """The newest table of `model_id` (of profile `profile_id` where given); None if none."""
         from sqlalchemy import select
 
@@ -447,15 +448,42 @@ class Store:
         if profile_id is not None:
             query = query.where(BlockAnalysisRow.profile_id == profile_id)
 
-        def work(session) -> SensitivityTable | None:
+        def work(session) -> StoredBlockAnalysis | None:
             row = session.scalars(query.order_by(BlockAnalysisRow.id.desc()).limit(1)).first()
             if row is None:
                 return None
-            return SensitivityTable(row.model_id, row.inputs, tuple(
-                BlockError(e.block, e.kind, DType(e.format), e.rel_error) for e in row.errors))
+            return StoredBlockAnalysis(row.id, row.profile_id, SensitivityTable(
+                row.model_id, row.inputs,
+                tuple(BlockError(e.block, e.kind, DType(e.format), e.rel_error) for e in row.errors)))
 
         return self._run(work, write=False)
 
+    def link_plan_to_analysis(self, plan_id: int, analysis_id: int) -> None:
+        """Remember that plan `plan_id` was made from block analysis `analysis_id`."""
+        from db.models import BlockAnalysisPlanRow
+
+        def work(session) -> None:
+            if session.get(BlockAnalysisPlanRow, plan_id) is None:
+                session.add(BlockAnalysisPlanRow(plan_id=plan_id, analysis_id=analysis_id))
+
+        self._run(work)
+
+    def analysis_of_plan(self, plan_id: int) -> int | None:
+        """The block analysis plan `plan_id` was made from; None for other plans."""
+        from db.models import BlockAnalysisPlanRow
+
+        def work(session) -> int | None:
+            row = session.get(BlockAnalysisPlanRow, plan_id)
+            return row.analysis_id if row is not None else None
+
+        return self._run(work, write=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredBlockAnalysis:
+    analysis_id: int
+    profile_id: int | None
+    table: SensitivityTable
 
 MAX_ID = 2**63 - 1  # ids are signed 64-bit integers on every backend
 

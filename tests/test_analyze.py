@@ -88,7 +88,8 @@ def test_cli_analyze_stores_the_table(tmp_path):
     assert data["inputs"] == 4 and len(data["rows"]) == 8 * 2
     with open_store(url) as store:
         stored = store.latest_block_analysis("tiny-flux")
-    assert stored.to_dict() == {k: v for k, v in data.items() if k != "analysis_id"}
+    assert stored.analysis_id == data["analysis_id"] and stored.profile_id is None
+    assert stored.table.to_dict() == {k: v for k, v in data.items() if k != "analysis_id"}
 
 
 def test_cli_analyze_refuses_an_empty_prompts_file(tmp_path):
@@ -97,3 +98,25 @@ def test_cli_analyze_refuses_an_empty_prompts_file(tmp_path):
     result = CliRunner().invoke(app, [
         "analyze", "--model", "tiny-flux", "--weights", str(tmp_path), "--prompts", str(prompts)])
     assert result.exit_code == 2 and "holds no prompt" in result.output
+
+
+def test_a_plan_linked_to_its_analysis_can_be_removed(tmp_path):
+    """The link from a mixed plan to its analysis goes with the plan (foreign keys on)."""
+    from db.store import open_store
+    from runtime.analysis.sensitivity import BlockError, SensitivityTable
+    from runtime.inventory import inventory
+    from runtime.plan import Target, build_plan
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    plan = build_plan(inventory("tiny-flux"), set(), workload=Workload(64, 64, text_tokens=16),
+                      target=Target("cpu", 1 << 30))
+    table = SensitivityTable("tiny-flux", 1, (BlockError("transformer_blocks.0", "double",
+                                                         DType.FP8, 0.01),))
+    with open_store(url) as store:
+        analysis_id = store.save_block_analysis(table)
+        plan_id = store.save_plan(plan)
+        store.link_plan_to_analysis(plan_id, analysis_id)
+        assert store.analysis_of_plan(plan_id) == analysis_id
+        store.remove_plan(plan_id)
+        assert store.analysis_of_plan(plan_id) is None
+        assert store.latest_block_analysis("tiny-flux").table == table

@@ -70,6 +70,9 @@ def test_stats_analyze_tune_mixed_and_apply(tmp_path):
     assert mixed["formats"] and mixed["predicted_error"] <= 0.5
     assert data["step_ms"] < mixed["uniform_step_ms"]  # fewer bytes over a slow link
     plan = load_plan(mixed_path)
+    with open_store(url) as store:  # the store keeps the analysis the plan was made from
+        assert store.analysis_of_plan(data["plan_id"]) == mixed["analysis_id"]
+        assert store.latest_block_analysis("tiny-flux").analysis_id == mixed["analysis_id"]
     assert {b.name: b.format.value for b in plan.blocks if b.format} == mixed["formats"]
     assert plan.streamed and plan.predictions.peak_vram_bytes <= BUDGET
 

@@ -23,14 +23,15 @@ class MixedChoice:
     formats: dict  # block -> DType
     predicted_error: float  # summed relative error of the chosen blocks
     max_error: float
-    analysis_inputs: int  # calibration forwards of the table it came from
+    analysis_id: int  # the stored block analysis it came from
+    analysis_inputs: int  # calibration forwards of that table
     uniform_step_ms: float  # the uniform plan's predicted step at the same budgets
     uniform_peak_vram_bytes: int
 
     def to_dict(self) -> dict:
         return {"formats": {b: f.value for b, f in self.formats.items()},
                 "predicted_error": self.predicted_error, "max_error": self.max_error,
-                "analysis_inputs": self.analysis_inputs, "uniform_step_ms": self.uniform_step_ms,
+                "analysis_id": self.analysis_id, "analysis_inputs": self.analysis_inputs, "uniform_step_ms": self.uniform_step_ms,
                 "uniform_peak_vram_bytes": self.uniform_peak_vram_bytes}
 
 
@@ -41,10 +42,11 @@ def tune_mixed(req: TuneRequest) -> TuneOutcome:
         raise UserError("--max-error mixes formats into a plain (bf16/fp16/fp32) model: drop "
                         "--weights, --quant and --dtype fp8")
     with open_store(req.db_url) as store:
-        table = store.latest_block_analysis(req.model_id)
-    if table is None:
+        stored = store.latest_block_analysis(req.model_id)
+    if stored is None:
         raise UserError(f"no block analysis of {req.model_id} is stored: run `planner analyze "
                         f"--model {req.model_id} --weights ... --prompts ...` first")
+    table = stored.table
     source = resolve_profiles(req)
     inv = request_inventory(req)
     limit, limit_source = host_ram_limit(req, source)
@@ -69,8 +71,10 @@ def tune_mixed(req: TuneRequest) -> TuneOutcome:
                                formats=assignment.formats)
     with open_store(req.db_url) as store:
         plan_id = store.save_plan(plan)
+        store.link_plan_to_analysis(plan_id, stored.analysis_id)
     choice = MixedChoice(dict(assignment.formats), assignment.predicted_error, req.max_error,
-                         table.inputs, uniform.scored.step_ms, uniform.scored.peak_vram_bytes)
+                         stored.analysis_id, table.inputs, uniform.scored.step_ms,
+                         uniform.scored.peak_vram_bytes)
     return TuneOutcome(plan, prediction, result, mixed_source, mixed, plan_id, host.scored,
                        None, host, limit_source, mixed=choice)
 

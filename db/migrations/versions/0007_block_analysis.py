@@ -3,6 +3,7 @@ stored fp8, Q8_0 or Q4_K, kept beside the profile of the machine it was measured
 
 - block_analyses: one analysis (model, optional profile, calibration forwards, when).
 - block_errors: its rows (block, kind, format, relative error).
+- block_analysis_plans: which analysis a mixed plan (`tune --max-error`) was made from.
 
 New tables only; nothing existing changes.
 
@@ -48,9 +49,21 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_block_errors"),
     )
     op.create_index("ix_block_errors_analysis_id", "block_errors", ["analysis_id"])
+    op.create_table(
+        "block_analysis_plans",
+        sa.Column("plan_id", sa.Integer, nullable=False),
+        sa.Column("analysis_id", sa.Integer, nullable=False),
+        sa.ForeignKeyConstraint(["plan_id"], ["plans.id"], name="fk_block_analysis_plans_plan_id_plans"),
+        sa.ForeignKeyConstraint(["analysis_id"], ["block_analyses.id"],
+                                name="fk_block_analysis_plans_analysis_id_block_analyses"),
+        sa.PrimaryKeyConstraint("plan_id", name="pk_block_analysis_plans"),
+    )
+    op.create_index("ix_block_analysis_plans_analysis_id", "block_analysis_plans", ["analysis_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_block_analysis_plans_analysis_id", table_name="block_analysis_plans")
+    op.drop_table("block_analysis_plans")
     op.drop_index("ix_block_errors_analysis_id", table_name="block_errors")
     op.drop_table("block_errors")
     op.drop_index("ix_block_analyses_model_id", table_name="block_analyses")
