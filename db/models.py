@@ -182,8 +182,9 @@ class BlockErrorRow(Base):
     analysis_id: Mapped[int] = mapped_column(ForeignKey("block_analyses.id"), index=True)
     block: Mapped[str]
     kind: Mapped[str] = mapped_column(String(64))
-    format: Mapped[str] = mapped_column(String(16))
+    option: Mapped[str] = mapped_column(String(32))  # "fp8", "q8_0", "q4_k", "prune:0.25"
     rel_error: Mapped[float] = mapped_column(Float)
+    pruned: Mapped[Optional[dict[str, Any]]]  # a pruning option's units by MLP path (JSON)
 
     analysis: Mapped[BlockAnalysisRow] = relationship(back_populates="errors")
 

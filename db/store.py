@@ -23,7 +23,7 @@ from profiler.gpus import normalize as normalize_gpu_name
 from db.location import default_db_url, resolve_url, safe_url
 from db.matching import run_is_comparable, workload_matches
 from profiler.types import Profile
-from runtime.analysis.sensitivity import BlockError, SensitivityTable
+from runtime.analysis.table import BlockError, BlockOption, SensitivityTable
 from runtime.dtypes import DType
 from runtime.plan import Plan
 from runtime.workload import Workload
@@ -429,8 +429,10 @@ class Store:
                                f"shows the ids")
             row = BlockAnalysisRow(model_id=table.model_id, profile_id=profile_id,
                                    inputs=table.inputs)
-            row.errors = [BlockErrorRow(block=e.block, kind=e.kind, format=e.format.value,
-                                        rel_error=e.rel_error) for e in table.rows]
+            row.errors = [BlockErrorRow(block=e.block, kind=e.kind, option=e.option.name,
+                                        rel_error=e.rel_error,
+                                        pruned={p: list(u) for p, u in e.pruned} or None)
+                          for e in table.rows]
             session.add(row)
             session.flush()
             return row.id
@@ -454,7 +456,9 @@ class Store:
                 return None
             return StoredBlockAnalysis(row.id, row.profile_id, SensitivityTable(
                 row.model_id, row.inputs,
-                tuple(BlockError(e.block, e.kind, DType(e.format), e.rel_error) for e in row.errors)))
+                tuple(BlockError(e.block, e.kind, BlockOption.parse(e.option), e.rel_error,
+                                 tuple((p, tuple(u)) for p, u in (e.pruned or {}).items()))
+                      for e in row.errors)))
 
         return self._run(work, write=False)
 

@@ -28,20 +28,21 @@ DEFAULT_MEMORY_GBPS = 500.0  # device memory bandwidth where the profile's GPU i
 
 @dataclasses.dataclass(frozen=True)
 class Assignment:
-    formats: Mapping[str, DType]
+    formats: Mapping[str, object]  # block -> option (a format, or pruning: any hashable key)
     predicted_error: float  # the sum of the chosen blocks' errors
     saved_bytes: int
 
 
 def assign_formats(
-    errors: Mapping[str, Mapping[DType, float]], saved: Mapping[str, Mapping[DType, int]],
+    errors: Mapping[str, Mapping[object, float]], saved: Mapping[str, Mapping[object, int]],
     max_error: float,
 ) -> Assignment:
-    """Formats for blocks, most bytes saved first per unit of error, summed error <= max_error."""
+    """Options (formats, pruning) for blocks, most bytes saved first per unit of error, summed
+    error <= max_error."""
     options = sorted(
         ((block, fmt, err, saved[block][fmt]) for block, by_fmt in errors.items()
          for fmt, err in by_fmt.items() if saved.get(block, {}).get(fmt, 0) > 0),
-        key=lambda o: (-(o[3] / max(o[2], 1e-30)), o[0], o[1].value),
+        key=lambda o: (-(o[3] / max(o[2], 1e-30)), o[0], _name(o[1])),
     )
     chosen: dict[str, tuple[DType, float, int]] = {}
     total = 0.0
@@ -53,6 +54,10 @@ def assign_formats(
             total += delta
     return Assignment({b: c[0] for b, c in chosen.items()}, total,
                       sum(c[2] for c in chosen.values()))
+
+
+def _name(option) -> str:
+    return getattr(option, "name", None) or getattr(option, "value", None) or str(option)
 
 
 def assignments(errors, saved, max_error: float) -> list[Assignment]:

@@ -103,15 +103,18 @@ def test_cli_analyze_refuses_an_empty_prompts_file(tmp_path):
 def test_a_plan_linked_to_its_analysis_can_be_removed(tmp_path):
     """The link from a mixed plan to its analysis goes with the plan (foreign keys on)."""
     from db.store import open_store
-    from runtime.analysis.sensitivity import BlockError, SensitivityTable
+    from runtime.analysis.table import BlockError, BlockOption, SensitivityTable
     from runtime.inventory import inventory
     from runtime.plan import Target, build_plan
 
     url = f"sqlite:///{tmp_path / 'store.db'}"
     plan = build_plan(inventory("tiny-flux"), set(), workload=Workload(64, 64, text_tokens=16),
                       target=Target("cpu", 1 << 30))
-    table = SensitivityTable("tiny-flux", 1, (BlockError("transformer_blocks.0", "double",
-                                                         DType.FP8, 0.01),))
+    table = SensitivityTable("tiny-flux", 1, (
+        BlockError("transformer_blocks.0", "double", BlockOption(format=DType.FP8), 0.01),
+        BlockError("transformer_blocks.1", "double", BlockOption(prune=0.25), 0.02,
+                   (("ff.net.2", (1, 4)),)),
+    ))
     with open_store(url) as store:
         analysis_id = store.save_block_analysis(table)
         plan_id = store.save_plan(plan)
@@ -120,3 +123,34 @@ def test_a_plan_linked_to_its_analysis_can_be_removed(tmp_path):
         store.remove_plan(plan_id)
         assert store.analysis_of_plan(plan_id) is None
         assert store.latest_block_analysis("tiny-flux").table == table
+
+
+def test_pruning_options_come_from_the_statistics_and_equal_pruning_by_hand():
+    from runtime.analysis.pruning import prune_units
+    from runtime.analysis.stats import record_stats
+    from runtime.analysis.table import BlockOption
+
+    model = build_tiny_flux()
+    calibration = _calibration(model)
+    recorder = record_stats(model)
+    with torch.no_grad():
+        for args, kwargs in calibration:
+            model(*args, **kwargs)
+    recorder.remove()
+    stats = recorder.collect()
+    blocks = ADAPTER.blocks(model)
+    table = block_sensitivity(model, blocks, calibration, formats=(), stats=stats, prune=(0.25,))
+    assert len(table.rows) == len(blocks)  # one pruning row per block, each of its MLPs pruned
+    row = table.row("transformer_blocks.1", BlockOption(prune=0.25))
+    assert [path for path, _ in row.pruned] == ["ff.net.2", "ff_context.net.2"]
+    assert row.pruned[0][1] == stats.least_active("transformer_blocks.1", "ff.net.2", 32)
+    pruned = copy.deepcopy(model)
+    for path, units in row.pruned:
+        prune_units(pruned.transformer_blocks[1], path, units)
+    with torch.no_grad():
+        errors = []
+        for args, kwargs in calibration:
+            ref, y = model(*args, **kwargs)[0].double(), pruned(*args, **kwargs)[0].double()
+            errors.append(float((y - ref).norm() / ref.norm()))
+    assert row.rel_error == sum(errors) / 2 > 0
+    assert model.transformer_blocks[1].ff.net[2].in_features == 128  # put back

@@ -25,6 +25,8 @@ class AnalyzeRequest:
     device: str | None = None
     profile_id: int | None = None
     db_url: str | None = None
+    stats: Path | None = None  # activation statistics (`apply --record-stats`): prune options
+    prune: tuple[float, ...] = ()  # fractions of each MLP's least active units to try removing
 
 
 def read_prompts(path: Path) -> tuple[str, ...]:
@@ -44,6 +46,7 @@ def analyze(req: AnalyzeRequest):
     """(the table, its id in the store). The denoiser runs whole on `req.device`."""
     from db.store import open_store
     from runtime.analysis.sensitivity import block_sensitivity, record_calibration
+    from runtime.analysis.stats import load_stats
     from runtime.engine.device import resolve_device
     from runtime.catalog import get_model
     from runtime.families import get_family
@@ -51,6 +54,12 @@ def analyze(req: AnalyzeRequest):
 
     if req.steps < 1:
         raise UserError(f"--steps {req.steps} is not usable: give 1 or more")
+    if any(not 0 < f < 1 for f in req.prune):
+        raise UserError(f"--prune {', '.join(map(str, req.prune))}: give fractions between 0 and 1")
+    if req.prune and req.stats is None:
+        raise UserError("--prune removes the least active units that --stats FILE recorded: "
+                        "give --stats (from `planner apply --record-stats`)")
+    stats = load_stats(req.stats) if req.stats is not None else None
     spec = get_model(req.model_id)
     with open_store(req.db_url):  # a locked or out-of-date store fails before any work
         pass
@@ -64,7 +73,7 @@ def analyze(req: AnalyzeRequest):
     calibration = record_calibration(pipe, adapter, req.prompts, workload, req.steps, guidance,
                                      req.seed, device)
     table = block_sensitivity(denoiser, adapter.blocks(denoiser), calibration, req.formats,
-                              model_id=req.model_id)
+                              model_id=req.model_id, stats=stats, prune=req.prune)
     with open_store(req.db_url) as store:
         analysis_id = store.save_block_analysis(table, req.profile_id)
     return table, analysis_id

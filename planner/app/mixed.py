@@ -20,7 +20,7 @@ from runtime.errors import UserError
 
 @dataclasses.dataclass(frozen=True)
 class MixedChoice:
-    formats: dict  # block -> DType
+    options: dict  # block -> runtime.analysis.table.BlockOption
     predicted_error: float  # summed relative error of the chosen blocks
     max_error: float
     analysis_id: int  # the stored block analysis it came from
@@ -29,7 +29,7 @@ class MixedChoice:
     uniform_peak_vram_bytes: int
 
     def to_dict(self) -> dict:
-        return {"formats": {b: f.value for b, f in self.formats.items()},
+        return {"options": {b: o.name for b, o in self.options.items()},
                 "predicted_error": self.predicted_error, "max_error": self.max_error,
                 "analysis_id": self.analysis_id, "analysis_inputs": self.analysis_inputs, "uniform_step_ms": self.uniform_step_ms,
                 "uniform_peak_vram_bytes": self.uniform_peak_vram_bytes}
@@ -56,7 +56,7 @@ def tune_mixed(req: TuneRequest) -> TuneOutcome:
     gbps = _memory_gbps(source)
     best = None
     for assignment in assignments(table.errors_by_block(), _saved(inv, table), req.max_error):
-        mixed = _converted(inv, assignment.formats)
+        mixed = _converted(inv, *_conversions(table, assignment.formats))
         profiles = {cfg: profile_for(p, mixed, gbps) for cfg, p in source.profiles.items()}
         result = search(mixed, profiles, settings)
         host = choose(mixed, profiles, result, req.budget_bytes, limit)
@@ -68,7 +68,7 @@ def tune_mixed(req: TuneRequest) -> TuneOutcome:
                         f"smallest measured error is {smallest:.3g}; give a larger --max-error")
     assignment, mixed, mixed_source, host, result = best
     plan, prediction = plan_of(mixed, mixed_source, host.scored, req.budget_bytes,
-                               formats=assignment.formats)
+                               *_conversions(table, assignment.formats))
     with open_store(req.db_url) as store:
         plan_id = store.save_plan(plan)
         store.link_plan_to_analysis(plan_id, stored.analysis_id)
@@ -79,18 +79,29 @@ def tune_mixed(req: TuneRequest) -> TuneOutcome:
                        None, host, limit_source, mixed=choice)
 
 
-def _converted(inv, formats):
-    return converted_inventory(inv, formats)
+def _converted(inv, formats, pruned=None):
+    return converted_inventory(inv, formats, pruned)
+
+
+def _conversions(table, options) -> tuple[dict, dict]:
+    """(formats, pruned units) by block, of `options` (block -> BlockOption)."""
+    formats = {b: o.format for b, o in options.items() if o.format is not None}
+    pruned = {b: table.row(b, o).pruned for b, o in options.items() if o.format is None}
+    return formats, pruned
 
 
 def _saved(inv, table) -> dict:
-    """Bytes each format saves per block (every block converted once per format, on meta)."""
-    formats = {row.format for row in table.rows}
+    """Bytes each option saves per block (every block converted once per option, on meta)."""
+    options = {row.option for row in table.rows}
     saved: dict[str, dict] = {b.name: {} for b in inv.blocks}
-    for fmt in formats:
-        converted = _converted(inv, {b.name: fmt for b in inv.blocks})
+    for option in options:
+        if option.format is not None:
+            converted = _converted(inv, {b.name: option.format for b in inv.blocks})
+        else:
+            converted = _converted(inv, {}, {r.block: r.pruned for r in table.rows
+                                             if r.option == option})
         for plain, conv in zip(inv.blocks, converted.blocks):
-            saved[plain.name][fmt] = plain.bytes - conv.bytes
+            saved[plain.name][option] = plain.bytes - conv.bytes
     return saved
 
 

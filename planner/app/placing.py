@@ -12,9 +12,10 @@ from runtime.plan import Plan, Predictions, Target, build_plan
 
 
 def plan_of(inventory, source: ProfileSource, scored: Scored, budget: int,
-            formats=None) -> tuple[Plan, Prediction]:
+            formats=None, pruned=None) -> tuple[Plan, Prediction]:
     """The plan file for a scored candidate, with the cost model's full prediction; `formats`
-    (block -> format) for a mixed plan, whose `inventory` holds those blocks converted."""
+    (block -> format) and `pruned` (block -> units) for a mixed plan, whose `inventory` holds
+    those blocks converted."""
     c = scored.candidate
     profile = source.profiles[c.cfg]
     space = space_of(inventory, tuple(source.profiles))
@@ -33,6 +34,7 @@ def plan_of(inventory, source: ProfileSource, scored: Scored, budget: int,
         predictions=Predictions(prediction.step_ms, prediction.peak_vram_bytes, prediction.lower_bound_ms),
         profile_id=source.profile_id,
         formats=formats,
+        pruned=pruned,
     )
     return plan, prediction
 

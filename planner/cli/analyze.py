@@ -20,6 +20,8 @@ def analyze(
     width: Annotated[int, typer.Option(help="Image width.")] = 512,
     seed: Annotated[int, typer.Option(help="Random seed of the first prompt (then +1 each).")] = 0,
     formats: Annotated[str, typer.Option(help="Comma-separated formats to measure.")] = "fp8,q8_0,q4_k",
+    stats: Annotated[Optional[Path], typer.Option("--stats", help="Activation statistics from `planner apply --record-stats`: measure pruning too.")] = None,
+    prune: Annotated[str, typer.Option("--prune", help="With --stats: comma-separated fractions of each MLP's least active units to remove, e.g. 0.25,0.5.")] = "",
     profile: Annotated[Optional[int], typer.Option("--profile", help="Store the table beside this profile id.")] = None,
     device: Annotated[Optional[str], typer.Option(help="Compute device (default: cuda if present).")] = None,
     db: DbOption = None,
@@ -35,6 +37,7 @@ def analyze(
         model_id=model, weights=weights, prompts=read_prompts(prompts), steps=steps,
         height=height, width=width, seed=seed, device=device, profile_id=profile, db_url=db,
         formats=tuple(check_format(DType.parse(f.strip())) for f in formats.split(",") if f.strip()),
+        stats=stats, prune=_fractions(prune),
     )
     table, analysis_id = run(req)
     if json_out:
@@ -42,10 +45,20 @@ def analyze(
         return
     by_block = table.errors_by_block()
     kinds = {row.block: row.kind for row in table.rows}
+    options = list(dict.fromkeys(row.option for row in table.rows))
     print_table(
         f"{model}: relative output error per block ({table.inputs} calibration forwards)",
-        ["block", "kind", *(f.value for f in req.formats)],
-        [[name, kinds[name], *(f"{errors[f]:.2e}" for f in req.formats)]
+        ["block", "kind", *(o.name for o in options)],
+        [[name, kinds[name], *(f"{errors[o]:.2e}" if o in errors else "" for o in options)]
          for name, errors in by_block.items()],
     )
     echo(f"stored as block analysis {analysis_id}; `planner tune --max-error E` uses the newest")
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    from runtime.errors import UserError
+
+    try:
+        return tuple(float(f) for f in text.split(",") if f.strip())
+    except ValueError:
+        raise UserError(f"--prune {text!r} is not a list of fractions: give e.g. 0.25,0.5") from None

@@ -146,7 +146,7 @@ def _print(data: dict, output: Path | None) -> None:
         lines.append(f"  measured:      {data['measured_step_ms'] / 1000:.3f} s/step")
     if data.get("mixed") is not None:
         m = data["mixed"]
-        lines.append(f"  mixed:         {len(m['formats'])} blocks in their own format, predicted "
+        lines.append(f"  mixed:         {len(m['options'])} blocks converted or pruned, predicted "
                      f"error {m['predicted_error']:.3g} (max {m['max_error']:.3g}); the uniform plan: "
                      f"{m['uniform_step_ms'] / 1000:.3f} s/step")
     if output is not None:

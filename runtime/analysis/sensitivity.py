@@ -1,10 +1,12 @@
-"""How much each block's storage format changes the denoiser's output.
+"""How much each block's storage format, or pruning, changes the denoiser's output.
 
-For every block and format (fp8, Q8_0, Q4_K), that block alone is converted the way the engine
-converts it (`runtime.analysis.convert.computed`: the engine's dequantization, then the cast to
-the compute dtype), the denoiser runs on recorded calibration inputs (its real inputs during
-real denoising runs, one per step), and the relative error `||y - y_ref|| / ||y_ref||` of its
-output is averaged over those steps. The block's own tensors are put back after each format.
+For every block and option, that block alone is changed (stored in a format, fp8, Q8_0 or
+Q4_K, converted the way the engine converts it: `runtime.analysis.convert.computed`, the
+engine's dequantization, then the cast to the compute dtype; or, given activation statistics,
+a fraction of each of its MLPs' least active hidden units removed: `runtime.analysis.pruning`),
+the denoiser runs on recorded calibration inputs (its real inputs during real denoising runs,
+one per step), and the relative error `||y - y_ref|| / ||y_ref||` of its output is averaged
+over those steps. The block's own tensors are put back after each option.
 
 This measures the error of one block at a time; plans add the errors of their blocks, which
 is a first-order estimate (errors of several blocks may add up otherwise). How much error an
@@ -13,77 +15,82 @@ image tolerates is a question of the weights: only a run on a real checkpoint an
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 from typing import Sequence
 
 from runtime.analysis.convert import FORMATS, computed
+from runtime.analysis.pruning import prune_units
+from runtime.analysis.sites import mlp_sites
+from runtime.analysis.table import BlockError, BlockOption, Pruned, SensitivityTable
 from runtime.dtypes import DType
-
-
-@dataclasses.dataclass(frozen=True)
-class BlockError:
-    block: str
-    kind: str
-    format: DType
-    rel_error: float  # mean over the calibration inputs
-
-
-@dataclasses.dataclass(frozen=True)
-class SensitivityTable:
-    model_id: str
-    inputs: int  # calibration forwards the errors average over
-    rows: tuple[BlockError, ...]
-
-    def error(self, block: str, fmt: DType) -> float:
-        for row in self.rows:
-            if row.block == block and row.format is fmt:
-                return row.rel_error
-        raise KeyError((block, fmt))
-
-    def errors_by_block(self) -> dict[str, dict[DType, float]]:
-        out: dict[str, dict[DType, float]] = {}
-        for row in self.rows:
-            out.setdefault(row.block, {})[row.format] = row.rel_error
-        return out
-
-    def to_dict(self) -> dict:
-        return {"model": self.model_id, "inputs": self.inputs, "rows": [
-            {"block": r.block, "kind": r.kind, "format": r.format.value, "rel_error": r.rel_error}
-            for r in self.rows]}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "SensitivityTable":
-        rows = tuple(BlockError(r["block"], r["kind"], DType(r["format"]), float(r["rel_error"]))
-                     for r in data["rows"])
-        return cls(data["model"], int(data["inputs"]), rows)
+from runtime.engine.conversion import BlockConversions, remember
 
 
 def block_sensitivity(
     model, blocks, calibration: Sequence[tuple[tuple, dict]], formats: Sequence[DType] = FORMATS,
-    model_id: str = "",
+    model_id: str = "", stats=None, prune: Sequence[float] = (),
 ) -> SensitivityTable:
     """The table for `blocks` (`(name, kind, block)` of `model`) over `calibration` inputs
-    (`(args, kwargs)` of the model's forward)."""
+    (`(args, kwargs)` of the model's forward): each format, and with activation statistics
+    `stats` each fraction in `prune` of every MLP's least active units removed."""
     import torch
 
     rows = []
     with torch.no_grad():
         references = [_output(model(*args, **kwargs)) for args, kwargs in calibration]
+
+        def error() -> float:
+            errors = [_relative(_output(model(*args, **kwargs)), ref)
+                      for (args, kwargs), ref in zip(calibration, references)]
+            return sum(errors) / len(errors)
+
         for name, kind, block in blocks:
-            tensors = [t for t in list(block.parameters()) + list(block.buffers())
-                       if t.is_floating_point()]
-            originals = [t.data for t in tensors]
-            try:
-                for fmt in formats:
-                    for tensor, original in zip(tensors, originals):
-                        tensor.data = computed(original, fmt, original.dtype)
-                    errors = [_relative(_output(model(*args, **kwargs)), ref)
-                              for (args, kwargs), ref in zip(calibration, references)]
-                    rows.append(BlockError(name, kind, fmt, sum(errors) / len(errors)))
-            finally:
-                for tensor, original in zip(tensors, originals):
-                    tensor.data = original
+            for fmt in formats:
+                with _converted(block, fmt):
+                    rows.append(BlockError(name, kind, BlockOption(format=fmt), error()))
+            for fraction in prune:
+                units = _least_active(stats, name, block, fraction)
+                if units:
+                    with _pruned(block, units):
+                        rows.append(BlockError(name, kind, BlockOption(prune=fraction), error(),
+                                               units))
     return SensitivityTable(model_id, len(calibration), tuple(rows))
+
+
+@contextlib.contextmanager
+def _converted(block, fmt: DType):
+    tensors = [t for t in list(block.parameters()) + list(block.buffers()) if t.is_floating_point()]
+    originals = [t.data for t in tensors]
+    try:
+        for tensor, original in zip(tensors, originals):
+            tensor.data = computed(original, fmt, original.dtype)
+        yield
+    finally:
+        for tensor, original in zip(tensors, originals):
+            tensor.data = original
+
+
+@contextlib.contextmanager
+def _pruned(block, units: Pruned):
+    done = BlockConversions()
+    remember(done, block)
+    try:
+        for path, chosen in units:
+            prune_units(block, path, chosen)
+        yield
+    finally:
+        done.undo()
+
+
+def _least_active(stats, name: str, block, fraction: float) -> Pruned:
+    """The `fraction` least active units of each MLP of `block` (none where unrecorded)."""
+    out = []
+    for site in mlp_sites(block):
+        if f"mlp/{name}/{site.path}/active" in stats.tensors:
+            count = int(round(fraction * site.units))
+            if 0 < count < site.units:
+                out.append((site.path, stats.least_active(name, site.path, count)))
+    return tuple(sorted(out))
 
 
 def _output(out):

@@ -47,7 +47,7 @@ def convert_blocks(blocks, plan) -> BlockConversions:
             planned = by_name[name]
             if planned.format is None and not planned.pruned:
                 continue
-            _remember(done, module)
+            remember(done, module)
             for path, units in planned.pruned:
                 prune_units(module, path, units)
             if planned.format is not None:
@@ -59,7 +59,8 @@ def convert_blocks(blocks, plan) -> BlockConversions:
     return done
 
 
-def _remember(done: BlockConversions, block) -> None:
+def remember(done: BlockConversions, block) -> None:
+    """Keep `block`'s parameters and Linear widths in `done`, to be put back by `undo()`."""
     for module in block.modules():
         for leaf, param in module._parameters.items():
             if param is not None:

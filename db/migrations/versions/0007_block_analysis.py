@@ -1,8 +1,9 @@
 """Per-block sensitivity tables (`planner analyze`): each block's relative output error when
-stored fp8, Q8_0 or Q4_K, kept beside the profile of the machine it was measured on.
+stored fp8, Q8_0 or Q4_K, or with its least active MLP units pruned (the units kept with the
+row), kept beside the profile of the machine it was measured on.
 
 - block_analyses: one analysis (model, optional profile, calibration forwards, when).
-- block_errors: its rows (block, kind, format, relative error).
+- block_errors: its rows (block, kind, option, relative error, pruned units).
 - block_analysis_plans: which analysis a mixed plan (`tune --max-error`) was made from.
 
 New tables only; nothing existing changes.
@@ -42,8 +43,9 @@ def upgrade() -> None:
         sa.Column("analysis_id", sa.Integer, nullable=False),
         sa.Column("block", sa.String(256), nullable=False),
         sa.Column("kind", sa.String(64), nullable=False),
-        sa.Column("format", sa.String(16), nullable=False),
+        sa.Column("option", sa.String(32), nullable=False),
         sa.Column("rel_error", sa.Float, nullable=False),
+        sa.Column("pruned", sa.JSON, nullable=True),
         sa.ForeignKeyConstraint(["analysis_id"], ["block_analyses.id"],
                                 name="fk_block_errors_analysis_id_block_analyses"),
         sa.PrimaryKeyConstraint("id", name="pk_block_errors"),
