@@ -261,12 +261,20 @@ class Store:
         *,
         storage_dtype: DType | None = None,
         workload: Workload | None = None,
+        max_host_ram: int | None = None,
+        ram_only: bool = False,
     ) -> list[StoredPlan]:
         """Stored plans, oldest first, filtered by model, GPU name, budget, resolution, storage
-        dtype and workload (see `workload_matches`)."""
+        dtype and workload (see `workload_matches`), the host RAM their run needs at its peak
+        (a plan that never predicted it does not match a host-RAM limit) and, `ram_only`, no
+        block on the disk tier."""
         from db.models import PlanRow
 
         query = _plans_query().order_by(PlanRow.id)
+        if max_host_ram is not None:
+            query = query.where(PlanRow.host_peak_bytes.is_not(None), PlanRow.host_peak_bytes <= max_host_ram)
+        if ram_only:
+            query = query.where(PlanRow.disk_bytes == 0)
         if model is not None:
             query = query.where(PlanRow.model_id == model)
         if max_vram is not None:
@@ -303,6 +311,8 @@ class Store:
         *,
         storage_dtype: DType | None = None,
         workload: Workload | None = None,
+        max_host_ram: int | None = None,
+        ram_only: bool = False,
     ) -> StoredPlan | None:
         """The fastest plan that fits `vram_bytes` for this model, dtype and workload: best
         comparable measured time, else predicted. Only plans that run on the catalog model
@@ -312,7 +322,7 @@ class Store:
 
         plans = self.list_plans(
             model=model, gpu=gpu, max_vram=vram_bytes, resolution=resolution,
-            storage_dtype=storage_dtype, workload=workload,
+            storage_dtype=storage_dtype, workload=workload, max_host_ram=max_host_ram, ram_only=ram_only,
         )
         plans = [p for p in plans if p.catalog_model and fits_catalog(p.plan)]
         gpus = sorted({p.plan.target.gpu_name for p in plans}, key=normalize_gpu_name)

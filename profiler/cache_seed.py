@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from profiler.flops import derive_trace, trace_args
 from runtime.catalog import all_models
+from runtime.checkpoint.inspect import NON_BLOCK_KIND, derive_non_block_names
 from runtime.dtypes import DType, compute_dtype
+from runtime.families import get_family
 from runtime.inventory import derive_inventory, inventory_args
 from runtime.model_cache import cache_key, write_seed
 
@@ -23,10 +25,12 @@ EXAMPLE_WORKLOADS = {
 
 
 def main() -> None:
-    """Write the seed: every catalog model's inventory (its storage, bf16, fp8) and its trace
-    at its default workload (and at EXAMPLE_WORKLOADS) in its compute dtype."""
+    """Write the seed: every catalog model's inventory (its storage, bf16, fp8), the names of
+    its tensors outside the blocks (for `models inspect`) and its trace at its default workload
+    (and at EXAMPLE_WORKLOADS) in its compute dtype."""
     entries = {}
     for spec in all_models().values():
+        entries[cache_key(NON_BLOCK_KIND, spec, {})] = derive_non_block_names(get_family(spec.family), spec)
         for storage in {spec.storage_dtype, DType.BF16, DType.FP8}:
             entries[cache_key("inventory", spec, inventory_args(storage))] = \
                 derive_inventory(spec.id, storage).to_dict()

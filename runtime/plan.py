@@ -39,6 +39,13 @@ class CastMode(str, enum.Enum):
     AUTO = "auto"  # the device receives the storage dtype (fp8) and casts just in time
 
 
+class Tier(str, enum.Enum):
+    """Where a streamed block's host copy lives between its uses."""
+
+    RAM = "ram"  # a pack in host RAM (pinned or pageable, as the plan's host_memory says)
+    DISK = "disk"  # a pack file read each use with direct I/O into pinned staging buffers
+
+
 class HostMemory(str, enum.Enum):
     PINNED = "pinned"
     PAGEABLE = "pageable"
@@ -74,6 +81,9 @@ class BlockPlan:
     # the Linear that reads them (`runtime.analysis.sites`), paths and units sorted.
     format: DType | None = None
     pruned: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    # where a streamed block lives on the host: optional in the file, absent means RAM (every
+    # plan before the disk tier), written only for DISK so older plans keep their text and hash
+    tier: Tier = Tier.RAM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +91,9 @@ class Predictions:
     step_ms: float
     peak_vram_bytes: int
     lower_bound_ms: float
+    # the run's predicted host RAM peak over its phases (planner.host_peak); optional in the
+    # file, absent (None) in plans made before it, which keep their text and hash
+    host_peak_bytes: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,13 +198,15 @@ def _blocks_to_list(blocks: tuple[BlockPlan, ...]) -> list[dict[str, Any]]:
             **({"quant": list(b.quant)} if b.quant else {}),
             **({"format": b.format.value} if b.format is not None else {}),
             **({"pruned": {path: list(units) for path, units in b.pruned}} if b.pruned else {}),
+            **({"tier": b.tier.value} if b.tier is not Tier.RAM else {}),
         }
         for b in blocks
     ]
 
 
 def _predictions_to_dict(p: Predictions) -> dict[str, Any]:
-    return {"step_ms": p.step_ms, "peak_vram_bytes": p.peak_vram_bytes, "lower_bound_ms": p.lower_bound_ms}
+    return {"step_ms": p.step_ms, "peak_vram_bytes": p.peak_vram_bytes, "lower_bound_ms": p.lower_bound_ms,
+            **({"host_peak_bytes": p.host_peak_bytes} if p.host_peak_bytes is not None else {})}
 
 
 def _workload_to_dict(w: Workload) -> dict[str, Any]:
@@ -298,11 +313,15 @@ def plan_from_dict(data: Any, source: str = "plan") -> Plan:
 
 
 def _read_predictions(r: "_Reader", data: dict, where: str) -> Predictions:
-    p = r.section(data, "predictions", {"step_ms", "peak_vram_bytes", "lower_bound_ms"}, where)
+    keys = {"step_ms", "peak_vram_bytes", "lower_bound_ms"}
+    value = data["predictions"]
+    optional = {"host_peak_bytes"} & set(value) if type(value) is dict else set()
+    p = r.section(data, "predictions", keys | optional, where)
     return Predictions(
         step_ms=r.number(p, f"{where}.step_ms"),
         peak_vram_bytes=r.integer(p, f"{where}.peak_vram_bytes", 0, MAX_BUDGET_BYTES),
         lower_bound_ms=r.number(p, f"{where}.lower_bound_ms"),
+        host_peak_bytes=r.integer(p, f"{where}.host_peak_bytes", 0, MAX_BUDGET_BYTES) if optional else None,
     )
 
 
@@ -355,7 +374,7 @@ _TOP_KEYS = {
 _OPTIONAL_TOP_KEYS = {"experts"}
 _EXPERT_KEYS = {"attr", "blocks", "prefetch_depth", "host_memory", "predictions"}
 _BLOCK_KEYS = {"name", "kind", "bytes", "placement", "cast"}
-_OPTIONAL_BLOCK_KEYS = {"quant", "format", "pruned"}
+_OPTIONAL_BLOCK_KEYS = {"quant", "tier", "format", "pruned"}
 MAX_PRUNED_SITES = 64  # MLPs of one block that may be pruned (a UNet block has dozens)
 MAX_UNITS = 1 << 20
 
@@ -375,16 +394,21 @@ def _read_blocks(r: "_Reader", items: Any, field: str) -> tuple[BlockPlan, ...]:
         if name in seen:
             raise PlanFormatError(f"{r.source}: block {name!r} appears twice in {field}")
         seen.add(name)
+        placement = r.enum(item, f"{where}.placement", Placement)
+        tier = r.enum(item, f"{where}.tier", Tier) if "tier" in item else Tier.RAM
+        if tier is Tier.DISK and placement is not Placement.STREAMED:
+            raise r.fail(f"{where}.tier", "\"ram\" (or absent) for a resident block", tier.value)
         blocks.append(
             BlockPlan(
                 name=name,
                 kind=r.string(item, f"{where}.kind"),
                 bytes=r.integer(item, f"{where}.bytes", 0, MAX_BUDGET_BYTES),
-                placement=r.enum(item, f"{where}.placement", Placement),
+                placement=placement,
                 cast=r.enum(item, f"{where}.cast", CastMode),
                 quant=_read_quant(r, item, where),
                 format=_read_format(r, item, where),
                 pruned=_read_pruned(r, item, where),
+                tier=tier,
             )
         )
     return tuple(blocks)
@@ -522,6 +546,7 @@ def build_plan(
     created: str | None = None,
     formats: "Mapping[str, DType] | None" = None,
     pruned: "Mapping[str, tuple[tuple[str, tuple[int, ...]], ...]] | None" = None,
+    on_disk: "set[str] | frozenset[str]" = frozenset(),
 ) -> Plan:
     """A plan for `inventory` (a `runtime.inventory.Inventory`) streaming the named blocks.
 
@@ -530,6 +555,8 @@ def build_plan(
     types it is stored in (`runtime.inventory.quantization_of`). `formats` and `pruned` give
     blocks their own storage format and pruned MLP units; `inventory` then holds those blocks'
     bytes as converted (`runtime.analysis.mixed.converted_inventory`).
+    types it is stored in (`runtime.inventory.quantization_of`). Streamed blocks named in
+    `on_disk` live on the disk tier, the other streamed blocks in RAM.
     """
     from datetime import datetime, timezone
 
@@ -541,6 +568,8 @@ def build_plan(
     unknown = sorted(set(streamed) - names)
     if unknown:
         raise PlanFormatError(f"block {unknown[0]!r} is not in {inventory.model_id}")
+    if set(on_disk) - set(streamed):
+        raise PlanFormatError(f"block {sorted(set(on_disk) - set(streamed))[0]!r} is on disk but not streamed")
     blocks = tuple(
         BlockPlan(
             name=b.name,
@@ -551,6 +580,7 @@ def build_plan(
             quant=quantization_of(b),
             format=(formats or {}).get(b.name),
             pruned=(pruned or {}).get(b.name, ()),
+            tier=Tier.DISK if b.name in on_disk else Tier.RAM,
         )
         for b in inventory.blocks
     )

@@ -21,6 +21,7 @@ from runtime.plan import (
     CastMode,
     HostMemory,
     Placement,
+    Tier,
 )
 from runtime.workload import CfgMode
 
@@ -79,10 +80,12 @@ _BLOCKS = {
                 "items": _int(0, MAX_UNITS - 1),
             },
         },
+        tier=_enum(Tier),  # absent means "ram"; "disk" only for a streamed block
     ),
 }
 _PREDICTIONS = _obj(
-    {"step_ms": _NUMBER, "peak_vram_bytes": _int(0, MAX_BUDGET_BYTES), "lower_bound_ms": _NUMBER}
+    {"step_ms": _NUMBER, "peak_vram_bytes": _int(0, MAX_BUDGET_BYTES), "lower_bound_ms": _NUMBER},
+    optional={"host_peak_bytes": _int(0, MAX_BUDGET_BYTES)},  # absent in plans made before it
 )
 
 

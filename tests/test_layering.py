@@ -34,7 +34,6 @@ LAYERS = {
     "comfyui_nodes": (*_BELOW_APP, "planner.app", "comfyui_nodes"),
 }
 
-
 # The `runtime` package's own `__init__` is the Python API users import (`from runtime import
 # apply_plan, apply_auto`): a facade over the layers, whose lazy re-export of the application
 # layer's `apply_auto` is the one import allowed to point up. Only the top layers import it.

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from planner.app.placing import plan_of
-from planner.app.profiles import host_ram_limit, request_inventory, resolve_profiles
+from planner.app.profiles import host_parts, host_ram_limit, request_inventory, resolve_profiles
 from planner.app.request import TuneOutcome, TuneRequest
 from planner.host_ram import choose
 from planner.mixed import DEFAULT_MEMORY_GBPS, assignments, profile_for
@@ -50,16 +50,17 @@ def tune_mixed(req: TuneRequest) -> TuneOutcome:
     source = resolve_profiles(req)
     inv = request_inventory(req)
     limit, limit_source = host_ram_limit(req, source)
+    parts = host_parts(req, source, inv, limit_source, False)
     settings = Settings(req.budget_bytes, trials=req.trials, timeout_s=req.timeout_s, seed=req.seed)
     uniform = choose(inv, source.profiles, search(inv, source.profiles, settings),
-                     req.budget_bytes, limit)
+                     req.budget_bytes, limit, parts)
     gbps = _memory_gbps(source)
     best = None
     for assignment in assignments(table.errors_by_block(), _saved(inv, table), req.max_error):
         mixed = _converted(inv, *_conversions(table, assignment.formats))
         profiles = {cfg: profile_for(p, mixed, gbps) for cfg, p in source.profiles.items()}
         result = search(mixed, profiles, settings)
-        host = choose(mixed, profiles, result, req.budget_bytes, limit)
+        host = choose(mixed, profiles, result, req.budget_bytes, limit, parts)
         if best is None or host.scored.step_ms < best[3].scored.step_ms:
             best = (assignment, mixed, dataclasses.replace(source, profiles=profiles), host, result)
     if best is None:
@@ -67,8 +68,12 @@ def tune_mixed(req: TuneRequest) -> TuneOutcome:
         raise UserError(f"no block can change format within --max-error {req.max_error}: the "
                         f"smallest measured error is {smallest:.3g}; give a larger --max-error")
     assignment, mixed, mixed_source, host, result = best
-    plan, prediction = plan_of(mixed, mixed_source, host.scored, req.budget_bytes,
-                               *_conversions(table, assignment.formats))
+    formats, pruned = _conversions(table, assignment.formats)
+    plan, prediction = plan_of(mixed, mixed_source, host.scored, req.budget_bytes, host.on_disk,
+                               host.disk_floor_bytes, formats=formats, pruned=pruned)
+    if host.host is not None:  # the plan file states its run's host peak (planner.host_peak)
+        plan = dataclasses.replace(plan, predictions=dataclasses.replace(
+            plan.predictions, host_peak_bytes=host.host.peak_bytes))
     with open_store(req.db_url) as store:
         plan_id = store.save_plan(plan)
         store.link_plan_to_analysis(plan_id, stored.analysis_id)

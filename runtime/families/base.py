@@ -99,6 +99,9 @@ class FamilyAdapter(abc.ABC):
     text_encoders: tuple[str, ...] = ()
     # The pipeline attribute (and pipeline subfolder) holding the model plans apply to.
     denoiser: str = "transformer"
+    # Further pipeline classes of this family's models (image-conditioned variants) that
+    # `planner apply` loads a folder with when its model_index.json names one of them.
+    variant_pipelines: tuple[str, ...] = ()
 
     # The catalog entries of this family (released configs, source named, and a tiny-*).
     catalog: tuple["ModelSpec", ...] = ()
@@ -203,3 +206,19 @@ class FamilyAdapter(abc.ABC):
     @abc.abstractmethod
     def decode(self, pipe, latents, workload: Workload) -> list:
         """The pipeline's latents as PIL images: one for an image model, every frame for video."""
+
+
+def block_tensor_names(spec, key: str, make) -> frozenset[str]:
+    """The tensor names of the block `make()` builds (on `meta`; names do not depend on
+    widths), derived once through the model cache under catalog model `spec` and `key`: a
+    family that names a file's tensors by its blocks (`models inspect`) then imports neither
+    torch nor diffusers."""
+    from runtime.model_cache import cached
+
+    def derive() -> dict:
+        import torch
+
+        with torch.device("meta"):
+            return {"names": sorted(make().state_dict())}
+
+    return frozenset(cached("block_tensor_names", spec, {"key": key}, derive)["names"])

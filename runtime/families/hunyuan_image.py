@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 from runtime.dtypes import DType
 from runtime.errors import UserError
-from runtime.families.base import CHECKPOINT_PREFIX, BlockInputs, BlockList, FamilyAdapter
+from runtime.families.base import CHECKPOINT_PREFIX, BlockInputs, BlockList, FamilyAdapter, block_tensor_names
 from runtime.families.inputs import random_tensors
 from runtime.model_spec import model_spec
 from runtime.workload import CfgMode, Workload
@@ -318,14 +318,14 @@ def _block_tensor_names(attr: str, original: bool) -> frozenset[str]:
     if original:
         modules = [*_PARTS[attr], *_FUSED[attr]]
         return frozenset(f"{m}.{kind}" for m in modules for kind in ("weight", "bias"))
-    import torch
+    return block_tensor_names(MODELS[-1], attr, lambda: _block(attr))
+
+
+def _block(attr: str):
     from diffusers.models.transformers import transformer_hunyuanimage as hy
 
-    make = {
+    return {
         REFINER: lambda: hy.HunyuanImageIndividualTokenRefinerBlock(2, 16),
         "transformer_blocks": lambda: hy.HunyuanImageTransformerBlock(2, 16, mlp_ratio=4.0),
         "single_transformer_blocks": lambda: hy.HunyuanImageSingleTransformerBlock(2, 16),
-    }[attr]
-    with torch.device("meta"):
-        block = make()
-    return frozenset(block.state_dict())
+    }[attr]()

@@ -17,7 +17,7 @@ import re
 from typing import Any
 
 from runtime.dtypes import DType
-from runtime.families.base import CHECKPOINT_PREFIX, BlockInputs, BlockList, FamilyAdapter
+from runtime.families.base import CHECKPOINT_PREFIX, BlockInputs, BlockList, FamilyAdapter, block_tensor_names
 from runtime.families.inputs import random_tensors
 from runtime.model_spec import model_spec
 from runtime.workload import CfgMode, Workload
@@ -188,9 +188,10 @@ def _block_tensor_names() -> frozenset[str]:
     """Tensor names inside one block (`img_mod.1.weight`, `attn.to_q.weight`, ...), read off
     a block built on `meta`: the names do not depend on the widths. Other families' blocks
     under `transformer_blocks.N.` (FLUX's `norm1`, `ff`) are not claimed."""
-    import torch
+    return block_tensor_names(MODELS[-1], "transformer_blocks", _block)
+
+
+def _block():
     from diffusers.models.transformers.transformer_qwenimage import QwenImageTransformerBlock
 
-    with torch.device("meta"):
-        block = QwenImageTransformerBlock(dim=32, num_attention_heads=2, attention_head_dim=16)
-    return frozenset(name for name, _ in block.state_dict().items())
+    return QwenImageTransformerBlock(dim=32, num_attention_heads=2, attention_head_dim=16)

@@ -9,7 +9,7 @@ row), kept beside the profile of the machine it was measured on.
 New tables only; nothing existing changes.
 
 Revision ID: 0007_block_analysis
-Revises: 0003_trusted_plans
+Revises: 0005_host_ram_tier
 Create Date: 2026-12-06
 """
 
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007_block_analysis"
-down_revision = "0003_trusted_plans"
+down_revision = "0005_host_ram_tier"
 branch_labels = None
 depends_on = None
 
