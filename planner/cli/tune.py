@@ -28,7 +28,6 @@ def tune(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the plan here.")] = None,
     verify: Annotated[int, typer.Option(help="Run the K best candidates on this GPU; keep the fastest.")] = 0,
     fresh: Annotated[bool, typer.Option("--fresh", help="Profile this machine's GPU again even if a profile is stored.")] = False,
-    host_ram: Annotated[Optional[str], typer.Option("--host-ram", help="Host RAM the plan may pin, e.g. 32GB (default: what this machine can pin; 64 GiB for a reference --gpu).")] = None,
     max_error: Annotated[Optional[float], typer.Option("--max-error", help="Search mixed plans: blocks in fp8/q8_0/q4_k where the newest `planner analyze` table says so, summed relative output error under this (e.g. 0.05).")] = None,
     host_ram: Annotated[Optional[str], typer.Option("--host-ram", help="Host RAM the whole run may use, e.g. 32GB (default: what this machine has available; 64 GiB for a reference --gpu).")] = None,
     formats: Annotated[bool, typer.Option("--formats", help="Rank bf16, fp8, q8_0, q6_k, q5_k, q4_k and nf4 within both budgets (a reference --gpu).")] = False,
