@@ -33,8 +33,13 @@ def check_plan(model, adapter, plan) -> Inventory:
         )
     _check_untouched(model)
     skip = frozenset(id(t) for t in adapter_tensors(model))
-    inv = inventory_of_module(model, adapter, plan.model.id, plan.model.storage_dtype, skip)
+    formats = {b.name: b.format for b in plan.blocks if b.format is not None}
+    inv = inventory_of_module(model, adapter, plan.model.id, plan.model.storage_dtype, skip,
+                              formats)
     _check_blocks(inv, plan)
+    converted = frozenset(id(t) for name, _, block in adapter.blocks(model) if name in formats
+                          for t in list(block.parameters()) + list(block.buffers()))
+    skip = skip | converted
     if getattr(adapter, "free_non_block_dtypes", False):  # discovered blocks: check only them
         skip = skip | _non_block_ids(model, adapter)
     _check_dtypes(model, plan.model.storage_dtype, plan.model.id, skip)
