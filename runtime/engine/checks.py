@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from runtime.dtypes import DType, compute_dtype, storage_dtype
 from runtime.errors import PlanMismatchError
-from runtime.inventory import Inventory, inventory_of_module
+from runtime.inventory import Inventory, inventory_of_module, stored_as_is
 
 from runtime.engine.adapters import adapter_tensors
 
@@ -84,7 +84,7 @@ def _check_blocks(inv: Inventory, plan) -> None:
 
 
 def _check_dtypes(model, storage: DType, model_id: str, skip: frozenset[int]) -> None:
-    if storage.is_quantized:
+    if storage.is_quantized or stored_as_is(model, storage):
         return  # the checkpoint decides each tensor's dtype; the block bytes were checked
     for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
         if not tensor.is_floating_point() or id(tensor) in skip:
