@@ -3,7 +3,7 @@
 The model has random weights of the right shapes and dtypes (timing does not depend on values),
 drawn on the GPU tensor by tensor, kept on the host. This machine is profiled once with our
 profiler (stored in the bench's own store, `--db`). Then, for each budget:
-  tuned            `planner.tuning.tune` on that profile at the budget, run through our engine
+  tuned            `planner.app.tune.tune` on that profile at the budget, run through our engine
   resident-prefix  the search's peer policies at the same budget (`SearchResult.policies`:
   spread           ComfyUI/BlockSwap's first-N-resident, evenly spread residents), same engine
 and for each of those: predicted and measured step time and peak VRAM, their ratio, the ratio to
@@ -313,7 +313,9 @@ def ours_at(budget: int, profile_id: int, args, inv) -> list[tuple[str, object, 
     """(policy, plan, prediction) of the tuned plan and the peer policies at `budget` (plan
     None where a policy's smallest form does not fit)."""
     from planner.policies import Policy
-    from planner.tuning import TuneRequest, plan_of, tune
+    from planner.app.placing import plan_of
+    from planner.app.request import TuneRequest
+    from planner.app.tune import tune
 
     req = TuneRequest(model_id=args.model, budget_bytes=budget, workload=args.workload,
                       storage_dtype=inv.storage_dtype, profile_id=profile_id, trials=args.trials,
@@ -397,7 +399,7 @@ def _run(args) -> int:
 
 def benchmark(args, spec) -> dict:
     """Everything the results file holds (see the module doc)."""
-    from planner.calibration import load_calibration
+    from planner.app.calibration import load_calibration
 
     bench = prepare(args, spec)
     runner = bench.runner
@@ -439,7 +441,7 @@ def prepare(args, spec) -> Bench:
 
     from planner.costmodel import CostModel
     from planner.explain import layout_of
-    from profiler.stored import stored_or_measured
+    from planner.app.stored import stored_or_measured
     from runtime.dtypes import compute_dtype
     from runtime.families import get_family
     from runtime.inventory import inventory
@@ -541,7 +543,7 @@ def _record(db: str, plan, m: Measured, device: str, steps: int) -> None:
     if m.step_ms is None:
         return
     from db.store import open_store
-    from planner.runs import device_name
+    from planner.app.runs import device_name
 
     with open_store(db) as store:
         store.record_run(store.save_plan(plan), m.step_ms, m.peak_bytes or 0, device, workload=plan.workload,

@@ -1,6 +1,6 @@
 """The tune node as a library: tune a plan for a ComfyUI model, apply it, measure it there.
 
-`tune_for` runs `planner.tuning.tune` for the catalog model the ComfyUI model is (its storage
+`tune_for` runs `planner.app.tune.tune` for the catalog model the ComfyUI model is (its storage
 dtype read from the module), so the plan is stored like any other. `measure` loads the planned
 patcher through ComfyUI's own `load_models_gpu` and times whole forwards of the real module at
 the plan's workload; the measured step time is recorded in the store against the plan.
@@ -72,7 +72,8 @@ def tune_for(patcher, model_id: str, vram: str, resolution: str, gpu: str, trial
     """The plan stored for this model, budget, workload and GPU, else a new tune of it
     (profiling this GPU first when no profile is stored)."""
     from planner.budget import parse_size
-    from planner.tuning import TuneRequest, tune
+    from planner.app.request import TuneRequest
+    from planner.app.tune import tune
     from runtime.catalog import get_model
 
     spec = get_model(model_id)
@@ -149,9 +150,6 @@ def measure(patcher, attachment, steps: int) -> Measured:
 def record(plan, plan_id: int, measured: Measured, steps: int, db_url: str | None) -> None:
     """Store the measured run with what ran (the plan's workload) and where (the GPU's name),
     so it ranks the plan only when it ran on the plan's target."""
-    from db.store import open_store
-    from planner.runs import device_name
+    from planner.app.runs import record_run
 
-    with open_store(db_url) as store:
-        store.record_run(plan_id, measured.step_ms, measured.peak_vram_bytes, measured.device,
-                         workload=plan.workload, steps=steps, gpu_name=device_name(measured.device))
+    record_run(db_url, plan, plan_id, measured.step_ms, measured.peak_vram_bytes, measured.device, steps)

@@ -11,7 +11,8 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from planner.calibration import MIN_REGIME_RUNS, Regime, calibrate, load_calibration
+from planner.app.calibration import load_calibration
+from planner.calibration import MIN_REGIME_RUNS, Regime, calibrate
 from planner.cli import app
 from runtime.plan import load_plan
 from runtime.workload import Workload

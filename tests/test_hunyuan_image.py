@@ -118,7 +118,8 @@ def test_a_flux_file_is_flux_even_where_a_hunyuan_like_family_sorts_first(tmp_pa
 
 
 def test_tune_plans_cfg_as_the_pipeline_runs_it():
-    from planner.tuning import TuneRequest, tune
+    from planner.app.request import TuneRequest
+    from planner.app.tune import tune
 
     spec = get_model("hunyuanimage-2.1")
     request = TuneRequest(  # at 1024x1024 within 16 GB, one batched forward would be faster

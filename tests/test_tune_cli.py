@@ -109,7 +109,8 @@ def test_tiny_flux_plan_runs_under_the_runtime(tmp_path, tiny_flux):
     from planner.costmodel import CostModel
     from planner.explain import layout_of
     from planner.search import Settings, search
-    from planner.tuning import ProfileSource, plan_of
+    from planner.app.placing import plan_of
+    from planner.app.request import ProfileSource
     from runtime.apply import apply_plan
     from runtime.inventory import inventory
     from runtime.workload import CfgMode

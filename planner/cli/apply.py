@@ -35,7 +35,7 @@ def apply(
     from planner.budget import format_size
     from planner.cli._common import echo
     from planner.cli.apply_checks import check_apply_inputs
-    from planner.runs import record_measured_run
+    from planner.app.runs import record_measured_run
     from runtime.catalog import find_model
     from runtime.files import atomic_path
     from runtime.generate import GenerateConfig, generate

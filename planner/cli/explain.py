@@ -28,9 +28,10 @@ def explain(
     if png is not None:
         check_target(png, "--png", (".png",), "timeline.png")  # before any work: a directory is not a file name
         _require_matplotlib()
-    from planner.calibration import load_calibration
+    from planner.app.calibration import load_calibration
+    from planner.app.profiles import profile_for_plan
 
-    chosen = _profile_for(plan, gpu, profile, db)
+    chosen = profile_for_plan(plan, gpu, profile, db)
     result = explain_plan(plan, chosen, calibration=load_calibration(db, chosen))
     if png is not None:
         with atomic_path(png, "--png", (".png",), "timeline.png") as tmp:
@@ -48,31 +49,6 @@ def _require_matplotlib() -> None:
 
     if importlib.util.find_spec("matplotlib") is None:
         raise UserError("--png needs matplotlib: install it with pip install -e '.[plot]' from this repository")
-
-
-def _profile_for(plan, gpu: str | None, profile_id: int | None, db: str | None):
-    """--profile, else --gpu, else the plan's stored profile, else its target's reference."""
-    from runtime.errors import UserError
-
-    if gpu is not None and profile_id is not None:
-        raise UserError("--gpu and --profile both name a profile: give one of them")
-    profile_id = profile_id if profile_id is not None or gpu is not None else plan.provenance.profile_id
-    if profile_id is not None:
-        from db.store import open_store
-
-        with open_store(db) as store:
-            return store.get_profile(profile_id)
-    from profiler.reference import find_gpu, reference_profile
-
-    name = gpu or plan.target.gpu_name
-    try:
-        spec = find_gpu(name)
-    except UserError:
-        raise UserError(
-            f"the plan's target {name!r} is not a reference GPU and the plan names no stored profile: "
-            f"pass --gpu NAME or --profile ID"
-        ) from None
-    return reference_profile(spec.id, plan.model.id, plan.workload, plan.model.storage_dtype)
 
 
 def _print(result, png: Path | None) -> None:

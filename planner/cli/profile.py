@@ -25,7 +25,7 @@ def profile(
     json_out: JsonOption = False,
 ) -> None:
     """Measure this machine's GPU and a model's blocks."""
-    from profiler.stored import stored_or_measured
+    from planner.app.stored import stored_or_measured
     from runtime.catalog import get_model
     from runtime.dtypes import DType
 

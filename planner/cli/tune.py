@@ -35,8 +35,9 @@ def tune(
     """Find the fastest plan that fits a VRAM budget (Optuna over the cost model)."""
     from planner.budget import parse_size
     from planner.search import DEFAULT_TRIALS
-    from planner.tuning import TuneRequest, summary
-    from planner.tuning import tune as run_tune
+    from planner.app.request import TuneRequest
+    from planner.app.summary import summary
+    from planner.app.tune import tune as run_tune
     from runtime.catalog import get_model
     from runtime.dtypes import DType
     from runtime.errors import UserError
@@ -71,7 +72,7 @@ def tune(
         outcome = run_tune(request)
     formats = ()
     if quant or weights is not None:
-        from planner.formats import compare_formats
+        from planner.app.formats import compare_formats
 
         formats = compare_formats(dataclasses.replace(request, storage_dtype=outcome.inventory.storage_dtype))
     if output is not None:

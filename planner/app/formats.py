@@ -34,10 +34,10 @@ class FormatRow:
 
 
 def compare_formats(req, formats=COMPARED) -> tuple[FormatRow, ...]:
-    """The best predicted step of `req` (a `planner.tuning.TuneRequest` with a reference GPU)
+    """The best predicted step of `req` (a `planner.app.request.TuneRequest` with a reference GPU)
     in each of `formats` other than its own, searched with the request's settings."""
     from planner.search import Settings, search
-    from planner.tuning import resolve_profiles
+    from planner.app.profiles import resolve_profiles
     from runtime.inventory import inventory
 
     if req.gpu is None:

@@ -62,3 +62,14 @@ def record_measured_run(db_url, plan, result, *, steps: int, height: int | None,
 
 def _size(workload) -> str:
     return workload.resolution + (f" x {workload.frames} frames" if workload.frames > 1 else "")
+
+
+def record_run(db_url, plan, plan_id: int, step_ms: float, peak_vram_bytes: int, device: str,
+               steps: int) -> None:
+    """Store a measured run of stored plan `plan_id` with what ran (the plan's workload) and
+    where (the GPU's name), so it ranks the plan only when it ran on the plan's target."""
+    from db.store import open_store
+
+    with open_store(db_url) as store:
+        store.record_run(plan_id, step_ms, peak_vram_bytes, device,
+                         workload=plan.workload, steps=steps, gpu_name=device_name(device))

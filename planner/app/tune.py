@@ -1,0 +1,44 @@
+"""`planner tune` as a library: find the profile, search, build the plan, store it.
+
+The CLI (and the ComfyUI nodes) build a `TuneRequest` and call `tune()`; everything the CLI
+prints comes from `planner.app.summary.summary()`.
+"""
+
+from __future__ import annotations
+
+from planner.app.placing import experts_spec, place_experts, plan_of
+from planner.app.profiles import host_ram_limit, request_inventory, resolve_profiles, with_weights
+from planner.app.request import TuneOutcome, TuneRequest
+from planner.app.verify import require_gpu_for_verify, verify
+from planner.search import Settings, search
+
+
+def tune(req: TuneRequest) -> TuneOutcome:
+    """Search the space for `req` and store the best plan (and return everything found)."""
+    if req.verify:
+        require_gpu_for_verify()
+    req = with_weights(req)
+    source = resolve_profiles(req)
+    inv = request_inventory(req)
+    settings = Settings(req.budget_bytes, trials=req.trials, timeout_s=req.timeout_s, seed=req.seed)
+    result = search(inv, source.profiles, settings)
+    from planner.host_ram import choose
+
+    limit, limit_source = host_ram_limit(req, source)
+    host = choose(inv, source.profiles, result, req.budget_bytes, limit)
+    best, measured = host.scored, None
+    if req.verify:
+        best, measured = verify(inv, source, result, req, host)
+    experts = None
+    if experts_spec(req.model_id) is not None:
+        plan, prediction, best, host, experts = place_experts(
+            inv, source, result, req, host, best, keep_first=bool(req.verify)
+        )
+    else:
+        plan, prediction = plan_of(inv, source, best, req.budget_bytes)
+    from db.store import open_store
+
+    with open_store(req.db_url) as store:
+        plan_id = store.save_plan(plan)
+    return TuneOutcome(plan, prediction, result, source, inv, plan_id, best, measured, host,
+                       limit_source, experts=experts)
