@@ -83,7 +83,7 @@ class OffloadPlanApply:
               gpu=THIS_GPU, width=0, height=0, keep_on_gpu="", cast=PLAN_DEFAULT,
               prefetch_depth=0):
         from .overrides import Overrides, apply_overrides, describe_override
-        from .patcher import adopted_plan, attach
+        from .patcher import FixedPlan, adopted_plan, attach
         from .settings import store_url
         from .sources import resolve
 
@@ -94,7 +94,7 @@ class OffloadPlanApply:
         tuned = adopted_plan(model, plan)
         overrides = Overrides(keep_on_gpu, cast, prefetch_depth)
         used = apply_overrides(tuned, overrides)
-        clone, _ = attach(model, used)
+        clone, _ = attach(model, FixedPlan(used))
         text = describe(tuned, stored_id)
         if overrides.any:
             text += "; " + describe_override(tuned, used)

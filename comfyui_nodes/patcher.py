@@ -14,9 +14,11 @@ wrapper on the patcher, around the sampler's denoising loop:
   first: the engine pins its packed copies instead);
 - on exit the plan stays applied (a run that raised undoes it at once). Between runs the
   streamed weights live in their packs, the resident ones on the load device.
-- `CallbacksMP.ON_DETACH` (ComfyUI unloads the model, or another clone of it takes over) undoes
-  it: every tensor goes back where ComfyUI had it, the same tensor objects, no hook left, the
-  packs freed. So does the garbage collection of the last patcher that ran it.
+- `CallbacksMP.ON_DETACH` with unpatching (ComfyUI unloads the model) undoes it: every tensor
+  goes back where ComfyUI had it, the same tensor objects, no hook left, the packs freed. So
+  does the garbage collection of the last patcher that ran it, and any forward of the module
+  outside the plan's runs (another clone sampling: ComfyUI detaches the loaded clone without
+  unpatching when another clone of the model loads, and also before re-loading the same one).
 
 ComfyUI therefore never sees a ring slot, and a model it unloads holds nothing of the plan.
 The patcher that carries the plan is a clone (`clone(disable_dynamic=True)`: DynamicVRAM would
@@ -64,12 +66,40 @@ class RunReport:
         return text
 
 
+@dataclasses.dataclass(frozen=True)
+class FixedPlan:
+    """A plan given in advance (file, store), adopted and checked for the module."""
+
+    plan: object  # runtime.plan.Plan
+
+    def apply(self, module, device):
+        from runtime import apply_plan
+
+        return apply_plan(module, self.plan, device=device)
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoPlan:
+    """A plan measured on the first sampling step and tuned for `vram_bytes` (or the one
+    stored for this model, its inputs and this GPU): `runtime.apply_auto`."""
+
+    vram_bytes: int
+    host_ram_bytes: int | None
+    store_url: str | None
+
+    def apply(self, module, device):
+        from runtime import apply_auto
+
+        return apply_auto(module, vram=self.vram_bytes, host_ram=self.host_ram_bytes,
+                          device=device, store=self.store_url)
+
+
 @dataclasses.dataclass
 class PlanAttachment:
     """The plan a patcher (and its clones) carries, and the handle kept between runs."""
 
-    plan: object  # runtime.plan.Plan, adopted for the module's family
-    handle: object | None = None  # runtime OffloadHandle, kept between sampling runs
+    source: object  # FixedPlan or AutoPlan: what `apply` puts the module under
+    handle: object | None = None  # OffloadHandle or AutoHandle, kept between sampling runs
     applied: int = 0  # times the plan was applied (streamed blocks packed)
     reused: int = 0  # sampling runs that found it applied and unchanged
     removed: int = 0
@@ -80,6 +110,7 @@ class PlanAttachment:
     _reused_last: bool = False  # the last run found the plan applied and unchanged
     _pack_s: float = 0.0  # seconds the last run spent applying the plan
     _owner: object = None  # weakref to the last patcher that ran the plan
+    _guard: object = None  # the module's pre-hook that undoes the plan on a foreign forward
     _finalized: set = dataclasses.field(default_factory=set)  # ids of patchers watched for GC
 
     @contextlib.contextmanager
@@ -95,7 +126,6 @@ class PlanAttachment:
         module = diffusion_model(patcher)
         reused, pack_s = self._ensure_applied(patcher, module)
         self._watch(patcher)
-        self.last_stats = self.handle.stats
         self._running = True
         try:
             yield self.handle
@@ -108,8 +138,6 @@ class PlanAttachment:
         self._reused_last, self._pack_s = reused, pack_s
 
     def _ensure_applied(self, patcher, module) -> tuple[bool, float]:
-        from runtime import apply_plan
-
         if self.handle is not None and self.handle.active and \
                 self._kept == model_state(patcher, module):
             self.reused += 1
@@ -117,9 +145,17 @@ class PlanAttachment:
         self.remove()
         patcher.unpin_all_weights()
         start = time.perf_counter()
-        self.handle = apply_plan(module, self.plan, device=patcher.load_device)
+        self.handle = self.source.apply(module, patcher.load_device)
+        self._guard = module.register_forward_pre_hook(self._foreign_forward, prepend=True)
         self.applied += 1
         return False, time.perf_counter() - start
+
+    @property
+    def plan(self):
+        """The plan in force (the handle's; an auto plan's is known once it ran)."""
+        if self.handle is not None and self.handle.active:
+            return self.handle.plan
+        return getattr(self.source, "plan", None)
 
     def _watch(self, patcher) -> None:
         """Undo the plan when the last patcher that ran it is garbage-collected (ComfyUI then
@@ -134,9 +170,19 @@ class PlanAttachment:
         if not self._running and (self._owner is None or self._owner() is None):
             self.remove()
 
+    def _foreign_forward(self, module, args) -> None:
+        """A forward of the module outside this plan's sampling runs (another clone of the
+        model sampling, which ComfyUI hands the module to without unpatching it): the plan is
+        undone first, so that run sees the model exactly as ComfyUI loaded it."""
+        if not self._running:
+            self.remove()
+
     def remove(self, *_args) -> None:
-        """Undo the plan if it is applied (idempotent; also the detach callback)."""
+        """Undo the plan if it is applied (idempotent)."""
         self._kept = None
+        if self._guard is not None:
+            self._guard.remove()
+            self._guard = None
         if self.handle is None:
             return
         handle, self.handle = self.handle, None
@@ -144,39 +190,43 @@ class PlanAttachment:
         self.removed += 1
 
     def detached(self, patcher, unpatch_all: bool = True) -> None:
-        """ComfyUI detached the model (`ON_DETACH`, after its own unpatching): undo the plan,
-        then leave the weights where ComfyUI just put them (its offload device) when it
-        unloaded the model, as undoing puts them back where they were when the plan came."""
-        if sys.is_finalizing():
-            return  # the interpreter is exiting: nothing to give back
+        """ComfyUI detached the model (`ON_DETACH`, after its own unpatching). Without
+        unpatching it hands the loaded model on as it is, to this patcher again (every prompt)
+        or to another clone: the plan stays, checked at the next run, and undone by the first
+        forward that is not one of its runs. Unloading it undoes the plan, then leaves the
+        weights where ComfyUI just put them (its offload device), as undoing puts them back
+        where they were when the plan came."""
+        if sys.is_finalizing() or not unpatch_all:
+            return  # exiting: nothing to give back; or handed on as it is
         had = self.handle is not None
         self.remove()
         if had and unpatch_all:
             patcher.model.to(patcher.offload_device)
 
     def sampler_wrapper(self, executor, guider, sigmas, *args, **kwargs):
-        with self.running(guider.model_patcher) as handle:
-            handle.reset_timing()
-            handle.enable_timing()
-            try:
-                out = executor(guider, sigmas, *args, **kwargs)
-            finally:
-                handle.disable_timing()
-            steps = max(len(sigmas) - 1, 1)
-            times = handle.timings()
-        self._report(times, steps)
+        import torch
+
+        patcher = guider.model_patcher
+        with self.running(patcher) as handle:
+            start = time.perf_counter()
+            out = executor(guider, sigmas, *args, **kwargs)
+            if handle.stats.device.startswith("cuda"):
+                torch.cuda.synchronize(patcher.load_device)
+            seconds = time.perf_counter() - start
+        self._report(handle, seconds / max(len(sigmas) - 1, 1))
         return out
 
-    def _report(self, times, steps: int) -> None:
-        stats = self.last_stats
+    def _report(self, handle, step_s: float) -> None:
+        plan, stats = handle.plan, handle.stats
+        self.last_stats = stats
         self.last_report = RunReport(
             streamed_blocks=stats.streamed_blocks,
-            blocks=len(self.plan.blocks),
+            blocks=len(plan.blocks),
             pinned_bytes=stats.pinned_bytes,
             pack_s=self._pack_s,
             reused=self._reused_last,
-            predicted_step_s=self.plan.predictions.step_ms / 1000,
-            measured_step_s=sum(times) / steps / 1000 if times else None,
+            predicted_step_s=plan.predictions.step_ms / 1000,
+            measured_step_s=step_s,
         )
         log.info(self.last_report.line())
 
@@ -204,9 +254,10 @@ def diffusion_model(patcher):
     return module
 
 
-def attach(patcher, plan):
-    """A clone of `patcher` that runs its diffusion model under `plan` (checked by the
-    caller). A plan carried in from an earlier node is replaced. Returns `(clone, attachment)`."""
+def attach(patcher, source):
+    """A clone of `patcher` that runs its diffusion model under `source` (a `FixedPlan`
+    checked by the caller, or an `AutoPlan`). A plan carried in from an earlier node is
+    replaced. Returns `(clone, attachment)`."""
     from comfy.patcher_extension import CallbacksMP, WrappersMP
 
     clone = patcher.clone(disable_dynamic=True)
@@ -216,7 +267,7 @@ def attach(patcher, plan):
     clone.remove_wrappers_with_key(WrappersMP.SAMPLER_SAMPLE, KEY)
     for kind in (CallbacksMP.ON_CLEANUP, CallbacksMP.ON_DETACH):
         clone.remove_callbacks_with_key(kind, KEY)
-    attachment = PlanAttachment(plan)
+    attachment = PlanAttachment(source)
     clone.set_attachments(KEY, attachment)
     clone.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, KEY, attachment.sampler_wrapper)
     clone.add_callback_with_key(CallbacksMP.ON_DETACH, KEY, attachment.detached)
@@ -265,7 +316,7 @@ def fp8_vector(module) -> str | None:
 def attach_plan(patcher, plan):
     """A clone of `patcher` whose sampling runs put its diffusion model under `plan` (adopted
     and checked first). Returns `(clone, attachment)`."""
-    return attach(patcher, adopted_plan(patcher, plan))
+    return attach(patcher, FixedPlan(adopted_plan(patcher, plan)))
 
 
 def attachment_of(patcher) -> PlanAttachment | None:
