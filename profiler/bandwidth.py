@@ -40,7 +40,7 @@ def measure_bandwidth(device, sizes: tuple[int, ...], progress=None) -> Bandwidt
             progress("bandwidth", n + 1, len(sizes) + 2)
     largest = max(sizes)
     under = _under_compute_gbps(device, largest)
-    overhead = _copy_overhead_us(device)
+    overhead = copy_overhead_us(device)
     if progress:
         progress("bandwidth", len(sizes) + 2, len(sizes) + 2)
     return Bandwidth(
@@ -98,7 +98,7 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _copy_overhead_us(device) -> float:
+def copy_overhead_us(device) -> float:
     """Fixed cost of one copy call: wall time of many tiny copies, divided by their number."""
     src, dst = _buffers(device, 256, pinned=True)
     for _ in range(10):

@@ -20,7 +20,7 @@ def apply_plan(module_or_pipeline, plan, device=None):
 
     from runtime.engine import offload
     from runtime.errors import UserError
-    from runtime.families import denoiser_attributes, family_of_module
+    from runtime.families import family_of_module
     from runtime.plan import FIRST_EXPERT, Plan
 
     if not isinstance(plan, Plan):
@@ -39,6 +39,22 @@ def apply_plan(module_or_pipeline, plan, device=None):
             return existing
         return apply_experts(module_or_pipeline, plans, device)
     plan = plan.for_expert(FIRST_EXPERT)
+    model = denoiser_of(module_or_pipeline)
+    device = _resolve_device(device)
+    existing = offload.refuse_other_plan(model, plan, device)
+    if existing is not None:
+        return existing
+    return offload.apply(model, family_of_module(model), plan, device)
+
+
+def denoiser_of(module_or_pipeline):
+    """The module a plan applies to: the module itself, or a diffusers pipeline's transformer
+    (or unet); a `UserError` for anything else."""
+    import torch
+
+    from runtime.errors import UserError
+    from runtime.families import denoiser_attributes
+
     model = module_or_pipeline
     if not isinstance(model, torch.nn.Module):  # a pipeline: its transformer (or unet)
         found = [getattr(model, name, None) for name in denoiser_attributes()]
@@ -48,11 +64,7 @@ def apply_plan(module_or_pipeline, plan, device=None):
             f"cannot apply a plan to {type(module_or_pipeline).__name__}: pass a transformer "
             f"module or a diffusers pipeline that has one"
         )
-    device = _resolve_device(device)
-    existing = offload.refuse_other_plan(model, plan, device)
-    if existing is not None:
-        return existing
-    return offload.apply(model, family_of_module(model), plan, device)
+    return model
 
 
 def _check_expert_attrs(target, plan, experts: tuple[str, ...]) -> None:

@@ -35,8 +35,20 @@ def check_plan(model, adapter, plan) -> Inventory:
     skip = frozenset(id(t) for t in adapter_tensors(model))
     inv = inventory_of_module(model, adapter, plan.model.id, plan.model.storage_dtype, skip)
     _check_blocks(inv, plan)
+    if getattr(adapter, "free_non_block_dtypes", False):  # discovered blocks: check only them
+        skip = skip | _non_block_ids(model, adapter)
     _check_dtypes(model, plan.model.storage_dtype, plan.model.id, skip)
     return inv
+
+
+def _non_block_ids(model, adapter) -> frozenset[int]:
+    """Ids of tensors outside every block: an adapter with `free_non_block_dtypes` (generic
+    discovery) lets them keep their own dtypes (a float64 position table beside fp32 blocks);
+    the engine moves them as they are."""
+    inside = {id(t) for _, _, block in adapter.blocks(model)
+              for t in list(block.parameters()) + list(block.buffers())}
+    return frozenset(id(t) for t in list(model.parameters()) + list(model.buffers())
+                     if id(t) not in inside)
 
 
 def _active_foreign_hooks(module) -> bool:

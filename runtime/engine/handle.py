@@ -113,6 +113,19 @@ class OffloadHandle:
         ring = self._state.ring
         return [] if ring is None else [t for slot in ring.slot_buffers for t in slot.values()]
 
+    def queued_copy(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
+        """(host pack, ring slot) of the next streamed block the ring has copied ahead, between
+        forwards: copying that pack into that slot again rewrites the same bytes, so a copy
+        can be timed on the model's own buffers without disturbing the ring (waits for the
+        ring's copies first). None where nothing streams."""
+        self._require_active()
+        ring = self._state.ring
+        if ring is None:
+            return None
+        ring.sync.synchronize()
+        use = ring.next_use
+        return ring.host_buffers[use % ring.schedule.m], ring.slot_buffers[ring.schedule.slot(use)]
+
     def enable_timing(self) -> None:
         self._timer.enabled = True
 
