@@ -40,8 +40,8 @@ def _shown(clone, text: str) -> dict:
 def _model_inputs() -> dict:
     return {
         "model_id": (widgets.catalog_models(), {"default": "flux-dev", **tip("model_id")}),
-        "vram_gb": ("FLOAT", {"default": 8.0, "min": 0.25, "max": 1024.0, "step": 0.25,
-                              **tip("vram_gb")}),
+        "vram_gb": ("FLOAT", {"default": 8.0, "min": 0.0001, "max": 1024.0, "step": 0.25,
+                              "round": False, **tip("vram_gb")}),
         "gpu": (widgets.reference_gpus(), {"default": THIS_GPU, **tip("gpu")}),
     }
 
@@ -155,11 +155,58 @@ class OffloadPlanTune:
         return _shown(clone, text)
 
 
+class OffloadPlanAuto:
+    """MODEL and a VRAM budget in, MODEL out: no model id, no plan file. The first sampling
+    step measures the model on this machine, the search tunes a plan from it, and the rest of
+    the run (and every later prompt) runs tuned; the plan is stored for the next time."""
+
+    CATEGORY = CATEGORY
+    FUNCTION = "auto"
+    RETURN_TYPES = ("MODEL", "STRING")
+    RETURN_NAMES = ("model", "plan")
+    OUTPUT_TOOLTIPS = OUTPUT_TOOLTIPS
+    SEARCH_ALIASES = SEARCH_ALIASES
+    DESCRIPTION = ("Offload any diffusion model within a VRAM budget: measured on its first "
+                   "sampling step, then tuned. Needs no model id or plan file.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", tip("model")),
+                "vram_gb": _model_inputs()["vram_gb"],
+            },
+            "optional": {
+                "host_ram_gb": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 4096.0,
+                                          "step": 0.5, **tip("host_ram_gb")}),
+            },
+        }
+
+    def auto(self, model, vram_gb, host_ram_gb=0.0):
+        from planner.budget import parse_size
+
+        from .patcher import AutoPlan, attach, diffusion_model
+        from .settings import store_url
+
+        diffusion_model(model)  # a MODEL without one is refused here, not at sampling
+        source = AutoPlan(
+            vram_bytes=parse_size(widgets.vram(vram_gb), "vram_gb"),
+            host_ram_bytes=parse_size(widgets.vram(host_ram_gb), "host_ram_gb") if host_ram_gb > 0 else None,
+            store_url=store_url(),
+        )
+        clone, _ = attach(model, source)
+        text = (f"auto: measured on the first sampling step, then tuned for "
+                f"{widgets.vram(vram_gb)} of VRAM")
+        return _shown(clone, text)
+
+
 NODE_CLASS_MAPPINGS = {
     "OffloadPlanApply": OffloadPlanApply,
     "OffloadPlanTune": OffloadPlanTune,
+    "OffloadPlanAuto": OffloadPlanAuto,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "OffloadPlanApply": "Offload plan: apply",
     "OffloadPlanTune": "Offload plan: tune",
+    "OffloadPlanAuto": "Offload plan: auto",
 }

@@ -89,4 +89,5 @@ def resolution(width: int, height: int) -> str | None:
 
 
 def vram(vram_gb: float) -> str:
-    return f"{vram_gb:g}GB"
+    """A size the planner parses: 8.0 -> '8GB', 0.0005 -> '0.0005GB' (GB means GiB)."""
+    return f"{vram_gb:.9f}".rstrip("0").rstrip(".") + "GB"
