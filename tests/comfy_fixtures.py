@@ -311,3 +311,14 @@ def sample_tiny(patcher, kind: str, steps: int = 2, seed: int = 7):
         patcher, noise, steps, 1.0, "euler", "simple", positive, positive, latent,
         denoise=1.0, seed=seed,
     )
+
+
+def comfy_nodes():
+    """ComfyUI's own node module (`nodes.py`: UNETLoader, KSampler, SaveImage...), which also
+    needs PyAV; a skip (or, required, a failure) with the reason where it cannot be imported."""
+    comfyui()
+    if importlib.util.find_spec("av") is None:
+        _unavailable("ComfyUI's nodes need PyAV (av), which is not installed in this Python")
+    import nodes
+
+    return nodes

@@ -55,8 +55,8 @@ from planner.app.placing import plan_of
 from planner.app.request import ProfileSource
 from runtime.discovery import Discovery, FoundBlock, OrderRecorder, find_blocks
 from runtime.errors import UserError
-from runtime.inventory import inventory_of_module
-from runtime.plan import HostMemory, Target, build_plan
+from runtime.inventory import inventory_of_module, stored_as_is
+from runtime.plan import CastMode, HostMemory, Target, build_plan
 
 AUTO_TRIALS = 48  # the analytic frontier pass and the peers do most of the work
 
@@ -226,6 +226,9 @@ class AutoHandle:
             inventory, {b.name for b in inventory.blocks}, workload=AUTO_WORKLOAD,
             target=Target(_gpu_name(self.config.device), self.config.budget_bytes),
             prefetch_depth=1, host_memory=HostMemory.PINNED,
+            # fp8 counted as stored (ComfyUI's fp8 weight_dtype) stays fp8 in its packs, so the
+            # inventory taken under this plan after the first forward still sees it as stored
+            cast=CastMode.AUTO if stored_as_is(self.model, self.storage) else CastMode.PRE,
         )
 
     def _tune_and_switch(self, inventory, source: str) -> None:
