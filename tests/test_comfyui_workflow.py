@@ -95,3 +95,160 @@ def test_unetloader_fp8_weights_under_the_auto_node(comfy, unet_file):
     assert torch.equal(sample(planned, seed=7), plain)
     handle = attachment_of(planned).handle
     assert handle.tuned and handle.plan.model.storage_dtype is DType.FP8
+
+
+# ------------------------------------------------------------------ ComfyUI's HTTP API
+
+SECRET_URL_PART = "planner-secret-store"
+
+
+def _workflow(planned: bool, steps: int = 2, seed: int = 5) -> dict:
+    model = ["2", 0] if planned else ["1", 0]
+    return {
+        "1": {"class_type": "TinyFluxLoader", "inputs": {}},
+        "2": {"class_type": "OffloadPlanAuto", "inputs": {"model": ["1", 0], "vram_gb": 0.0006}},
+        "3": {"class_type": "TinyFluxConditioning", "inputs": {}},
+        "4": {"class_type": "TinyLatent", "inputs": {}},
+        "5": {"class_type": "KSampler", "inputs": {
+            "model": model, "seed": seed, "steps": steps, "cfg": 1.0, "sampler_name": "euler",
+            "scheduler": "simple", "positive": ["3", 0], "negative": ["3", 0],
+            "latent_image": ["4", 0], "denoise": 1.0}},
+        "6": {"class_type": "LatentAsImage", "inputs": {"samples": ["5", 0]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0],
+                                                     "filename_prefix": "planned" if planned else "plain"}},
+    }
+
+
+class Server:
+    """A ComfyUI server of the pinned sdist on 127.0.0.1, with this pack and the test nodes in
+    its custom_nodes, stopped (and waited for) when the test ends."""
+
+    def __init__(self, base, port: int, log) -> None:
+        self.base, self.url, self.log = base, f"http://127.0.0.1:{port}", log
+
+    def call(self, path: str, body: dict | None = None, timeout: float = 10.0):
+        import json
+        import urllib.request
+
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            text = response.read().decode()
+        return json.loads(text) if text.strip() else None
+
+    def run(self, prompt: dict, wait_s: float = 240.0, interrupt_after_s: float | None = None):
+        """POST /prompt, then poll /history until it is done; its history entry."""
+        import time
+
+        prompt_id = self.call("/prompt", {"prompt": prompt, "extra_data": {"extra_pnginfo": {
+            "workflow": {"nodes": list(prompt)}}}})["prompt_id"]
+        start = time.monotonic()
+        interrupted = interrupt_after_s is None
+        while time.monotonic() - start < wait_s:
+            if not interrupted and time.monotonic() - start > interrupt_after_s:
+                self.call("/interrupt", {})
+                interrupted = True
+            history = self.call(f"/history/{prompt_id}")
+            if history and prompt_id in history and history[prompt_id]["status"].get("completed") is not None:
+                return history[prompt_id]
+            time.sleep(0.2)
+        raise AssertionError(f"prompt {prompt_id} did not finish in {wait_s} s")
+
+
+@pytest.fixture
+def server(comfy, tmp_path):
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    from pathlib import Path
+
+    from comfy_fixtures import comfyui_root
+
+    repo = Path(__file__).resolve().parent.parent
+    base = tmp_path / "comfy"
+    (base / "custom_nodes").mkdir(parents=True)
+    (base / "frontend").mkdir()
+    os.symlink(repo / "comfyui_nodes", base / "custom_nodes" / "offload-planner")
+    shutil.copy(repo / "tests" / "comfy_test_nodes.py", base / "custom_nodes" / "planner_test_nodes.py")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join([str(repo), str(repo / "tests")]),
+               PLANNER_DB_URL=f"sqlite:///{tmp_path / SECRET_URL_PART}.db")
+    log = (tmp_path / "server.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+         "--base-directory", str(base), "--front-end-root", str(base / "frontend"),
+         "--database-url", "sqlite:///:memory:", "--disable-auto-launch", "--disable-api-nodes"],
+        cwd=comfyui_root(), env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    server = Server(base, port, tmp_path / "server.log")
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                server.call("/object_info/OffloadPlanAuto", timeout=5)
+                break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError("ComfyUI's server did not start:\n"
+                                         + (tmp_path / "server.log").read_text()[-3000:])
+                time.sleep(0.5)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+        log.close()
+
+
+def _png(server, history, node: str = "7"):
+    from PIL import Image
+
+    (image,) = history["outputs"][node]["images"]
+    return Image.open(server.base / "output" / image["subfolder"] / image["filename"])
+
+
+def test_http_api_runs_the_auto_node_and_saves_no_store_url(server):
+    import numpy as np
+
+    info = server.call("/object_info/OffloadPlanAuto")["OffloadPlanAuto"]
+    assert not info["output_node"] and "block swap" in info["search_aliases"]
+
+    plain = {}
+    for seed in (5, 6, 7):
+        done = server.run(_workflow(planned=False, seed=seed))
+        assert done["status"]["status_str"] == "success", done["status"]["messages"][-1]
+        plain[seed] = np.asarray(_png(server, done))
+    first = server.run(_workflow(planned=True, seed=5))
+    assert first["status"]["status_str"] == "success", first["status"]["messages"][-1]
+    assert first["outputs"]["2"]["text"][0].startswith("auto: measured on the first sampling step")
+    assert np.array_equal(np.asarray(_png(server, first)), plain[5])
+    # the next prompt, a new seed: the model and its plan stay loaded, the packs are re-used
+    second = server.run(_workflow(planned=True, seed=6))
+    assert np.array_equal(np.asarray(_png(server, second)), plain[6])
+
+    # a long prompt interrupted while sampling, then another: the plan undone and re-applied
+    stopped = server.run(_workflow(planned=True, steps=400, seed=9), interrupt_after_s=3.0)
+    assert stopped["status"]["status_str"] == "error"
+    assert any(m[0] == "execution_interrupted" for m in stopped["status"]["messages"])
+    again = server.run(_workflow(planned=True, seed=7))
+    assert np.array_equal(np.asarray(_png(server, again)), plain[7])
+    # one line per completed sampling run in ComfyUI's log
+    lines = [l for l in server.log.read_text().splitlines() if "offload-planner: " in l]
+    assert len(lines) == 3 and all("blocks streamed" in l for l in lines)
+    assert "packed in" in lines[0] and "packs re-used" in lines[1] and "packed in" in lines[2]
+
+    # the workflow and prompt ComfyUI wrote into the PNG hold no store URL
+    for history in (first, second, again):
+        text = " ".join(str(v) for v in _png(server, history).text.values())
+        assert "prompt" in _png(server, history).text
+        assert SECRET_URL_PART not in text and "sqlite:" not in text and "db_url" not in text
