@@ -2,10 +2,17 @@
 
 For every recorded run (four plans, the depth sweeps): the prediction the plan carried (the
 steady, denoising-loop time), the prediction for a forward between two device synchronisations
-(how the runs were timed), the measured time and both errors. From the torch.profiler traces,
-when the evidence folder is there: per streamed block, how long compute waited for its copy,
-how long a copy waited after its slot's compute event or after the copy before it, the CPU
-cost of issuing a copy, and the kernel time per forward at depth 2 and 4.
+(how the runs were timed) without and with the cost model's overheads (`Overheads`: event-wait
+latency, host launch time per block, a synchronised forward's host head start), the measured
+time and the errors. From the torch.profiler traces, when the evidence folder is there: per
+streamed block, how long compute waited for its copy, how long a copy waited after its slot's
+compute event or after the copy before it, the CPU cost of issuing a copy, the kernel time per
+forward, and the figures the overheads are taken from.
+
+The sweep (`sweep`): the same four placements at depth 1-4 with the per-block compute scaled
+to 512x512 and 768x768 by the blocks' FLOPs (`profiler.flops`; the 1024x1024 FLOP rate, so small
+GEMMs' lower efficiency is not in it), the copy-bound regime the 1024x1024 runs barely reach:
+what each overhead adds there. Measuring it needs a GPU (bench/gpu_session.sh, SWEEP=1).
 
     python bench/replay_h100.py [--evidence ../shared/gpu-evidence/h100-2026-11-22]
 
@@ -28,7 +35,7 @@ DATA = ROOT / "tests" / "data" / "h100"
 
 
 def replay() -> list[dict]:
-    from planner.costmodel import CostModel
+    from planner.costmodel import NO_OVERHEADS, CostModel
     from planner.explain import layout_of
     from profiler.profile_json import load_profile_json
     from runtime.inventory import inventory
@@ -36,6 +43,7 @@ def replay() -> list[dict]:
 
     inv = inventory("flux-dev")
     model = CostModel(inv, load_profile_json(DATA / "profile_flux-dev_1024_bf16.json"))
+    bare = CostModel(inv, model.profile, NO_OVERHEADS)
     measured = json.loads((DATA / "measured.json").read_text())
     cases = [(r["plan"], "tuned", r["depth"], r["ms"]) for r in measured["plans"]]
     cases += [
@@ -46,10 +54,12 @@ def replay() -> list[dict]:
     for name, run, depth, ms in cases:
         plan = load_plan(DATA / name)
         layout = dataclasses.replace(layout_of(plan, inv), depth=depth)
-        before = model.step_ms(layout)
+        steady = bare.step_ms(layout)
+        before = bare.synchronized_step_ms(layout)
         after = model.synchronized_step_ms(layout)
         rows.append({
             "plan": name, "run": run, "depth": depth, "measured_ms": ms,
+            "predicted_steady_ms": round(steady, 2), "error_steady": round(steady / ms - 1, 4),
             "predicted_before_ms": round(before, 2), "error_before": round(before / ms - 1, 4),
             "predicted_after_ms": round(after, 2), "error_after": round(after / ms - 1, 4),
         })
@@ -137,7 +147,7 @@ def trace_facts(path: Path) -> dict:
         ready_copy = end(prev[0])
         (after_event if freed >= ready_copy else after_copy).append(c["ts"] - max(freed, ready_copy))
     gbps = [c["args"]["bytes"] / (c["dur"] * 1e3) for c, _ in copies]
-    return {
+    return {**_overhead_facts(ev, runtime, gpu, compute, copy_stream),
         "streamed_blocks": len(copies),
         "kernel_ms_per_forward": round(sum(e["dur"] for e in compute) / 1e3, 2),
         "compute_wait_ms_total": round(sum(compute_waits), 2),
@@ -149,12 +159,102 @@ def trace_facts(path: Path) -> dict:
     }
 
 
+def _overhead_facts(ev, runtime, gpu, compute, copy_stream) -> dict:
+    """What `planner.costmodel.CUDA_OVERHEADS` takes from a trace: the gap from a copy's end to the
+    first kernel of a compute stream that sat idle waiting for it, the CUDA runtime calls' host
+    time per block, and the host time from the forward's first operator to its first kernel."""
+    end = lambda e: e["ts"] + e["dur"]  # noqa: E731
+    starts = [e["ts"] for e in compute]
+    wake = []
+    for c in (e for e in gpu if e["args"]["stream"] in copy_stream):
+        k = bisect.bisect_left(starts, end(c))
+        if 0 < k < len(compute) and end(compute[k - 1]) < end(c):
+            wake.append(compute[k]["ts"] - end(c))
+    ops = [e["ts"] for e in ev if e.get("cat") == "cpu_op"]
+    blocks = 57  # flux-dev: 19 double + 38 single
+    api_us = sum(e["dur"] for e in runtime if e["name"] != "cudaDeviceSynchronize")
+    return {
+        "compute_start_after_its_copy_us_median": round(statistics.median(wake), 1) if wake else None,
+        "compute_waits_counted": len(wake),
+        "runtime_api_us_per_block": round(api_us / blocks, 1),
+        "first_kernel_after_first_op_us": round(min(e["ts"] for e in gpu) - min(ops), 1),
+    }
+
+
+def _scaled_profile(profile, resolution: int):
+    """The H100 profile with each block's compute scaled by its FLOPs at `resolution`."""
+    from profiler.flops import model_trace
+
+    work = dataclasses.replace(profile.workload, height=resolution, width=resolution)
+    ours, theirs = model_trace("flux-dev", profile.workload), model_trace("flux-dev", work)
+    blocks = tuple(
+        dataclasses.replace(b, compute_ms=b.compute_ms * theirs.block(b.name).flops / ours.block(b.name).flops)
+        for b in profile.blocks
+    )
+    return dataclasses.replace(profile, blocks=blocks, workload=work)
+
+
+def sweep() -> list[dict]:
+    """Predictions without and with the overheads where compute per block is small."""
+    from planner.costmodel import NO_OVERHEADS, CostModel
+    from planner.explain import layout_of
+    from profiler.profile_json import load_profile_json
+    from runtime.inventory import inventory
+    from runtime.plan import load_plan
+
+    inv = inventory("flux-dev")
+    recorded = load_profile_json(DATA / "profile_flux-dev_1024_bf16.json")
+    rows = []
+    for resolution in (512, 768, 1024):
+        profile = _scaled_profile(recorded, resolution)
+        model, bare = CostModel(inv, profile), CostModel(inv, profile, NO_OVERHEADS)
+        for budget in (8, 12, 16, 24):
+            layout = layout_of(load_plan(DATA / f"plan_{budget}.json"), inv)
+            for depth in (1, 2, 3, 4):
+                lay = dataclasses.replace(layout, depth=depth)
+                before, after = bare.synchronized_step_ms(lay), model.synchronized_step_ms(lay)
+                copies = sum(bare.copy_ms(i, c, lay.host_memory) for i, c in enumerate(lay.casts) if lay.streamed[i])
+                rows.append({
+                    "resolution": resolution, "plan": f"plan_{budget}.json", "depth": depth,
+                    "compute_ms": round(sum(b.compute_ms for b in profile.blocks), 2), "copy_ms": round(copies, 2),
+                    "synchronized_before_ms": round(before, 2), "synchronized_after_ms": round(after, 2),
+                    "added": round(after / before - 1, 4),
+                    "steady_before_ms": round(bare.step_ms(lay), 2), "steady_after_ms": round(model.step_ms(lay), 2),
+                })
+    return rows
+
+
+def _errors(rows: list[dict]) -> dict:
+    """Mean and largest |error| before and after, over every run but the one outlier."""
+    kept = [r for r in rows if not (r["plan"] == "plan_16.json" and r["run"] == "depth sweep B" and r["depth"] == 4)]
+    out = {"runs": len(kept), "left_out": "plan_16.json depth sweep B depth 4 (15 % off run A's same placement)"}
+    for key in ("steady", "before", "after"):
+        errs = [abs(r[f"error_{key}"]) for r in kept]
+        out[key] = {"mean_abs": round(statistics.mean(errs), 4), "max_abs": round(max(errs), 4),
+                    "mean_signed": round(statistics.mean(r[f"error_{key}"] for r in kept), 4)}
+    return out
+
+
+def _versions() -> dict:
+    import platform
+    import subprocess
+
+    import torch
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return {"python": platform.python_version(), "torch": torch.__version__, "project": commit.stdout.strip(),
+            "evidence": "torch 2.11.0+cu130, diffusers 0.42.1, project 9d469e5 (the H100 run)"}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--evidence", type=Path, default=ROOT.parent / "shared" / "gpu-evidence" / "h100-2026-11-22")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
+    from planner.costmodel import CUDA_OVERHEADS
+
     rows = replay()
+    swept = sweep()
     peaks, tuned = peaks_and_retune()
     traces = {}
     for path in sorted(args.evidence.glob("trace_*.json.gz")) if args.evidence.is_dir() else []:
@@ -171,13 +271,31 @@ def main() -> int:
         print("tuned again:", json.dumps(r))
     for name, facts in traces.items():
         print(name, json.dumps(facts))
+    for r in swept:
+        print("sweep:", json.dumps(r))
     result = {
         "benchmark": "replay_h100",
         "device": "none: replayed on a CPU machine from evidence recorded on one NVIDIA H100 80GB HBM3 (PCIe Gen5 x16)",
         "command": "python bench/replay_h100.py",
-        "before": "CostModel.step_ms: steady state, forward after forward with no synchronisation (what the plans carry)",
-        "after": "CostModel.synchronized_step_ms: each forward between two device synchronisations, as the runs were timed",
+        "versions": _versions(),
+        "overheads": dataclasses.asdict(CUDA_OVERHEADS),
+        "evidence": "../shared/gpu-evidence/h100-2026-11-22 (measured_flux-dev_1024_bf16.json, README.md, trace_*.json.gz)",
+        "steady": "CostModel.step_ms without overheads: forward after forward with no synchronisation (what the plans carry)",
+        "before": "CostModel.synchronized_step_ms without overheads (NO_OVERHEADS): each forward between two device "
+                  "synchronisations, as the runs were timed; the model before the overheads",
+        "after": "the same with CUDA_OVERHEADS (event-wait latency, host launch time per block, a synchronised "
+                 "forward's host head start), taken from the traces (traces.*: compute_start_after_its_copy_us_median, "
+                 "runtime_api_us_per_block, first_kernel_after_first_op_us)",
+        "error_summary": _errors(rows),
         "rows": rows,
+        "sweep_note": "no measurement: the recorded placements at depth 1-4 with compute per block scaled to the "
+                      "resolution by FLOPs; 'added' is what the overheads add to the synchronised prediction",
+        "sweep_added_by_resolution": {
+            str(res): [min(r["added"] for r in swept if r["resolution"] == res),
+                       max(r["added"] for r in swept if r["resolution"] == res)]
+            for res in sorted({r["resolution"] for r in swept})
+        },
+        "sweep": swept,
         "peaks": peaks,
         "peaks_note": "after = the recorded profile with the workspace profiler.run measures now: the largest block's "
                       "inputs (33.0 MB) + 32 MiB cuBLAS workspace (torch's Hopper default, not measured there)",

@@ -82,6 +82,9 @@ class ProfileRow(Base):
     source: Mapped[str] = mapped_column(String(512))
     tool_version: Mapped[str] = mapped_column(String(64))
     created: Mapped[str] = mapped_column(String(64))  # ISO 8601, as the profiler wrote it
+    disk_read_gbps: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    disk_read_under_copy_gbps: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    host_baseline_bytes: Mapped[Optional[int]] = mapped_column(BigInteger, nullable=True)
 
     machine: Mapped[Machine] = relationship(back_populates="profiles")
     blocks: Mapped[list["ProfileBlockRow"]] = relationship(
@@ -129,6 +132,9 @@ class PlanRow(Base):
     catalog_model: Mapped[bool] = mapped_column(Boolean)
     predicted_step_ms: Mapped[float] = mapped_column(Float)
     predicted_peak_bytes: Mapped[int]
+    # the run's predicted host RAM peak (plan predictions.host_peak_bytes); None: not predicted
+    host_peak_bytes: Mapped[Optional[int]] = mapped_column(BigInteger, nullable=True)
+    disk_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # disk tier
     profile_id: Mapped[Optional[int]] = mapped_column(ForeignKey("profiles.id"))
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -38,7 +38,11 @@ def is_catalog_model(model_id: str) -> bool:
 
 def check_storable(plan, *, allow_unknown_model: bool = False, source: str = "the plan") -> bool:
     """Raise `PlanRejected` unless `plan` can run on its catalog model; True when it was checked
-    against the catalog, False for an unknown model stored because `allow_unknown_model`."""
+    against the catalog, False for an unknown model stored because `allow_unknown_model`.
+
+    The plan is first read back through the plan file's own reader, the one every read of the
+    store uses: a plan the store could not read back is never stored."""
+    _readable(plan, source)
     parts = _expert_parts(plan, source)
     if not is_catalog_model(plan.model.id):
         if allow_unknown_model:
@@ -51,10 +55,20 @@ def check_storable(plan, *, allow_unknown_model: bool = False, source: str = "th
             f"returned by `plans best`), or use a model from `planner models list`"
         )
     _check_experts(plan, source)
+    _check_workload(plan, source)
     for part, where in parts:
         _check_self_consistent(part, where)
         _check_against_model(part, where)
     return True
+
+
+def _readable(plan, source: str) -> None:
+    from runtime.plan import dumps_plan, loads_plan
+
+    try:
+        loads_plan(dumps_plan(plan), source=source)
+    except (UserError, ValueError) as e:
+        raise PlanRejected(f"{e}; the store keeps only plans it can read back") from None
 
 
 def _expert_parts(plan, source: str) -> list:
@@ -81,6 +95,16 @@ def _check_experts(plan, source: str) -> None:
             raise PlanRejected(
                 f"{source} places an expert {e.attr!r} that {plan.model.id} does not run ({has}): {_FIX}"
             )
+
+
+def _check_workload(plan, source: str) -> None:
+    """The workload is one the model's pipeline runs as given (frames, guidance, sizes)."""
+    from runtime.catalog import get_model
+
+    try:
+        get_model(plan.model.id).check_workload(plan.workload)
+    except UserError as e:
+        raise PlanRejected(f"{source}: {e}; {_FIX}") from None
 
 
 def fits_catalog(plan) -> bool:
@@ -125,26 +149,33 @@ def _check_against_model(plan, source: str) -> None:
         inv = _inventory(plan.model.id, plan.model.storage_dtype)
     except UserError as e:
         raise PlanRejected(f"{source} cannot be checked against {plan.model.id}: {e}") from None
+    check_blocks(plan, inv, source)
+
+
+def check_blocks(plan, inv, source: str, model: str | None = None, fix: str = _FIX) -> None:
+    """`plan` places every block of inventory `inv` once, in its order, with its name, kind
+    and (unquantized) bytes; `model` names what `inv` is in messages (default the plan's model)."""
+    model = model or plan.model.id
     if plan.model.family != inv.family:
         raise PlanRejected(
-            f"{source} says {plan.model.id} is a {plan.model.family} model but it is a "
-            f"{inv.family} model: {_FIX}"
+            f"{source} is for a {plan.model.family} model but {model} is a "
+            f"{inv.family} model: {fix}"
         )
     if len(plan.blocks) != len(inv.blocks):
         raise PlanRejected(
-            f"{source} has {len(plan.blocks)} blocks but {plan.model.id} has {len(inv.blocks)}: "
-            f"a plan places every block of the model once; {_FIX}"
+            f"{source} has {len(plan.blocks)} blocks but {model} has {len(inv.blocks)}: "
+            f"a plan places every block of the model once; {fix}"
         )
     for have, want in zip(inv.blocks, plan.blocks):
         if (have.name, have.kind) != (want.name, want.kind):
             raise PlanRejected(
-                f"{source}: block {have.index} of {plan.model.id} is {have.name!r} ({have.kind}) "
-                f"but the plan has {want.name!r} ({want.kind}) there: {_FIX}"
+                f"{source}: block {have.index} of {model} is {have.name!r} ({have.kind}) "
+                f"but the plan has {want.name!r} ({want.kind}) there: {fix}"
             )
         # quantized storage: the bytes are the checkpoint's own layout (GGUF/NF4 blocks), which
         # the catalog cannot know; apply checks them against the loaded model
         if have.bytes != want.bytes and not plan.model.storage_dtype.is_quantized:
             raise PlanRejected(
                 f"{source}: block {have.name!r} holds {have.bytes} bytes in "
-                f"{plan.model.storage_dtype.value} but the plan says {want.bytes}: {_FIX}"
+                f"{plan.model.storage_dtype.value} in {model} but the plan says {want.bytes}: {fix}"
             )

@@ -23,6 +23,10 @@ T = TypeVar("T")
 _WRITE = "planner_write"
 _LOCKED_WORDS = ("database is locked", "database table is locked", "database is busy")
 _UNWRITABLE_WORDS = ("unable to open database file", "readonly database", "disk i/o error")
+_TIMEOUT_WORDS = ("timeout expired", "timed out", "connection timeout")
+# A server that accepts and never answers is given this long to finish connecting (libpq's
+# connect_timeout, which psycopg applies to the whole start-up); a URL may set its own.
+CONNECT_TIMEOUT_S = 10
 
 
 def make_engine(url: str, *, busy_timeout_s: float = 1.0, foreign_keys: bool = True):
@@ -33,7 +37,9 @@ def make_engine(url: str, *, busy_timeout_s: float = 1.0, foreign_keys: bool = T
     if parsed.drivername == "postgresql":  # psycopg 3 is the driver we ship, not psycopg2
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() != "sqlite":
-        return _create(create_engine, parsed, url, pool_pre_ping=True)
+        timeout = {} if parsed.get_backend_name() != "postgresql" or "connect_timeout" in parsed.query \
+            else {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
+        return _create(create_engine, parsed, url, pool_pre_ping=True, **timeout)
 
     prepare_sqlite_file(url)
     engine = _create(create_engine, parsed, url, connect_args={"timeout": busy_timeout_s})
@@ -120,6 +126,14 @@ def translate(error: Exception, url: str) -> StoreError:
 
     if isinstance(error, IntegrityError):
         return StoreError(f"the database {safe_url(url)} refused a write ({text}): report this as a bug")
+    if isinstance(error, OperationalError) and any(w in lowered for w in _TIMEOUT_WORDS):
+        parsed = parse_url(url)
+        where = f"{parsed.host or 'localhost'}:{parsed.port or 5432}"
+        seconds = parsed.query.get("connect_timeout", CONNECT_TIMEOUT_S)
+        return StoreError(
+            f"the database server {where} ({safe_url(url)}) did not answer within {seconds} s: check "
+            f"the host and port, and that PostgreSQL is running and reachable there"
+        )
     if isinstance(error, OperationalError):
         return StoreError(
             f"cannot use the database {safe_url(url)} ({text}): check the URL and that the server is running"

@@ -20,7 +20,7 @@ from db.convert import StoredPlan, machine_values, plan_body_hash, plan_row, pla
 from db.convert import profile_row, to_profile, to_stored_plan
 from db.errors import NotFound, StoreError
 from profiler.gpus import normalize as normalize_gpu_name
-from db.location import default_db_url, resolve_url
+from db.location import default_db_url, resolve_url, safe_url
 from db.matching import run_is_comparable, workload_matches
 from profiler.types import Profile
 from runtime.dtypes import DType
@@ -260,12 +260,20 @@ class Store:
         *,
         storage_dtype: DType | None = None,
         workload: Workload | None = None,
+        max_host_ram: int | None = None,
+        ram_only: bool = False,
     ) -> list[StoredPlan]:
         """Stored plans, oldest first, filtered by model, GPU name, budget, resolution, storage
-        dtype and workload (see `workload_matches`)."""
+        dtype and workload (see `workload_matches`), the host RAM their run needs at its peak
+        (a plan that never predicted it does not match a host-RAM limit) and, `ram_only`, no
+        block on the disk tier."""
         from db.models import PlanRow
 
         query = _plans_query().order_by(PlanRow.id)
+        if max_host_ram is not None:
+            query = query.where(PlanRow.host_peak_bytes.is_not(None), PlanRow.host_peak_bytes <= max_host_ram)
+        if ram_only:
+            query = query.where(PlanRow.disk_bytes == 0)
         if model is not None:
             query = query.where(PlanRow.model_id == model)
         if max_vram is not None:
@@ -302,17 +310,26 @@ class Store:
         *,
         storage_dtype: DType | None = None,
         workload: Workload | None = None,
+        max_host_ram: int | None = None,
+        ram_only: bool = False,
     ) -> StoredPlan | None:
         """The fastest plan that fits `vram_bytes` for this model, dtype and workload: best
         comparable measured time, else predicted. Only plans that run on the catalog model
-        (checked again now: the catalog may have changed since they were stored) compete."""
+        (checked again now: the catalog may have changed since they were stored) compete, and
+        only on one GPU: without `gpu`, plans for several GPUs are refused, never compared."""
         from db.plan_check import fits_catalog
 
         plans = self.list_plans(
             model=model, gpu=gpu, max_vram=vram_bytes, resolution=resolution,
-            storage_dtype=storage_dtype, workload=workload,
+            storage_dtype=storage_dtype, workload=workload, max_host_ram=max_host_ram, ram_only=ram_only,
         )
         plans = [p for p in plans if p.catalog_model and fits_catalog(p.plan)]
+        gpus = sorted({p.plan.target.gpu_name for p in plans}, key=normalize_gpu_name)
+        if gpu is None and len({normalize_gpu_name(g) for g in gpus}) > 1:
+            raise StoreError(
+                f"stored plans for {model} in {safe_url(self.url)} target {len(gpus)} GPUs ({', '.join(gpus)}), "
+                f"whose times are not comparable: pass --gpu NAME (one of them)"
+            )
         return min(plans, key=lambda p: (p.ranking_ms, p.id), default=None)
 
     def remove_plan(self, plan_id: int) -> None:

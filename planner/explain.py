@@ -7,8 +7,9 @@ import dataclasses
 from pathlib import Path
 
 from planner.costmodel import NON_BLOCK, CostModel, EventKind, Layout, Prediction, Stream
+from planner.plan_host import plan_host_peak
 from runtime.errors import PlanMismatchError, UserError
-from runtime.plan import Placement, Plan
+from runtime.plan import Placement, Plan, Tier
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Explanation:
     experts: object = None  # planner.experts.ExpertsPrediction for a two-expert model
     calibration: object = None  # planner.calibration.Calibration of a stored profile
     calibrated_step_ms: float | None = None  # step_ms under that calibration
+    host: object = None  # planner.host_peak.HostPeak: the run's host memory by phase
 
     @property
     def wait_ms(self) -> float:
@@ -53,6 +55,8 @@ class Explanation:
             "wait_ms": self.wait_ms,
             "blocks": [dataclasses.asdict(r) for r in self.rows],
             "experts": _experts_dict(self.experts),
+            "host_ram": self.host.to_dict() if self.host is not None else None,
+            "host_ram_peak_bytes": self.host.peak_bytes if self.host is not None else None,
             "calibration": None if self.calibration is None
             else {**self.calibration.to_dict(), "step_ms": self.calibrated_step_ms},
             "timeline": [
@@ -74,6 +78,7 @@ def layout_of(plan: Plan, inventory) -> Layout:
         casts=tuple(b.cast for b in plan.blocks),
         depth=plan.prefetch_depth,
         host_memory=plan.host_memory,
+        on_disk=tuple(b.tier is Tier.DISK for b in plan.blocks) if any(b.tier is Tier.DISK for b in plan.blocks) else (),
     )
 
 
@@ -83,11 +88,7 @@ def explain(plan: Plan, profile, inventory=None, calibration=None) -> Explanatio
     from runtime.inventory import inventory as inventory_of
 
     inv = inventory or inventory_of(plan.model.id, plan.model.storage_dtype)
-    if profile.workload != plan.workload:
-        raise UserError(
-            f"the profile is for {profile.workload.resolution} batch {profile.workload.batch}, the plan for "
-            f"{plan.workload.resolution} batch {plan.workload.batch}: use a profile of the plan's workload"
-        )
+    _same_workload(plan, profile)
     model = CostModel(inv, profile)
     layout = layout_of(plan, inv)
     prediction = model.predict(layout, plan.target.vram_budget_bytes)
@@ -107,7 +108,34 @@ def explain(plan: Plan, profile, inventory=None, calibration=None) -> Explanatio
             )
         )
     calibrated = calibration.step_ms(model, layout, prediction.step_ms) if calibration is not None else None
-    return Explanation(plan, prediction, tuple(rows), _experts(plan, model, layout), calibration, calibrated)
+    return Explanation(plan, prediction, tuple(rows), _experts(plan, model, layout), calibration, calibrated,
+                       plan_host_peak(plan, inv, profile))
+
+
+def recompute(plan: Plan, profile, inventory=None) -> Plan:
+    """`plan` with its predictions, and each further expert's, as the cost model gives them
+    under `profile`: the figures a plan file claims are never the ones ranked."""
+    from runtime.inventory import inventory as inventory_of
+    from runtime.plan import Predictions
+
+    inv = inventory or inventory_of(plan.model.id, plan.model.storage_dtype)
+    _same_workload(plan, profile)
+    model = CostModel(inv, profile)
+
+    def predictions(part: Plan) -> Predictions:
+        p = model.predict(layout_of(part, inv), plan.target.vram_budget_bytes)
+        return Predictions(p.step_ms, p.peak_vram_bytes, p.lower_bound_ms)
+
+    experts = tuple(dataclasses.replace(e, predictions=predictions(plan.for_expert(e.attr))) for e in plan.experts)
+    return dataclasses.replace(plan, predictions=predictions(plan), experts=experts)
+
+
+def _same_workload(plan: Plan, profile) -> None:
+    if profile.workload != plan.workload:
+        raise UserError(
+            f"the profile is for {profile.workload.resolution} batch {profile.workload.batch}, the plan for "
+            f"{plan.workload.resolution} batch {plan.workload.batch}: use a profile of the plan's workload"
+        )
 
 
 def _experts(plan: Plan, model: CostModel, layout: Layout):

@@ -32,8 +32,12 @@ import time
 
 import torch
 
+from profiler.bandwidth import copy_overhead_us
+from profiler.machine import machine_facts
+from profiler.timing import timed
 from profiler.types import Bandwidth, BlockProfile, Profile
 from runtime.dtypes import compute_dtype
+from runtime.version import TOOL_VERSION
 
 COPY_REPS = 3
 
@@ -65,16 +69,30 @@ class FirstStepMeter:
 
     def __enter__(self) -> "FirstStepMeter":
         for name, _, module in self.blocks:
-            self._hooks.append(module.register_forward_pre_hook(
-                torch.compiler.disable(lambda m, args, kwargs, n=name: self._before(n, args, kwargs)),
-                with_kwargs=True))
-            self._hooks.append(module.register_forward_hook(
-                torch.compiler.disable(lambda m, args, out, n=name: self._after(n, out)),
-                prepend=True, always_call=True))
+            self._hook(module, name, None)
+            for child_name, child in module.named_children():  # for a block never called
+                if any(True for _ in child.parameters()):  # whose children are (discovery)
+                    self._hook(child, f"{name}.{child_name}", name)
         self._forward.append(self._clock())
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
         return self
+
+    def _hook(self, module: torch.nn.Module, name: str, parent: str | None) -> None:
+        """Time `module` as `name`; a child only while its parent block is not running."""
+
+        def before(m, args, kwargs):
+            if parent not in self._start:
+                self._before(name, args, kwargs)
+
+        def after(m, args, out):
+            if parent not in self._start:
+                self._after(name, out)
+
+        self._hooks.append(module.register_forward_pre_hook(torch.compiler.disable(before),
+                                                            with_kwargs=True))
+        self._hooks.append(module.register_forward_hook(torch.compiler.disable(after),
+                                                        prepend=True, always_call=True))
 
     def __exit__(self, *exc) -> None:
         self._forward.append(self._clock())
@@ -143,8 +161,6 @@ def measure_pack_bandwidth(pack, slot, device: torch.device) -> Bandwidth:
     pageable, as the engine keeps it), median of a few copies; pageable measured from a
     pageable copy of that pack. `pack` and `slot`: {group: flat tensor} (the handle's
     `queued_copy()`, whose bytes the copies rewrite unchanged)."""
-    from profiler.bandwidth import copy_overhead_us
-
     size = sum(t.numel() * t.element_size() for t in pack.values())
     kept = _copy_gbps(pack, slot, device, size)
     pinned = any(t.is_pinned() for t in pack.values())
@@ -154,8 +170,6 @@ def measure_pack_bandwidth(pack, slot, device: torch.device) -> Bandwidth:
 
 
 def _copy_gbps(pack, slot, device: torch.device, size: int) -> float:
-    from profiler.timing import timed
-
     def copy():
         for group, host in pack.items():
             slot[group].narrow(0, 0, host.numel()).copy_(host, non_blocking=host.is_pinned())
@@ -168,9 +182,6 @@ def _copy_gbps(pack, slot, device: torch.device, size: int) -> float:
 def profile_of(model_id: str, workload, storage, inventory, readings: Readings, bandwidth: Bandwidth,
                device_weight_bytes: int, device: torch.device) -> Profile:
     """The `Profile` of `inventory`'s blocks (execution order) from one forward's readings."""
-    from profiler.machine import machine_facts
-    from runtime.version import TOOL_VERSION
-
     blocks = tuple(
         BlockProfile(b.name, b.kind, b.index, b.bytes, readings.compute_ms[b.name], 0.0,
                      int(readings.activation_bytes[b.name]))

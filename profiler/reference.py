@@ -41,7 +41,7 @@ import datetime
 import functools
 
 from profiler.gpus import GpuSpec, Segment, keys, link_gbps, normalize, specs
-from profiler.types import Bandwidth, BandwidthPoint, BlockProfile, MachineFacts, Profile
+from profiler.types import REFERENCE_DISK_GBPS, Bandwidth, BandwidthPoint, BlockProfile, MachineFacts, Profile
 from runtime.dtypes import DType, compute_dtype
 from runtime.errors import UserError
 from runtime.workload import Workload
@@ -97,6 +97,7 @@ def reference_bandwidth(spec: GpuSpec, sizes: tuple[int, ...] = ()) -> Bandwidth
         pinned_under_compute_gbps=link * UNDER_COMPUTE_EFFICIENCY,
         copy_overhead_us=COPY_OVERHEAD_US,
         by_size=points,
+        disk_read_gbps=REFERENCE_DISK_GBPS,  # a Gen3 NVMe drive: profiler.types states it
     )
 
 

@@ -18,9 +18,10 @@ def apply_plan(module_or_pipeline, plan, device=None):
     """
     import torch
 
-    from runtime.engine import offload
+    from runtime.engine.device import resolve_device
+    from runtime.engine.experts import applied_experts, apply_experts
+    from runtime.engine.handle import apply_module
     from runtime.errors import UserError
-    from runtime.families import family_of_module
     from runtime.plan import FIRST_EXPERT, Plan
 
     if not isinstance(plan, Plan):
@@ -31,20 +32,14 @@ def apply_plan(module_or_pipeline, plan, device=None):
     experts = _experts_of(module_or_pipeline)
     _check_expert_attrs(module_or_pipeline, plan, experts)
     if experts:
-        from runtime.engine.experts import applied_experts, apply_experts
-
         plans = {attr: plan.for_expert(attr) for attr in experts}
-        existing = applied_experts(module_or_pipeline, plans, _resolve_device(device))
+        existing = applied_experts(module_or_pipeline, plans, resolve_device(device))
         if existing is not None:
             return existing
         return apply_experts(module_or_pipeline, plans, device)
     plan = plan.for_expert(FIRST_EXPERT)
     model = denoiser_of(module_or_pipeline)
-    device = _resolve_device(device)
-    existing = offload.refuse_other_plan(model, plan, device)
-    if existing is not None:
-        return existing
-    return offload.apply(model, family_of_module(model), plan, device)
+    return apply_module(model, plan, resolve_device(device))
 
 
 def denoiser_of(module_or_pipeline):
@@ -92,25 +87,3 @@ def _experts_of(pipeline) -> tuple[str, ...]:
     if all(isinstance(getattr(pipeline, a, None), torch.nn.Module) for a in attrs):
         return attrs
     return ()
-
-
-def _resolve_device(device):
-    import torch
-
-    from runtime.errors import UserError
-
-    if device is None:
-        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
-            else torch.device("cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise UserError(f"device {device!r} is not a torch device: use cuda, cuda:0 or cpu") from e
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"device {device} was asked for but CUDA is not available: use cpu")
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-    elif device.type != "cpu":
-        raise UserError(f"device {device} is not supported: use cuda or cpu")
-    return device

@@ -24,7 +24,11 @@ Two stages, because the order can only be known once the model has run:
    `vace_blocks` interleaved with (before) `blocks`; a forward that runs a list backwards or
    picks elements by mode is recorded as it ran. A candidate the forward did not call, or
    called more than once, is not a block (it stays with the non-block modules, on the device):
-   the ring streams each block once per forward in a fixed order.
+   the ring streams each block once per forward in a fixed order. Where the forward never
+   called a candidate but iterated its children itself (`blk.attn(...)`, `blk.ff(...)`), the
+   children it called once are the blocks instead: the blocks are the modules it really calls.
+   (`ChildCallBinder` streams such a candidate in the stream-all first forward: the engine's
+   hooks sit on the block's own call, which never comes.)
 
 Kinds come from the block's class and the shapes of its tensors: blocks of one class with one
 shape share the class name as kind (`FluxTransformerBlock`); where one class comes in several
@@ -33,7 +37,7 @@ a kind of its own, numbered in order of appearance (`T5Block`, `T5Block.1`). The
 kinds as runs of interchangeable blocks, so equal kinds must mean equal shapes.
 
 What the engine consumes: `Discovery.adapter()` is an object with what the engine
-(`runtime.engine.offload.apply`, `checks.check_plan`) and `runtime.inventory.inventory_of_module`
+(`runtime.engine.handle.apply`, `checks.check_plan`) and `runtime.inventory.inventory_of_module`
 ask of a family adapter: `name` (`AUTO_FAMILY`, the plan's `model.family`) and
 `blocks(model) -> [(name, kind, module)]` in execution order; block names are module paths
 (`transformer_blocks.3`), so `model.get_submodule(name)` finds them. Its
@@ -44,7 +48,7 @@ So the existing inventory, planner, cost model and engine run discovered blocks 
     found = record_order(model, lambda: model(**inputs))      # or OrderRecorder around a forward
     inv = inventory_of_module(model, found.adapter(), "my-model", DType.BF16)
     plan = build_plan(inv, streamed_names, workload=..., target=...)
-    handle = runtime.engine.offload.apply(model, found.adapter(), plan, device)
+    handle = runtime.engine.handle.apply(model, found.adapter(), plan, device)
 
 A family adapter file, where one recognises the model, wins over discovery
 (`planner.app.auto.apply_auto` asks `runtime.families.family_of_module` first).
@@ -201,7 +205,8 @@ def _with_kinds(model: torch.nn.Module, names) -> list[FoundBlock]:
 
 
 class OrderRecorder:
-    """Hooks on every candidate block for one forward: which ran, in which order, how often.
+    """Hooks on every candidate block and its direct children for one forward: which ran, in
+    which order, how often.
 
     Use it around a real forward; `result()` is the discovery in execution order. The hooks
     only note the call (no tensor is read or changed), so the forward's output is untouched.
@@ -210,18 +215,23 @@ class OrderRecorder:
     def __init__(self, model: torch.nn.Module, discovery: Discovery) -> None:
         self.model = model
         self.discovery = discovery
-        self.calls: list[str] = []
+        self.calls: list[str] = []  # module paths, candidates and their children, as called
         self._hooks: list = []
 
     def __enter__(self) -> "OrderRecorder":
         for block in self.discovery.blocks:
             module = self.model.get_submodule(block.name)
-
-            def note(module, args, name=block.name):
-                self.calls.append(name)
-
-            self._hooks.append(module.register_forward_pre_hook(torch.compiler.disable(note)))
+            self._note(module, block.name)
+            for child_name, child in module.named_children():
+                if _params(child) > 0:
+                    self._note(child, f"{block.name}.{child_name}")
         return self
+
+    def _note(self, module: torch.nn.Module, name: str) -> None:
+        def note(module, args):
+            self.calls.append(name)
+
+        self._hooks.append(module.register_forward_pre_hook(torch.compiler.disable(note)))
 
     def __exit__(self, *exc) -> None:
         for hook in self._hooks:
@@ -229,21 +239,89 @@ class OrderRecorder:
         self._hooks = []
 
     def result(self) -> Discovery:
-        """The blocks the forward called exactly once, in the order it called them."""
+        """The blocks the forward called exactly once, in the order it first called them. A
+        candidate the forward never called, whose children it called (it iterated them
+        itself), gives those of its children called exactly once instead."""
         counts: dict[str, int] = {}
         for name in self.calls:
             counts[name] = counts.get(name, 0) + 1
-        kinds = {b.name: b.kind for b in self.discovery.blocks}
-        ordered = tuple(FoundBlock(n, kinds[n]) for n in dict.fromkeys(self.calls) if counts[n] == 1)
-        kept = {b.name for b in ordered}
-        dropped = tuple(b.name for b in self.discovery.blocks if b.name not in kept)
+        kept = []
+        for block in self.discovery.blocks:
+            if counts.get(block.name, 0) == 1:
+                kept.append(block.name)
+            elif block.name not in counts:
+                prefix = block.name + "."
+                kept.extend(n for n, c in counts.items() if n.startswith(prefix) and c == 1)
+        first = {name: i for i, name in reversed(list(enumerate(self.calls)))}
+        ordered = sorted(kept, key=first.__getitem__)
+        dropped = tuple(b.name for b in self.discovery.blocks if b.name not in counts or counts[b.name] != 1)
         if not ordered:
             raise UserError(
                 f"the forward of {self.discovery.model_class} called none of its "
                 f"{len(self.discovery.blocks)} candidate blocks exactly once, so there is no "
                 f"block order to stream in: run it without offloading"
             )
-        return dataclasses.replace(self.discovery, blocks=ordered, recorded=True, dropped=dropped)
+        return dataclasses.replace(self.discovery, blocks=tuple(_with_kinds(self.model, ordered)),
+                                   recorded=True, dropped=dropped)
+
+
+class ChildCallBinder:
+    """For one forward: where the forward runs a candidate block's children without calling
+    the block, `bind(name)` the block before its first child runs and `release(name)` it when
+    the next candidate starts or `finish()` is called (the forward ended). Blocks the forward
+    calls itself are left to the engine's own hooks on them.
+
+    The engine streams a block by hooks on the block's own call; a block never called would
+    run its children on weights still in host memory (wrong device on CUDA). The stream-all
+    first forward of `apply_auto` runs under this, so such a block is streamed like any other
+    (`bind`/`release`: the offload handle's `bind_streamed`/`release_streamed`)."""
+
+    def __init__(self, model: torch.nn.Module, discovery: Discovery, bind, release) -> None:
+        self.model = model
+        self.discovery = discovery
+        self._bind, self._release = bind, release
+        self._running: set[str] = set()  # blocks inside their own call
+        self._bound: str | None = None
+        self._hooks: list = []
+
+    def __enter__(self) -> "ChildCallBinder":
+        for block in self.discovery.blocks:
+            module = self.model.get_submodule(block.name)
+            self._on(module.register_forward_pre_hook(
+                lambda m, a, n=block.name: self._enter(n), prepend=True))
+            self._on(module.register_forward_hook(
+                lambda m, a, o, n=block.name: self._running.discard(n), always_call=True))
+            for child in module.children():
+                if _params(child) > 0:
+                    self._on(child.register_forward_pre_hook(
+                        lambda m, a, n=block.name: self._child(n), prepend=True))
+        return self
+
+    def _on(self, hook) -> None:
+        self._hooks.append(hook)
+
+    def _enter(self, name: str) -> None:
+        self.finish()
+        self._running.add(name)
+
+    def _child(self, name: str) -> None:
+        if name in self._running or self._bound == name:
+            return
+        self.finish()
+        if self._bind(name):
+            self._bound = name
+
+    def finish(self) -> None:
+        """Release the block bound last, if any."""
+        if self._bound is not None:
+            bound, self._bound = self._bound, None
+            self._release(bound)
+
+    def __exit__(self, *exc) -> None:
+        self.finish()
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
 
 
 def record_order(model: torch.nn.Module, run) -> Discovery:

@@ -7,7 +7,8 @@ refused with one sentence.
 
 Writing: the target must be a regular file or a path that does not exist yet, in a directory
 that exists. A symlink, a device node (`/dev/null`, `/dev/full`), a FIFO or a directory is
-refused *before* any work, and again right before the rename. Data goes to a temporary file
+refused *before* any work, and again right before the rename; so is an existing SQLite
+database (an output never replaces a store). Data goes to a temporary file
 beside the target and is renamed over it, so a reader never sees half a file and a failure
 leaves no temporary file behind.
 """
@@ -127,6 +128,11 @@ def check_target(
             f"{shown} is {_kind(st.st_mode)}, and only a regular file or a new path is written: "
             f"{_instead(path, st.st_mode, example)}"
         )
+    if st is not None and is_database(path):
+        raise UserError(
+            f"{shown} is an SQLite database (perhaps the plan store), which an output never "
+            f"replaces: give a new file name, e.g. {path.parent / example}"
+        )
     if suffixes and path.suffix.lower() not in suffixes:
         shown_suffixes = ", ".join(suffixes[:3]) + (" or another that" if len(suffixes) > 3 else "")
         raise UserError(
@@ -141,6 +147,18 @@ def check_target(
     if st is not None and not os.access(path, os.W_OK):
         raise UserError(f"{shown} is read-only for this user: choose another path or make it writable")
     return path
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def is_database(path: str | Path) -> bool:
+    """True where the regular file at `path` is an SQLite database (its 16-byte header)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC
+    except OSError:
+        return False
 
 
 def _instead(path: Path, mode: int, example: str) -> str:

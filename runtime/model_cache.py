@@ -8,7 +8,7 @@ dtype, workload), the diffusers version and this tool's version. A changed confi
 upgraded diffusers simply misses and is derived again.
 
 Lookup: the user's cache directory first, then the seed shipped with the package
-(`runtime/data/model_cache.json`, written by `python -m runtime.model_cache` for every catalog
+(`runtime/data/model_cache.json`, written by `python -m profiler.cache_seed` for every catalog
 model at its defaults). Writes go only to the user's cache, atomically; a cache that cannot be
 written or read is skipped (it only ever saves time).
 """
@@ -108,40 +108,3 @@ def write_seed(entries: dict[str, dict]) -> None:
     SEED.parent.mkdir(parents=True, exist_ok=True)
     SEED.write_text(json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n")
     _seed.cache_clear()
-
-
-# The README's examples that run a model off its default workload (WIDTHxHEIGHT, frames): seeded
-# too, so that the documented commands start as fast as a default one.
-EXAMPLE_WORKLOADS = {
-    "wan2.2-t2v-a14b": ("832x480", 81),
-    "hunyuanvideo": ("848x480", 61),
-}
-
-
-def main() -> None:
-    """Write the seed: every catalog model's inventory (its storage, bf16, fp8) and its trace
-    at its default workload (and at EXAMPLE_WORKLOADS) in its compute dtype."""
-    from profiler.flops import derive_trace, trace_args
-    from runtime.catalog import all_models
-    from runtime.dtypes import DType, compute_dtype
-    from runtime.inventory import derive_inventory, inventory_args
-
-    entries = {}
-    for spec in all_models().values():
-        for storage in {spec.storage_dtype, DType.BF16, DType.FP8}:
-            entries[cache_key("inventory", spec, inventory_args(storage))] = \
-                derive_inventory(spec.id, storage).to_dict()
-        compute = compute_dtype(spec.storage_dtype)
-        workloads = [spec.workload()]
-        if spec.id in EXAMPLE_WORKLOADS:
-            resolution, frames = EXAMPLE_WORKLOADS[spec.id]
-            workloads.append(spec.workload(resolution, frames=frames))
-        for workload in workloads:
-            entries[cache_key("trace", spec, trace_args(workload, compute))] = \
-                derive_trace(spec.id, workload, compute).to_dict()
-        print(spec.id, flush=True)
-    write_seed(entries)
-
-
-if __name__ == "__main__":
-    main()

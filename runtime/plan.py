@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from runtime.dtypes import DType
 from runtime.errors import PlanFormatError
 from runtime.strict_json import DuplicateKey, NonFiniteConstant, loads_strict
-from runtime.workload import MAX_FRAMES, CfgMode, Workload
+from runtime.workload import MAX_FRAMES, MAX_SIDE, CfgMode, Workload
 
 FORMAT_VERSION = 1
 MAX_PLAN_FILE_BYTES = 10 * 1024 * 1024
@@ -36,6 +36,13 @@ class Placement(str, enum.Enum):
 class CastMode(str, enum.Enum):
     PRE = "pre"  # host keeps the compute dtype; the device receives it ready to use
     AUTO = "auto"  # the device receives the storage dtype (fp8) and casts just in time
+
+
+class Tier(str, enum.Enum):
+    """Where a streamed block's host copy lives between its uses."""
+
+    RAM = "ram"  # a pack in host RAM (pinned or pageable, as the plan's host_memory says)
+    DISK = "disk"  # a pack file read each use with direct I/O into pinned staging buffers
 
 
 class HostMemory(str, enum.Enum):
@@ -67,6 +74,9 @@ class BlockPlan:
     # quant types its tensors are stored in (GGUF q4_k..., nf4), sorted; () for plain storage.
     # Optional in the file: a plan without it (every plan before quantized storage) is plain.
     quant: tuple[str, ...] = ()
+    # where a streamed block lives on the host: optional in the file, absent means RAM (every
+    # plan before the disk tier), written only for DISK so older plans keep their text and hash
+    tier: Tier = Tier.RAM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +84,9 @@ class Predictions:
     step_ms: float
     peak_vram_bytes: int
     lower_bound_ms: float
+    # the run's predicted host RAM peak over its phases (planner.host_peak); optional in the
+    # file, absent (None) in plans made before it, which keep their text and hash
+    host_peak_bytes: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,13 +189,15 @@ def _blocks_to_list(blocks: tuple[BlockPlan, ...]) -> list[dict[str, Any]]:
             "placement": b.placement.value,
             "cast": b.cast.value,
             **({"quant": list(b.quant)} if b.quant else {}),
+            **({"tier": b.tier.value} if b.tier is not Tier.RAM else {}),
         }
         for b in blocks
     ]
 
 
 def _predictions_to_dict(p: Predictions) -> dict[str, Any]:
-    return {"step_ms": p.step_ms, "peak_vram_bytes": p.peak_vram_bytes, "lower_bound_ms": p.lower_bound_ms}
+    return {"step_ms": p.step_ms, "peak_vram_bytes": p.peak_vram_bytes, "lower_bound_ms": p.lower_bound_ms,
+            **({"host_peak_bytes": p.host_peak_bytes} if p.host_peak_bytes is not None else {})}
 
 
 def _workload_to_dict(w: Workload) -> dict[str, Any]:
@@ -289,11 +304,15 @@ def plan_from_dict(data: Any, source: str = "plan") -> Plan:
 
 
 def _read_predictions(r: "_Reader", data: dict, where: str) -> Predictions:
-    p = r.section(data, "predictions", {"step_ms", "peak_vram_bytes", "lower_bound_ms"}, where)
+    keys = {"step_ms", "peak_vram_bytes", "lower_bound_ms"}
+    value = data["predictions"]
+    optional = {"host_peak_bytes"} & set(value) if type(value) is dict else set()
+    p = r.section(data, "predictions", keys | optional, where)
     return Predictions(
         step_ms=r.number(p, f"{where}.step_ms"),
         peak_vram_bytes=r.integer(p, f"{where}.peak_vram_bytes", 0, MAX_BUDGET_BYTES),
         lower_bound_ms=r.number(p, f"{where}.lower_bound_ms"),
+        host_peak_bytes=r.integer(p, f"{where}.host_peak_bytes", 0, MAX_BUDGET_BYTES) if optional else None,
     )
 
 
@@ -324,8 +343,8 @@ def _read_workload(r: "_Reader", data: dict) -> Workload:
     w = data["workload"]
     r.object(w, "workload")
     r.keys({k: v for k, v in w.items() if k != "frames"}, "workload", _WORKLOAD_KEYS)
-    height = r.integer(w, "workload.height", 16, 16384)
-    width = r.integer(w, "workload.width", 16, 16384)
+    height = r.integer(w, "workload.height", 16, MAX_SIDE)
+    width = r.integer(w, "workload.width", 16, MAX_SIDE)
     if height % 16 or width % 16:
         raise PlanFormatError(f"{r.source}: workload height and width must be multiples of 16")
     fields = dict(
@@ -346,7 +365,7 @@ _TOP_KEYS = {
 _OPTIONAL_TOP_KEYS = {"experts"}
 _EXPERT_KEYS = {"attr", "blocks", "prefetch_depth", "host_memory", "predictions"}
 _BLOCK_KEYS = {"name", "kind", "bytes", "placement", "cast"}
-_OPTIONAL_BLOCK_KEYS = {"quant"}
+_OPTIONAL_BLOCK_KEYS = {"quant", "tier"}
 
 
 def _read_blocks(r: "_Reader", items: Any, field: str) -> tuple[BlockPlan, ...]:
@@ -364,14 +383,19 @@ def _read_blocks(r: "_Reader", items: Any, field: str) -> tuple[BlockPlan, ...]:
         if name in seen:
             raise PlanFormatError(f"{r.source}: block {name!r} appears twice in {field}")
         seen.add(name)
+        placement = r.enum(item, f"{where}.placement", Placement)
+        tier = r.enum(item, f"{where}.tier", Tier) if "tier" in item else Tier.RAM
+        if tier is Tier.DISK and placement is not Placement.STREAMED:
+            raise r.fail(f"{where}.tier", "\"ram\" (or absent) for a resident block", tier.value)
         blocks.append(
             BlockPlan(
                 name=name,
                 kind=r.string(item, f"{where}.kind"),
                 bytes=r.integer(item, f"{where}.bytes", 0, MAX_BUDGET_BYTES),
-                placement=r.enum(item, f"{where}.placement", Placement),
+                placement=placement,
                 cast=r.enum(item, f"{where}.cast", CastMode),
                 quant=_read_quant(r, item, where),
+                tier=tier,
             )
         )
     return tuple(blocks)
@@ -479,12 +503,14 @@ def build_plan(
     predictions: Predictions | None = None,
     profile_id: int | None = None,
     created: str | None = None,
+    on_disk: "set[str] | frozenset[str]" = frozenset(),
 ) -> Plan:
     """A plan for `inventory` (a `runtime.inventory.Inventory`) streaming the named blocks.
 
     `cast` applies to every block not named in `casts` (a cast per block name); casts only
     matter for fp8 and quantized storage (use PRE otherwise). Each block records the quant
-    types it is stored in (`runtime.inventory.quantization_of`).
+    types it is stored in (`runtime.inventory.quantization_of`). Streamed blocks named in
+    `on_disk` live on the disk tier, the other streamed blocks in RAM.
     """
     from datetime import datetime, timezone
 
@@ -496,6 +522,8 @@ def build_plan(
     unknown = sorted(set(streamed) - names)
     if unknown:
         raise PlanFormatError(f"block {unknown[0]!r} is not in {inventory.model_id}")
+    if set(on_disk) - set(streamed):
+        raise PlanFormatError(f"block {sorted(set(on_disk) - set(streamed))[0]!r} is on disk but not streamed")
     blocks = tuple(
         BlockPlan(
             name=b.name,
@@ -504,6 +532,7 @@ def build_plan(
             placement=Placement.STREAMED if b.name in streamed else Placement.RESIDENT,
             cast=(casts or {}).get(b.name, cast),
             quant=quantization_of(b),
+            tier=Tier.DISK if b.name in on_disk else Tier.RAM,
         )
         for b in inventory.blocks
     )

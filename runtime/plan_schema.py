@@ -18,6 +18,7 @@ from runtime.plan import (
     CastMode,
     HostMemory,
     Placement,
+    Tier,
 )
 from runtime.workload import CfgMode
 
@@ -68,10 +69,12 @@ _BLOCKS = {
             "uniqueItems": True,
             "items": {"enum": [d.value for d in DType if d.is_quantized]},
         },
+        tier=_enum(Tier),  # absent means "ram"; "disk" only for a streamed block
     ),
 }
 _PREDICTIONS = _obj(
-    {"step_ms": _NUMBER, "peak_vram_bytes": _int(0, MAX_BUDGET_BYTES), "lower_bound_ms": _NUMBER}
+    {"step_ms": _NUMBER, "peak_vram_bytes": _int(0, MAX_BUDGET_BYTES), "lower_bound_ms": _NUMBER},
+    optional={"host_peak_bytes": _int(0, MAX_BUDGET_BYTES)},  # absent in plans made before it
 )
 
 

@@ -1,12 +1,15 @@
-"""JSON as our data files must be: no key twice in one object, no NaN or Infinity.
+"""JSON as our data files must be: no key twice in one object, no NaN or Infinity, and no
+number that overflows to one (`1e999`).
 
-One parser for plan files, safetensors headers and diffusers index files; each caller turns
-the typed errors below into its own message naming its file.
+One parser for plan files, safetensors headers and their metadata, NF4 quant states and
+diffusers index and config files; each caller turns the typed errors below into its own message
+naming its file.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 
@@ -39,7 +42,15 @@ def _no_constant(name: str):
     raise NonFiniteConstant(name)
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as inf
+        raise NonFiniteConstant(text[:40])
+    return value
+
+
 def loads_strict(text: str | bytes) -> Any:
     """Parse `text`. Raises DuplicateKey or NonFiniteConstant for what a data file may not hold,
     and ValueError (JSONDecodeError, over-long integers) or RecursionError for broken JSON."""
-    return json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=_no_constant)
+    return json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=_no_constant,
+                      parse_float=_finite_float)

@@ -10,6 +10,7 @@ from runtime.errors import UserError
 
 
 MAX_FRAMES = 1024
+MAX_SIDE = 16384  # pixels: the plan format's bound, so every workload we plan for can be stored
 
 
 class CfgMode(str, enum.Enum):
@@ -30,8 +31,8 @@ class Workload:
     def __post_init__(self) -> None:
         for name in ("height", "width"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 16 or value % 16:
-                raise UserError(f"{name} {value!r} is not usable: give a multiple of 16, at least 16")
+            if not isinstance(value, int) or not 16 <= value <= MAX_SIDE or value % 16:
+                raise UserError(f"{name} {value!r} is not usable: give a multiple of 16 from 16 to {MAX_SIDE}")
         if not isinstance(self.batch, int) or not 1 <= self.batch <= 64:
             raise UserError(f"batch {self.batch!r} is out of range: give 1 to 64")
         if not isinstance(self.text_tokens, int) or not 1 <= self.text_tokens <= 4096:
@@ -63,6 +64,6 @@ def parse_resolution(text: str) -> tuple[int, int]:
         raise UserError(f"resolution {text!r} is not WIDTHxHEIGHT: write e.g. 1024x1024")
     width, height = int(match.group(1)), int(match.group(2))
     for value in (width, height):
-        if value < 16 or value % 16:
-            raise UserError(f"resolution {text!r}: each side must be a multiple of 16, at least 16")
+        if not 16 <= value <= MAX_SIDE or value % 16:
+            raise UserError(f"resolution {text!r}: each side must be a multiple of 16 from 16 to {MAX_SIDE}")
     return width, height

@@ -58,7 +58,7 @@ def test_tune_for_a_reference_gpu_imports_neither_torch_nor_diffusers(tmp_path):
     from runtime.version import TOOL_VERSION
 
     if model_cache.seed_versions() != {"diffusers": model_cache._diffusers_version(), "tool": TOOL_VERSION}:
-        pytest.skip("the shipped model cache seed is for other versions: `python -m runtime.model_cache`")
+        pytest.skip("the shipped model cache seed is for other versions: `python -m profiler.cache_seed`")
     seen = modules_after(["tune", "--model", "flux-dev", "--vram", "8GB", "--gpu", "rtx-4060",
                           "--db", f"sqlite:///{tmp_path / 's.db'}"])
     assert seen["exit_code"] == 0, seen["output"]

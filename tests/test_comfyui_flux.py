@@ -53,7 +53,7 @@ def _state(module):
 def _assert_restored(module, before, same_objects: bool = True):
     """Values, device and (unless ComfyUI's own LoRA unpatching swapped them) the very
     Parameter objects are back, with no handle and no hook left on any module."""
-    from runtime.engine.offload import applied_handle
+    from runtime.engine.handle import applied_handle
 
     after = dict(module.named_parameters())
     assert after.keys() == before.keys()
@@ -71,7 +71,7 @@ def _ring_bound_probe(module, block_name):
     """Forward pre-hook on the first layer inside a block (it runs once the block's own hooks
     have run) that records whether its weight lives in a ring slot of the handle applied to
     `module` at that moment."""
-    from runtime.engine.offload import applied_handle
+    from runtime.engine.handle import applied_handle
 
     seen = []
     block = module.get_submodule(block_name)

@@ -436,3 +436,45 @@ def test_planner_apply_loads_the_second_expert_from_its_own_file(pipe_and_embeds
         "--device", "cpu",
     ])
     assert missing.exit_code != 0 and "--transformer-2" in missing.output and "cannot be read" in missing.output
+
+
+def test_a_failing_switch_leaves_both_experts_as_they_were(pipe_and_embeds):
+    # the incoming expert's plan is refused at the switch (it stores fp8; this expert holds
+    # fp32): the outgoing expert is back under its plan, the incoming one untouched, the error
+    # raised, and a later switch back works
+    from runtime.dtypes import DType
+    from runtime.engine.experts import apply_experts
+    from runtime.errors import PlanMismatchError
+    from runtime.families import get_family
+    from tests.engine_probes import block_homes, moved
+
+    pipe, embeds = pipe_and_embeds
+    wan = get_family("wan")
+    first, second = pipe.transformer, pipe.transformer_2
+    inv = inventory("tiny-wan", DType.FP8)
+    bad = build_plan(inv, {inv.blocks[0].name}, workload=get_model("tiny-wan").workload("64x64", frames=5),
+                     target=Target("cpu", 1 << 30), prefetch_depth=2, host_memory=HostMemory.PAGEABLE)
+    untouched = {k: v.clone() for k, v in second.state_dict().items()}
+    hooks = (dict(second._forward_pre_hooks), dict(second._forward_hooks))
+    good = _plan((1, 3))
+    handle = apply_experts(pipe, {"transformer": good, "transformer_2": bad}, "cpu")
+    try:
+        applied = handle.handle
+        before = {k: v.clone() for k, v in first.state_dict().items()}
+        with pytest.raises(PlanMismatchError, match="fp8"):
+            handle.activate("transformer_2")
+        assert handle.active == "transformer" and handle.switches == 0
+        assert handle.handle is not applied and handle.handle.plan == good
+        assert handle.stats.streamed_blocks == 2
+        assert all(torch.equal(v, before[k]) for k, v in first.state_dict().items())
+        homes = block_homes(first, wan)  # and it runs under its plan again
+        inputs = wan.model_inputs(first, get_model("tiny-wan").workload("64x64", frames=5), "cpu", torch.float32)
+        with torch.no_grad():
+            first(**inputs)
+        assert moved(homes) == [] and handle.active == "transformer" and handle.resyncs == 0
+        assert all(torch.equal(v, untouched[k]) for k, v in second.state_dict().items())
+        assert len(second._forward_pre_hooks) == len(hooks[0]) + 1  # the switch's own
+        assert dict(second._forward_hooks) == hooks[1]
+    finally:
+        handle.remove()
+    assert dict(second._forward_pre_hooks) == hooks[0] and not first._forward_pre_hooks

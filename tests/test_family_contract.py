@@ -10,6 +10,7 @@ with the family's real diffusers pipeline built from tiny configs.
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -23,6 +24,7 @@ from runtime.families import family_of_module, get_family
 from runtime.inventory import inventory, inventory_of_module
 from runtime.plan import Target, build_plan
 from runtime.random_weights import random_model, to_storage_
+from tests.engine_probes import block_homes, moved
 from tests.family_support import support, tiny_models
 
 FAMILIES = [pytest.param(family, model, id=model) for family, model in tiny_models()]
@@ -34,8 +36,8 @@ def workload_of(family: str, model_id: str):
     return get_model(model_id).workload(f"{width}x{height}", frames=support(family).APPLY_FRAMES)
 
 
-def forward(model, adapter, workload):
-    inputs = adapter.model_inputs(model, workload, "cpu", torch.float32)
+def forward(model, adapter, workload, dtype=torch.float32):
+    inputs = adapter.model_inputs(model, workload, "cpu", dtype)
     with torch.no_grad():
         out = model(**inputs)
     out = out[0] if isinstance(out, tuple) else out.sample
@@ -121,12 +123,69 @@ def test_apply_plan_is_bitwise_equal_to_the_plain_model(family, model_id):
                               prefetch_depth=depth)
             handle = apply_plan(model, plan, "cpu")
             try:
+                homes = block_homes(model, adapter)
                 for _ in range(2):  # the second forward runs on the wrapped-around ring
                     assert torch.equal(forward(model, adapter, workload), expected), (placement, depth)
+                    assert moved(homes) == [], (placement, depth)
                 assert handle.resyncs == 0
             finally:
                 handle.remove()
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), plain.state_dict().values()))
+
+
+def _apply_and_compare(model, reference, family, model_id, storage, cast):
+    """`model` under a spread plan (even blocks streamed, depth 2) in `storage` with `cast`:
+    two forwards bitwise equal to `reference` (the same weights in the compute dtype), and
+    after each every block tensor in its own storage with its own values."""
+    from runtime.apply import apply_plan
+    from runtime.plan import HostMemory
+
+    adapter = get_family(family)
+    workload = workload_of(family, model_id)
+    expected = forward(reference, adapter, workload, torch.bfloat16)
+    inv = inventory_of_module(model, adapter, model_id, storage)
+    streamed = {b.name for b in inv.blocks[::2]}
+    plan = build_plan(inv, streamed, workload=workload, target=Target("cpu", 1 << 30), prefetch_depth=2,
+                      host_memory=HostMemory.PAGEABLE, cast=cast)
+    handle = apply_plan(model, plan, "cpu")
+    try:
+        homes = block_homes(model, adapter)
+        for _ in range(2):
+            assert torch.equal(forward(model, adapter, workload, torch.bfloat16), expected)
+            assert moved(homes) == []
+        assert handle.resyncs == 0
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("cast", ["auto", "pre"])
+@pytest.mark.parametrize("family, model_id", FAMILIES)
+def test_fp8_apply_plan_is_bitwise_equal_and_leaves_every_block_home(family, model_id, cast):
+    from runtime.plan import CastMode
+
+    model = random_model(model_id, DType.FP8)
+    reference = copy.deepcopy(model)
+    for param in reference.parameters():
+        param.data = param.data.to(torch.bfloat16)
+    _apply_and_compare(model, reference, family, model_id, DType.FP8, CastMode(cast))
+
+
+@pytest.mark.parametrize("cast", ["auto", "pre"])
+@pytest.mark.parametrize("family, model_id", FAMILIES)
+def test_gguf_q8_0_apply_plan_is_bitwise_equal_and_leaves_every_block_home(family, model_id, cast, tmp_path):
+    from runtime.checkpoint.load import load_transformer
+    from runtime.checkpoint.load_quantized import dequantize_model
+    from runtime.plan import CastMode
+    from tests.quant_files import save_gguf
+
+    state = {k: v.contiguous() for k, v in random_model(model_id).state_dict().items()}
+    path = save_gguf(state, tmp_path / f"{model_id}-Q8_0.gguf", "Q8_0", bfl=False)
+    config = dict(get_model(model_id).config)
+    reference = load_transformer(path, config, family)
+    dequantize_model(reference, torch.bfloat16)
+    reference = reference.to(torch.bfloat16)
+    model = load_transformer(path, config, family)
+    _apply_and_compare(model, reference, family, model_id, DType.Q8_0, CastMode(cast))
 
 
 @pytest.mark.parametrize("family, model_id", FAMILIES)

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from profiler.cache_seed import EXAMPLE_WORKLOADS
 from profiler.flops import derive_trace, model_trace, trace_args
 from runtime import model_cache
 from runtime.catalog import all_models, get_model
@@ -69,7 +70,7 @@ def _require_current_seed():
     installed = {"diffusers": model_cache._diffusers_version(), "tool": TOOL_VERSION}
     if versions != installed:
         pytest.skip(f"the shipped seed was written for {versions}, this is {installed}: "
-                    f"regenerate it with `python -m runtime.model_cache`")
+                    f"regenerate it with `python -m profiler.cache_seed`")
 
 
 @pytest.mark.parametrize("model_id", list(all_models()))
@@ -81,8 +82,8 @@ def test_the_seed_covers_every_catalog_model_at_its_defaults(model_id):
         assert model_cache.cache_key("inventory", spec, inventory_args(storage)) in seed
     args = trace_args(spec.workload(), compute_dtype(spec.storage_dtype))
     assert model_cache.cache_key("trace", spec, args) in seed
-    if model_id in model_cache.EXAMPLE_WORKLOADS:  # the README's example off the defaults
-        resolution, frames = model_cache.EXAMPLE_WORKLOADS[model_id]
+    if model_id in EXAMPLE_WORKLOADS:  # the README's example off the defaults
+        resolution, frames = EXAMPLE_WORKLOADS[model_id]
         args = trace_args(spec.workload(resolution, frames=frames), compute_dtype(spec.storage_dtype))
         assert model_cache.cache_key("trace", spec, args) in seed
 

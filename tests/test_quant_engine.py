@@ -19,6 +19,7 @@ from runtime.inventory import inventory_of_checkpoint, inventory_of_module
 from runtime.plan import CastMode, HostMemory, Target, build_plan
 from runtime.workload import Workload
 from tests.conftest import build_tiny_flux
+from tests.engine_probes import block_homes, moved
 from tests.quant_files import save_gguf, save_nf4
 from tests.test_engine import flux_inputs
 
@@ -70,9 +71,11 @@ def test_offloaded_equals_plain_dequantized(checkpoint, cast, streamed):
     assert all(b.quant == (kind,) for b in plan.blocks)
     packed = {n: t.data.clone() for n, t in model.named_parameters()}
     handle = apply_plan(model, plan, device="cpu")
+    homes = block_homes(model, get_family("flux"))
     got = run(model)
     for e, g in zip(expected, got):
         assert torch.equal(e, g)  # bitwise: the same dequantization, the same bf16 matmuls
+    assert moved(homes) == []  # every block tensor in its own storage between forwards
     handle.remove()
     for name, tensor in model.named_parameters():
         assert tensor.dtype == packed[name].dtype and torch.equal(tensor.data, packed[name]), name

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from planner.cli import app
 from runtime.checkpoint import Naming, inspect_checkpoint
-from runtime.checkpoint.load import COMFYUI_PREFIX, load_transformer
+from runtime.checkpoint.load import load_transformer
+from runtime.checkpoint.names import COMFYUI_PREFIX
 from runtime.families import get_family
 from runtime.dtypes import DType, storage_dtype
 from runtime.errors import CheckpointError

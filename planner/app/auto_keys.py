@@ -64,7 +64,8 @@ def _describe(value) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(_describe(v) for v in value) + "]"
     if isinstance(value, Mapping):
-        return "{" + ",".join(f"{k}:{_describe(v)}" for k, v in sorted(value.items(), key=str)) + "}"
+        items = sorted(value.items(), key=lambda kv: str(kv[0]))  # never str() a tensor value
+        return "{" + ",".join(f"{k}:{_describe(v)}" for k, v in items) + "}"
     if value is None or isinstance(value, (bool, str)):
         return repr(value)
     return type(value).__name__

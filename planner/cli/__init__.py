@@ -17,8 +17,11 @@ class _CleanErrors(TyperGroup):
     def invoke(self, ctx):
         from runtime.errors import UserError
 
+        from planner.cli.quiet import third_party_to_debug
+
         try:
-            return super().invoke(ctx)
+            with third_party_to_debug():
+                return super().invoke(ctx)
         except UserError as e:
             from planner.cli._common import inert
 

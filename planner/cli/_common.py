@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
+import unicodedata
 from typing import Annotated, Any, Optional
 
 import typer
@@ -17,6 +17,39 @@ def _db_url(value: Optional[str]) -> Optional[str]:
 
         refuse_in_memory(value.strip())
     return value
+
+
+def check_output(path, option: str, db: Optional[str], suffixes: tuple[str, ...] = (),
+                 example: Optional[str] = None):
+    """`runtime.files.check_target`, and not the store's own file (nor its journal), even
+    where that file does not exist yet: an output never replaces the database."""
+    from pathlib import Path
+
+    from db.location import resolve_url, sqlite_path
+    from runtime.errors import UserError
+    from runtime.files import check_target
+
+    target = check_target(path, option, suffixes, example)
+    store = sqlite_path(resolve_url(db))
+    if store is not None:
+        mine = Path(os.path.abspath(target))
+        for name in (store, *(Path(f"{store}{s}") for s in ("-journal", "-wal", "-shm"))):
+            if mine == Path(os.path.abspath(name.expanduser())):
+                raise UserError(
+                    f"{option} {path} is the plan store's database file ({store}): give a new file "
+                    f"name for the output, e.g. {mine.parent / (example or 'plan.json')}"
+                )
+    return target
+
+
+def store_name(db: Optional[str]) -> str:
+    """The store `--db` names, as a user finds it: a SQLite file's path, else the URL without
+    its password."""
+    from db.location import resolve_url, safe_url, sqlite_path
+
+    url = resolve_url(db)
+    path = sqlite_path(url)
+    return str(path) if path is not None else safe_url(url)
 
 
 DbOption = Annotated[
@@ -31,20 +64,28 @@ DbOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
-# C0 controls, DEL, C1 controls, and the bidirectional overrides that can reorder what a
-# terminal shows: text read from plans, checkpoints and the store is printed with these escaped.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# Unicode categories a terminal does not show as themselves: controls (C0, DEL, C1), format
+# characters (bidirectional marks and overrides, U+061C, zero-width ones) and the line and
+# paragraph separators (U+2028, U+2029). Text read from plans, checkpoints and the store is
+# printed with these escaped.
+_HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp", "Co", "Cs", "Cn"})
 
 
 def inert(value: Any) -> str:
-    """`value` as text a terminal shows literally: control characters become `\\xNN` escapes
-    (a plan named "\\x1b[2J" cannot clear the screen or set the window title)."""
-    return _CONTROL.sub(_escape, str(value))
+    """`value` as text a terminal shows literally: hidden characters become `\\xNN` or
+    `\\uNNNN` escapes (a plan named "\\x1b[2J" cannot clear the screen or set the window title,
+    one with U+2028 cannot break a line, one with U+061C cannot reorder it)."""
+    text = str(value)
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(_escape(c) if unicodedata.category(c) in _HIDDEN else c for c in text)
 
 
-def _escape(match: re.Match) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def echo(line: Any = "", err: bool = False) -> None:

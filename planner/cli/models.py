@@ -22,9 +22,10 @@ def list_models(json_out: JsonOption = False) -> None:
     rows = []
     for s in all_models().values():
         inv = inventory(s.id, DType.BF16)
+        n = _experts(s)
         rows.append({
             "id": s.id, "family": s.family, "dtype": s.storage_dtype.value,
-            "params": inv.total_params, "bf16_bytes": inv.total_bytes,
+            "params": inv.total_params * n, "bf16_bytes": inv.total_bytes * n, "experts": n,
             "description": s.description,
         })
     if json_out:
@@ -45,6 +46,7 @@ def show(
 ) -> None:
     """Every block of MODEL with its kind, parameters and bytes; non-block modules; totals."""
     from planner.budget import format_size
+    from runtime.catalog import get_model
     from runtime.dtypes import DType
     from runtime.inventory import inventory
 
@@ -52,14 +54,23 @@ def show(
 
     with status(f"building {model} on the meta device (no weights)", enabled=not json_out):
         inv = inventory(model, DType.parse(dtype) if dtype else None)
+    spec = get_model(model)
+    n = _experts(spec)
     if json_out:
-        print_json(inv.to_dict())
+        print_json({**inv.to_dict(), "experts": n, "all_experts_params": inv.total_params * n,
+                    "all_experts_bytes": inv.total_bytes * n})
         return
     rows = [[b.index, b.name, b.kind, b.params, b.bytes, format_size(b.bytes)] for b in inv.blocks]
     rows.append(["", "(non-block modules)", "", inv.non_block_params, inv.non_block_bytes, format_size(inv.non_block_bytes)])
-    rows.append(["", "total", "", inv.total_params, inv.total_bytes, format_size(inv.total_bytes)])
+    if n == 1:
+        rows.append(["", "total", "", inv.total_params, inv.total_bytes, format_size(inv.total_bytes)])
+    else:  # the pipeline holds every expert: the model's total is all of them
+        rows.append(["", "one expert", "", inv.total_params, inv.total_bytes, format_size(inv.total_bytes)])
+        rows.append(["", f"total ({n} experts: {', '.join(spec.experts.attrs)})", "",
+                     inv.total_params * n, inv.total_bytes * n, format_size(inv.total_bytes * n)])
+    each = f", each of {n} experts" if n > 1 else ""
     print_table(
-        f"{inv.model_id} ({inv.family}, {inv.storage_dtype.value})",
+        f"{inv.model_id} ({inv.family}, {inv.storage_dtype.value}{each})",
         ["#", "block", "kind", "params", "bytes", "size"],
         rows,
     )
@@ -76,7 +87,11 @@ def inspect_command(
     """Blocks of a local checkpoint with dtypes, tensors and bytes, read from headers only."""
     from planner.budget import format_size
     from runtime.checkpoint.inspect import inspect_checkpoint
+    from runtime.folder_blocks import discovered_reports, without_adapter
 
+    if without_adapter(path):  # a pipeline folder of a class no family adapter knows
+        _print_discovered(discovered_reports(path), json_out)
+        return
     report = inspect_checkpoint(path)
     if json_out:
         print_json(report.to_dict())
@@ -102,6 +117,58 @@ def inspect_command(
     echo(f"{report.path}: {report.family}, {kind}{report.naming.value} naming, "
          f"{len(report.files)} file{'s' if len(report.files) > 1 else ''}")
     print_table(None, ["#", "block", "kind", "dtype", "tensors", "bytes", "size"], rows)
+
+
+@app.command("tiny-pipeline")
+def tiny_pipeline(
+    folder: Annotated[str, typer.Argument(help="A new folder to save it in, e.g. ./tiny-flux.")],
+    json_out: JsonOption = False,
+) -> None:
+    """Save a tiny FluxPipeline (the catalog's tiny-flux, random weights, 2 MB) to try
+    `planner apply` on a CPU: nothing is downloaded."""
+    from pathlib import Path
+
+    from runtime.errors import UserError
+    from runtime.tiny_pipeline import save_tiny_pipeline
+
+    path = Path(folder)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise UserError(f"{folder} already exists and is not an empty folder: give a new folder name, e.g. ./tiny-flux")
+    if not path.parent.is_dir():
+        raise UserError(f"{folder}: the directory {path.parent} does not exist; create it or choose another path")
+    save_tiny_pipeline(path)
+    if json_out:
+        print_json({"path": str(path), "model": "tiny-flux"})
+        return
+    echo(f"saved a tiny FluxPipeline for tiny-flux in {folder}; try: planner tune --model tiny-flux "
+         f"--vram 1GB --gpu rtx-4060 -o tiny.json && planner apply tiny.json --weights {folder} "
+         f"--prompt \"a cat\" --steps 2 -o cat.png")
+
+
+def _experts(spec) -> int:
+    """How many transformers of this architecture the model's pipeline holds."""
+    return len(spec.experts.attrs) if spec.experts is not None else 1
+
+
+def _print_discovered(reports, json_out: bool) -> None:
+    """Each component's blocks as generic discovery finds them (declaration order)."""
+    from planner.budget import format_size
+
+    if json_out:
+        print_json([{"component": r.component, "class": r.model_class, "role": r.role}
+                    | r.report.to_dict() for r in reports])
+        return
+    for r in reports:
+        rep = r.report
+        echo(f"{r.component}: {r.model_class} ({r.role}), no family adapter: "
+             f"{len(rep.blocks)} blocks found by discovery (declaration order; the first "
+             f"forward records the order they run in)" if rep.blocks else
+             f"{r.component}: {r.model_class} ({r.role}): no repeated blocks, runs whole")
+        rows = [[b.index, b.name, b.kind, b.tensors, b.bytes, format_size(b.bytes)] for b in rep.blocks]
+        rows.append(["", "(non-block)", "", rep.non_block_tensors, rep.non_block_bytes,
+                     format_size(rep.non_block_bytes)])
+        rows.append(["", "total", "", rep.total_tensors, rep.total_bytes, format_size(rep.total_bytes)])
+        print_table(None, ["#", "block", "kind", "tensors", "bytes", "size"], rows)
 
 
 def _params(n: int) -> str:

@@ -15,6 +15,7 @@ the file are refused. Big-endian files (rare) are refused with the fix.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import struct
 from pathlib import Path
@@ -185,7 +186,7 @@ class _Parser:
         formats = {V.UINT8: "B", V.INT8: "b", V.UINT16: "H", V.INT16: "h", V.UINT32: "I",
                    V.INT32: "i", V.FLOAT32: "f", V.UINT64: "Q", V.INT64: "q", V.FLOAT64: "d"}
         if kind in formats:
-            return self.scalar(formats[V(kind)], what)
+            return self.finite(kind, [self.scalar(formats[V(kind)], what)], what)[0]
         if kind == V.BOOL:
             flag = self.scalar("B", what)
             if flag > 1:
@@ -203,9 +204,17 @@ class _Parser:
             if item in formats:  # numbers: one read, no per-item Python objects
                 fmt = formats[V(item)]
                 raw = self.take(length * struct.calcsize(fmt), what)
-                return list(struct.unpack(f"<{length}{fmt}", raw))
+                return self.finite(item, list(struct.unpack(f"<{length}{fmt}", raw)), what)
             return [self.value(item, f"item {n} of {what}", depth + 1) for n in range(length)]
         raise self.fail(f"has {what} of unknown value type {kind}")
+
+    def finite(self, kind: int, values: list, what: str) -> list:
+        """`values` unless a float among them is NaN or infinite: no such number is read."""
+        from gguf.constants import GGUFValueType as V
+
+        if kind in (V.FLOAT32, V.FLOAT64) and not all(math.isfinite(v) for v in values):
+            raise self.fail(f"holds a NaN or infinite number in {what}")
+        return values
 
     def alignment(self, metadata: dict[str, Any]) -> int:
         from gguf.constants import GGUF_DEFAULT_ALIGNMENT

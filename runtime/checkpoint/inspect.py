@@ -281,16 +281,26 @@ def _unprefixed(name: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _non_block_names(family: str) -> frozenset[str]:
-    """Diffusers names of the tensors outside the blocks, over the family's catalog models
-    (built on `meta`: no memory)."""
+    """Diffusers names of the tensors outside the blocks, over the family's catalog models,
+    read through the model cache (derived once, on `meta`): inspecting a file then imports
+    neither diffusers nor, through it, bitsandbytes."""
     from runtime.families import get_family
+    from runtime.model_cache import cached
 
     adapter = get_family(family)
     names = set()
     for spec in adapter.models():
-        model = adapter.build(spec.config, device="meta")
-        names.update(n for n in model.state_dict() if adapter.block_of_tensor(n) is None)
+        names.update(cached(NON_BLOCK_KIND, spec, {}, lambda spec=spec: derive_non_block_names(adapter, spec))["names"])
     return frozenset(names)
+
+
+NON_BLOCK_KIND = "non_block_names"
+
+
+def derive_non_block_names(adapter, spec) -> dict:
+    """{"names": the diffusers names of `spec`'s tensors outside its blocks} (builds on meta)."""
+    model = adapter.build(spec.config, device="meta")
+    return {"names": sorted(n for n in model.state_dict() if adapter.block_of_tensor(n) is None)}
 
 
 def _naming_of(adapter, tensor_name: str, block: str) -> Naming | None:

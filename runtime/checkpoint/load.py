@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from runtime.checkpoint.inspect import Naming, inspect_checkpoint
+from runtime.checkpoint.load_quantized import assign, read_quantized_state, shape_of
+from runtime.checkpoint.names import FIX as _FIX
+from runtime.checkpoint.names import strip_prefix, to_diffusers
 from runtime.errors import CheckpointError, UserError
-
-COMFYUI_PREFIX = "model.diffusion_model."
-_FIX = "give the transformer checkpoint of the model that the weights folder's config describes"
 
 
 def load_transformer(path: str | Path, config: Mapping[str, Any], family: str = "flux"):
@@ -44,17 +44,15 @@ def load_transformer(path: str | Path, config: Mapping[str, Any], family: str = 
     model = _build_for_loading(family, config)
     shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     if report.format.value != "safetensors":  # GGUF or NF4: kept packed
-        from runtime.checkpoint.load_quantized import assign, read_quantized_state
-
         state = read_quantized_state(path, report, family, shapes)
         _check(path, state, [], shapes)
         assign(model, state)
         return model.eval()
     state = _read(path)
     if report.naming is Naming.ORIGINAL:
-        state, leftover = _to_diffusers(family, state, shapes, path)
+        state, leftover = to_diffusers(family, state, shapes, path)
     else:  # diffusers names, bare or under ComfyUI's prefix (its Qwen-Image files)
-        state, leftover = _strip_prefix(state, path)[1], []
+        state, leftover = strip_prefix(state, path)[1], []
     _check(path, state, leftover, shapes)
     model.load_state_dict(_fresh(state), assign=True, strict=True)
     return model.eval()
@@ -116,61 +114,9 @@ def _check(path: Path, state: dict, leftover: list[str], shapes: dict) -> None:
         raise CheckpointError(
             f"transformer file {path} has the unknown tensor {unexpected[0]!r}: {_FIX}"
         )
-    from runtime.checkpoint.load_quantized import shape_of
-
     for name, shape in shapes.items():
         if shape_of(state[name]) != shape:
             raise CheckpointError(
                 f"transformer file {path} stores {name!r} (diffusers name) with shape "
                 f"{list(shape_of(state[name]))} but the model needs {list(shape)}: {_FIX}"
             )
-
-
-# ---------------------------------------------------------------- original names
-
-
-def _to_diffusers(family: str, state: dict, shapes: dict, path: Path) -> tuple[dict, list[str]]:
-    """Original names converted to diffusers names, and the file names left unused."""
-    from runtime.families import get_family
-
-    adapter = get_family(family)
-    stripped, unprefixed = _strip_prefix(state, path)
-    try:
-        converted = adapter.convert_original(unprefixed, shapes)  # pops what it maps
-    except NotImplementedError:
-        raise CheckpointError(
-            f"transformer file {path} uses the original {family} names, which cannot be "
-            f"converted yet: give a file with diffusers tensor names"
-        ) from None
-    except KeyError as e:
-        shown = _prefix_like(stripped, e.args[0] if e.args else "?")
-        raise CheckpointError(
-            f"transformer file {path} lacks the tensor {shown!r}: {_FIX}"
-        ) from None
-    except (IndexError, RuntimeError, ValueError) as e:
-        raise CheckpointError(
-            f"transformer file {path} cannot be converted from original names ({e}): {_FIX}"
-        ) from e
-    return converted, sorted(stripped[name] for name in unprefixed)
-
-
-def _strip_prefix(state: dict, path: Path) -> tuple[dict[str, str], dict]:
-    """({name without ComfyUI's prefix: name in the file}, {name without the prefix: tensor})."""
-    stripped: dict[str, str] = {}
-    unprefixed = {}
-    for name, tensor in state.items():
-        short = name.removeprefix(COMFYUI_PREFIX)
-        if short in stripped:
-            raise CheckpointError(
-                f"transformer file {path} holds both {stripped[short]!r} and {name!r}: "
-                f"export it again with one name per tensor"
-            )
-        stripped[short] = name
-        unprefixed[short] = tensor
-    return stripped, unprefixed
-
-
-def _prefix_like(stripped: dict[str, str], name: str) -> str:
-    """`name` as the file would spell it: with the prefix its other tensors carry."""
-    prefixed = any(full.startswith(COMFYUI_PREFIX) for full in stripped.values())
-    return COMFYUI_PREFIX + name if prefixed else name

@@ -16,22 +16,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from runtime.checkpoint.names import FIX as _FIX
+from runtime.checkpoint.names import to_diffusers
 from runtime.dtypes import DType
 from runtime.errors import CheckpointError
-
-_FIX = "give the transformer checkpoint of the model that the weights folder's config describes"
 
 
 def read_quantized_state(path: Path, report, family: str, shapes: dict) -> dict:
     """Tensors by diffusers name: packed quantized parameters and plain tensors."""
-    from runtime.checkpoint.load import _to_diffusers
     from runtime.checkpoint.inspect import Naming
     from runtime.checkpoint.stored import FileFormat
 
     if report.format is FileFormat.GGUF:
         state = _read_gguf(path)
         if report.naming is Naming.ORIGINAL:
-            state, leftover = _to_diffusers(family, state, shapes, path)
+            state, leftover = to_diffusers(family, state, shapes, path)
             if leftover:
                 raise CheckpointError(f"transformer file {path} has the unknown tensor {leftover[0]!r}: {_FIX}")
         return {name: _from_gguf(name, t, path) for name, t in state.items()}

@@ -20,16 +20,19 @@ the data region; every inconsistency is one `CheckpointError` naming the file an
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 from pathlib import Path
 from typing import Any
 
 from runtime.checkpoint.header import Header
 from runtime.errors import CheckpointError
+from runtime.strict_json import StrictJsonError, loads_strict
 
 STATE_SUFFIX = ".quant_state.bitsandbytes__"
 NF4_STATE = STATE_SUFFIX + "nf4"
 MAX_STATE_BYTES = 4096
+MAX_DIM = 1 << 20  # no matrix side of a released model is near this
+MAX_OFFSET = 65504.0  # the largest float16: block scales (absmax) beyond it are not weights
 _PARTS = ("absmax", "quant_map", "nested_absmax", "nested_quant_map")
 _STATE_KEYS = {"quant_type", "blocksize", "dtype", "shape"}
 _NESTED_KEYS = {"nested_blocksize", "nested_dtype", "nested_offset"}
@@ -81,8 +84,10 @@ def _state(header: Header, info) -> dict[str, Any]:
         f.seek(8 + header.header_bytes + info.begin)
         raw = f.read(info.nbytes)
     try:
-        state = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        state = loads_strict(raw.decode("utf-8"))
+    except StrictJsonError as e:
+        raise CheckpointError(f"{where}: {e}; {_FIX}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise CheckpointError(f"{where} is not UTF-8 JSON: {_FIX}") from None
     if type(state) is not dict:
         raise CheckpointError(f"{where} is not a JSON object: {_FIX}")
@@ -100,18 +105,25 @@ def _state(header: Header, info) -> dict[str, Any]:
     shape = state["shape"]
     if type(shape) is not list or not shape or any(type(d) is not int or d <= 0 for d in shape):
         raise CheckpointError(f"{where} has shape {shape!r:.60}, not a list of integers > 0: {_FIX}")
+    if any(d > MAX_DIM for d in shape) or len(shape) > 4:
+        raise CheckpointError(f"{where} has shape {shape!r:.60}, larger than any real matrix: {_FIX}")
     for key in ("blocksize", "nested_blocksize"):
         value = state.get(key, 64)
-        if type(value) is not int or value <= 0 or value & (value - 1):
-            raise CheckpointError(f"{where} has {key} {value!r:.40}, not a power of two: {_FIX}")
+        if type(value) is not int or not 32 <= value <= 4096 or value & (value - 1):
+            raise CheckpointError(
+                f"{where} has {key} {value!r:.40}, not a power of two from 32 to 4096: {_FIX}"
+            )
     for key in ("dtype", "nested_dtype"):
         if type(state.get(key, "float32")) is not str or state.get(key, "float32") not in _DTYPES:
             raise CheckpointError(
                 f"{where} has {key} {state[key]!r:.40}, not one of {', '.join(sorted(_DTYPES))}: {_FIX}"
             )
     offset = state.get("nested_offset", 0.0)
-    if type(offset) not in (int, float):
-        raise CheckpointError(f"{where} has nested_offset {offset!r:.40}, not a number: {_FIX}")
+    if type(offset) not in (int, float) or not (math.isfinite(offset) and abs(offset) <= MAX_OFFSET):
+        raise CheckpointError(
+            f"{where} has nested_offset {offset!r:.40}, not a finite number within ±{MAX_OFFSET:g} "
+            f"(the mean of its block scales): {_FIX}"
+        )
     return state
 
 

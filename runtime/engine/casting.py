@@ -3,6 +3,14 @@
 Each module that directly owns fp8 tensors gets a forward pre-hook that points them at a cast
 copy in the compute dtype (made on the current, compute stream) and a forward hook that points
 them back at the fp8 data. The cast copy lives only while that module runs.
+
+The cast brackets the module's forward inside the hooks already there: its pre-hook runs
+after theirs and its forward hook before theirs (`prepend=True`). A streamed block that owns
+fp8 tensors itself (LTX-Video's and Wan's `scale_shift_table`) has the ring's hooks first: the
+ring points the tensors at their slot, the cast stashes the slot view and casts it; after the
+forward the cast puts the slot view back and only then the ring points them home. In the other
+order the cast would put the slot view back after the ring had pointed them home, and the block
+would keep a view into a ring slot (another block's weights) until its next forward.
 """
 
 from __future__ import annotations
@@ -32,7 +40,9 @@ class JustInTimeCast:
         self.stash: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.handles = [
             module.register_forward_pre_hook(torch.compiler.disable(self.before)),
-            module.register_forward_hook(torch.compiler.disable(self.after), always_call=True),
+            module.register_forward_hook(
+                torch.compiler.disable(self.after), always_call=True, prepend=True
+            ),
         ]
 
     def before(self, module, args):

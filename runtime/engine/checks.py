@@ -96,9 +96,13 @@ def _check_blocks(inv: Inventory, plan) -> None:
 
 
 def _check_dtypes(model, storage: DType, model_id: str, skip: frozenset[int]) -> None:
+    """Every parameter in the dtype `storage` keeps it in. Buffers are not stored weights: a
+    model computes its rotary and position tables (Wan's `rope.freqs_cos`, SD3's
+    `pos_embed.pos_embed`, Chroma's `mod_proj`) in a float dtype whatever the checkpoint holds,
+    so they are left to the block byte check."""
     if storage.is_quantized or stored_as_is(model, storage):
         return  # the checkpoint decides each tensor's dtype; the block bytes were checked
-    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+    for name, tensor in model.named_parameters():
         if not tensor.is_floating_point() or id(tensor) in skip:
             continue
         want = storage_dtype(storage, tuple(tensor.shape)).torch()

@@ -8,6 +8,9 @@ memory is released), then the incoming expert's plan is applied. The device neve
 experts' weights, so the switch stays within the budget either plan was made for. The cost
 model of this switch is `planner.experts.switch_of`.
 
+A switch that fails (the incoming plan refused, the device or host memory short) re-applies the
+outgoing expert's plan before the error is raised: both experts are as they were before it.
+
 `remove()` removes the active plan and the hooks: both experts are as they were.
 """
 
@@ -16,6 +19,8 @@ from __future__ import annotations
 import weakref
 from typing import Mapping
 
+from runtime.engine.device import resolve_device
+from runtime.engine.handle import apply_module
 from runtime.errors import PlanMismatchError, UserError
 
 _APPLIED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # first expert -> handle
@@ -64,26 +69,45 @@ class ExpertsHandle:
 
         import torch
 
-        from runtime.apply import apply_plan
-
         if expert == self.active:
             return
-        switching = self._handle is not None
-        if switching:
+        outgoing = self.active if self._handle is not None else None
+        if outgoing is not None:
             if self.device.type == "cuda":  # the outgoing expert's last kernels are not the switch's
                 torch.cuda.synchronize(self.device)
             start = time.perf_counter()
-            self._done_ms.extend((self.active, ms) for ms in self._handle.timings())
+            self._done_ms.extend((outgoing, ms) for ms in self._handle.timings())
             self._resyncs += self._handle.resyncs
             self._handle.remove()
             self._handle = None
-            self.switches += 1
-        self._handle = apply_plan(getattr(self.pipe, expert), self.plans[expert], self.device)
+        try:
+            self._handle = self._apply(expert)
+        except BaseException:
+            self._restore(outgoing)  # the incoming expert's apply undid itself
+            raise
         self.active = expert
-        if switching:
+        if outgoing is not None:
+            self.switches += 1
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.switch_ms.append((time.perf_counter() - start) * 1000.0)
+        if self._timing:
+            self._handle.enable_timing()
+
+    def _apply(self, expert: str):
+        return apply_module(getattr(self.pipe, expert), self.plans[expert], self.device)
+
+    def _restore(self, outgoing: str | None) -> None:
+        """After a failed switch: the outgoing expert back under its plan, as before the
+        switch; where even that fails, no expert is active (and the first error is raised)."""
+        self.active = None
+        if outgoing is None:
+            return
+        try:
+            self._handle = self._apply(outgoing)
+        except BaseException:
+            return
+        self.active = outgoing
         if self._timing:
             self._handle.enable_timing()
 
@@ -102,24 +126,40 @@ class ExpertsHandle:
 
     def remove(self) -> None:
         """Undo: the active plan removed, the hooks gone; both experts as before. Idempotent."""
-        first = getattr(self.pipe, next(iter(self.plans)))
-        if _APPLIED.get(first) is self:
-            del _APPLIED[first]
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks = []
+        self.remove_hooks_only()
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
         self.active = None
 
 
+    def release(self) -> None:
+        """Drop the active plan and every expert's weights (`OffloadHandle.release`)."""
+        from runtime.engine.offload import drop_tensors
+
+        self.remove_hooks_only()
+        if self._handle is not None:
+            self._handle.release()
+            self._handle = None
+        for attr in self.plans:
+            expert = getattr(self.pipe, attr, None)
+            if expert is not None:
+                drop_tensors(expert)
+        self.active = None
+
+    def remove_hooks_only(self) -> None:
+        first = getattr(self.pipe, next(iter(self.plans)))
+        if _APPLIED.get(first) is self:
+            del _APPLIED[first]
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+
 def apply_experts(pipe, plans: Mapping[str, object], device=None) -> ExpertsHandle:
     """Apply `plans` ({pipeline attribute: plan}, e.g. transformer and transformer_2) so that
     one expert at a time is on `device`; the first attribute's expert is activated now."""
     import torch
-
-    from runtime.apply import _resolve_device
 
     if len(plans) < 2:
         raise UserError("apply_experts takes a plan per expert: give two or more, or use apply_plan")
@@ -129,7 +169,7 @@ def apply_experts(pipe, plans: Mapping[str, object], device=None) -> ExpertsHand
                 f"{type(pipe).__name__} has no expert {attr!r}: give plans for its transformers "
                 f"(e.g. transformer and transformer_2)"
             )
-    handle = ExpertsHandle(pipe, plans, _resolve_device(device))
+    handle = ExpertsHandle(pipe, plans, resolve_device(device))
     first = getattr(pipe, next(iter(plans)))
     if first in _APPLIED:
         raise PlanMismatchError(

@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
+import weakref
 
 import torch
 
-
-@dataclasses.dataclass(frozen=True)
-class OffloadStats:
-    """Bytes the engine placed, counted from the tensors it actually holds."""
-
-    device: str
-    resident_blocks: int
-    streamed_blocks: int
-    resident_bytes: int  # resident blocks' tensors on the device
-    non_block_bytes: int  # embedders, norms, projections on the device
-    ring_bytes: int  # all slots of the ring
-    slots: int
-    pinned_bytes: int  # streamed blocks' host buffers allocated as pinned
-    pageable_bytes: int  # streamed blocks' host buffers in pageable memory
-    adapter_bytes: int = 0  # LoRA weights among the above (resident, non-block or packed)
-
-    @property
-    def device_weight_bytes(self) -> int:
-        return self.resident_bytes + self.non_block_bytes + self.ring_bytes
-
-    def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "device_weight_bytes": self.device_weight_bytes}
+from runtime.engine import adapters
+from runtime.engine.offload import apply_state
+from runtime.engine.stats import OffloadStats
+from runtime.errors import PlanMismatchError
+from runtime.families import family_of_module
 
 
 class ForwardTimer:
@@ -126,6 +109,31 @@ class OffloadHandle:
         use = ring.next_use
         return ring.host_buffers[use % ring.schedule.m], ring.slot_buffers[ring.schedule.slot(use)]
 
+    def bind_streamed(self, name: str) -> bool:
+        """Point streamed block `name` at its ring slot, as the ring's hook on the block does
+        when the block is called, for a forward that runs the block's children without calling
+        the block (`release_streamed` when they are done). False where `name` is not streamed."""
+        self._require_active()
+        j = self._streamed_position(name)
+        if j is None:
+            return False
+        self._state.ring.before(j)
+        return True
+
+    def release_streamed(self, name: str) -> None:
+        """End `bind_streamed(name)`: the slot is freed behind the children's compute and the
+        block points home again."""
+        self._require_active()
+        j = self._streamed_position(name)
+        if j is not None:
+            self._state.ring.after(j)
+
+    def _streamed_position(self, name: str) -> int | None:
+        if self._state.ring is None:
+            return None
+        names = [b.name for b in self.plan.streamed]  # plan blocks are in execution order
+        return names.index(name) if name in names else None
+
     def enable_timing(self) -> None:
         self._timer.enabled = True
 
@@ -141,8 +149,6 @@ class OffloadHandle:
 
     def remove(self) -> None:
         """Undo the plan: weights, devices, dtypes and hooks as before. Idempotent."""
-        from runtime.engine.offload import forget
-
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
@@ -151,10 +157,19 @@ class OffloadHandle:
             state.undo()
         forget(self.model, self)
 
-    def _follow_adapters(self, module, args) -> None:
-        from runtime.engine import adapters
-        from runtime.engine.offload import apply_state
+    def release(self) -> None:
+        """Drop the plan and the model's weights without restoring them: for a caller that
+        throws the model away (`runtime.generate`, before the decode), so that the host never
+        holds the whole transformer again. The model is unusable afterwards. Idempotent."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        state, self._state = self._state, None
+        if state is not None:
+            state.drop(self.model)
+        forget(self.model, self)
 
+    def _follow_adapters(self, module, args) -> None:
         if self._state is None or adapters.signature(self.model) == self._state.adapter_signature:
             return
         state, self._state = self._state, None
@@ -174,3 +189,44 @@ class OffloadHandle:
     def __repr__(self) -> str:
         status = "active" if self.active else "removed"
         return f"<OffloadHandle {self.plan.model.id} on {self.device} ({status})>"
+
+
+_APPLIED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def applied_handle(model) -> OffloadHandle | None:
+    return _APPLIED.get(model)
+
+
+def forget(model, handle) -> None:
+    if _APPLIED.get(model) is handle:
+        del _APPLIED[model]
+
+
+def apply(model, adapter, plan, device: torch.device) -> OffloadHandle:
+    """Check, then apply; a failure half-way undoes what was done and re-raises."""
+    handle = OffloadHandle(model, adapter, plan, device, apply_state(model, adapter, plan, device))
+    _APPLIED[model] = handle
+    return handle
+
+
+def refuse_other_plan(model, plan, device) -> OffloadHandle | None:
+    """The handle when the same plan is applied again; refuse a different one."""
+    handle = applied_handle(model)
+    if handle is None:
+        return None
+    if handle.plan == plan and handle.device == device:
+        return handle
+    raise PlanMismatchError(
+        f"another plan ({handle.plan.model.id} on {handle.device}) is already applied to this "
+        f"model: call remove() on its handle first, then apply the new plan"
+    )
+
+
+def apply_module(model, plan, device: torch.device) -> OffloadHandle:
+    """Apply a one-transformer `plan` to `model` on (resolved) `device`: the same plan applied
+    again returns its handle, another plan is refused until that handle is removed."""
+    existing = refuse_other_plan(model, plan, device)
+    if existing is not None:
+        return existing
+    return apply(model, family_of_module(model), plan, device)

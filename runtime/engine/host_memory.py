@@ -12,7 +12,9 @@ power of two (a 680 MB block pins 1 GiB) and keeps what is freed cached and lock
 (`lockable_empty`), filled by the packing copy (which faults its pages in on all threads), then
 page-locked where it stands with `cudaHostRegister` (`page_lock`), the mechanism PyTorch's
 `pinned_use_cuda_host_register` option uses. The mapping is unregistered when its memory is
-freed, whoever frees it last.
+freed, whoever frees it last, and never while a copy still reads it: the ring notes the event
+of each copy it issues from a mapping (`note_read`), and a mapping freed before that copy
+finished is unregistered later (`release_deferred`), without synchronising the device.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import dataclasses
 import functools
 import mmap
 import os
+import weakref
 from pathlib import Path
 
 from runtime.errors import PlanMismatchError
@@ -140,17 +143,60 @@ def host_empty(numel: int, dtype, pinned: bool):
 _CUDA_HOST_REGISTER_PORTABLE = 1  # cudaHostRegisterPortable: pinned for every CUDA context
 
 
+_DEFERRED: list = []  # freed mappings whose last DMA had not finished: unregistered later
+_LOCKED: "weakref.WeakValueDictionary[int, object]" = weakref.WeakValueDictionary()  # address -> pages
+
+
+def note_read(tensor, event) -> None:
+    """A copy from `tensor` (a whole mapping from `lockable_empty`) finishes with `event`: the
+    mapping is not unregistered before it has."""
+    pages = _LOCKED.get(tensor.data_ptr())
+    if pages is not None:
+        pages.last_read = event
+
+
 def _release(pages) -> None:
-    """Finalizer of a mapping: unregister it (after the device finished reading it) before the
-    mapping goes; errors are ignored (at interpreter exit CUDA may be gone already)."""
+    """Finalizer of a mapping: unregister it before the mapping goes. It never waits for the
+    device (it runs wherever the garbage collector does, mid-forward included): where the last
+    copy that reads it (`note_read`) has not finished, the mapping is kept alive and
+    unregistered by a later release once that copy is done (`release_deferred`)."""
+    if "locked_on" not in pages.__dict__:
+        return
+    event = pages.__dict__.get("last_read")
+    if event is not None and not _finished(event):
+        _DEFERRED.append(pages)  # keeps the mapping (and the pages it locks) alive
+        return
+    _unregister(pages)
+    release_deferred()
+
+
+def release_deferred() -> None:
+    """Unregister the deferred mappings whose last copy is done."""
+    waiting = [p for p in _DEFERRED if not _finished(p.__dict__.get("last_read"))]
+    done = [p for p in _DEFERRED if p not in waiting]
+    _DEFERRED[:] = waiting
+    for pages in done:
+        _unregister(pages)
+
+
+def _finished(event) -> bool:
+    try:
+        return event is None or event.query()
+    except Exception:  # noqa: BLE001 - CUDA gone (interpreter exit): nothing reads any more
+        return True
+
+
+def _unregister(pages) -> None:
+    """Errors are ignored (at interpreter exit CUDA may be gone already)."""
     device = pages.__dict__.pop("locked_on", None)
+    pages.__dict__.pop("last_read", None)
     if device is None:
         return
     try:
         import torch
 
-        torch.cuda.synchronize(device)
-        torch.cuda.cudart().cudaHostUnregister(ctypes.addressof(pages))
+        with torch.cuda.device(device):
+            torch.cuda.cudart().cudaHostUnregister(ctypes.addressof(pages))
     except Exception:  # noqa: BLE001 - nothing can be done about it in a finalizer
         pass
 
@@ -225,6 +271,7 @@ def page_lock(pages, device) -> bool:
             _consume_error(device)
             return False
     pages.locked_on = device
+    _LOCKED[ctypes.addressof(pages)] = pages
     return True
 
 

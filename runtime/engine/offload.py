@@ -9,33 +9,20 @@ packed with a streamed block, resident with a resident one (`runtime.engine.adap
 from __future__ import annotations
 
 import warnings
-import weakref
 
 import torch
 
-from runtime.engine import adapters, packing, quantized, staging
+from runtime.engine import adapters, disk_tier, packing, quantized, staging
 from runtime.engine.casting import install_casts
 from runtime.engine.checks import check_plan
-from runtime.engine.handle import OffloadHandle, OffloadStats
 from runtime.engine.host_memory import decide_host_memory
 from runtime.engine.ring import Ring
+from runtime.engine.stats import OffloadStats
 from runtime.dtypes import DType
-from runtime.errors import PlanMismatchError
 from runtime.inventory import device_bytes_by_dtype
-from runtime.plan import CastMode, Placement
+from runtime.plan import CastMode, Placement, Tier
+from runtime import tiers
 from runtime.schedule import ring_of
-
-_APPLIED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def applied_handle(model) -> OffloadHandle | None:
-    return _APPLIED.get(model)
-
-
-def forget(model, handle) -> None:
-    if _APPLIED.get(model) is handle:
-        del _APPLIED[model]
-
 
 class AppliedState:
     """What was done to one model, in the order it was done."""
@@ -47,7 +34,8 @@ class AppliedState:
         self.moved: list[tuple[torch.Tensor, torch.device, torch.dtype, str]] = []
         self.dequantized: list[tuple[torch.Tensor, torch.Tensor]] = []  # tensor, packed bytes
         self.layouts: list[packing.Layout] = []
-        self.host_buffers: list[dict[str, torch.Tensor]] = []
+        self.host_buffers: list[dict[str, torch.Tensor] | None] = []  # None: on the disk tier
+        self.pack_file: disk_tier.PackFile | None = None
         self.host_views: list[list[torch.Tensor]] = []
         self.pinned: list[bool] = []
         self.ring: Ring | None = None
@@ -59,7 +47,8 @@ class AppliedState:
         def nbytes(kind: str) -> int:
             return sum(t.numel() * t.element_size() for t, _, _, k in self.moved if k == kind)
 
-        pack = [sum(t.numel() * t.element_size() for t in b.values()) for b in self.host_buffers]
+        pack = [sum(t.numel() * t.element_size() for t in (b or {}).values()) for b in self.host_buffers]
+        reader = self.ring.disk if self.ring is not None else None
         adapter_bytes = sum(
             t.numel() * t.element_size() for t, _, _, _ in self.moved if id(t) in self.adapter_ids
         ) + sum(
@@ -77,6 +66,9 @@ class AppliedState:
             pinned_bytes=sum(b for b, p in zip(pack, self.pinned) if p),
             pageable_bytes=sum(b for b, p in zip(pack, self.pinned) if not p),
             adapter_bytes=adapter_bytes,
+            disk_bytes=self.pack_file.nbytes if self.pack_file is not None else 0,
+            staging_bytes=reader.staging_bytes if reader is not None else 0,
+            direct_io=self.pack_file.direct if self.pack_file is not None else None,
         )
 
     def undo(self) -> None:
@@ -94,6 +86,9 @@ class AppliedState:
             packing.restore(layout, views)
             self.host_buffers.pop()
             self.pinned.pop()
+        if self.pack_file is not None:  # the views read from it were restored above
+            self.pack_file.close()
+            self.pack_file = None
         packed = {id(t): data for t, data in self.dequantized}
         back = []
         for tensor, orig_device, orig_dtype, _ in reversed(self.moved):
@@ -106,11 +101,28 @@ class AppliedState:
         self.dequantized = []
 
 
-def apply(model, adapter, plan, device: torch.device) -> OffloadHandle:
-    """Check, then apply; a failure half-way undoes what was done and re-raises."""
-    handle = OffloadHandle(model, adapter, plan, device, apply_state(model, adapter, plan, device))
-    _APPLIED[model] = handle
-    return handle
+    def drop(self, model) -> None:
+        """Unhook and free every tensor of `model` (see `OffloadHandle.release`)."""
+        for hook in self.hooks:
+            hook.remove()
+        for cast in self.casts:
+            cast.remove()
+        self.hooks, self.casts = [], []
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
+        drop_tensors(model)
+        self.layouts, self.host_buffers, self.host_views, self.pinned = [], [], [], []
+        self.moved, self.dequantized = [], []
+        if self.pack_file is not None:
+            self.pack_file.close()
+            self.pack_file = None
+
+
+def drop_tensors(model) -> None:
+    """Every parameter and buffer of `model` emptied: its storage is freed."""
+    for tensor in packing.unique_tensors(model):
+        tensor.data = torch.empty(0, dtype=tensor.dtype)
 
 
 def apply_state(model, adapter, plan, device: torch.device) -> AppliedState:
@@ -121,6 +133,7 @@ def apply_state(model, adapter, plan, device: torch.device) -> AppliedState:
     by_name = {b.name: b for b in plan.blocks}
     streamed = [by_name[name].placement is Placement.STREAMED for name, _, _ in blocks]
     pre = [by_name[name].cast is CastMode.PRE for name, _, _ in blocks]
+    on_disk = [by_name[name].tier is Tier.DISK for name, _, _ in blocks if by_name[name].placement is Placement.STREAMED]
     layouts = []
     adapter_signature = adapters.signature(model)
     for (name, _, module), info, s, p in zip(blocks, inv.blocks, streamed, pre):
@@ -131,7 +144,9 @@ def apply_state(model, adapter, plan, device: torch.device) -> AppliedState:
                 _base_bytes(layout, adapter_signature[0]) == device_bytes_by_dtype(info, p), name
             layouts.append(layout)
     freed = _host_bytes_released(model, blocks, streamed, device, pre)
-    decision = decide_host_memory([l.bytes for l in layouts], freed, _wants_pinned(plan))
+    in_ram = [l.bytes for l, d in zip(layouts, on_disk) if not d]
+    disk_staging = tiers.staging_bytes([l.bytes for l, d in zip(layouts, on_disk) if d])
+    decision = decide_host_memory(in_ram + ([disk_staging] if disk_staging else []), freed, _wants_pinned(plan))
     if decision.warning:
         warnings.warn(decision.warning, stacklevel=3)
 
@@ -139,10 +154,15 @@ def apply_state(model, adapter, plan, device: torch.device) -> AppliedState:
     try:
         _place_resident(state, model, blocks, streamed, pre, compute, device)
         if layouts:
-            _pack_streamed(state, layouts, decision.pinned, device)
+            pinned = iter(decision.pinned)
+            _pack_streamed(state, layouts, [False if d else next(pinned) for d in on_disk], on_disk, device)
+            reader = None
+            if state.pack_file is not None:
+                state.pack_file.seal()
+                reader = disk_tier.DiskReader(state.pack_file, [j for j, d in enumerate(on_disk) if d], device)
             state.ring = Ring(
                 ring_of(streamed, plan.prefetch_depth),
-                state.layouts, state.host_buffers, state.host_views, device,
+                state.layouts, state.host_buffers, state.host_views, device, disk=reader,
             )
             modules = [module for (_, _, module), s in zip(blocks, streamed) if s]
             _hook_streamed(state, modules)
@@ -232,7 +252,8 @@ def _move_all(moves, staged_copy) -> None:
     (`staged_copy(sources, dtypes)`: `staging.to_device` or `to_host`), all at once: either all
     of them get their copy or none does (where the staging memory is refused, `Tensor.to` one
     by one instead). The rest, and anything the staging cannot take, use `Tensor.to` (a no-op
-    where nothing changes). A tensor listed twice is copied once."""
+    where nothing changes). A tensor listed twice is copied once. Any other error (a CUDA
+    error, the device full) is raised as it is."""
     staged, seen = [], set()
     for tensor, device, dtype in moves:
         if id(tensor) in seen:
@@ -246,9 +267,7 @@ def _move_all(moves, staged_copy) -> None:
         return
     try:
         copies = staged_copy([t.data for t, _, _ in staged], [dtype for _, _, dtype in staged])
-    except torch.cuda.OutOfMemoryError:
-        raise  # the device is full: plain copies would not fit either
-    except RuntimeError:  # pinned staging memory refused: plain copies, one by one
+    except staging.StagingRefused:  # no pinned staging memory: plain copies, one by one
         copies = [t.data.to(device=device, dtype=dtype) for t, device, dtype in staged]
     for (tensor, _, _), copy in zip(staged, copies):
         tensor.data = copy
@@ -260,9 +279,19 @@ def _dequantize(state, tensor, device, compute, kind: str) -> None:
     tensor.data = quantized.host_dequantized(tensor, compute).to(device)
 
 
-def _pack_streamed(state, layouts, pinned, device) -> None:
-    for layout, pin in zip(layouts, pinned):
-        buffers, host_views = packing.pack_host(layout, pin, device)
+def _pack_streamed(state, layouts, pinned, on_disk, device) -> None:
+    """RAM-tier blocks into host packs; disk-tier blocks into the pack file (its mapping)."""
+    disk_layouts = [layout for layout, d in zip(layouts, on_disk) if d]
+    if disk_layouts:
+        state.pack_file = disk_tier.PackFile(disk_layouts)
+    k = 0
+    for layout, pin, d in zip(layouts, pinned, on_disk):
+        if d:
+            buffers, host_views = None, state.pack_file.write(k, layout)
+            packing.bind(layout, host_views)
+            k += 1
+        else:
+            buffers, host_views = packing.pack_host(layout, pin, device)
         state.layouts.append(layout)
         state.host_buffers.append(buffers)
         state.host_views.append(host_views)
@@ -283,16 +312,3 @@ def _hook_streamed(state, modules) -> None:
         state.hooks.append(
             module.register_forward_hook(torch.compiler.disable(after), always_call=True)
         )
-
-
-def refuse_other_plan(model, plan, device) -> OffloadHandle | None:
-    """The handle when the same plan is applied again; refuse a different one."""
-    handle = applied_handle(model)
-    if handle is None:
-        return None
-    if handle.plan == plan and handle.device == device:
-        return handle
-    raise PlanMismatchError(
-        f"another plan ({handle.plan.model.id} on {handle.device}) is already applied to this "
-        f"model: call remove() on its handle first, then apply the new plan"
-    )

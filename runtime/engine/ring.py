@@ -1,85 +1,176 @@
 """The ring of device slots, executing `runtime.schedule.RingSchedule` exactly.
 
-Use `g` of a streamed block sits in slot `g % slots`. Copies of uses 0..slots-1 are issued
-when the ring starts; compute of use `g` waits on its copy's event; once compute of `g` is
+Use `g` of a streamed block sits in slot `g % slots`. The slots are allocated on the compute
+stream, and the copy stream waits for it before it first writes them. Copies of uses
+0..slots-1 are issued when the ring starts; compute of use `g` waits on its copy's event; once compute of `g` is
 enqueued, the copy of use `g + slots` is issued on the one copy stream after an event recorded
 behind compute of `g` (the slot is free). The use counter runs on across forwards, so the tail
 of one forward prefetches the head of the next. A block asked for out of turn (a forward that
 raised, a partial forward) makes the ring synchronise and restart at that block.
 
-On CPU the copies are synchronous and the events are no-ops, through the same code.
+On CPU the copies are synchronous and the events are no-ops, through the same code. Every
+stream operation goes through the `_Sync` seam, which notes it where a test records them
+(`recording_stream_ops`; `runtime.schedule.ordering_violations` checks the order).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import torch
 
-from runtime.engine import packing
-from runtime.schedule import RingSchedule
+from runtime.engine import host_memory, packing
+from runtime.schedule import Op, RingSchedule, StreamOp
 
 
-class _CpuSync:
+_RECORDING: contextvars.ContextVar[list | None] = contextvars.ContextVar("ring_ops", default=None)
+
+
+@contextlib.contextmanager
+def recording_stream_ops():
+    """Within the block, every ring notes its stream operations (`runtime.schedule.StreamOp`)
+    into the list yielded, in the order it makes them; `schedule.ordering_violations` checks
+    them. The same calls are made on CPU, where they wait for nothing."""
+    ops: list[StreamOp] = []
+    token = _RECORDING.set(ops)
+    try:
+        yield ops
+    finally:
+        _RECORDING.reset(token)
+
+
+class _Sync:
+    """The seam between the ring and the streams: every stream operation the ring makes, noted
+    when recording. Per slot, the use whose compute event was recorded last: a slot whose
+    previous user never computed (a fresh slot) has no event to wait for."""
+
+    def __init__(self, slots: int) -> None:
+        self.computed: list[int | None] = [None] * slots
+        self._note(Op.ALLOCATED)
+
+    def _note(self, op: Op, slot: int | None = None, use: int | None = None) -> None:
+        ops = _RECORDING.get()
+        if ops is not None:
+            ops.append(StreamOp(op, slot, use))
+
+    def copy_waits_allocation(self) -> None:
+        """The slots were allocated on the compute stream: the first copies into them wait."""
+        self._note(Op.COPY_WAITS_ALLOCATION)
+        self._wait_allocation()
+
+    def copy_waits_compute(self, slot: int) -> None:
+        if self.computed[slot] is not None:
+            self._note(Op.COPY_WAITS_COMPUTE, slot, self.computed[slot])
+            self._wait_compute(slot)
+
+    def copied(self, slot: int, use: int) -> None:
+        """The copy of `use` into `slot` was issued (inside `copy_context`)."""
+        self._note(Op.COPY, slot, use)
+
+    def record_copy(self, slot: int, use: int) -> None:
+        self._note(Op.COPY_RECORDED, slot, use)
+        self._record_copy(slot)
+
+    def reads(self, sources, slot: int) -> None:
+        """The copy just recorded into `slot` read the host buffers `sources`."""
+
+    def compute_waits_copy(self, slot: int, use: int) -> None:
+        self._note(Op.COMPUTE_WAITS_COPY, slot, use)
+        self._wait_copy(slot)
+
+    def record_compute(self, slot: int, use: int) -> None:
+        self._note(Op.COMPUTE_RECORDED, slot, use)
+        self.computed[slot] = use
+        self._record_compute(slot)
+
+    def synchronize(self) -> None:
+        self._note(Op.SYNCHRONIZE)
+        self._synchronize()
+
+
+class _CpuSync(_Sync):
     """Copies run in order on the caller's thread; nothing to wait for."""
 
     def copy_context(self):
-        import contextlib
-
         return contextlib.nullcontext()
 
-    def record_copy(self, slot: int) -> None:
+    def _wait_allocation(self) -> None:
         pass
 
-    def compute_waits_copy(self, slot: int) -> None:
+    def _wait_compute(self, slot: int) -> None:
         pass
 
-    def record_compute(self, slot: int) -> None:
+    def _record_copy(self, slot: int) -> None:
         pass
 
-    def copy_waits_compute(self, slot: int) -> None:
+    def _wait_copy(self, slot: int) -> None:
         pass
 
-    def synchronize(self) -> None:
+    def _record_compute(self, slot: int) -> None:
         pass
 
+    def _synchronize(self) -> None:
+        pass
 
-class _CudaSync:
+    def staging_done(self):
+        return None  # CPU copies are done when they return
+
+
+class _CudaSync(_Sync):
     """One side copy stream; per slot, the event of its last copy and of its last compute."""
 
     def __init__(self, device: torch.device, slots: int) -> None:
+        super().__init__(slots)
         self.device = device
         self.stream = torch.cuda.Stream(device=device)
-        self.copied = [torch.cuda.Event() for _ in range(slots)]
-        self.computed = [torch.cuda.Event() for _ in range(slots)]
-        self.has_computed = [False] * slots
+        self.copied_events = [torch.cuda.Event() for _ in range(slots)]
+        self.computed_events = [torch.cuda.Event() for _ in range(slots)]
 
     def copy_context(self):
         return torch.cuda.stream(self.stream)
 
-    def record_copy(self, slot: int) -> None:
-        self.copied[slot].record(self.stream)
+    def _wait_allocation(self) -> None:
+        # the caching allocator gave the slots to the compute stream: memory it freed there
+        # may still be read by kernels queued on it
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
 
-    def compute_waits_copy(self, slot: int) -> None:
-        torch.cuda.current_stream(self.device).wait_event(self.copied[slot])
+    def _wait_compute(self, slot: int) -> None:
+        self.stream.wait_event(self.computed_events[slot])
 
-    def record_compute(self, slot: int) -> None:
-        self.computed[slot].record(torch.cuda.current_stream(self.device))
-        self.has_computed[slot] = True
+    def _record_copy(self, slot: int) -> None:
+        self.copied_events[slot].record(self.stream)
 
-    def copy_waits_compute(self, slot: int) -> None:
-        if self.has_computed[slot]:
-            self.stream.wait_event(self.computed[slot])
+    def staging_done(self) -> torch.cuda.Event:
+        """An event behind the copies enqueued so far (a disk-tier staging buffer's copy)."""
+        event = torch.cuda.Event()
+        event.record(self.stream)
+        return event
 
-    def synchronize(self) -> None:
+    def reads(self, sources, slot: int) -> None:
+        for source in sources:  # a page-locked mapping is not unregistered before this copy ends
+            host_memory.note_read(source, self.copied_events[slot])
+
+    def _wait_copy(self, slot: int) -> None:
+        torch.cuda.current_stream(self.device).wait_event(self.copied_events[slot])
+
+    def _record_compute(self, slot: int) -> None:
+        self.computed_events[slot].record(torch.cuda.current_stream(self.device))
+
+    def _synchronize(self) -> None:
         torch.cuda.synchronize(self.device)
 
 
 class Ring:
     """Slots on the device and the use counter; `before`/`after` wrap each streamed block."""
 
-    def __init__(self, schedule: RingSchedule, layouts, host_buffers, host_views, device):
+    def __init__(self, schedule: RingSchedule, layouts, host_buffers, host_views, device, disk=None):
         self.schedule = schedule
         self.layouts = layouts  # per streamed block (j), its packing.Layout
-        self.host_buffers = host_buffers  # per j: {group: flat host tensor}
+        # per j: {group: flat host tensor}; None for a disk-tier block, which `disk` (a
+        # runtime.engine.disk_tier.DiskReader) reads into a staging buffer for each copy
+        self.host_buffers = host_buffers
+        self.disk = disk
         self.host_views = host_views  # per j: views of the host pack, one per entry
         self.device = torch.device(device)
         slot_numel: dict[str, int] = {}
@@ -93,7 +184,8 @@ class Ring:
             [packing.views(layout, slot) for slot in self.slot_buffers] for layout in layouts
         ]
         cuda = self.device.type == "cuda"
-        self.sync = _CudaSync(self.device, schedule.slots) if cuda else _CpuSync()
+        self.sync = _CudaSync(self.device, schedule.slots) if cuda else _CpuSync(schedule.slots)
+        self.sync.copy_waits_allocation()
         self.next_use = 0
         self.resyncs = 0
         self._start(0)
@@ -107,11 +199,18 @@ class Ring:
         slot = self.schedule.slot(use)
         with self.sync.copy_context():
             self.sync.copy_waits_compute(slot)
-            for group, host in self.host_buffers[j].items():
+            on_disk = self.host_buffers[j] is None
+            source = self.disk.take(j) if on_disk else self.host_buffers[j]
+            for group, host in source.items():
                 self.slot_buffers[slot][group].narrow(0, 0, host.numel()).copy_(
                     host, non_blocking=True
                 )
-            self.sync.record_copy(slot)
+            self.sync.copied(slot, use)
+            self.sync.record_copy(slot, use)
+            if on_disk:  # the reader waits for this before it reads into the buffer again
+                self.disk.release(self.sync.staging_done())
+            else:
+                self.sync.reads(source.values(), slot)
 
     def _start(self, first_use: int) -> None:
         for k in self.schedule.initial_copies():
@@ -131,19 +230,23 @@ class Ring:
             self._resync(j)
         use = self.next_use
         slot = self.schedule.slot(use)
-        self.sync.compute_waits_copy(slot)
+        self.sync.compute_waits_copy(slot, use)
         packing.bind(self.layouts[j], self.slot_views[j][slot])
 
     def after(self, j: int) -> None:
         """Block `j`'s compute is enqueued: free its slot behind it, prefetch, point it home."""
         use = self.next_use
         slot = self.schedule.slot(use)
-        self.sync.record_compute(slot)
+        self.sync.record_compute(slot, use)
         self._issue_copy(self.schedule.copy_after(use))
         self.next_use = use + 1
         packing.bind(self.layouts[j], self.host_views[j])
 
     def close(self) -> None:
         self.sync.synchronize()
+        if self.disk is not None:
+            self.disk.close()
+            self.disk = None
+        host_memory.release_deferred()
         self.slot_buffers = []
         self.slot_views = []

@@ -18,6 +18,11 @@ from __future__ import annotations
 import torch
 
 CHUNK_BYTES = 64 << 20
+
+
+class StagingRefused(Exception):
+    """The page-locked staging chunks could not be allocated (the caller copies otherwise)."""
+
 _ALIGN = 64  # every piece starts 64-byte aligned in its chunk (any dtype view is legal there)
 
 
@@ -48,7 +53,10 @@ class _Chunks:
             buffer.fill_(0)  # fault the pages in on all threads before the driver locks them
             if host_memory.page_lock(pages, self.device):
                 return buffer
-        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        try:
+            return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        except RuntimeError as err:  # cudaHostAlloc refused: only this means "no pinned memory"
+            raise StagingRefused(f"{nbytes} bytes of pinned staging memory refused: {err}") from err
 
     def record(self, i: int) -> None:
         if self.cuda:

@@ -6,6 +6,7 @@ lists the family's catalog models too.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 from runtime.errors import UserError
@@ -77,4 +78,7 @@ def families() -> list[str]:
 def family_models() -> list:
     """Every registered family's catalog entries (`runtime.catalog` collects them)."""
     _load_builtins()
-    return [spec for adapter in _REGISTRY.values() for spec in adapter.models()]
+    return [
+        dataclasses.replace(spec, family_check=adapter.check_workload)
+        for adapter in _REGISTRY.values() for spec in adapter.models()
+    ]

@@ -19,12 +19,35 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+import re
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from runtime.workload import Workload
 
 if TYPE_CHECKING:
-    from runtime.catalog import ModelSpec
+    from runtime.model_spec import ModelSpec
+
+
+# The prefixes a single-file checkpoint's tensor names may carry: ComfyUI's, the original
+# release's, a pipeline-level diffusers file's.
+CHECKPOINT_PREFIX = r"^(?:model\.diffusion_model\.|diffusion_model\.|transformer\.)?"
+
+
+def block_pattern(lists: Iterable[str]) -> re.Pattern:
+    """A checkpoint tensor of a block of one of `lists` (block list names as files spell them),
+    under any CHECKPOINT_PREFIX; groups: the list name, the block index."""
+    alternatives = "|".join(re.escape(name) for name in lists)
+    return re.compile(CHECKPOINT_PREFIX + "(" + alternatives + r")\.(\d+)\.")
+
+
+def block_of(pattern: re.Pattern, name: str, lists: Mapping[str, str] | None = None) -> str | None:
+    """The block (diffusers path) of a tensor matched by `pattern` (`block_pattern`), its list
+    renamed by `lists` (file name -> diffusers name) where given; None for another tensor."""
+    match = pattern.match(name)
+    if not match:
+        return None
+    listed = match.group(1)
+    return f"{(lists or {}).get(listed, listed)}.{int(match.group(2))}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,12 +99,17 @@ class FamilyAdapter(abc.ABC):
     text_encoders: tuple[str, ...] = ()
     # The pipeline attribute (and pipeline subfolder) holding the model plans apply to.
     denoiser: str = "transformer"
+    # Further pipeline classes of this family's models (image-conditioned variants) that
+    # `planner apply` loads a folder with when its model_index.json names one of them.
+    variant_pipelines: tuple[str, ...] = ()
+
+    # The catalog entries of this family (released configs, source named, and a tiny-*).
+    catalog: tuple["ModelSpec", ...] = ()
 
     # ------------------------------------------------------------------ architecture
 
-    @abc.abstractmethod
     def models(self) -> tuple["ModelSpec", ...]:
-        """The catalog entries of this family (released configs, source named, and a tiny-*)."""
+        return self.catalog
 
     def model_class(self) -> type:
         """The torch module class this family's transformer is: `diffusers_model`, the name
@@ -89,6 +117,10 @@ class FamilyAdapter(abc.ABC):
         import diffusers
 
         return getattr(diffusers, self.diffusers_model)
+
+    def check_workload(self, config: Mapping[str, Any], workload: Workload) -> None:
+        """Refuse (UserError) a workload this model's pipeline would round, refuse or fail on;
+        a family whose pipeline takes any multiple of 16 keeps this default."""
 
     def build(self, config: Mapping[str, Any], device: str = "meta", dtype=None):
         """The architecture from a config; on `meta` it holds no memory."""
@@ -174,3 +206,19 @@ class FamilyAdapter(abc.ABC):
     @abc.abstractmethod
     def decode(self, pipe, latents, workload: Workload) -> list:
         """The pipeline's latents as PIL images: one for an image model, every frame for video."""
+
+
+def block_tensor_names(spec, key: str, make) -> frozenset[str]:
+    """The tensor names of the block `make()` builds (on `meta`; names do not depend on
+    widths), derived once through the model cache under catalog model `spec` and `key`: a
+    family that names a file's tensors by its blocks (`models inspect`) then imports neither
+    torch nor diffusers."""
+    from runtime.model_cache import cached
+
+    def derive() -> dict:
+        import torch
+
+        with torch.device("meta"):
+            return {"names": sorted(make().state_dict())}
+
+    return frozenset(cached("block_tensor_names", spec, {"key": key}, derive)["names"])

@@ -18,23 +18,28 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping, Sequence
 
-from runtime.catalog import model_spec
 from runtime.dtypes import DType
-from runtime.families.base import BlockInputs, BlockList, FamilyAdapter
+from runtime.families.base import (
+    CHECKPOINT_PREFIX,
+    BlockInputs,
+    BlockList,
+    FamilyAdapter,
+    block_of,
+    block_pattern,
+)
+from runtime.families.inputs import random_tensors
 from runtime.families.flux import PIXELS_PER_TOKEN_SIDE, decode_packed_latents, image_tokens_of
+from runtime.model_spec import model_spec
 from runtime.workload import CfgMode, Workload
 
-_PREFIX = r"^(?:model\.diffusion_model\.|diffusion_model\.|transformer\.)?"
-_BLOCK_NAME = re.compile(
-    _PREFIX + r"(transformer_blocks|single_transformer_blocks|double_blocks|single_blocks)\.(\d+)\."
-)
 _DIFFUSERS_LIST = {
     "transformer_blocks": "transformer_blocks",
     "double_blocks": "transformer_blocks",
     "single_transformer_blocks": "single_transformer_blocks",
     "single_blocks": "single_transformer_blocks",
 }
-_MARKER = re.compile(_PREFIX + r"distilled_guidance_layer\.in_proj\.weight$")
+_BLOCK_NAME = block_pattern(_DIFFUSERS_LIST)
+_MARKER = re.compile(CHECKPOINT_PREFIX + r"distilled_guidance_layer\.in_proj\.weight$")
 
 
 # lodestones/Chroma1-HD, transformer/config.json: the values diffusers' ChromaTransformer2DModel
@@ -90,8 +95,7 @@ class ChromaAdapter(FamilyAdapter):
     )
     text_encoders = ("text_encoder",)
 
-    def models(self):
-        return MODELS
+    catalog = MODELS
 
     def build(self, config: Mapping[str, Any], device: str = "meta", dtype=None):
         import warnings
@@ -101,10 +105,7 @@ class ChromaAdapter(FamilyAdapter):
             return super().build(config, device, dtype)
 
     def block_of_tensor(self, tensor_name: str) -> str | None:
-        match = _BLOCK_NAME.match(tensor_name)
-        if not match:
-            return None
-        return f"{_DIFFUSERS_LIST[match.group(1)]}.{int(match.group(2))}"
+        return block_of(_BLOCK_NAME, tensor_name, _DIFFUSERS_LIST)
 
     def claims(self, tensor_names: Sequence[str]) -> int:
         """The whole file where it holds the guidance approximator, else nothing: FLUX.1 and
@@ -131,7 +132,7 @@ class ChromaAdapter(FamilyAdapter):
         batch = workload.forward_batch
         image_tokens = image_tokens_of(workload)
         text_tokens = workload.text_tokens
-        rand = _random_tensors(device, dtype)
+        rand = random_tensors(device, dtype)
         rope = FluxPosEmbed(theta=10000, axes_dim=list(config.axes_dims_rope))
         cos, sin = rope(_position_ids(workload))
         shared = {
@@ -155,7 +156,7 @@ class ChromaAdapter(FamilyAdapter):
         config = model.config
         batch = workload.forward_batch
         image_tokens = image_tokens_of(workload)
-        rand = _random_tensors(device, dtype)
+        rand = random_tensors(device, dtype)
         ids = _position_ids(workload)
         return {
             "hidden_states": rand(batch, image_tokens, config.in_channels),
@@ -209,9 +210,3 @@ def _attention_mask(workload: Workload, device, dtype):
     text = (torch.arange(workload.text_tokens) <= prompt).to(dtype)
     mask = torch.cat([text, torch.ones(image_tokens_of(workload), dtype=dtype)])
     return mask.expand(workload.forward_batch, -1).contiguous().to(device)
-
-
-def _random_tensors(device, dtype):
-    from runtime.families.inputs import random_tensors
-
-    return random_tensors(device, dtype)

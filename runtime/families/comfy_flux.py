@@ -24,6 +24,7 @@ from typing import Any, Mapping
 
 from runtime.errors import PlanMismatchError
 from runtime.families.base import BlockInputs, BlockList, FamilyAdapter
+from runtime.families.inputs import random_tensors
 from runtime.workload import Workload
 
 COMFY_FLUX_MODULE = "comfy.ldm.flux.model"
@@ -43,9 +44,6 @@ class ComfyFluxAdapter(FamilyAdapter):
         BlockList(attr="double_blocks", kind="double"),
         BlockList(attr="single_blocks", kind="single"),
     )
-
-    def models(self):
-        return ()  # plans come from the diffusers family's catalog models (`adopt_plan`)
 
     def model_class(self) -> type:
         from comfy.ldm.flux.model import Flux
@@ -81,7 +79,7 @@ class ComfyFluxAdapter(FamilyAdapter):
         batch = workload.forward_batch
         image_tokens = image_tokens_of(workload)
         text_tokens = workload.text_tokens
-        rand = _random_tensors(device, dtype)
+        rand = random_tensors(device, dtype)
         pe = _rope(model, batch, text_tokens + image_tokens, device)
         vec = rand(batch, model.hidden_size)
         if model.params.global_modulation:  # FLUX.2: one modulation for all blocks of a kind
@@ -105,7 +103,7 @@ class ComfyFluxAdapter(FamilyAdapter):
 
         params = model.params
         batch = workload.forward_batch
-        rand = _random_tensors(device, dtype)
+        rand = random_tensors(device, dtype)
         side = PIXELS_PER_TOKEN_SIDE // 2  # latent pixels per image pixel side: 1/8
         inputs = {
             "x": rand(batch, params.in_channels, workload.height // side, workload.width // side),
@@ -169,9 +167,3 @@ def _rope(model, batch: int, tokens: int, device):
 
     ids = torch.zeros(batch, tokens, len(model.params.axes_dim), device=device)
     return model.pe_embedder(ids)
-
-
-def _random_tensors(device, dtype):
-    from runtime.families.inputs import random_tensors
-
-    return random_tensors(device, dtype)

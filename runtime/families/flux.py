@@ -11,14 +11,15 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from runtime.catalog import model_spec
 from runtime.dtypes import DType
-from runtime.families.base import BlockInputs, BlockList, FamilyAdapter
+from runtime.families.base import CHECKPOINT_PREFIX, BlockInputs, BlockList, FamilyAdapter
+from runtime.families.inputs import random_tensors
+from runtime.model_spec import model_spec
 from runtime.workload import Workload
 
 _BLOCK_NAME = re.compile(
-    r"^(?:model\.diffusion_model\.|diffusion_model\.|transformer\.)?"
-    r"(transformer_blocks|single_transformer_blocks|double_blocks|single_blocks)\.(\d+)\.([^.]+)\."
+    CHECKPOINT_PREFIX
+    + r"(transformer_blocks|single_transformer_blocks|double_blocks|single_blocks)\.(\d+)\.([^.]+)\."
 )
 # The submodules a FLUX block holds under diffusers' list names: other families keep their
 # blocks under the same names (Qwen-Image's `transformer_blocks.N.img_mod`), not FLUX's.
@@ -88,8 +89,7 @@ class FluxAdapter(FamilyAdapter):
     )
     text_encoders = ("text_encoder", "text_encoder_2")
 
-    def models(self):
-        return MODELS
+    catalog = MODELS
 
     def block_of_tensor(self, tensor_name: str) -> str | None:
         match = _BLOCK_NAME.match(tensor_name)
@@ -106,7 +106,7 @@ class FluxAdapter(FamilyAdapter):
         batch = workload.forward_batch
         image_tokens = image_tokens_of(workload)
         text_tokens = workload.text_tokens
-        rand = _random_tensors(device, dtype)
+        rand = random_tensors(device, dtype)
 
         ids = torch.zeros(text_tokens + image_tokens, 3)
         rope = FluxPosEmbed(theta=10000, axes_dim=list(config.axes_dims_rope))
@@ -139,7 +139,7 @@ class FluxAdapter(FamilyAdapter):
         config = model.config
         batch = workload.forward_batch
         image_tokens = image_tokens_of(workload)
-        rand = _random_tensors(device, dtype)
+        rand = random_tensors(device, dtype)
         inputs = {
             "hidden_states": rand(batch, image_tokens, config.in_channels),
             "encoder_hidden_states": rand(batch, workload.text_tokens, config.joint_attention_dim),
@@ -182,9 +182,3 @@ def image_tokens_of(workload: Workload) -> int:
     """Tokens the transformer sees for the image: one per 16x16 pixels."""
     side = PIXELS_PER_TOKEN_SIDE
     return (workload.height // side) * (workload.width // side)
-
-
-def _random_tensors(device, dtype):
-    from runtime.families.inputs import random_tensors
-
-    return random_tensors(device, dtype)

@@ -18,23 +18,28 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping, Sequence
 
-from runtime.catalog import model_spec
 from runtime.dtypes import DType
-from runtime.families.base import BlockInputs, BlockList, FamilyAdapter
+from runtime.families.base import (
+    CHECKPOINT_PREFIX,
+    BlockInputs,
+    BlockList,
+    FamilyAdapter,
+    block_of,
+    block_pattern,
+)
+from runtime.families.inputs import random_tensors
+from runtime.model_spec import model_spec
 from runtime.workload import Workload
 
-_PREFIX = r"^(?:model\.diffusion_model\.|diffusion_model\.|transformer\.)?"
-_BLOCK_NAME = re.compile(
-    _PREFIX + r"(transformer_blocks|single_transformer_blocks|double_blocks|single_blocks)\.(\d+)\."
-)
 _DIFFUSERS_LIST = {
     "transformer_blocks": "transformer_blocks",
     "double_blocks": "transformer_blocks",
     "single_transformer_blocks": "single_transformer_blocks",
     "single_blocks": "single_transformer_blocks",
 }
+_BLOCK_NAME = block_pattern(_DIFFUSERS_LIST)
 # The shared single-stream modulation, in diffusers (`linear`) and original (`lin`) naming.
-_MARKER = re.compile(_PREFIX + r"single_stream_modulation\.(?:linear|lin)\.weight$")
+_MARKER = re.compile(CHECKPOINT_PREFIX + r"single_stream_modulation\.(?:linear|lin)\.weight$")
 
 # Latent pixels per token side: the VAE downsamples 8x and the pipeline packs 2x2 patches.
 PIXELS_PER_TOKEN_SIDE = 16
@@ -91,14 +96,10 @@ class Flux2Adapter(FamilyAdapter):
     )
     text_encoders = ("text_encoder",)
 
-    def models(self):
-        return MODELS
+    catalog = MODELS
 
     def block_of_tensor(self, tensor_name: str) -> str | None:
-        match = _BLOCK_NAME.match(tensor_name)
-        if not match:
-            return None
-        return f"{_DIFFUSERS_LIST[match.group(1)]}.{int(match.group(2))}"
+        return block_of(_BLOCK_NAME, tensor_name, _DIFFUSERS_LIST)
 
     def claims(self, tensor_names: Sequence[str]) -> int:
         """The whole file where it holds the shared single-stream modulation, else nothing:
@@ -124,7 +125,7 @@ class Flux2Adapter(FamilyAdapter):
         batch = workload.forward_batch
         image_tokens = image_tokens_of(workload)
         text_tokens = workload.text_tokens
-        rand = _random_tensors(device, dtype)
+        rand = random_tensors(device, dtype)
         rotary = _rotary(config, workload, device)
         if kind == "double":
             kwargs = {
@@ -149,7 +150,7 @@ class Flux2Adapter(FamilyAdapter):
         config = model.config
         batch = workload.forward_batch
         image_tokens = image_tokens_of(workload)
-        rand = _random_tensors(device, dtype)
+        rand = random_tensors(device, dtype)
         text_ids, image_ids = _position_ids(workload)
         inputs = {
             "hidden_states": rand(batch, image_tokens, config.in_channels),
@@ -222,9 +223,3 @@ def _rotary(config, workload: Workload, device):
     text, image = _position_ids(workload)
     cos, sin = rope(torch.cat([text, image], dim=0))
     return cos.to(device), sin.to(device)
-
-
-def _random_tensors(device, dtype):
-    from runtime.families.inputs import random_tensors
-
-    return random_tensors(device, dtype)

@@ -22,9 +22,11 @@ import functools
 import re
 from typing import Any, Mapping
 
-from runtime.catalog import model_spec
 from runtime.dtypes import DType
-from runtime.families.base import BlockInputs, BlockList, FamilyAdapter
+from runtime.errors import UserError
+from runtime.families.base import CHECKPOINT_PREFIX, BlockInputs, BlockList, FamilyAdapter, block_tensor_names
+from runtime.families.inputs import random_tensors
+from runtime.model_spec import model_spec
 from runtime.workload import CfgMode, Workload
 
 REFINER = "context_embedder.token_refiner.refiner_blocks"
@@ -78,8 +80,8 @@ MODELS = (
 )
 
 _BLOCK_NAME = re.compile(
-    r"^(?:model\.diffusion_model\.|diffusion_model\.|transformer\.)?"
-    r"(context_embedder\.token_refiner\.refiner_blocks|transformer_blocks|single_transformer_blocks"
+    CHECKPOINT_PREFIX
+    + r"(context_embedder\.token_refiner\.refiner_blocks|transformer_blocks|single_transformer_blocks"
     r"|txt_in\.individual_token_refiner\.blocks|double_blocks|single_blocks)\.(\d+)\.(.+)$"
 )
 
@@ -155,8 +157,7 @@ class HunyuanImageAdapter(FamilyAdapter):
     )
     text_encoders = ("text_encoder", "text_encoder_2")
 
-    def models(self):
-        return MODELS
+    catalog = MODELS
 
     def block_of_tensor(self, tensor_name: str) -> str | None:
         match = _BLOCK_NAME.match(tensor_name)
@@ -185,7 +186,7 @@ class HunyuanImageAdapter(FamilyAdapter):
         dim = config.num_attention_heads * config.attention_head_dim
         batch = workload.forward_batch
         text = workload.text_tokens
-        rand = _random_tensors(device, dtype)
+        rand = random_tensors(device, dtype)
         temb = rand(batch, dim)
         if kind == "refiner":
             # the refiner's self-attention mask: text token pairs, as its forward builds it
@@ -206,7 +207,7 @@ class HunyuanImageAdapter(FamilyAdapter):
 
         config = model.config
         batch = workload.forward_batch
-        rand = _random_tensors(device, dtype)
+        rand = random_tensors(device, dtype)
         return {
             "hidden_states": rand(batch, config.in_channels, *_latent_size(workload)),
             "timestep": torch.full((batch,), 500.0, device=device, dtype=dtype),
@@ -216,6 +217,15 @@ class HunyuanImageAdapter(FamilyAdapter):
         }
 
     # ------------------------------------------------------------------ generation
+
+    def check_workload(self, config, workload: Workload) -> None:
+        side = PIXELS_PER_TOKEN_SIDE
+        if workload.height % side or workload.width % side:
+            raise UserError(
+                f"resolution {workload.resolution} is not usable for HunyuanImage: its pipeline "
+                f"rounds each side to a multiple of {side}; give e.g. "
+                f"{workload.width // side * side or side}x{workload.height // side * side or side}"
+            )
 
     def prompt_kwargs(self, pipe, prompt: str, workload: Workload, guidance: float, device) -> dict:
         embeds, mask, embeds_2, mask_2 = pipe.encode_prompt(prompt, device=device)
@@ -266,12 +276,6 @@ def _rope_tables(model, workload: Workload):
     return model.rope(latents)
 
 
-def _random_tensors(device, dtype):
-    from runtime.families.inputs import random_tensors
-
-    return random_tensors(device, dtype)
-
-
 def _converted(name: str, state: dict, shapes: Mapping[str, tuple]) -> list[tuple[str, Any]]:
     """The diffusers tensors one original tensor becomes (popped from `state`); none for a
     name this family does not know, which then stays in `state` as unknown."""
@@ -314,14 +318,14 @@ def _block_tensor_names(attr: str, original: bool) -> frozenset[str]:
     if original:
         modules = [*_PARTS[attr], *_FUSED[attr]]
         return frozenset(f"{m}.{kind}" for m in modules for kind in ("weight", "bias"))
-    import torch
+    return block_tensor_names(MODELS[-1], attr, lambda: _block(attr))
+
+
+def _block(attr: str):
     from diffusers.models.transformers import transformer_hunyuanimage as hy
 
-    make = {
+    return {
         REFINER: lambda: hy.HunyuanImageIndividualTokenRefinerBlock(2, 16),
         "transformer_blocks": lambda: hy.HunyuanImageTransformerBlock(2, 16, mlp_ratio=4.0),
         "single_transformer_blocks": lambda: hy.HunyuanImageSingleTransformerBlock(2, 16),
-    }[attr]
-    with torch.device("meta"):
-        block = make()
-    return frozenset(block.state_dict())
+    }[attr]()

@@ -19,15 +19,23 @@ of.
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 from typing import Any, Mapping, Sequence
 
-from runtime.catalog import model_spec
 from runtime.dtypes import DType
 from runtime.errors import UserError
-from runtime.families.base import BlockInputs, BlockList, FamilyAdapter
+from runtime.families.base import (
+    CHECKPOINT_PREFIX,
+    BlockInputs,
+    BlockList,
+    FamilyAdapter,
+    block_of,
+    block_pattern,
+)
+from runtime.families.inputs import random_tensors
+from runtime.model_spec import model_spec
 from runtime.workload import CfgMode, Workload
 
-_PREFIX = r"^(?:model\.diffusion_model\.|diffusion_model\.|transformer\.)?"
 _DIFFUSERS_LIST = {
     "context_embedder.token_refiner.refiner_blocks": "context_embedder.token_refiner.refiner_blocks",
     "txt_in.individual_token_refiner.blocks": "context_embedder.token_refiner.refiner_blocks",
@@ -36,15 +44,13 @@ _DIFFUSERS_LIST = {
     "single_transformer_blocks": "single_transformer_blocks",
     "single_blocks": "single_transformer_blocks",
 }
-_BLOCK_NAME = re.compile(
-    _PREFIX + "(" + "|".join(re.escape(name) for name in _DIFFUSERS_LIST) + r")\.(\d+)\."
-)
+_BLOCK_NAME = block_pattern(_DIFFUSERS_LIST)
 _REFINER = re.compile(
-    _PREFIX + r"(?:context_embedder\.token_refiner\.refiner_blocks|"
+    CHECKPOINT_PREFIX + r"(?:context_embedder\.token_refiner\.refiner_blocks|"
     r"txt_in\.individual_token_refiner\.blocks)\.0\.norm1\.weight$"
 )
 _POOLED_TEXT = re.compile(
-    _PREFIX + r"(?:time_text_embed\.text_embedder\.linear_1|vector_in\.in_layer)\.weight$"
+    CHECKPOINT_PREFIX + r"(?:time_text_embed\.text_embedder\.linear_1|vector_in\.in_layer)\.weight$"
 )
 
 
@@ -116,14 +122,10 @@ class HunyuanVideoAdapter(FamilyAdapter):
     )
     text_encoders = ("text_encoder", "text_encoder_2")
 
-    def models(self):
-        return MODELS
+    catalog = MODELS
 
     def block_of_tensor(self, tensor_name: str) -> str | None:
-        match = _BLOCK_NAME.match(tensor_name)
-        if not match:
-            return None
-        return f"{_DIFFUSERS_LIST[match.group(1)]}.{int(match.group(2))}"
+        return block_of(_BLOCK_NAME, tensor_name, _DIFFUSERS_LIST)
 
     def claims(self, tensor_names: Sequence[str]) -> int:
         """The whole file where it holds both a token refiner and the pooled-text input, else
@@ -153,7 +155,7 @@ class HunyuanVideoAdapter(FamilyAdapter):
         dim = config.num_attention_heads * config.attention_head_dim
         batch = workload.forward_batch
         text = workload.text_tokens
-        rand = _random_tensors(device, dtype)
+        rand = random_tensors(device, dtype)
         if kind == "refiner":
             # the refiner's self-attention mask over the text tokens, as its forward builds it
             mask = torch.ones(batch, 1, text, text, dtype=torch.bool)
@@ -176,7 +178,7 @@ class HunyuanVideoAdapter(FamilyAdapter):
         config = model.config
         batch = workload.forward_batch
         frames, height, width = latent_shape(config, workload)
-        rand = _random_tensors(device, dtype)
+        rand = random_tensors(device, dtype)
         inputs = {
             "hidden_states": rand(batch, config.in_channels, frames, height, width),
             "timestep": torch.full((batch,), 500.0, device=device, dtype=dtype),
@@ -192,6 +194,9 @@ class HunyuanVideoAdapter(FamilyAdapter):
         return inputs
 
     # ------------------------------------------------------------------ generation
+
+    def check_workload(self, config, workload: Workload) -> None:
+        latent_shape(SimpleNamespace(**config), workload)
 
     def prompt_kwargs(self, pipe, prompt: str, workload: Workload, guidance: float, device) -> dict:
         latent_shape(pipe.transformer.config, workload)  # refuses what the pipeline would round
@@ -259,9 +264,3 @@ def _rotary(config, workload: Workload):
     )
     shape = (1, config.in_channels, *latent_shape(config, workload))
     return rope(torch.zeros(()).expand(shape))
-
-
-def _random_tensors(device, dtype):
-    from runtime.families.inputs import random_tensors
-
-    return random_tensors(device, dtype)

@@ -19,19 +19,19 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping, Sequence
 
-from runtime.catalog import model_spec
 from runtime.dtypes import DType
 from runtime.errors import UserError
-from runtime.families.base import BlockInputs, BlockList, FamilyAdapter
+from runtime.families.base import CHECKPOINT_PREFIX, BlockInputs, BlockList, FamilyAdapter
+from runtime.families.inputs import random_tensors
+from runtime.model_spec import model_spec
 from runtime.workload import CfgMode, Workload
 
-_PREFIX = r"^(?:model\.diffusion_model\.|diffusion_model\.|transformer\.)?"
 _BLOCK_NAME = re.compile(
-    _PREFIX + r"transformer_blocks\.(\d+)\.(?:attn1|attn2|ff|scale_shift_table|norm1|norm2)(?:\.|$)"
+    CHECKPOINT_PREFIX + r"transformer_blocks\.(\d+)\.(?:attn1|attn2|ff|scale_shift_table|norm1|norm2)(?:\.|$)"
 )
 # The attention norms of the first block, in either naming: no other family's blocks have
 # an `attn1` with q/k norms at the top level (FLUX, SD3 and HunyuanVideo name it `attn`).
-_MARKER = re.compile(_PREFIX + r"transformer_blocks\.0\.attn1\.(?:norm_q|q_norm)\.weight$")
+_MARKER = re.compile(CHECKPOINT_PREFIX + r"transformer_blocks\.0\.attn1\.(?:norm_q|q_norm)\.weight$")
 _ORIGINAL_NORM = re.compile(r"(?:^|\.)[qk]_norm(?:\.|$)")
 _DIFFUSERS_NORM = re.compile(r"(?:^|\.)norm_[qk](?:\.|$)")
 _VAE = "vae."  # the VAE a ComfyUI LTX checkpoint carries beside the transformer
@@ -98,8 +98,7 @@ class LTXVideoAdapter(FamilyAdapter):
     block_lists = (BlockList(attr="transformer_blocks", kind="block"),)
     text_encoders = ("text_encoder",)
 
-    def models(self):
-        return MODELS
+    catalog = MODELS
 
     def block_of_tensor(self, tensor_name: str) -> str | None:
         match = _BLOCK_NAME.match(tensor_name)
@@ -137,7 +136,7 @@ class LTXVideoAdapter(FamilyAdapter):
         config = model.config
         dim = config.num_attention_heads * config.attention_head_dim
         batch = workload.forward_batch
-        rand = _random_tensors(device, dtype)
+        rand = random_tensors(device, dtype)
         cos, sin = _rotary(config, workload)
         # the forward turns the text mask into an additive bias of shape (batch, 1, text)
         bias = torch.zeros(batch, 1, workload.text_tokens, dtype=dtype)
@@ -156,7 +155,7 @@ class LTXVideoAdapter(FamilyAdapter):
         config = model.config
         batch = workload.forward_batch
         frames, rows, cols = token_grid(config, workload)
-        rand = _random_tensors(device, dtype)
+        rand = random_tensors(device, dtype)
         channels = config.in_channels * config.patch_size_t * config.patch_size**2
         return {
             "hidden_states": rand(batch, frames * rows * cols, channels),
@@ -171,6 +170,9 @@ class LTXVideoAdapter(FamilyAdapter):
         }
 
     # ------------------------------------------------------------------ generation
+
+    def check_workload(self, config, workload: Workload) -> None:
+        latent_shape(workload)
 
     def prompt_kwargs(self, pipe, prompt: str, workload: Workload, guidance: float, device) -> dict:
         latent_shape(workload)  # refuses what the pipeline would round
@@ -262,9 +264,3 @@ def _rotary(config, workload: Workload):
     )
     frames, rows, cols = token_grid(config, workload)
     return rope(torch.empty(1, 0), frames, rows, cols, _ROPE_SCALE)
-
-
-def _random_tensors(device, dtype):
-    from runtime.families.inputs import random_tensors
-
-    return random_tensors(device, dtype)

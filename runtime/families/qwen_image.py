@@ -16,13 +16,14 @@ import functools
 import re
 from typing import Any
 
-from runtime.catalog import model_spec
 from runtime.dtypes import DType
-from runtime.families.base import BlockInputs, BlockList, FamilyAdapter
+from runtime.families.base import CHECKPOINT_PREFIX, BlockInputs, BlockList, FamilyAdapter, block_tensor_names
+from runtime.families.inputs import random_tensors
+from runtime.model_spec import model_spec
 from runtime.workload import CfgMode, Workload
 
 _BLOCK_NAME = re.compile(
-    r"^(?:model\.diffusion_model\.|diffusion_model\.|transformer\.)?transformer_blocks\.(\d+)\.(.+)$"
+    CHECKPOINT_PREFIX + r"transformer_blocks\.(\d+)\.(.+)$"
 )
 
 # Latent pixels per token side: the VAE downsamples 8x and the pipeline packs 2x2 patches.
@@ -75,8 +76,7 @@ class QwenImageAdapter(FamilyAdapter):
     block_lists = (BlockList(attr="transformer_blocks", kind="dual"),)
     text_encoders = ("text_encoder",)
 
-    def models(self):
-        return MODELS
+    catalog = MODELS
 
     def build(self, config, device: str = "meta", dtype=None):
         """As the base class builds it, but with the rotary tables on the CPU.
@@ -108,7 +108,7 @@ class QwenImageAdapter(FamilyAdapter):
         config = model.config
         dim = config.num_attention_heads * config.attention_head_dim
         batch = workload.forward_batch
-        rand = _random_tensors(device, dtype)
+        rand = random_tensors(device, dtype)
         vid_freqs, txt_freqs = model.pos_embed(
             img_shapes_of(workload), max_txt_seq_len=workload.text_tokens, device="cpu"
         )
@@ -127,7 +127,7 @@ class QwenImageAdapter(FamilyAdapter):
 
         config = model.config
         batch = workload.forward_batch
-        rand = _random_tensors(device, dtype)
+        rand = random_tensors(device, dtype)
         return {
             "hidden_states": rand(batch, image_tokens_of(workload), config.in_channels),
             "encoder_hidden_states": rand(batch, workload.text_tokens, config.joint_attention_dim),
@@ -188,15 +188,10 @@ def _block_tensor_names() -> frozenset[str]:
     """Tensor names inside one block (`img_mod.1.weight`, `attn.to_q.weight`, ...), read off
     a block built on `meta`: the names do not depend on the widths. Other families' blocks
     under `transformer_blocks.N.` (FLUX's `norm1`, `ff`) are not claimed."""
-    import torch
+    return block_tensor_names(MODELS[-1], "transformer_blocks", _block)
+
+
+def _block():
     from diffusers.models.transformers.transformer_qwenimage import QwenImageTransformerBlock
 
-    with torch.device("meta"):
-        block = QwenImageTransformerBlock(dim=32, num_attention_heads=2, attention_head_dim=16)
-    return frozenset(name for name, _ in block.state_dict().items())
-
-
-def _random_tensors(device, dtype):
-    from runtime.families.inputs import random_tensors
-
-    return random_tensors(device, dtype)
+    return QwenImageTransformerBlock(dim=32, num_attention_heads=2, attention_head_dim=16)

@@ -18,19 +18,16 @@ channels) followed by T5's `max_sequence_length` (256 by default): 333 in all.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Mapping
 
-from runtime.catalog import model_spec
 from runtime.dtypes import DType
 from runtime.errors import UserError
-from runtime.families.base import BlockInputs, BlockList, FamilyAdapter
+from runtime.families.base import BlockInputs, BlockList, FamilyAdapter, block_of, block_pattern
+from runtime.families.inputs import random_tensors
+from runtime.model_spec import model_spec
 from runtime.workload import CfgMode, Workload
 
-_BLOCK_NAME = re.compile(
-    r"^(?:model\.diffusion_model\.|diffusion_model\.|transformer\.)?"
-    r"(transformer_blocks|joint_blocks)\.(\d+)\."
-)
+_BLOCK_NAME = block_pattern(("transformer_blocks", "joint_blocks"))
 
 # The VAE downsamples 8x; the transformer patches 2x2 latents into one token.
 VAE_SCALE = 8
@@ -101,19 +98,15 @@ class SD3Adapter(FamilyAdapter):
     block_lists = (BlockList(attr="transformer_blocks", kind="joint"),)
     text_encoders = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
-    def models(self):
-        return MODELS
+    catalog = MODELS
 
     def block_of_tensor(self, tensor_name: str) -> str | None:
-        match = _BLOCK_NAME.match(tensor_name)
-        if not match:
-            return None
-        return f"transformer_blocks.{int(match.group(2))}"
+        return block_of(_BLOCK_NAME, tensor_name, {"joint_blocks": "transformer_blocks"})
 
     def block_inputs(self, model, kind: str, workload: Workload, device, dtype) -> BlockInputs:
         config = model.config
         batch = workload.forward_batch
-        rand = _random_tensors(device, dtype)
+        rand = random_tensors(device, dtype)
         dim = config.num_attention_heads * config.attention_head_dim
         kwargs = {
             "hidden_states": rand(batch, image_tokens_of(workload, config.patch_size), dim),
@@ -129,7 +122,7 @@ class SD3Adapter(FamilyAdapter):
         config = model.config
         _check_size(config, workload)
         batch = workload.forward_batch
-        rand = _random_tensors(device, dtype)
+        rand = random_tensors(device, dtype)
         return {
             "hidden_states": rand(
                 batch, config.in_channels, workload.height // VAE_SCALE, workload.width // VAE_SCALE
@@ -202,9 +195,3 @@ def image_tokens_of(workload: Workload, patch_size: int = 2) -> int:
     """Tokens the transformer sees for the image: one per (8 x patch)^2 pixels."""
     side = VAE_SCALE * patch_size
     return (workload.height // side) * (workload.width // side)
-
-
-def _random_tensors(device, dtype):
-    from runtime.families.inputs import random_tensors
-
-    return random_tensors(device, dtype)

@@ -22,9 +22,10 @@ import functools
 import re
 from typing import Any, Mapping
 
-from runtime.catalog import model_spec
 from runtime.dtypes import DType
 from runtime.families.base import BlockInputs, BlockList, FamilyAdapter
+from runtime.families.inputs import random_tensors
+from runtime.model_spec import model_spec
 from runtime.workload import CfgMode, Workload
 
 # The VAE of SD 1.5 and SDXL downsamples 8x; the UNet sees one latent pixel per 8x8 pixels.
@@ -127,8 +128,7 @@ class UNetAdapter(FamilyAdapter):
     denoiser = "unet"
     text_encoders = ("text_encoder", "text_encoder_2")  # SD 1.5 has no second: skipped
 
-    def models(self):
-        return MODELS
+    catalog = MODELS
 
     # ------------------------------------------------------------------ names
 
@@ -165,7 +165,6 @@ class UNetAdapter(FamilyAdapter):
     def block_inputs(self, model, kind: str, workload: Workload, device, dtype) -> BlockInputs:
         import torch
 
-        from runtime.families.inputs import random_tensors
 
         args, kwargs = _block_signatures(_config_key(model.config), workload)[kind]
         rand = random_tensors(device, dtype)
@@ -181,7 +180,6 @@ class UNetAdapter(FamilyAdapter):
     def model_inputs(self, model, workload: Workload, device, dtype) -> dict[str, Any]:
         import torch
 
-        from runtime.families.inputs import random_tensors
 
         config = model.config
         batch = workload.forward_batch

@@ -24,16 +24,14 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from runtime.catalog import model_spec
 from runtime.dtypes import DType
 from runtime.errors import UserError
-from runtime.families.base import BlockInputs, BlockList, FamilyAdapter
+from runtime.families.base import BlockInputs, BlockList, FamilyAdapter, block_of, block_pattern
+from runtime.families.inputs import random_tensors
+from runtime.model_spec import model_spec
 from runtime.workload import CfgMode, Workload
 
-_BLOCK_NAME = re.compile(
-    r"^(?:model\.diffusion_model\.|diffusion_model\.|transformer\.)?"
-    r"(noise_refiner|context_refiner|layers)\.(\d+)\."
-)
+_BLOCK_NAME = block_pattern(("noise_refiner", "context_refiner", "layers"))
 _ORIGINAL_ONLY = re.compile(r"\.attention\.(?:qkv|out|q_norm|k_norm)\.")
 _DIFFUSERS_ONLY = re.compile(r"\.attention\.(?:to_q|to_k|to_v|to_out|norm_q|norm_k)\.")
 
@@ -94,14 +92,10 @@ class ZImageAdapter(FamilyAdapter):
     )
     text_encoders = ("text_encoder",)
 
-    def models(self):
-        return MODELS
+    catalog = MODELS
 
     def block_of_tensor(self, tensor_name: str) -> str | None:
-        match = _BLOCK_NAME.match(tensor_name)
-        if not match:
-            return None
-        return f"{match.group(1)}.{int(match.group(2))}"
+        return block_of(_BLOCK_NAME, tensor_name)
 
     def is_original_name(self, tensor_name: str, block: str) -> bool | None:
         if _ORIGINAL_ONLY.search(tensor_name):
@@ -115,7 +109,7 @@ class ZImageAdapter(FamilyAdapter):
 
         config = model.config
         batch = workload.forward_batch
-        rand = _random_tensors(device, dtype)
+        rand = random_tensors(device, dtype)
         image_freqs, text_freqs = _rotary_tables(model, workload)
         freqs = {
             "noise-refiner": image_freqs,
@@ -136,7 +130,7 @@ class ZImageAdapter(FamilyAdapter):
         config = model.config
         _check_size(config, workload)
         batch = workload.forward_batch
-        rand = _random_tensors(device, dtype)
+        rand = random_tensors(device, dtype)
         height, width = workload.height // VAE_SCALE, workload.width // VAE_SCALE
         return {
             # the pipeline passes one (C, F=1, H, W) latent and one text sequence per entry
@@ -226,9 +220,3 @@ def _rotary_tables(model, workload: Workload):
     # the text's id grid is made for its padded length and then padded again, so it holds
     # more ids than tokens; the forward cuts the table to the tokens (`_prepare_sequence`)
     return rope(image_ids[0])[: len(images[0])], rope(text_ids[0])[: len(texts[0])]
-
-
-def _random_tensors(device, dtype):
-    from runtime.families.inputs import random_tensors
-
-    return random_tensors(device, dtype)
