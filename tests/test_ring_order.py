@@ -13,6 +13,7 @@ from runtime.families import get_family
 from runtime.schedule import Op, StreamOp, ordering_violations, ring_of
 from runtime.workload import Workload
 from tests.conftest import build_tiny_flux
+from tests.test_disk_tier import disk_plan
 from tests.test_engine import N_BLOCKS, plan_for, run
 
 
@@ -93,3 +94,16 @@ def test_the_checker_names_each_broken_rule(ops, problem):
 def test_a_synchronize_settles_what_came_before():
     ops = _ops(*START, *USE_0, ("synchronize",), ("copy", 0, 2), ("copy recorded", 0, 2))
     assert ordering_violations(ops, ring_of([True] * 3, 2)) == []
+
+
+def test_the_order_holds_with_blocks_on_the_disk_tier(tmp_path, monkeypatch):
+    # disk-tier blocks reach their slot through a staging buffer, the same copy ops
+    monkeypatch.setenv("PLANNER_DISK_TIER_DIR", str(tmp_path / "packs"))
+    model = build_tiny_flux()
+    streamed_idx, depth = list(range(N_BLOCKS)), 2
+    with recording_stream_ops() as ops:
+        handle = apply_plan(model, disk_plan(model, streamed_idx, [1, 4, 6], depth), "cpu")
+        run(model, seeds=(0, 1))
+        handle.remove()
+    assert ordering_violations(ops, _schedule(streamed_idx, depth)) == []
+    assert [op.op for op in ops].count(Op.COPY) == 2 + 2 * N_BLOCKS
