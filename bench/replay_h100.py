@@ -235,11 +235,24 @@ def _errors(rows: list[dict]) -> dict:
     return out
 
 
+def _versions() -> dict:
+    import platform
+    import subprocess
+
+    import torch
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return {"python": platform.python_version(), "torch": torch.__version__, "project": commit.stdout.strip(),
+            "evidence": "torch 2.11.0+cu130, diffusers 0.42.1, project 9d469e5 (the H100 run)"}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--evidence", type=Path, default=ROOT.parent / "shared" / "gpu-evidence" / "h100-2026-11-22")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
+    from planner.costmodel import CUDA_OVERHEADS
+
     rows = replay()
     swept = sweep()
     peaks, tuned = peaks_and_retune()
@@ -264,6 +277,8 @@ def main() -> int:
         "benchmark": "replay_h100",
         "device": "none: replayed on a CPU machine from evidence recorded on one NVIDIA H100 80GB HBM3 (PCIe Gen5 x16)",
         "command": "python bench/replay_h100.py",
+        "versions": _versions(),
+        "overheads": dataclasses.asdict(CUDA_OVERHEADS),
         "evidence": "../shared/gpu-evidence/h100-2026-11-22 (measured_flux-dev_1024_bf16.json, README.md, trace_*.json.gz)",
         "steady": "CostModel.step_ms without overheads: forward after forward with no synchronisation (what the plans carry)",
         "before": "CostModel.synchronized_step_ms without overheads (NO_OVERHEADS): each forward between two device "
@@ -275,6 +290,11 @@ def main() -> int:
         "rows": rows,
         "sweep_note": "no measurement: the recorded placements at depth 1-4 with compute per block scaled to the "
                       "resolution by FLOPs; 'added' is what the overheads add to the synchronised prediction",
+        "sweep_added_by_resolution": {
+            str(res): [min(r["added"] for r in swept if r["resolution"] == res),
+                       max(r["added"] for r in swept if r["resolution"] == res)]
+            for res in sorted({r["resolution"] for r in swept})
+        },
         "sweep": swept,
         "peaks": peaks,
         "peaks_note": "after = the recorded profile with the workspace profiler.run measures now: the largest block's "

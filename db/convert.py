@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from db.models import Machine, PlanRow, ProfileBlockRow, ProfileRow
 from profiler.types import Bandwidth, BandwidthPoint, BlockProfile, MachineFacts, Profile
 from runtime.dtypes import DType
-from runtime.plan import Plan, dumps_plan, loads_plan, plan_to_dict
+from runtime.plan import Plan, Tier, dumps_plan, loads_plan, plan_to_dict
 from runtime.workload import CfgMode, Workload
 
 _MACHINE_FIELDS = [f.name for f in dataclasses.fields(MachineFacts)]
@@ -81,6 +81,9 @@ def profile_row(profile: Profile, machine: Machine) -> ProfileRow:
         pinned_under_compute_gbps=bw.pinned_under_compute_gbps,
         copy_overhead_us=bw.copy_overhead_us,
         bandwidth_by_size=[[p.size_bytes, p.pinned_gbps, p.pageable_gbps] for p in bw.by_size],
+        disk_read_gbps=bw.disk_read_gbps,
+        disk_read_under_copy_gbps=bw.disk_read_under_copy_gbps,
+        host_baseline_bytes=profile.host_baseline_bytes,
         device=profile.device,
         non_block_ms=profile.non_block_ms,
         non_block_bytes=profile.non_block_bytes,
@@ -114,6 +117,8 @@ def to_profile(row: ProfileRow) -> Profile:
             pinned_under_compute_gbps=row.pinned_under_compute_gbps,
             copy_overhead_us=row.copy_overhead_us,
             by_size=tuple(BandwidthPoint(int(s), float(p), float(q)) for s, p, q in row.bandwidth_by_size),
+            disk_read_gbps=row.disk_read_gbps,
+            disk_read_under_copy_gbps=row.disk_read_under_copy_gbps,
         ),
         blocks=tuple(
             BlockProfile(
@@ -130,6 +135,7 @@ def to_profile(row: ProfileRow) -> Profile:
         tool_version=row.tool_version,
         created=row.created,
         id=row.id,
+        host_baseline_bytes=row.host_baseline_bytes,
     )
 
 
@@ -150,6 +156,8 @@ def plan_row(
         catalog_model=catalog_model,
         predicted_step_ms=plan.predictions.step_ms,
         predicted_peak_bytes=plan.predictions.peak_vram_bytes,
+        host_peak_bytes=plan.predictions.host_peak_bytes,
+        disk_bytes=sum(b.bytes for b in plan.blocks if b.tier is Tier.DISK),
         profile_id=profile_id,
     )
 

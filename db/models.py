@@ -82,6 +82,9 @@ class ProfileRow(Base):
     source: Mapped[str] = mapped_column(String(512))
     tool_version: Mapped[str] = mapped_column(String(64))
     created: Mapped[str] = mapped_column(String(64))  # ISO 8601, as the profiler wrote it
+    disk_read_gbps: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    disk_read_under_copy_gbps: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    host_baseline_bytes: Mapped[Optional[int]] = mapped_column(BigInteger, nullable=True)
 
     machine: Mapped[Machine] = relationship(back_populates="profiles")
     blocks: Mapped[list["ProfileBlockRow"]] = relationship(
@@ -129,6 +132,9 @@ class PlanRow(Base):
     catalog_model: Mapped[bool] = mapped_column(Boolean)
     predicted_step_ms: Mapped[float] = mapped_column(Float)
     predicted_peak_bytes: Mapped[int]
+    # the run's predicted host RAM peak (plan predictions.host_peak_bytes); None: not predicted
+    host_peak_bytes: Mapped[Optional[int]] = mapped_column(BigInteger, nullable=True)
+    disk_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # disk tier
     profile_id: Mapped[Optional[int]] = mapped_column(ForeignKey("profiles.id"))
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -157,3 +163,42 @@ class RunRow(Base):
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     plan: Mapped[PlanRow] = relationship(back_populates="runs")
+
+
+class BlockAnalysisRow(Base):
+    """One `planner analyze` run: each block's error in each format, over `inputs` forwards."""
+
+    __tablename__ = "block_analyses"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(128), index=True)
+    profile_id: Mapped[Optional[int]] = mapped_column(ForeignKey("profiles.id"))
+    inputs: Mapped[int] = mapped_column(Integer)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    errors: Mapped[list["BlockErrorRow"]] = relationship(
+        back_populates="analysis", cascade="all, delete-orphan", order_by="BlockErrorRow.id"
+    )
+
+
+class BlockErrorRow(Base):
+    __tablename__ = "block_errors"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    analysis_id: Mapped[int] = mapped_column(ForeignKey("block_analyses.id"), index=True)
+    block: Mapped[str]
+    kind: Mapped[str] = mapped_column(String(64))
+    option: Mapped[str] = mapped_column(String(32))  # "fp8", "q8_0", "q4_k", "prune:0.25"
+    rel_error: Mapped[float] = mapped_column(Float)
+    pruned: Mapped[Optional[dict[str, Any]]]  # a pruning option's units by MLP path (JSON)
+
+    analysis: Mapped[BlockAnalysisRow] = relationship(back_populates="errors")
+
+
+class BlockAnalysisPlanRow(Base):
+    """A plan `tune --max-error` made from a block analysis: the table it was made from."""
+
+    __tablename__ = "block_analysis_plans"
+
+    plan_id: Mapped[int] = mapped_column(ForeignKey("plans.id"), primary_key=True)
+    analysis_id: Mapped[int] = mapped_column(ForeignKey("block_analyses.id"), index=True)

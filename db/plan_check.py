@@ -30,6 +30,12 @@ def _inventory(model_id: str, storage):
     return inventory(model_id, storage)
 
 
+def _converted(inv, plan):
+    from runtime.analysis.mixed import converted_inventory, plan_conversions
+
+    return converted_inventory(inv, *plan_conversions(plan))
+
+
 def is_catalog_model(model_id: str) -> bool:
     from runtime.catalog import find_model
 
@@ -163,6 +169,8 @@ def _check_quant(plan, source: str) -> None:
 def _check_against_model(plan, source: str) -> None:
     try:
         inv = _inventory(plan.model.id, plan.model.storage_dtype)
+        if any(b.format is not None or b.pruned for b in plan.blocks):
+            inv = _converted(inv, plan)  # blocks in their own format, pruned: their bytes
     except UserError as e:
         raise PlanRejected(f"{source} cannot be checked against {plan.model.id}: {e}") from None
     check_blocks(plan, inv, source)

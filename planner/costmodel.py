@@ -15,9 +15,10 @@ Two ways forwards follow each other, one schedule:
 - synchronized (`synchronized_step_ms`): the device synchronised before and after every
   forward, as a benchmark timing forwards with a host clock does. The synchronize waits for
   the wrap-around copies too, so a deeper ring, which prefetches more at the tail, can lose.
-  The H100 runs were timed this way: replayed, it matches them within 2.3 %
-  (tests/test_replay_h100.py, bench/replay_h100.py).
-Both assume the host enqueues work ahead of the device (the runtime never blocks the host).
+  The H100 runs were timed this way: replayed, it matches them within 1.7 % (mean |error|
+  0.44 %; 2.3 % and 0.81 % without the overheads below), tests/test_replay_h100.py,
+  bench/replay_h100.py.
+Neither blocks the host (the runtime never does); the host's own pace is an overhead below.
 
 Durations, in ms:
 - copy of a block = per-copy overhead x its dtype groups + device bytes / bandwidth, where the
@@ -28,9 +29,14 @@ Durations, in ms:
   storage (GGUF, NF4) dequantized, on the device (`auto`), for streamed and resident blocks
   alike; `pre` sends (and keeps) the compute dtype, dequantized on the host.
 - each forward starts with the non-block modules (`non_block_ms`).
+- a disk-tier block's copy waits for its read: a third stage ahead of the copy stream, one
+  reader reading the disk-tier uses in order, each its aligned bytes at the profile's disk
+  bandwidth (`Bandwidth.disk_gbps`), into one of `runtime.tiers.DEFAULT_STAGING` staging
+  buffers, which is free again once the copy out of it ended
+  (`runtime.engine.disk_tier`).
 
-Overheads (`Overheads`, per device kind: `overheads_of`), what the stream durations alone miss
-and what matters where per-block compute is small and the copies bind:
+Overheads (`planner.timeline.Overheads`, per device kind: `overheads_of`): what the stream
+durations alone miss, and what matters where per-block compute is small and the copies bind:
 - a stream blocked on the other stream's event (compute on its copy, a copy on its slot's last
   compute) resumes `event_wait_us` after the event fires;
 - the host enqueues block after block, `host_block_us` each: a block's compute neither starts
@@ -58,39 +64,31 @@ blocks stay resident and each block's cast.
 from __future__ import annotations
 
 import dataclasses
-import enum
+import functools
 
 from planner import reserve
+from runtime.dtypes import DType, compute_dtype
+# the timeline's events and overheads are this module's API too (callers import them from here)
+from planner.timeline import (  # noqa: F401
+    CUDA_OVERHEADS,
+    NO_OVERHEADS,
+    NON_BLOCK,
+    Event,
+    EventKind,
+    Overheads,
+    Sim,
+    Stream,
+    overheads_of,
+    settled,
+)
 from runtime.errors import UserError
 from runtime.inventory import device_bytes_by_dtype, side_device_bytes
 from runtime.plan import CastMode, HostMemory
 from runtime.schedule import ring_bytes, ring_of
+from runtime.tiers import align
 
 DEFAULT_STEPS = 4  # simulated steps at least; the last one is the steady state reported
 MAX_STEPS = 8
-NON_BLOCK = "non-block"
-
-
-class Stream(str, enum.Enum):
-    COPY = "copy"
-    COMPUTE = "compute"
-
-
-class EventKind(str, enum.Enum):
-    COPY = "copy"
-    COMPUTE = "compute"
-    CAST = "cast"
-
-
-@dataclasses.dataclass(frozen=True)
-class Event:
-    """One interval on one stream, in ms from the start of the steady step."""
-
-    stream: Stream
-    start_ms: float
-    end_ms: float
-    block: str
-    kind: EventKind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,38 +100,13 @@ class Layout:
     casts: tuple[CastMode, ...]
     depth: int
     host_memory: HostMemory
+    # per block, True where a streamed block lives on the disk tier; () for none on disk
+    on_disk: tuple[bool, ...] = ()
 
     @classmethod
     def uniform(cls, streamed, cast: CastMode, depth: int, host_memory: HostMemory) -> "Layout":
         streamed = tuple(bool(s) for s in streamed)
         return cls(streamed, (cast,) * len(streamed), depth, host_memory)
-
-
-@dataclasses.dataclass(frozen=True)
-class Overheads:
-    """What the two streams' durations leave out, in microseconds (see the module docstring)."""
-
-    event_wait_us: float = 0.0  # a stream blocked on the other's event resumes this long after it
-    host_block_us: float = 0.0  # host time to enqueue one block; the device cannot run ahead of it
-    forward_start_us: float = 0.0  # after a synchronize: host time before the first kernel is queued
-
-
-NO_OVERHEADS = Overheads()
-# From the H100 traces (bench/replay_h100.py derives each from ../shared/gpu-evidence/
-# h100-2026-11-22; bench/results/replay_h100.json records them): the median gap between a copy's
-# end and the first kernel of a compute stream that was waiting for it (trace_plan8_depth2,
-# copy-bound, 45 waits); the CUDA runtime calls' host time per block of a forward
-# (trace_plan16_depth2, 34.3 ms / 57 blocks: what the host spends in launches alone, the Python
-# around them not counted); the host time from a forward's first operator to its first kernel
-# (trace_plan8_depth2, the host not behind). The profiler's callbacks stretch the last two, so
-# they are upper estimates of those parts and lower ones of the whole host path.
-CUDA_OVERHEADS = Overheads(event_wait_us=7.6, host_block_us=601.0, forward_start_us=695.0)
-
-
-def overheads_of(profile) -> Overheads:
-    """A CUDA device's stream latencies and launch cost; none where the profile's device runs
-    each operation as the host calls it (the CPU)."""
-    return NO_OVERHEADS if profile.device == "cpu" else CUDA_OVERHEADS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,13 +138,19 @@ class CostModel:
         self._gbps = {HostMemory.PINNED: bw.pinned_under_compute_gbps, HostMemory.PAGEABLE: bw.pageable_gbps}
         self.best_gbps = max(self._gbps.values())
         self.dev = {  # cast -> per block {dtype: bytes} on the device
-            cast: tuple(device_bytes_by_dtype(b, cast_on_host=cast is CastMode.PRE) for b in inventory.blocks)
+            cast: tuple(device_bytes_by_dtype(b, cast_on_host=cast is CastMode.PRE,
+                                              compute=compute_dtype(inventory.storage_dtype))
+                        for b in inventory.blocks)
             for cast in CastMode
         }
         self.dev_total = {cast: tuple(sum(d.values()) for d in groups) for cast, groups in self.dev.items()}
         self.compute = tuple(b.compute_ms for b in profile.blocks)
         self.side = tuple(side_device_bytes(b) for b in inventory.blocks)
-        self.cast_ms = tuple(b.cast_ms if self.fp8 else 0.0 for b in profile.blocks)
+        # a mixed plan's blocks stored in their own format (fp8, quantized) convert too
+        self.cast_ms = tuple(
+            p.cast_ms if self.fp8 or any(DType(d).casts for d in b.bytes_by_dtype) else 0.0
+            for p, b in zip(profile.blocks, inventory.blocks)
+        )
         self.copy = {
             (cast, host): tuple(
                 bw.copy_overhead_us / 1000.0 * sum(1 for v in self.dev[cast][i].values() if v)
@@ -218,13 +197,16 @@ class CostModel:
     def step_ms(self, layout: Layout) -> float:
         return self._simulate(layout, record=False)[0]
 
-    def predict(self, layout: Layout, budget_bytes: int | None = None) -> Prediction:
+    def predict(self, layout: Layout, budget_bytes: int | None = None, disk_floor_bytes: int = 0) -> Prediction:
         """Step time, memory and timeline of `layout`; the lower bound is taken at
-        `budget_bytes`, or at the layout's own peak when no budget is given."""
+        `budget_bytes`, or at the layout's own peak when no budget is given, and is no lower
+        than reading `disk_floor_bytes` (the fewest any plan within the host RAM budget keeps
+        on the disk tier) once per forward."""
         step, timeline = self._simulate(layout, record=True)
         weights = self.device_weight_bytes(layout)
         peak = weights - self.inventory.non_block_device_bytes + self.fixed_bytes
-        bound = self.lower_bound_ms(peak if budget_bytes is None else budget_bytes)
+        bound = max(self.lower_bound_ms(peak if budget_bytes is None else budget_bytes),
+                    self.disk_floor_ms(disk_floor_bytes))
         return Prediction(step, peak, weights, bound, timeline, self.synchronized_step_ms(layout))
 
     def lower_bound_ms(self, budget_bytes: int) -> float:
@@ -256,43 +238,52 @@ class CostModel:
         self._check(layout)
         comp = [self.block_compute_ms(i, c) for i, c in enumerate(layout.casts)]
         copy = [self.copy_ms(i, c, layout.host_memory) for i, c in enumerate(layout.casts)]
-        return comp, copy, ring_of(list(layout.streamed), layout.depth)
+        on_disk = layout.on_disk or (False,) * len(self.names)
+        reads = [self.read_ms(i, c) if d and s else None
+                 for i, (s, c, d) in enumerate(zip(layout.streamed, layout.casts, on_disk))]
+        return comp, copy, _ring(layout.streamed, layout.depth), reads
 
-    def _forward(self, sim: "_Sim", layout: Layout, q: int, durations, step: int) -> None:
+    def read_ms(self, i: int, cast: CastMode) -> float:
+        """Reading block `i` from the disk tier, as the reader reads it (aligned extent)."""
+        return align(self.dev_total[cast][i]) / (self.profile.bandwidth.disk_gbps * 1e6)
+
+    def disk_floor_ms(self, disk_bytes: int) -> float:
+        """A step reads `disk_bytes` from the disk tier once per forward: no faster than that."""
+        return disk_bytes / (self.profile.bandwidth.disk_gbps * 1e6) * self.forwards
+
+    def _forward(self, sim: "Sim", layout: Layout, q: int, durations, step: int) -> None:
         """Forward `q` (counted across steps) on both streams, from the cursors where they are.
 
         The ring's rule is `runtime.schedule`'s: which use a block is, which use is copied once
         its compute is enqueued and into which block; this only adds the durations."""
-        comp, copy, ring = durations
+        comp, copy, ring, reads = durations
         pageable = layout.host_memory is HostMemory.PAGEABLE
         sim.compute(NON_BLOCK, self.profile.non_block_ms, 0.0, 0.0, step)
-        for i in range(len(self.names)):
-            g = ring.use_at(q, i)
-            if g is None:
+        for i, uses in enumerate(ring.step_uses(q)):
+            if uses is None:
                 sim.compute(i, comp[i], 0.0, comp[i] - self.compute[i], step)
                 continue
+            g, nxt, block = uses
             end = sim.compute(i, comp[i], sim.copy_done.pop(g), comp[i] - self.compute[i], step)
-            nxt = ring.copy_after(g)
-            block = ring.block_of_use(nxt)
-            sim.copy(nxt, block, copy[block], end, step)
+            sim.copy(nxt, block, copy[block], sim.read(reads[block], end), step)
             if pageable:
                 sim.host_waits_copy()
 
-    def _initial_copies(self, sim: "_Sim", layout: Layout, durations) -> None:
-        _, copy, ring = durations
+    def _initial_copies(self, sim: "Sim", layout: Layout, durations) -> None:
+        _, copy, ring, reads = durations
         for g in ring.initial_copies():  # before the first step
             block = ring.block_of_use(g)
-            sim.copy(g, block, copy[block], 0.0, step=-1)
+            sim.copy(g, block, copy[block], sim.read(reads[block], 0.0), step=-1)
         if layout.host_memory is HostMemory.PAGEABLE:
             sim.host_waits_copy()
 
     def _simulate(self, layout: Layout, record: bool) -> tuple[float, tuple[Event, ...]]:
         durations = self._durations(layout)
-        sim = _Sim(record, self.overheads)
+        sim = Sim(record, self.overheads)
         self._initial_copies(sim, layout, durations)
         ends = [0.0]
         step = 0
-        while step < DEFAULT_STEPS or (step < MAX_STEPS and not _settled(ends)):
+        while step < DEFAULT_STEPS or (step < MAX_STEPS and not settled(ends)):
             for f in range(self.forwards):
                 self._forward(sim, layout, step * self.forwards + f, durations, step)
             ends.append(sim.t_comp)
@@ -319,68 +310,18 @@ class CostModel:
         ring = durations[2]
         total = 0.0
         for f in range(self.forwards):
-            sim = _Sim(False, self.overheads)
+            sim = Sim(False, self.overheads)
             sim.t_host = self.overheads.forward_start_us / 1000.0
-            sim.copy_done = {f * ring.m + g: 0.0 for g in ring.initial_copies()}
+            sim.copy_done = {use: 0.0 for use in ring.prefetched(f)}
             self._forward(sim, layout, f, durations, 0)
             total += max(sim.t_comp, sim.t_copy)
         return total
 
 
-def _settled(ends: list[float]) -> bool:
-    a, b = ends[-1] - ends[-2], ends[-2] - ends[-3]
-    return abs(a - b) <= 1e-9 * max(1.0, a)
-
-
-class _Sim:
-    """Stream cursors, the host's enqueue cursor and, when recording, raw events (step, stream,
-    start, end, block, kind). The host enqueues blocks one after another (`host_block_us`
-    each); a block's compute starts no earlier than the host began it and ends no earlier than
-    the host finished it, and the copy issued after a block's compute starts no earlier than
-    that. A stream waiting on the other stream's event resumes `event_wait_us` after it."""
-
-    def __init__(self, record: bool, overheads: "Overheads") -> None:
-        self.t_comp = 0.0
-        self.t_copy = 0.0
-        self.t_host = 0.0
-        self.copy_done: dict[int, float] = {}
-        self.record = record
-        self.events: list[tuple] = []
-        self.wait = overheads.event_wait_us / 1000.0
-        self.host = overheads.host_block_us / 1000.0
-
-    def host_waits_copy(self) -> None:
-        """A pageable copy blocks the host, hence what it enqueues next, until it is done."""
-        self.t_comp = max(self.t_comp, self.t_copy)
-        self.t_host = max(self.t_host, self.t_copy)
-
-    def copy(self, use: int, block: int, duration: float, ready: float, step: int) -> None:
-        free = max(self.t_copy, self.t_host)
-        start = ready + self.wait if ready > free else free
-        self.t_copy = start + duration
-        self.copy_done[use] = self.t_copy
-        if self.record:
-            self.events.append((step, Stream.COPY, start, self.t_copy, block, EventKind.COPY))
-
-    def compute(self, block, duration: float, ready: float, cast: float, step: int) -> float:
-        free = max(self.t_comp, self.t_host)
-        start = ready + self.wait if ready > free else free
-        self.t_host += self.host
-        self.t_comp = max(start + duration, self.t_host)
-        if self.record:
-            if cast > 0:
-                self.events.append((step, Stream.COMPUTE, start, start + cast, block, EventKind.CAST))
-            self.events.append((step, Stream.COMPUTE, start + cast, self.t_comp, block, EventKind.COMPUTE))
-        return self.t_comp
-
-    def timeline(self, step: int, origin: float, names: tuple[str, ...]) -> tuple[Event, ...]:
-        """Events of `step`, plus copies of earlier steps still running when it starts."""
-        out = []
-        for s, stream, start, end, block, kind in self.events:
-            if s == step or (stream is Stream.COPY and s < step and end > origin):
-                name = block if isinstance(block, str) else names[block]
-                out.append(Event(stream, start - origin, end - origin, name, kind))
-        return tuple(out)
+@functools.lru_cache(maxsize=1024)
+def _ring(streamed: tuple[bool, ...], depth: int):
+    """The schedule of one placement and depth (the search asks for the same ones often)."""
+    return ring_of(list(streamed), depth)
 
 
 def check_same_blocks(inventory, profile) -> None:

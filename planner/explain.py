@@ -7,8 +7,9 @@ import dataclasses
 from pathlib import Path
 
 from planner.costmodel import NON_BLOCK, CostModel, EventKind, Layout, Prediction, Stream
+from planner.plan_host import plan_host_peak
 from runtime.errors import PlanMismatchError, UserError
-from runtime.plan import Placement, Plan
+from runtime.plan import Placement, Plan, Tier
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Explanation:
     experts: object = None  # planner.experts.ExpertsPrediction for a two-expert model
     calibration: object = None  # planner.calibration.Calibration of a stored profile
     calibrated_step_ms: float | None = None  # step_ms under that calibration
+    host: object = None  # planner.host_peak.HostPeak: the run's host memory by phase
 
     @property
     def wait_ms(self) -> float:
@@ -53,6 +55,8 @@ class Explanation:
             "wait_ms": self.wait_ms,
             "blocks": [dataclasses.asdict(r) for r in self.rows],
             "experts": _experts_dict(self.experts),
+            "host_ram": self.host.to_dict() if self.host is not None else None,
+            "host_ram_peak_bytes": self.host.peak_bytes if self.host is not None else None,
             "calibration": None if self.calibration is None
             else {**self.calibration.to_dict(), "step_ms": self.calibrated_step_ms},
             "timeline": [
@@ -74,6 +78,7 @@ def layout_of(plan: Plan, inventory) -> Layout:
         casts=tuple(b.cast for b in plan.blocks),
         depth=plan.prefetch_depth,
         host_memory=plan.host_memory,
+        on_disk=tuple(b.tier is Tier.DISK for b in plan.blocks) if any(b.tier is Tier.DISK for b in plan.blocks) else (),
     )
 
 
@@ -103,7 +108,8 @@ def explain(plan: Plan, profile, inventory=None, calibration=None) -> Explanatio
             )
         )
     calibrated = calibration.step_ms(model, layout, prediction.step_ms) if calibration is not None else None
-    return Explanation(plan, prediction, tuple(rows), _experts(plan, model, layout), calibration, calibrated)
+    return Explanation(plan, prediction, tuple(rows), _experts(plan, model, layout), calibration, calibrated,
+                       plan_host_peak(plan, inv, profile))
 
 
 def recompute(plan: Plan, profile, inventory=None) -> Plan:

@@ -1,15 +1,16 @@
-"""Host RAM as part of the budget, and ties that go to fewer streamed bytes.
+"""Host RAM as part of the budget: every candidate's run, phase by phase, within `--host-ram`.
 
 The search (planner/search.py) ranks candidates by predicted step time under the VRAM budget.
-Two things it does not see are settled here, after it, through its public `Evaluator`:
+What it does not see is settled here, after it, through its public `Evaluator`:
 
-- Pinned host buffers cannot be swapped out: the streamed blocks' host copies (bf16 for an fp8
-  model cast on the host, `cast pre`) must fit the host RAM the user allows (`--host-ram`).
-  A candidate over it loses to one that fits: `cast auto` (fp8 on the host), more residents,
-  or pageable buffers.
-- Where several candidates predict the same step time, the one that streams the fewest bytes
-  wins (then the one that pins the least): a model that fits the GPU stays resident instead of
-  streaming blocks and pinning host RAM for nothing.
+- Every phase of the run must fit the host RAM the user allows (`planner.host_peak`): pinned
+  and pageable packs alike, the text encoders while encoding, a parked expert, the VAE, the
+  process baseline. Where the RAM-tier packs do not fit, the largest streamed blocks move to
+  the disk tier, read each step at the profile's disk bandwidth: the step is then at least
+  the time those reads take. A candidate that no tiering brings within the limit is no fit.
+- Where several candidates predict the same step time, the one that reads the fewest bytes
+  from disk, then streams the fewest bytes, then pins the least wins: a model that fits the
+  GPU stays resident instead of streaming blocks and pinning host RAM for nothing.
 
 The pool is what the search found (its best, the Pareto front, the peer policies) plus, for
 each, the variants that move fewer bytes or pin none: every cast and host memory kind, the fill
@@ -20,16 +21,38 @@ from __future__ import annotations
 
 import dataclasses
 
+from planner.budget import format_size
+from planner.host_peak import HostParts, HostPeak, Streamed, TierOrder, all_on_disk, host_peak, place
 from planner.search import Evaluator, Scored, SearchResult
 from planner.space import Candidate, Pattern
 from runtime.errors import UserError
 from runtime.plan import HostMemory
 
 # A reference GPU is planned for a machine we cannot see: this much host RAM is assumed
-# unless --host-ram says otherwise (a workstation beside a 24 GB card can pin the ~42 GB a
-# 64 GB FLUX.2 streams; a 32 GB desktop passes --host-ram 32GB and gets plans that fit it).
+# unless --host-ram says otherwise (a workstation beside a 24 GB card; a 32 GB desktop passes
+# --host-ram 32GB and gets plans that fit it).
 REFERENCE_HOST_RAM_BYTES = 64 << 30
 TIE_RELATIVE = 1e-9  # the same predicted speed, up to float rounding: never slower than a peer
+
+
+class HostRamRefusal(UserError):
+    """No plan's run fits the host RAM; `by_encoders`: the text encoders alone are over it
+    (no placement, tier or transformer format changes that)."""
+
+    def __init__(self, message: str, by_encoders: bool) -> None:
+        super().__init__(message)
+        self.by_encoders = by_encoders
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiered:
+    """A scored candidate with its streamed blocks' tiers and the run's host memory."""
+
+    scored: Scored
+    host: HostPeak
+    on_disk: frozenset[str]  # names of the streamed blocks on the disk tier
+    disk_ms: float  # one step's disk reads at the profile's disk bandwidth
+    step_ms: float  # the cost model's step with the disk tier as the copies' third stage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,50 +62,153 @@ class Choice:
     streamed_bytes: int  # bytes copied host-to-device per forward
     host_ram_bytes: int  # the host RAM limit it was chosen under
     changed: bool  # True where it differs from the search's own best
+    host: HostPeak | None = None  # the run's host memory by phase
+    on_disk: frozenset[str] = frozenset()
+    step_ms: float | None = None  # with the disk reads; None: the scored step
+    parts: HostParts | None = None  # what the run holds beside the packs (planner.host_peak)
+    disk_ms: float = 0.0
+    disk_floor_bytes: int = 0  # the fewest disk-tier bytes any plan within both budgets reads
+
+
+def streamed_sizes(ev: Evaluator, c: Candidate) -> tuple[int, ...]:
+    """Host bytes of each streamed block in its cast, in stream order."""
+    layout = ev.space.layout(c)
+    totals = ev.models[c.cfg].dev_total
+    return tuple(totals[cast][i] for i, (s, cast) in enumerate(zip(layout.streamed, layout.casts)) if s)
 
 
 def streamed_bytes(ev: Evaluator, c: Candidate) -> int:
     """Bytes the streamed blocks occupy on the host (and move per forward) in their cast."""
+    return sum(streamed_sizes(ev, c))
+
+
+def pinned_bytes(ev: Evaluator, c: Candidate, on_disk: frozenset[str] = frozenset()) -> int:
+    """Host bytes pinned for the RAM-tier packs (a disk-tier block pins only its staging)."""
+    if c.host_memory is not HostMemory.PINNED:
+        return 0
     layout = ev.space.layout(c)
     totals = ev.models[c.cfg].dev_total
-    return sum(totals[cast][i] for i, (s, cast) in enumerate(zip(layout.streamed, layout.casts)) if s)
+    return sum(totals[cast][i] for i, (b, s, cast) in enumerate(zip(ev.inventory.blocks, layout.streamed, layout.casts))
+               if s and b.name not in on_disk)
 
 
-def pinned_bytes(ev: Evaluator, c: Candidate) -> int:
-    return streamed_bytes(ev, c) if c.host_memory is HostMemory.PINNED else 0
+def parts_for(ev: Evaluator, c: Candidate, parts: HostParts) -> HostParts:
+    """`parts` with the candidate's device peak where the device is the host (a CPU profile)."""
+    if ev.models[c.cfg].profile.device != "cpu":
+        return parts
+    return dataclasses.replace(parts, device_bytes=ev.peak(c))
 
 
-def choose(
-    inventory, profiles, result: SearchResult, vram_budget: int, host_ram: int
-) -> Choice:
-    """The fastest candidate within both budgets; ties to fewer streamed, then pinned, bytes,
-    then the search's own tie-break (a forward timed between device synchronisations)."""
+def tiered(ev: Evaluator, s: Scored, parts: HostParts, host_ram: int, experts: bool = False) -> Tiered | None:
+    """`s` with the tiers that fit `host_ram` (RAM first), or None where none do: of the
+    orders that fill the disk tier (`TierOrder`), the one the cost model steps fastest with."""
+    found = [t for t in (_tiered(ev, s, parts, host_ram, experts, order) for order in TierOrder) if t]
+    return min(found, key=lambda t: (t.step_ms, t.host.disk_bytes), default=None)
+
+
+def _tiered(ev: Evaluator, s: Scored, parts: HostParts, host_ram: int, experts: bool,
+            order: TierOrder) -> Tiered | None:
+    c = s.candidate
+    sizes = streamed_sizes(ev, c)
+    found = place(parts_for(ev, c, parts), host_ram, sizes, sizes if experts else None, order)
+    if found is None:
+        return None
+    peak, first, _ = found
+    layout = ev.space.layout(c)
+    streamed_names = [b.name for b, st in zip(ev.inventory.blocks, layout.streamed) if st]
+    on_disk = frozenset(n for n, d in zip(streamed_names, first.on_disk) if d)
+    if not on_disk:
+        return Tiered(s, peak, on_disk, 0.0, s.step_ms)
+    flags = tuple(b.name in on_disk for b in ev.inventory.blocks)
+    step = ev.models[c.cfg].step_ms(dataclasses.replace(layout, on_disk=flags))  # the third stage
+    return Tiered(s, peak, on_disk, disk_step_ms(ev, c, first), step)
+
+
+def disk_step_ms(ev: Evaluator, c: Candidate, streamed: Streamed) -> float:
+    """One step's disk-tier reads at the profile's disk bandwidth (each forward reads them)."""
+    model = ev.models[c.cfg]
+    if not streamed.disk_bytes:
+        return 0.0
+    per_forward = streamed.disk_bytes / (model.profile.bandwidth.disk_gbps * 1e6)  # GB/s -> bytes/ms
+    return per_forward * model.profile.workload.forwards_per_step
+
+
+def choose(inventory, profiles, result: SearchResult, vram_budget: int, host_ram: int,
+           parts: HostParts, experts: bool = False) -> Choice:
+    """The fastest candidate within both budgets; ties to fewer disk, streamed, then pinned
+    bytes, then the search's own tie-break (a forward timed between device synchronisations).
+    Refuses, naming what would fit, where no candidate's run fits `host_ram`."""
     ev = Evaluator(inventory, profiles)
-    fits = fitting(ev, result, host_ram)
-    if not fits:  # cannot happen: pageable stream-all fits whenever the search found anything
-        raise UserError("no plan fits both budgets: give a larger --vram or --host-ram")
-    fastest = min(s.step_ms for s in fits)
-    tied = [s for s in fits if s.step_ms <= fastest * (1 + TIE_RELATIVE) + 1e-9]
+    fits = fitting(ev, result, host_ram, parts, experts)
+    if not fits:
+        base = parts.baseline_bytes
+        raise HostRamRefusal(refusal(ev, result, host_ram, parts, experts),
+                             by_encoders=base + parts.text_encoder_bytes > host_ram)
+    fastest = min(t.step_ms for t in fits)
+    tied = [t for t in fits if t.step_ms <= fastest * (1 + TIE_RELATIVE) + 1e-9]
     best = min(
         tied,
-        key=lambda s: (streamed_bytes(ev, s.candidate), pinned_bytes(ev, s.candidate),
-                       ev.synchronized_ms(s.candidate), s.step_ms, s.peak_vram_bytes,
-                       s.candidate.describe()),
+        key=lambda t: (t.host.disk_bytes, streamed_bytes(ev, t.scored.candidate),
+                       pinned_bytes(ev, t.scored.candidate, t.on_disk),
+                       ev.synchronized_ms(t.scored.candidate), t.scored.step_ms,
+                       t.scored.peak_vram_bytes, t.scored.candidate.describe()),
     )
     return Choice(
-        scored=best,
-        pinned_bytes=pinned_bytes(ev, best.candidate),
-        streamed_bytes=streamed_bytes(ev, best.candidate),
+        scored=best.scored,
+        pinned_bytes=pinned_bytes(ev, best.scored.candidate, best.on_disk),
+        streamed_bytes=streamed_bytes(ev, best.scored.candidate),
         host_ram_bytes=host_ram,
-        changed=best.candidate != result.best.candidate,
+        changed=best.scored.candidate != result.best.candidate,
+        host=best.host,
+        on_disk=best.on_disk,
+        step_ms=best.step_ms,
+        parts=parts,
+        disk_ms=best.disk_ms,
+        disk_floor_bytes=min(t.host.disk_bytes for t in fits),
     )
 
 
-def fitting(ev: Evaluator, result: SearchResult, host_ram: int) -> list[Scored]:
+def fitting(ev: Evaluator, result: SearchResult, host_ram: int, parts: HostParts,
+            experts: bool = False) -> list[Tiered]:
     """The search's candidates (best, Pareto front, peer policies) within both budgets."""
     room = result.room_bytes  # what a peak may fill within the VRAM budget (planner.reserve)
-    pool = _pool(ev, result, room)
-    return [s for s in pool if s.peak_vram_bytes <= room and pinned_bytes(ev, s.candidate) <= host_ram]
+    out = []
+    for s in _pool(ev, result, room):
+        if s.peak_vram_bytes <= room:
+            t = tiered(ev, s, parts, host_ram, experts)
+            if t is not None:
+                out.append(t)
+    return out
+
+
+def all_ram_peak(ev: Evaluator, c: Candidate, parts: HostParts, experts: bool = False) -> HostPeak:
+    """The run's host memory with every streamed block in RAM (how the peers run)."""
+    sizes = streamed_sizes(ev, c)
+    ram = Streamed(sizes, tuple(False for _ in sizes))
+    return host_peak(parts_for(ev, c, parts), ram, ram if experts else None)
+
+
+def refusal(ev: Evaluator, result: SearchResult, host_ram: int, parts: HostParts, experts: bool) -> str:
+    """One sentence: why no plan fits `host_ram`, and the host RAM that would."""
+    model = ev.inventory.model_id
+    base = parts.baseline_bytes
+    if base + parts.text_encoder_bytes > host_ram:
+        need = base + parts.text_encoder_bytes
+        return (f"no plan for {model} fits {format_size(host_ram)} of host RAM: its text encoders "
+                f"({format_size(parts.text_encoder_bytes)}) and the process baseline "
+                f"({format_size(base)}) need {format_size(need)} while encoding; give --host-ram "
+                f"{-(-need // 2**30)}GB or more")
+    pool = [s for s in _pool(ev, result, result.room_bytes) if s.peak_vram_bytes <= result.room_bytes]
+    need = min(
+        (host_peak(parts_for(ev, s.candidate, parts), all_on_disk(streamed_sizes(ev, s.candidate)),
+                   all_on_disk(streamed_sizes(ev, s.candidate)) if experts else None).peak_bytes
+         for s in pool),
+        default=None,
+    )
+    what = f"give --host-ram {-(-need // 2**30)}GB or more" if need else "give a larger --vram"
+    return (f"no plan for {model} within the VRAM budget fits {format_size(host_ram)} of host RAM, "
+            f"even with every streamed block on the disk tier: {what}, or a smaller storage format "
+            f"(`planner tune --formats` ranks them)")
 
 
 def _pool(ev: Evaluator, result: SearchResult, room: int) -> list[Scored]:

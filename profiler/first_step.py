@@ -32,8 +32,12 @@ import time
 
 import torch
 
+from profiler.bandwidth import copy_overhead_us
+from profiler.machine import machine_facts
+from profiler.timing import timed
 from profiler.types import Bandwidth, BlockProfile, Profile
 from runtime.dtypes import compute_dtype
+from runtime.version import TOOL_VERSION
 
 COPY_REPS = 3
 
@@ -157,8 +161,6 @@ def measure_pack_bandwidth(pack, slot, device: torch.device) -> Bandwidth:
     pageable, as the engine keeps it), median of a few copies; pageable measured from a
     pageable copy of that pack. `pack` and `slot`: {group: flat tensor} (the handle's
     `queued_copy()`, whose bytes the copies rewrite unchanged)."""
-    from profiler.bandwidth import copy_overhead_us
-
     size = sum(t.numel() * t.element_size() for t in pack.values())
     kept = _copy_gbps(pack, slot, device, size)
     pinned = any(t.is_pinned() for t in pack.values())
@@ -168,8 +170,6 @@ def measure_pack_bandwidth(pack, slot, device: torch.device) -> Bandwidth:
 
 
 def _copy_gbps(pack, slot, device: torch.device, size: int) -> float:
-    from profiler.timing import timed
-
     def copy():
         for group, host in pack.items():
             slot[group].narrow(0, 0, host.numel()).copy_(host, non_blocking=host.is_pinned())
@@ -182,9 +182,6 @@ def _copy_gbps(pack, slot, device: torch.device, size: int) -> float:
 def profile_of(model_id: str, workload, storage, inventory, readings: Readings, bandwidth: Bandwidth,
                device_weight_bytes: int, device: torch.device) -> Profile:
     """The `Profile` of `inventory`'s blocks (execution order) from one forward's readings."""
-    from profiler.machine import machine_facts
-    from runtime.version import TOOL_VERSION
-
     blocks = tuple(
         BlockProfile(b.name, b.kind, b.index, b.bytes, readings.compute_ms[b.name], 0.0,
                      int(readings.activation_bytes[b.name]))

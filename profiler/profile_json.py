@@ -44,6 +44,8 @@ def profile_from_dict(data: dict, source: str = "profile") -> Profile:
                 pinned_under_compute_gbps=float(bw["pinned_under_compute_gbps"]),
                 copy_overhead_us=float(bw["copy_overhead_us"]),
                 by_size=tuple(BandwidthPoint(**p) for p in bw.get("by_size", ())),
+                disk_read_gbps=_optional_float(bw.get("disk_read_gbps")),
+                disk_read_under_copy_gbps=_optional_float(bw.get("disk_read_under_copy_gbps")),
             ),
             blocks=tuple(BlockProfile(**b) for b in data["blocks"]),
             non_block_ms=float(data["non_block_ms"]),
@@ -54,9 +56,14 @@ def profile_from_dict(data: dict, source: str = "profile") -> Profile:
             tool_version=data["tool_version"],
             created=data["created"],
             id=data.get("id"),
+            host_baseline_bytes=int(data["host_baseline_bytes"]) if data.get("host_baseline_bytes") is not None else None,
         )
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(
             f"{source} is not a profile as `planner profile --json` writes it ({type(e).__name__}: {e}): "
             f"give that command's output"
         ) from e
+
+
+def _optional_float(value) -> float | None:
+    return None if value is None else float(value)

@@ -41,7 +41,7 @@ import datetime
 import functools
 
 from profiler.gpus import GpuSpec, Segment, keys, link_gbps, normalize, specs
-from profiler.types import Bandwidth, BandwidthPoint, BlockProfile, MachineFacts, Profile
+from profiler.types import REFERENCE_DISK_GBPS, Bandwidth, BandwidthPoint, BlockProfile, MachineFacts, Profile
 from runtime.dtypes import DType, compute_dtype
 from runtime.errors import UserError
 from runtime.workload import Workload
@@ -97,6 +97,7 @@ def reference_bandwidth(spec: GpuSpec, sizes: tuple[int, ...] = ()) -> Bandwidth
         pinned_under_compute_gbps=link * UNDER_COMPUTE_EFFICIENCY,
         copy_overhead_us=COPY_OVERHEAD_US,
         by_size=points,
+        disk_read_gbps=REFERENCE_DISK_GBPS,  # a Gen3 NVMe drive: profiler.types states it
     )
 
 
@@ -112,7 +113,7 @@ def dequant_ms_estimate(dtype: DType, packed_bytes: int, memory_gbps: float) -> 
     return moved / (memory_gbps * 1e9 * DEQUANT_EFFICIENCY) * 1e3
 
 
-def _cast_ms(bytes_by_dtype, memory_gbps: float) -> float:
+def cast_ms_of(bytes_by_dtype, memory_gbps: float) -> float:
     """On-device cast and dequantization time of one block's tensors."""
     total = 0.0
     for name, num_bytes in bytes_by_dtype.items():
@@ -182,7 +183,7 @@ def _reference_profile(spec: GpuSpec, model_id: str, workload: Workload, storage
                 index=info.index,
                 bytes=info.bytes,
                 compute_ms=count / rate * 1e3,
-                cast_ms=_cast_ms(info.bytes_by_dtype, spec.memory_gbps),
+                cast_ms=cast_ms_of(info.bytes_by_dtype, spec.memory_gbps),
                 activation_bytes=trace.activation_bytes,
             )
         )

@@ -49,17 +49,22 @@ def profile_model(
 
 def _profile(request: ProfileRequest, dev, progress: Progress) -> Profile:
     from profiler.bandwidth import copy_sizes, measure_bandwidth
+    from profiler.disk import measure_disk
     from profiler.flops import meta_model, model_trace
     from profiler.machine import machine_facts
     from runtime.inventory import inventory_of_module
     from runtime.version import TOOL_VERSION
 
+    baseline = _host_baseline(dev)  # before anything of the model exists
     compute = compute_dtype(request.storage)
     model, adapter = meta_model(request.model_id, compute)
     inv = inventory_of_module(model, adapter, request.model_id, request.storage)
     trace = model_trace(request.model_id, request.workload, compute)
     workspace = _workspace_bytes(model, adapter, request.workload, dev, compute)
     bandwidth = measure_bandwidth(dev, copy_sizes(max(b.bytes for b in inv.blocks)), progress)
+    disk = measure_disk(dev, max(b.bytes for b in inv.blocks))
+    bandwidth = dataclasses.replace(bandwidth, disk_read_gbps=disk.read_gbps,
+                                    disk_read_under_copy_gbps=disk.read_under_copy_gbps)
     costs = _measure_blocks(model, adapter, request, dev, compute, trace, progress)
     blocks = tuple(
         BlockProfile(
@@ -91,7 +96,19 @@ def _profile(request: ProfileRequest, dev, progress: Progress) -> Profile:
         source=_source(machine.gpu_name, dev, any(not c.activation_measured for c in costs.values())),
         tool_version=TOOL_VERSION,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        host_baseline_bytes=baseline,
     )
+
+
+def _host_baseline(dev) -> int | None:
+    """This process's resident memory with torch loaded and the device's context created: what
+    a run holds before any weight (planner.host_peak's baseline)."""
+    import torch
+
+    from runtime.host_rss import rss_bytes
+
+    torch.empty(1, device=dev)
+    return rss_bytes()
 
 
 def _measure_blocks(model, adapter, request: ProfileRequest, dev, compute: DType, trace, progress: Progress):

@@ -36,6 +36,14 @@ class BandwidthPoint:
     pageable_gbps: float
 
 
+# The disk a reference machine streams its disk tier from: a PCIe Gen3 x4 NVMe drive, 3.5 GB/s
+# sequential read (Samsung 970 EVO Plus data sheet); a Gen4 x4 drive reads 7.0 GB/s (Samsung
+# 980 PRO data sheet). Planning with the Gen3 figure never promises a step a common drive
+# cannot feed; a profile measured on the machine (`profiler.disk`) replaces it.
+REFERENCE_DISK_GBPS = 3.5
+GEN4_DISK_GBPS = 7.0
+
+
 @dataclasses.dataclass(frozen=True)
 class Bandwidth:
     pinned_gbps: float  # large pinned copies, device idle
@@ -43,6 +51,15 @@ class Bandwidth:
     pinned_under_compute_gbps: float  # pinned copies while a compute kernel runs: what we plan with
     copy_overhead_us: float  # fixed cost per copy call
     by_size: tuple[BandwidthPoint, ...] = ()
+    # cold sequential direct-I/O reads of the weights' disk, block-sized, at the disk reader's
+    # queue depth; None: not measured (a profile from before the disk tier): REFERENCE_DISK_GBPS
+    disk_read_gbps: float | None = None
+    disk_read_under_copy_gbps: float | None = None  # the same while host-to-device copies run
+
+    @property
+    def disk_gbps(self) -> float:
+        """What the disk tier is planned with: reads while the copies run, where measured."""
+        return self.disk_read_under_copy_gbps or self.disk_read_gbps or REFERENCE_DISK_GBPS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +91,9 @@ class Profile:
     tool_version: str
     created: str  # ISO 8601
     id: int | None = None  # set once stored
+    # resident memory of the process before any weight (Python, torch, the device context),
+    # measured by the profiler; None: not measured (planner.host_peak states a figure)
+    host_baseline_bytes: int | None = None
 
     @property
     def activation_peak_bytes(self) -> int:

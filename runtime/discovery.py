@@ -27,8 +27,8 @@ Two stages, because the order can only be known once the model has run:
    the ring streams each block once per forward in a fixed order. Where the forward never
    called a candidate but iterated its children itself (`blk.attn(...)`, `blk.ff(...)`), the
    children it called once are the blocks instead: the blocks are the modules it really calls.
-   (Under the stream-all first forward such a candidate's weights stay in its host pack while
-   its children run: right on CPU; on CUDA that first forward fails on the device mismatch.)
+   (`ChildCallBinder` streams such a candidate in the stream-all first forward: the engine's
+   hooks sit on the block's own call, which never comes.)
 
 Kinds come from the block's class and the shapes of its tensors: blocks of one class with one
 shape share the class name as kind (`FluxTransformerBlock`); where one class comes in several
@@ -263,6 +263,65 @@ class OrderRecorder:
             )
         return dataclasses.replace(self.discovery, blocks=tuple(_with_kinds(self.model, ordered)),
                                    recorded=True, dropped=dropped)
+
+
+class ChildCallBinder:
+    """For one forward: where the forward runs a candidate block's children without calling
+    the block, `bind(name)` the block before its first child runs and `release(name)` it when
+    the next candidate starts or `finish()` is called (the forward ended). Blocks the forward
+    calls itself are left to the engine's own hooks on them.
+
+    The engine streams a block by hooks on the block's own call; a block never called would
+    run its children on weights still in host memory (wrong device on CUDA). The stream-all
+    first forward of `apply_auto` runs under this, so such a block is streamed like any other
+    (`bind`/`release`: the offload handle's `bind_streamed`/`release_streamed`)."""
+
+    def __init__(self, model: torch.nn.Module, discovery: Discovery, bind, release) -> None:
+        self.model = model
+        self.discovery = discovery
+        self._bind, self._release = bind, release
+        self._running: set[str] = set()  # blocks inside their own call
+        self._bound: str | None = None
+        self._hooks: list = []
+
+    def __enter__(self) -> "ChildCallBinder":
+        for block in self.discovery.blocks:
+            module = self.model.get_submodule(block.name)
+            self._on(module.register_forward_pre_hook(
+                lambda m, a, n=block.name: self._enter(n), prepend=True))
+            self._on(module.register_forward_hook(
+                lambda m, a, o, n=block.name: self._running.discard(n), always_call=True))
+            for child in module.children():
+                if _params(child) > 0:
+                    self._on(child.register_forward_pre_hook(
+                        lambda m, a, n=block.name: self._child(n), prepend=True))
+        return self
+
+    def _on(self, hook) -> None:
+        self._hooks.append(hook)
+
+    def _enter(self, name: str) -> None:
+        self.finish()
+        self._running.add(name)
+
+    def _child(self, name: str) -> None:
+        if name in self._running or self._bound == name:
+            return
+        self.finish()
+        if self._bind(name):
+            self._bound = name
+
+    def finish(self) -> None:
+        """Release the block bound last, if any."""
+        if self._bound is not None:
+            bound, self._bound = self._bound, None
+            self._release(bound)
+
+    def __exit__(self, *exc) -> None:
+        self.finish()
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
 
 
 def record_order(model: torch.nn.Module, run) -> Discovery:

@@ -13,6 +13,7 @@ import os
 import statistics
 from pathlib import Path
 
+from runtime.components import drop_fp32_kept, module_bytes, pipeline_class_name
 from runtime.errors import PlanMismatchError, UserError
 
 
@@ -32,6 +33,8 @@ class GenerateConfig:
     transformer_2_file: Path | None = None  # the second expert's (Wan 2.2 A14B's low-noise) file
     device: str | None = None
     loras: tuple = ()  # runtime.lora.LoraSpec, loaded before the plan is applied
+    record_stats: Path | None = None  # add this run's activation statistics to this file
+    image: Path | None = None  # the conditioning image of an image-to-video variant
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,15 +49,20 @@ class GenerateResult:
     lower_bound_ms: float
     ratio_to_lower_bound: float | None  # measured step time / the plan's lower bound
     device_weight_bytes: int
-    phase_peak_vram_bytes: dict | None = None  # encode, load_vae, denoise, decode (CUDA only)
+    phase_peak_vram_bytes: dict | None = None  # encode, load, load_vae, denoise, decode (CUDA only)
+    phase_peak_host_bytes: dict | None = None  # the same phases' RSS high-water (host memory)
     adapter_bytes: int = 0  # LoRA weights the engine placed (counted in device_weight_bytes
     # where resident, in the ring's slots where streamed)
     expert_step_ms: dict | None = None  # two experts: each one's step times (ms)
     switch_ms: tuple[float, ...] = ()  # two experts: each switch's wall time (ms)
+    encode_ms: float = 0.0  # the text encoders' time for the prompt
+    encoders_streamed: tuple[str, ...] = ()  # those streamed through the ring (no room whole)
+    encode_device: str = ""  # where the encoders ran
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self) | {
             "step_ms": list(self.step_ms), "switch_ms": list(self.switch_ms),
+            "encoders_streamed": list(self.encoders_streamed),
             "expert_step_ms": {k: list(v) for k, v in (self.expert_step_ms or {}).items()} or None,
         }
 
@@ -83,7 +91,7 @@ def load_pipeline(adapter, weights: Path, transformer_file: Path | None, dtype,
     quiet_hf_libraries()
     os.environ["HF_HUB_OFFLINE"] = "1"
     weights = Path(weights)
-    pipeline_class = adapter.pipeline_class()
+    pipeline_class = _pipeline_class(adapter, weights)
     if not (weights / "model_index.json").is_file():
         raise UserError(
             f"weights folder {weights} has no model_index.json: give a local diffusers "
@@ -101,24 +109,20 @@ def load_pipeline(adapter, weights: Path, transformer_file: Path | None, dtype,
     )
     for name in (adapter.denoiser, "transformer_2"):
         if name not in extra:  # a single file keeps the dtypes it stores
-            _drop_fp32_kept(getattr(pipe, name, None), dtype)
+            drop_fp32_kept(getattr(pipe, name, None), dtype)
     return pipe
 
 
-def _drop_fp32_kept(model, dtype) -> None:
-    """fp32 tensors of a model loaded in a 16-bit `dtype`, cast to it. diffusers keeps a
-    class's `_keep_in_fp32_modules` (Wan's norms, modulation tables, time embedder, rotary
-    tables) in fp32 when loading; a plan stores the model in one dtype, as the released bf16
-    single files do, and those modules compute in fp32 inside their forward anyway."""
-    import torch
+def _pipeline_class(adapter, weights: Path):
+    """The family's pipeline class, or the image-conditioned variant the folder was saved as
+    (`FamilyAdapter.variant_pipelines`: Wan's image-to-video)."""
+    import diffusers
 
-    kept = getattr(model, "_keep_in_fp32_modules", None)
-    if not kept or dtype not in (torch.bfloat16, torch.float16):
-        return
-    named = list(model.named_parameters()) + list(model.named_buffers())
-    for name, tensor in named:  # diffusers' own rule: a kept module's name is a path component
-        if tensor.dtype == torch.float32 and any(m in name.split(".") for m in kept):
-            tensor.data = tensor.data.to(dtype)
+    if (weights / "model_index.json").is_file():
+        name = pipeline_class_name(weights)
+        if name in adapter.variant_pipelines:
+            return getattr(diffusers, name)
+    return adapter.pipeline_class()
 
 
 def _transformer_from_file(adapter, weights: Path, path: Path, subfolder: str | None = None):
@@ -131,31 +135,81 @@ def _transformer_from_file(adapter, weights: Path, path: Path, subfolder: str | 
     return load_transformer(path, config, family=adapter.name)
 
 
-def _prompt_kwargs(adapter, pipe, prompt: str, workload, guidance: float, device) -> dict:
-    """Run the text encoders (on the device if they fit, else on the CPU), then drop them."""
+def _prompt_kwargs(adapter, pipe, prompt: str, workload, guidance: float, device,
+                   room: int) -> tuple[dict, "EncodeReport"]:
+    """Run the text encoders, then drop them. Within `room` (the plan's budget: they run before
+    the denoiser is applied) they run on the device whole; the largest that do not fit are streamed
+    through a ring (`runtime.encoders`); only an encoder that can be neither (no repeated
+    blocks, fp16 with fp32-kept parts) sends them all to the CPU, as before."""
+    import time
+
     import torch
 
-    encoders = [getattr(pipe, name, None) for name in adapter.text_encoders]
-    encoders = [enc for enc in encoders if enc is not None]
-    target = torch.device("cpu")
+    named = [(name, getattr(pipe, name, None)) for name in adapter.text_encoders]
+    named = [(name, enc) for name, enc in named if enc is not None]
     if device.type == "cuda":
-        size = sum(p.numel() * p.element_size() for enc in encoders for p in enc.parameters())
-        if size < torch.cuda.mem_get_info(device)[0] * 0.9:
-            target = device
-    for enc in encoders:
-        enc.to(target)
-    with torch.no_grad():
-        kwargs = adapter.prompt_kwargs(pipe, prompt, workload, guidance, target)
+        room = min(room, int(torch.cuda.mem_get_info(device)[0] * 0.9))
+    placed, streamed, target = _place_encoders(named, device, room)
+    try:
+        _synchronize(target)
+        start = time.perf_counter()
+        with torch.no_grad():
+            kwargs = adapter.prompt_kwargs(pipe, prompt, workload, guidance, target)
+        _synchronize(target)
+        encode_ms = (time.perf_counter() - start) * 1000.0
+    finally:
+        for handle in placed:
+            handle.remove()
     for name in adapter.text_encoders:  # drop-and-reload: the next run loads them again
         if hasattr(pipe, name):  # a family's pipelines may lack one (SD 1.5 has one CLIP)
             setattr(pipe, name, None)
-    del encoders
+    del named, placed
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     # tensors, and lists of them (Z-Image's pipeline takes one embedding per prompt), move
-    return {k: torch.utils._pytree.tree_map_only(torch.Tensor, lambda t: t.to(device), v)
-            for k, v in kwargs.items()}
+    kwargs = {k: torch.utils._pytree.tree_map_only(torch.Tensor, lambda t: t.to(device), v)
+              for k, v in kwargs.items()}
+    return kwargs, EncodeReport(encode_ms, tuple(streamed), str(target))
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeReport:
+    ms: float  # the encoders' wall time for the prompt (and a negative one)
+    streamed: tuple[str, ...]  # encoders streamed through the ring
+    device: str  # where they ran
+
+
+def _place_encoders(named, device, room: int):
+    """(handles to remove, names streamed, the device they run on): whole while the sum fits
+    `room`, the largest streamed until it does; the CPU where one can be neither."""
+    import torch
+
+    from runtime.encoders import stream_encoder
+    from runtime.phases import Whole
+
+    whole = sorted(named, key=lambda ne: module_bytes(ne[1]))
+    streamed = []
+    while whole and sum(module_bytes(enc) for _, enc in whole) > room:
+        streamed.append(whole.pop())
+    placed = []
+    try:
+        for name, enc in streamed:
+            placed.append(stream_encoder(enc, device, room))
+    except UserError:  # cannot stream: the CPU, as before there was a ring for encoders
+        for handle in placed:
+            handle.remove()
+        cpu = torch.device("cpu")
+        return [Whole(enc, cpu) for _, enc in named], [], cpu
+    placed += [Whole(enc, device) for _, enc in whole]
+    return placed, [name for name, _ in streamed], device
+
+
+def _synchronize(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def generate(plan, config: GenerateConfig) -> GenerateResult:
@@ -184,6 +238,15 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
     )
     pipe.set_progress_bar_config(disable=True)
     load_loras(pipe, config.loras)
+    phases = _PhasePeaks(device)
+    # the prompt is encoded before the plan is applied: the text encoders are dropped before
+    # any pack is built, so host RAM never holds both (planner.host_peak's phases), and they
+    # have the plan's whole VRAM budget, the denoiser not being on the device yet
+    kwargs, encoded = _prompt_kwargs(adapter, pipe, config.prompt, workload, config.guidance,
+                                     device, plan.target.vram_budget_bytes)
+    if config.guidance_2 is not None:
+        kwargs.update(adapter.second_guidance_kwargs(pipe, config.guidance_2))
+    phases.close("encode")
     try:
         handle = apply_plan(pipe, plan, device)
     except PlanMismatchError as e:
@@ -194,26 +257,32 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
             f"loading --lora {files} changed the transformer's base weights (diffusers widens "
             f"layers for control LoRAs), so the plan no longer fits it ({e})"
         ) from e
-    phases = _PhasePeaks(device)
+    phases.close("load")
     try:
-        kwargs = _prompt_kwargs(adapter, pipe, config.prompt, workload, config.guidance, device)
-        if config.guidance_2 is not None:
-            kwargs.update(adapter.second_guidance_kwargs(pipe, config.guidance_2))
-        phases.close("encode")
-        pipe.vae.to(device)
+        if config.image is not None:
+            kwargs["image"] = conditioning_image(config.image)
+        _others_to(pipe, adapter, device)  # the VAE, an image encoder
         generator = torch.Generator("cpu").manual_seed(config.seed)
         phases.close("load_vae")
         handle.enable_timing()
-        latents = pipe(
-            **kwargs, num_inference_steps=config.steps, height=workload.height,
-            width=workload.width, generator=generator, output_type="latent", return_dict=False,
-        )[0]  # FLUX's images, a video pipeline's frames: the first output either way
+        recorder = _recorder(pipe, adapter, config.record_stats)
+        try:
+            latents = pipe(
+                **kwargs, num_inference_steps=config.steps, height=workload.height,
+                width=workload.width, generator=generator, output_type="latent", return_dict=False,
+            )[0]  # FLUX's images, a video pipeline's frames: the first output either way
+        finally:
+            if recorder is not None:
+                recorder.remove()
+        if recorder is not None:
+            recorder.collect().save(config.record_stats)
         forward_ms = handle.timings()
         by_expert = _expert_step_ms(handle, plan.workload.forwards_per_step)
         peak = phases.close("denoise")
         stats = handle.stats
-        handle.remove()  # the denoiser leaves the device before the decode, whose peak
-        # (a video VAE's above all) then has the memory the plan held
+        handle.release()  # the denoiser leaves the device before the decode, whose peak
+        # (a video VAE's above all) then has the memory the plan held; it is dropped, not
+        # restored to host memory: this pipeline is thrown away after the run
         frames = adapter.decode(pipe, latents, workload)
         phases.close("decode")
     finally:
@@ -233,9 +302,39 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
         predicted_peak_vram_bytes=plan.predictions.peak_vram_bytes, lower_bound_ms=lower,
         ratio_to_lower_bound=(mean_ms / lower) if lower > 0 else None,
         device_weight_bytes=stats.device_weight_bytes, adapter_bytes=stats.adapter_bytes,
-        phase_peak_vram_bytes=phases.peaks or None,
+        phase_peak_vram_bytes=phases.peaks or None, phase_peak_host_bytes=phases.host_peaks or None,
         expert_step_ms=by_expert[0], switch_ms=by_expert[1],
+        encode_ms=encoded.ms, encoders_streamed=encoded.streamed, encode_device=encoded.device,
     )
+
+
+def _recorder(pipe, adapter, path: Path | None):
+    """Activation statistics hooks on the denoiser (`runtime.analysis.stats`), if asked."""
+    from runtime.analysis.stats import record_stats
+
+    if path is None:
+        return None
+    model = getattr(pipe, adapter.denoiser)
+    return record_stats(model, adapter.blocks(model))
+def conditioning_image(path: Path):
+    """The image at `path` as RGB (a pipeline's conditioning image); one sentence otherwise."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError) as e:
+        raise UserError(f"--image {path} is not an image file this tool reads ({e}): give a PNG or JPEG") from e
+
+
+def _others_to(pipe, adapter, device) -> None:
+    """Every module of the pipeline but its denoisers and text encoders onto `device`."""
+    import torch
+
+    skip = {adapter.denoiser, "transformer_2", *adapter.text_encoders}
+    for name, module in pipe.components.items():
+        if isinstance(module, torch.nn.Module) and name not in skip:
+            module.to(device)
 
 
 def _expert_step_ms(handle, per: int) -> tuple[dict | None, tuple[float, ...]]:
@@ -256,14 +355,18 @@ def _expert_step_ms(handle, per: int) -> tuple[dict | None, tuple[float, ...]]:
 
 
 class _PhasePeaks:
-    """Peak device memory of each phase of a run (encode, denoise, decode); nothing on CPU."""
+    """Peak device memory (CUDA only) and host RSS high-water of each phase of a run."""
 
     def __init__(self, device) -> None:
         import torch
 
+        from runtime.host_rss import reset_peak
+
         self.device = device
         self.cuda = device.type == "cuda"
         self.peaks: dict[str, int] = {}
+        self.host_peaks: dict[str, int] = {}
+        self._reset_host = reset_peak()  # False: each phase reads the lifetime peak
         if self.cuda:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
@@ -272,6 +375,13 @@ class _PhasePeaks:
         """The peak since the last phase closed, recorded under `phase`; the next one starts."""
         import torch
 
+        from runtime.host_rss import peak_rss_bytes, reset_peak
+
+        host = peak_rss_bytes()
+        if host is not None:
+            self.host_peaks[phase] = host
+        if self._reset_host:
+            reset_peak()
         if not self.cuda:
             return None
         torch.cuda.synchronize(self.device)

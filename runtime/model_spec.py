@@ -75,7 +75,7 @@ class ModelSpec:
             raise UserError(
                 f"{self.id} makes images, not clips: drop --frames (frames {workload.frames})"
             )
-        if workload.cfg is not self.cfg:
+        if workload.cfg is not self.cfg and workload.cfg is not CfgMode.NONE:  # NONE: guidance off
             raise UserError(
                 f"{self.id}'s pipeline runs guidance as {self.cfg.value!r}, not {workload.cfg.value!r}: "
                 f"a plan for it uses cfg {self.cfg.value!r}"

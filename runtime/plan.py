@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+from runtime.analysis.convert import FORMATS
 from runtime.dtypes import DType
 from runtime.errors import PlanFormatError
 from runtime.strict_json import DuplicateKey, NonFiniteConstant, loads_strict
@@ -36,6 +37,13 @@ class Placement(str, enum.Enum):
 class CastMode(str, enum.Enum):
     PRE = "pre"  # host keeps the compute dtype; the device receives it ready to use
     AUTO = "auto"  # the device receives the storage dtype (fp8) and casts just in time
+
+
+class Tier(str, enum.Enum):
+    """Where a streamed block's host copy lives between its uses."""
+
+    RAM = "ram"  # a pack in host RAM (pinned or pageable, as the plan's host_memory says)
+    DISK = "disk"  # a pack file read each use with direct I/O into pinned staging buffers
 
 
 class HostMemory(str, enum.Enum):
@@ -67,6 +75,15 @@ class BlockPlan:
     # quant types its tensors are stored in (GGUF q4_k..., nf4), sorted; () for plain storage.
     # Optional in the file: a plan without it (every plan before quantized storage) is plain.
     quant: tuple[str, ...] = ()
+    # Optional in the file (absent: the model's own storage, nothing pruned): the format this
+    # block alone is stored in (fp8, q8_0, q4_k; `runtime.engine.conversion` converts it when
+    # the plan is applied), and the MLP hidden units removed from it, by the in-block path of
+    # the Linear that reads them (`runtime.analysis.sites`), paths and units sorted.
+    format: DType | None = None
+    pruned: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    # where a streamed block lives on the host: optional in the file, absent means RAM (every
+    # plan before the disk tier), written only for DISK so older plans keep their text and hash
+    tier: Tier = Tier.RAM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +91,9 @@ class Predictions:
     step_ms: float
     peak_vram_bytes: int
     lower_bound_ms: float
+    # the run's predicted host RAM peak over its phases (planner.host_peak); optional in the
+    # file, absent (None) in plans made before it, which keep their text and hash
+    host_peak_bytes: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,13 +196,17 @@ def _blocks_to_list(blocks: tuple[BlockPlan, ...]) -> list[dict[str, Any]]:
             "placement": b.placement.value,
             "cast": b.cast.value,
             **({"quant": list(b.quant)} if b.quant else {}),
+            **({"format": b.format.value} if b.format is not None else {}),
+            **({"pruned": {path: list(units) for path, units in b.pruned}} if b.pruned else {}),
+            **({"tier": b.tier.value} if b.tier is not Tier.RAM else {}),
         }
         for b in blocks
     ]
 
 
 def _predictions_to_dict(p: Predictions) -> dict[str, Any]:
-    return {"step_ms": p.step_ms, "peak_vram_bytes": p.peak_vram_bytes, "lower_bound_ms": p.lower_bound_ms}
+    return {"step_ms": p.step_ms, "peak_vram_bytes": p.peak_vram_bytes, "lower_bound_ms": p.lower_bound_ms,
+            **({"host_peak_bytes": p.host_peak_bytes} if p.host_peak_bytes is not None else {})}
 
 
 def _workload_to_dict(w: Workload) -> dict[str, Any]:
@@ -289,11 +313,15 @@ def plan_from_dict(data: Any, source: str = "plan") -> Plan:
 
 
 def _read_predictions(r: "_Reader", data: dict, where: str) -> Predictions:
-    p = r.section(data, "predictions", {"step_ms", "peak_vram_bytes", "lower_bound_ms"}, where)
+    keys = {"step_ms", "peak_vram_bytes", "lower_bound_ms"}
+    value = data["predictions"]
+    optional = {"host_peak_bytes"} & set(value) if type(value) is dict else set()
+    p = r.section(data, "predictions", keys | optional, where)
     return Predictions(
         step_ms=r.number(p, f"{where}.step_ms"),
         peak_vram_bytes=r.integer(p, f"{where}.peak_vram_bytes", 0, MAX_BUDGET_BYTES),
         lower_bound_ms=r.number(p, f"{where}.lower_bound_ms"),
+        host_peak_bytes=r.integer(p, f"{where}.host_peak_bytes", 0, MAX_BUDGET_BYTES) if optional else None,
     )
 
 
@@ -346,7 +374,9 @@ _TOP_KEYS = {
 _OPTIONAL_TOP_KEYS = {"experts"}
 _EXPERT_KEYS = {"attr", "blocks", "prefetch_depth", "host_memory", "predictions"}
 _BLOCK_KEYS = {"name", "kind", "bytes", "placement", "cast"}
-_OPTIONAL_BLOCK_KEYS = {"quant"}
+_OPTIONAL_BLOCK_KEYS = {"quant", "tier", "format", "pruned"}
+MAX_PRUNED_SITES = 64  # MLPs of one block that may be pruned (a UNet block has dozens)
+MAX_UNITS = 1 << 20
 
 
 def _read_blocks(r: "_Reader", items: Any, field: str) -> tuple[BlockPlan, ...]:
@@ -364,17 +394,52 @@ def _read_blocks(r: "_Reader", items: Any, field: str) -> tuple[BlockPlan, ...]:
         if name in seen:
             raise PlanFormatError(f"{r.source}: block {name!r} appears twice in {field}")
         seen.add(name)
+        placement = r.enum(item, f"{where}.placement", Placement)
+        tier = r.enum(item, f"{where}.tier", Tier) if "tier" in item else Tier.RAM
+        if tier is Tier.DISK and placement is not Placement.STREAMED:
+            raise r.fail(f"{where}.tier", "\"ram\" (or absent) for a resident block", tier.value)
         blocks.append(
             BlockPlan(
                 name=name,
                 kind=r.string(item, f"{where}.kind"),
                 bytes=r.integer(item, f"{where}.bytes", 0, MAX_BUDGET_BYTES),
-                placement=r.enum(item, f"{where}.placement", Placement),
+                placement=placement,
                 cast=r.enum(item, f"{where}.cast", CastMode),
                 quant=_read_quant(r, item, where),
+                format=_read_format(r, item, where),
+                pruned=_read_pruned(r, item, where),
+                tier=tier,
             )
         )
     return tuple(blocks)
+
+
+def _read_format(r: "_Reader", item: dict, where: str) -> DType | None:
+    if "format" not in item:
+        return None
+    value = item["format"]
+    if type(value) is not str or value not in {f.value for f in FORMATS}:
+        raise r.fail(f"{where}.format", f"one of {', '.join(f.value for f in FORMATS)}", value)
+    return DType(value)
+
+
+def _read_pruned(r: "_Reader", item: dict, where: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    if "pruned" not in item:
+        return ()
+    value = item["pruned"]
+    must = (f"an object of 1 to {MAX_PRUNED_SITES} module paths, in sorted order, each to a "
+            f"sorted list of distinct unit indices below {MAX_UNITS}")
+    if type(value) is not dict or not value or len(value) > MAX_PRUNED_SITES \
+            or list(value) != sorted(value):
+        raise r.fail(f"{where}.pruned", must, value)
+    out = []
+    for path, units in value.items():
+        if not path or len(path) > 256 or type(units) is not list or not units \
+                or len(units) > MAX_UNITS or any(type(u) is not int or not 0 <= u < MAX_UNITS
+                                                 for u in units) or units != sorted(set(units)):
+            raise r.fail(f"{where}.pruned", must, value)
+        out.append((path, tuple(units)))
+    return tuple(out)
 
 
 def _read_quant(r: "_Reader", item: dict, where: str) -> tuple[str, ...]:
@@ -479,12 +544,19 @@ def build_plan(
     predictions: Predictions | None = None,
     profile_id: int | None = None,
     created: str | None = None,
+    formats: "Mapping[str, DType] | None" = None,
+    pruned: "Mapping[str, tuple[tuple[str, tuple[int, ...]], ...]] | None" = None,
+    on_disk: "set[str] | frozenset[str]" = frozenset(),
 ) -> Plan:
     """A plan for `inventory` (a `runtime.inventory.Inventory`) streaming the named blocks.
 
     `cast` applies to every block not named in `casts` (a cast per block name); casts only
     matter for fp8 and quantized storage (use PRE otherwise). Each block records the quant
-    types it is stored in (`runtime.inventory.quantization_of`).
+    types it is stored in (`runtime.inventory.quantization_of`). `formats` and `pruned` give
+    blocks their own storage format and pruned MLP units; `inventory` then holds those blocks'
+    bytes as converted (`runtime.analysis.mixed.converted_inventory`).
+    types it is stored in (`runtime.inventory.quantization_of`). Streamed blocks named in
+    `on_disk` live on the disk tier, the other streamed blocks in RAM.
     """
     from datetime import datetime, timezone
 
@@ -496,6 +568,8 @@ def build_plan(
     unknown = sorted(set(streamed) - names)
     if unknown:
         raise PlanFormatError(f"block {unknown[0]!r} is not in {inventory.model_id}")
+    if set(on_disk) - set(streamed):
+        raise PlanFormatError(f"block {sorted(set(on_disk) - set(streamed))[0]!r} is on disk but not streamed")
     blocks = tuple(
         BlockPlan(
             name=b.name,
@@ -504,6 +578,9 @@ def build_plan(
             placement=Placement.STREAMED if b.name in streamed else Placement.RESIDENT,
             cast=(casts or {}).get(b.name, cast),
             quant=quantization_of(b),
+            format=(formats or {}).get(b.name),
+            pruned=(pruned or {}).get(b.name, ()),
+            tier=Tier.DISK if b.name in on_disk else Tier.RAM,
         )
         for b in inventory.blocks
     )

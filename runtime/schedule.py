@@ -65,6 +65,11 @@ class RingSchedule:
         """Uses copied before the first step starts."""
         return range(self.slots)
 
+    def prefetched(self, step: int) -> range:
+        """Uses of `step` whose copies were issued before it began (by the step before, or
+        before the first step)."""
+        return range(step * self.m, step * self.m + self.slots)
+
     def copy_after(self, use: int) -> int:
         """The use whose copy is issued once compute of `use` is enqueued (same slot)."""
         return use + self.slots
@@ -77,6 +82,25 @@ class RingSchedule:
     @functools.cached_property
     def _index(self) -> dict[int, int]:
         return {p: j for j, p in enumerate(self.streamed)}
+
+    def step_uses(self, step: int) -> tuple[tuple[int, int, int] | None, ...]:
+        """Per execution position of `step`: None for a resident block, else (its use, the use
+        copied once its compute is enqueued, the position of that use's block): `use_at`,
+        `copy_after` and `block_of_use` for a whole step at once (the cost model simulates
+        thousands of steps)."""
+        cache = self.__dict__.setdefault("_steps", {})
+        if step not in cache:
+            m, slots, streamed = self.m, self.slots, self.streamed
+            base = step * m
+            cache[step] = tuple(
+                None if j is None else (base + j, base + j + slots, streamed[(j + slots) % m])
+                for j in self._index_at
+            )
+        return cache[step]
+
+    @functools.cached_property
+    def _index_at(self) -> tuple[int | None, ...]:
+        return tuple(self._index.get(p) for p in range(self.num_blocks))
 
 
 def ring_of(placements: list[bool], depth: int) -> RingSchedule:

@@ -137,10 +137,11 @@ def test_a_budget_below_the_stream_all_plan_keeps_streaming_and_says_why(tmp_pat
             handle.remove()
 
 
-def test_runtime_exports_apply_auto():
+def test_runtime_and_the_application_layer_export_apply_auto():
+    import planner.app
     import runtime
 
-    assert runtime.apply_auto is apply_auto
+    assert planner.app.apply_auto is apply_auto and runtime.apply_auto is apply_auto
 
 
 def test_fp8_matrices_beside_bf16_vectors_are_fp8_storage():
@@ -157,3 +158,52 @@ def test_fp8_matrices_beside_bf16_vectors_are_fp8_storage():
     model.layers[2].a.bias.data = model.layers[2].a.bias.data.float()
     with pytest.raises(UserError, match="no storage dtype describes"):
         storage_of(model, found.adapter())
+
+
+def test_a_first_forward_that_raises_is_not_a_profile(tmp_path):
+    model = _model()
+    x = torch.randn(2, 32)
+    with torch.no_grad():
+        want = model(x, 1.0)
+        handle = apply_auto(model, vram=_budget(model), device="cpu", store=f"sqlite:///{tmp_path}/s.db")
+        try:
+            with pytest.raises(RuntimeError):
+                model(torch.randn(2, 7), 1.0)  # wrong width: fails in the first linear
+            assert not handle.tuned and handle.profile is None
+            assert torch.equal(model(x, 1.0), want)
+            assert handle.tuned and handle.source == "measured"
+            assert torch.equal(model(x, 1.0), want)
+        finally:
+            handle.remove()
+
+
+
+def test_the_inputs_key_reads_shapes_and_flags_never_values():
+    from planner.app.auto_keys import inputs_hash
+
+    a = torch.randn(2, 3)
+    options = {"patches": {}, "sigmas": torch.ones(4), "cond_or_uncond": [0, 1]}
+    same = inputs_hash((a, 0.5), {"transformer_options": options, "flag": True})
+    assert same == inputs_hash((torch.zeros(2, 3), 0.7),
+                               {"flag": True, "transformer_options": {**options, "sigmas": torch.zeros(4)}})
+    assert same != inputs_hash((torch.zeros(2, 4), 0.5), {"transformer_options": options, "flag": True})
+    assert same != inputs_hash((a, 0.5), {"transformer_options": options, "flag": False})
+
+
+def test_a_pipeline_offloads_its_denoiser(tmp_path):
+    import types
+
+    model = _model()
+    pipe = types.SimpleNamespace(transformer=model, vae=None)
+    x = torch.randn(2, 32)
+    with torch.no_grad():
+        want = model(x, 1.0)
+        handle = apply_auto(pipe, vram="1MB", host_ram="64MB", device="cpu",
+                            store=f"sqlite:///{tmp_path}/s.db")
+        try:
+            assert handle.model is model and handle.config.host_ram_bytes == 64 << 20
+            for _ in range(2):
+                assert torch.equal(model(x, 1.0), want)
+            assert handle.tuned
+        finally:
+            handle.remove()

@@ -219,3 +219,36 @@ def test_synchronized_forward_waits_for_the_wrap_around_copies():
     assert model.step_ms(Layout.uniform([1, 1, 0], CastMode.PRE, 2, PIN)) == pytest.approx(8)
     all_resident = Layout.uniform([0, 0, 0], CastMode.PRE, 2, PIN)
     assert model.synchronized_step_ms(all_resident) == model.step_ms(all_resident) == 3
+
+
+def _with_disk(profile, gbps):
+    return dataclasses.replace(profile, bandwidth=dataclasses.replace(profile.bandwidth, disk_read_gbps=gbps))
+
+
+def test_disk_tier_reads_are_a_third_stage_ahead_of_the_copies():
+    # 1 MB blocks (aligned to 1,003,520 bytes): compute 1 ms, copies 1 ms at 1 GB/s; the disk at
+    # 0.1 GB/s reads a block in 10.0352 ms. Every block on disk: the reads set the pace.
+    inv = toy_inventory()
+    prof = _with_disk(profile_for(inv, 1, under_compute_gbps=1.0), 0.1)
+    ram = Layout.uniform([1, 1, 1], CastMode.PRE, 2, PIN)
+    disk = dataclasses.replace(ram, on_disk=(True, True, True))
+    model = CostModel(inv, prof)
+    assert model.step_ms(ram) == pytest.approx(3)
+    read = 1_003_520 / 1e5
+    assert model.step_ms(disk) == pytest.approx(3 * read)  # one reader, reads back to back
+    # one block of three on disk: its read (10 ms) overlaps the other blocks' compute and copies
+    one = dataclasses.replace(ram, on_disk=(False, True, False))
+    assert model.step_ms(ram) < model.step_ms(one) < model.step_ms(disk)
+    assert model.step_ms(one) >= read - 1e-9  # a step reads it once: never faster than that
+    # a faster disk hides behind the copies entirely
+    fast = CostModel(inv, _with_disk(prof, 100.0))
+    assert fast.step_ms(disk) == pytest.approx(fast.step_ms(ram), rel=0.02)
+
+
+def test_the_floor_reads_the_fewest_disk_bytes_within_the_host_budget():
+    inv = toy_inventory()
+    model = CostModel(inv, _with_disk(profile_for(inv, 1), 0.1))
+    layout = Layout.uniform([1, 1, 1], CastMode.PRE, 2, PIN)
+    plain = model.predict(layout, 10 * MB)
+    with_disk = model.predict(layout, 10 * MB, disk_floor_bytes=2 * MB)
+    assert with_disk.lower_bound_ms == pytest.approx(max(plain.lower_bound_ms, 20.0))

@@ -85,3 +85,21 @@ def test_the_copies_follow_the_schedule(depth):
     copied = [e.block for e in sorted((e for e in timeline if e.stream is Stream.COPY), key=lambda e: e.start_ms)]
     first = next(g for g in range(100) if ring.block_of_use(g) == int(copied[0].split(".")[1]) and g >= ring.m)
     assert copied == [f"blocks.{ring.block_of_use(g)}" for g in range(first, first + len(copied))]
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4, 9])
+def test_a_whole_step_of_uses_is_the_schedules_rule(depth):
+    ring = ring_of([True, False, True, True, False, False, True, True], depth)
+    for step in (0, 1, 5):
+        expected = []
+        for position in range(ring.num_blocks):
+            use = ring.use_at(step, position)
+            expected.append(None if use is None else (use, ring.copy_after(use), ring.block_of_use(ring.copy_after(use))))
+        assert ring.step_uses(step) == tuple(expected)
+
+
+def test_the_uses_prefetched_before_a_step_are_the_ones_copied_after_the_last_step():
+    ring = ring_of([True, False, True, True], 2)
+    assert list(ring.prefetched(0)) == list(ring.initial_copies())
+    last_uses = [u for u in ring.step_uses(0) if u is not None][-ring.slots:]
+    assert [nxt for _, nxt, _ in last_uses] == list(ring.prefetched(1))

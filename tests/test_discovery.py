@@ -201,10 +201,27 @@ def test_children_called_directly_are_the_blocks(tmp_path):
         assert recorded.names() == expected
         assert {b.kind for b in recorded.blocks} == {"Linear"}
         handle = _auto(model, tmp_path)
+        in_slot = []
+        probe = model.layers[3].a.register_forward_pre_hook(
+            lambda m, a: in_slot.append(_in_ring(m.weight, handle)))
         try:
             for _ in range(3):
                 assert torch.equal(model(x, 1.0), want)
+            # streamed in the stream-all first forward, though `layers.3` itself is never called
+            # (on CUDA its weights would otherwise stay in host memory); a block of its own later
+            assert in_slot[0]
             assert handle.tuned and [b.name for b in handle.plan.blocks] == list(expected)
             assert handle.resyncs == 0 and handle.stats.resident_blocks >= 1
         finally:
+            probe.remove()
             handle.remove()
+
+
+def _in_ring(tensor, handle) -> bool:
+    """Whether `tensor`'s data lies in one of the ring's slot buffers right now."""
+    from runtime.engine.handle import applied_handle
+
+    inner = applied_handle(handle.model)
+    ptr = tensor.data_ptr()
+    return any(b.data_ptr() <= ptr < b.data_ptr() + b.numel() * b.element_size()
+               for b in inner.ring_buffers())

@@ -123,9 +123,9 @@ def test_identical_output_with_slow_compute_stream(cuda_device, placement, depth
     reference = build_tiny_flux().to(cuda_device)
     expected = _outputs(reference, cuda_device)
     model = build_tiny_flux()
-    handle = apply_plan(model, plan_for(model, placement, depth, HostMemory.PINNED), cuda_device)
-    hooks = _slow_compute(model)
-    with recording_stream_ops() as ops:
+    with recording_stream_ops() as ops:  # from the allocation of the slots on
+        handle = apply_plan(model, plan_for(model, placement, depth, HostMemory.PINNED), cuda_device)
+        hooks = _slow_compute(model)
         got = _outputs(model, cuda_device)
     assert all(torch.equal(a, b) for a, b in zip(expected, got))
     schedule = ring_of([i in placement for i in range(N_BLOCKS)], depth)

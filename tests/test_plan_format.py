@@ -173,8 +173,9 @@ def test_non_finite_numbers(good, constant):
 
 
 def test_overflowing_float_is_not_finite(good):
+    # refused as it is read (runtime.strict_json), naming the number, before any field is seen
     text = json.dumps(good).replace('"step_ms": 1234.5678', '"step_ms": 1e999')
-    refused(text, "predictions.step_ms", "finite")
+    refused(text, "1e999", "finite")
 
 
 @pytest.mark.parametrize("value", ["2", True, None, [2]], ids=["string", "bool", "null", "list"])

@@ -16,9 +16,11 @@ How it runs:
    this key and budget is applied before that forward runs (the run starts tuned); a stored
    profile is tuned from at once. Otherwise the forward runs under step 1's plan while
    `runtime.discovery.OrderRecorder` records the blocks' execution order (discovered blocks
-   only) and `profiler.first_step.FirstStepMeter` measures each block's compute, activation
-   and the workspace; the copy bandwidth is measured on the model's own packs right after.
-3. The search (`planner.search`, `planner.host_ram.choose`: the same planner as `planner
+   only; `ChildCallBinder` streams a block whose children the forward runs without calling
+   the block) and `profiler.first_step.FirstStepMeter` measures each block's compute,
+   activation and the workspace (on CUDA it resets the allocator's peak statistics as it
+   goes); the copy bandwidth is measured on the model's own packs right after.
+3. The search (`planner.search`, `planner.host_ram.fitting`: the same planner as `planner
    tune`) tunes a plan from that profile within the VRAM budget (on CPU: the budget itself,
    counted against measured activations and workspace, no margin) and the host RAM limit;
    profile and plan are stored; the handle switches to the plan between the first forward
@@ -48,15 +50,23 @@ import warnings
 import torch
 
 from planner.app.auto_keys import AUTO_WORKLOAD, auto_model_id, storage_of
-from planner.budget import parse_size
-from planner.host_ram import choose
-from planner.search import Settings, search
+from planner.app.auto_store import save_plan, save_profile, stored_auto
 from planner.app.placing import plan_of
 from planner.app.request import ProfileSource
-from runtime.discovery import Discovery, FoundBlock, OrderRecorder, find_blocks
-from runtime.errors import UserError
-from runtime.inventory import inventory_of_module
-from runtime.plan import HostMemory, Target, build_plan
+from planner.budget import format_size, parse_size
+from planner.host_peak import HostParts
+from planner.host_ram import fitting, streamed_bytes
+from planner.search import Evaluator, Settings, search
+from profiler.first_step import FirstStepMeter, measure_pack_bandwidth, profile_of
+from runtime.apply import denoiser_of
+from runtime.engine.device import resolve_device
+from runtime.discovery import ChildCallBinder, Discovery, FoundBlock, OrderRecorder, find_blocks
+from runtime.engine import handle as engine
+from runtime.engine.host_memory import available_host_bytes
+from runtime.errors import PlanMismatchError, UserError
+from runtime.families import family_of_module
+from runtime.inventory import inventory_of_module, stored_as_is
+from runtime.plan import CastMode, HostMemory, Target, build_plan
 
 AUTO_TRIALS = 48  # the analytic frontier pass and the peers do most of the work
 
@@ -76,10 +86,6 @@ def apply_auto(model_or_pipeline, vram="8GB", host_ram=None, device=None, store=
     module docstring. `host_ram` caps the pinned host RAM (default: what is available),
     `device` is the compute device (default CUDA when there is one, else CPU), `store` a
     database URL (default: the user's store). Returns an `AutoHandle`; `remove()` undoes it."""
-    from runtime.apply import denoiser_of
-    from runtime.engine.device import resolve_device
-    from runtime.engine import handle as engine
-
     model = denoiser_of(model_or_pipeline)
     if engine.applied_handle(model) is not None:
         raise UserError(
@@ -99,8 +105,6 @@ def apply_auto(model_or_pipeline, vram="8GB", host_ram=None, device=None, store=
 def _adapter_of(model):
     """(family adapter, discovery): the family's adapter where one recognises `model`, else
     the structural discovery's (discovery is None for a family)."""
-    from runtime.families import family_of_module
-
     try:
         return family_of_module(model), None
     except UserError:
@@ -113,8 +117,6 @@ class AutoHandle:
     (`profile`, `tuned`, `source`), and `remove()`."""
 
     def __init__(self, model: torch.nn.Module, config: AutoConfig) -> None:
-        from runtime.engine import handle as engine
-
         self.model = model
         self.config = config
         self.adapter, self.discovery = _adapter_of(model)
@@ -126,7 +128,7 @@ class AutoHandle:
         self.note = ""  # why the stream-everything plan stayed, where it did
         self.forwards = 0
         self._inner = engine.apply(model, self.adapter, self._stream_all_plan(), config.device)
-        self._measuring = None  # (recorder or None, meter) during the first forward
+        self._measuring = None  # (meter, recorder, binder) during the first forward
         self._hooks = [
             model.register_forward_pre_hook(torch.compiler.disable(self._before), prepend=True,
                                             with_kwargs=True),
@@ -176,25 +178,27 @@ class AutoHandle:
         self.forwards += 1
         if self.forwards != 1 or self._inner is None:
             return
-        from profiler.first_step import FirstStepMeter
-
         self.model_id = auto_model_id(self.model, args, kwargs)
         if self._start_stored():
             return
-        recorder = OrderRecorder(self.model, self.discovery) if self.discovery else None
-        meter = FirstStepMeter(self.model, self.adapter.blocks(self.model), self.config.device)
-        if recorder is not None:
-            recorder.__enter__()
-        meter.__enter__()
-        self._measuring = (recorder, meter)
+        parts = [FirstStepMeter(self.model, self.adapter.blocks(self.model), self.config.device)]
+        if self.discovery is not None:  # discovered blocks: record their order as they run
+            parts += [OrderRecorder(self.model, self.discovery), ChildCallBinder(
+                self.model, self.discovery, self._inner.bind_streamed, self._inner.release_streamed)]
+        for part in parts:
+            part.__enter__()
+        self._measuring = tuple(parts)
 
     def _after(self, module, args, output) -> None:
         if self._measuring is None:
             return
-        recorder, meter = self._measuring
+        meter, *found = self._measuring
         self._stop_measuring()
-        if recorder is not None:
-            self.discovery = recorder.result()
+        if output is None:  # the forward raised (torch passes no output): measure the next one
+            self.forwards = 0
+            return
+        if found:
+            self.discovery = found[0].result()
             self.adapter = self.discovery.adapter()
         inventory = self._inventory()
         self.profile = self._measured_profile(inventory, meter.readings())
@@ -203,13 +207,10 @@ class AutoHandle:
     def _stop_measuring(self) -> None:
         if self._measuring is not None:
             for part in reversed(self._measuring):
-                if part is not None:
-                    part.__exit__(None, None, None)
+                part.__exit__(None, None, None)
         self._measuring = None
 
     def _measured_profile(self, inventory, readings):
-        from profiler.first_step import measure_pack_bandwidth, profile_of
-
         pack, slot = self._inner.queued_copy()  # the first forward streamed every block
         bandwidth = measure_pack_bandwidth(pack, slot, self.config.device)
         return profile_of(self.model_id, AUTO_WORKLOAD, self.storage, inventory, readings,
@@ -227,11 +228,12 @@ class AutoHandle:
             inventory, {b.name for b in inventory.blocks}, workload=AUTO_WORKLOAD,
             target=Target(_gpu_name(self.config.device), self.config.budget_bytes),
             prefetch_depth=1, host_memory=HostMemory.PINNED,
+            # fp8 counted as stored (ComfyUI's fp8 weight_dtype) stays fp8 in its packs, so the
+            # inventory taken under this plan after the first forward still sees it as stored
+            cast=CastMode.AUTO if stored_as_is(self.model, self.storage) else CastMode.PRE,
         )
 
     def _tune_and_switch(self, inventory, source: str) -> None:
-        from planner.app.auto_store import save_plan, save_profile
-
         if self.profile.id is None:
             self.profile = save_profile(self.config.store_url, self.profile)
         try:
@@ -241,40 +243,46 @@ class AutoHandle:
             warnings.warn(f"apply_auto keeps every block streamed: {e}", stacklevel=2)
             return
         save_plan(self.config.store_url, plan)
-        self._switch(plan)
+        self._switch(plan, self.adapter)
         self.source = source
 
-    def _switch(self, plan) -> None:
-        from runtime.engine import handle as engine
-
-        self._inner.remove()
+    def _switch(self, plan, adapter) -> None:
+        """Undo the plan in force and apply `plan`; if that is refused, the old one again."""
+        old, old_adapter = self._inner, self.adapter
+        old.remove()
         self._inner = None
-        self._inner = engine.apply(self.model, self.adapter, plan, self.config.device)
+        try:
+            self._inner = engine.apply(self.model, adapter, plan, self.config.device)
+        except BaseException:
+            self._inner = engine.apply(self.model, old_adapter, old.plan, self.config.device)
+            raise
+        self.adapter = adapter
         self.tuned = True
 
     def _start_stored(self) -> bool:
-        """Apply this key's stored plan (or tune from its stored profile); False if none."""
-        from planner.app.auto_store import stored_auto
-        from runtime.errors import PlanMismatchError
-
+        """Apply this key's stored plan (or tune from its stored profile); False if none, or
+        if what is stored no longer fits the model (then it is measured again)."""
         found = stored_auto(self.config.store_url, self.model_id, self.storage, self.config.device,
                             self.config.budget_bytes)
         if found is None:
             return False
         profile, plan = found
-        self.profile = profile
-        discovery = Discovery(type(self.model).__name__,
-                              tuple(FoundBlock(b.name, b.kind) for b in profile.blocks), recorded=True)
-        if self.discovery is not None:
-            self.discovery, self.adapter = discovery, discovery.adapter()
+        discovery, adapter = self.discovery, self.adapter
+        if discovery is not None:  # the stored profile holds the recorded order
+            discovery = Discovery(type(self.model).__name__,
+                                  tuple(FoundBlock(b.name, b.kind) for b in profile.blocks),
+                                  recorded=True)
+            adapter = discovery.adapter()
         try:
             if plan is None:
-                self._tune_and_switch(self._inventory(), "stored profile")
-            else:
-                self._switch(plan)
-                self.source = "stored plan"
-        except PlanMismatchError:
-            return False  # stored for a model that no longer matches: measure again
+                inventory = inventory_of_module(self.model, adapter, self.model_id, self.storage)
+                self.profile, self.adapter, self.discovery = profile, adapter, discovery
+                self._tune_and_switch(inventory, "stored profile")
+                return True
+            self._switch(plan, adapter)
+        except (PlanMismatchError, AttributeError):  # AttributeError: a block name not there
+            return False
+        self.profile, self.discovery, self.source = profile, discovery, "stored plan"
         return True
 
     def _require_active(self) -> None:
@@ -284,20 +292,29 @@ class AutoHandle:
 
 def tune_auto(inventory, profile, config: AutoConfig):
     """The plan the search finds for `inventory` from `profile` within the VRAM budget and
-    the host RAM limit (as `planner tune` does, without a store or an engine)."""
-    from runtime.engine.host_memory import available_host_bytes
-
+    the host RAM (as `planner tune` does, without a store or an engine). The host RAM counts
+    the streamed packs alone (`config.host_ram_bytes`, else what this machine has available
+    now, which the running process is already out of), and keeps every block in RAM: the
+    weights are in memory, there is no file for a disk tier to read. On a CPU the ring's
+    copies are memcpys on the compute thread: only pageable plans, whose copies the cost model
+    serialises with compute, describe that. Ties go to fewer streamed bytes."""
     profiles = {profile.workload.cfg: profile}
     result = search(inventory, profiles, Settings(config.budget_bytes, trials=config.trials))
+    limit = config.host_ram_bytes if config.host_ram_bytes is not None else available_host_bytes()
+    parts = HostParts(0, 0, 0, baseline_source="apply_auto: the packs alone")
+    ev = Evaluator(inventory, profiles)
+    fits = [t for t in fitting(ev, result, limit, parts) if not t.on_disk]
     if config.device.type == "cpu":
-        # no pinned memory on a CPU: the ring's copies are memcpys on the compute thread, which
-        # the cost model prices as it prices pageable copies (serial with compute)
-        limit = 0
-    else:
-        limit = config.host_ram_bytes if config.host_ram_bytes is not None else available_host_bytes()
-    chosen = choose(inventory, profiles, result, config.budget_bytes, limit)
+        fits = [t for t in fits if t.scored.candidate.host_memory is HostMemory.PAGEABLE] or fits
+    if not fits:
+        raise UserError(
+            f"no plan's streamed blocks fit a host RAM of {format_size(limit)}: give a larger "
+            f"host_ram, or a larger vram so that more blocks stay on the device"
+        )
+    best = min(fits, key=lambda t: (t.step_ms, streamed_bytes(ev, t.scored.candidate),
+                                    t.scored.peak_vram_bytes, t.scored.candidate.describe()))
     source = ProfileSource(profiles, profile.machine.gpu_name, profile.id, False)
-    plan, _ = plan_of(inventory, source, chosen.scored, config.budget_bytes)
+    plan, _ = plan_of(inventory, source, best.scored, config.budget_bytes)
     return plan
 
 

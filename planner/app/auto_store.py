@@ -9,16 +9,15 @@ keeps them as it keeps imported plans of unknown models (never returned by `plan
 
 from __future__ import annotations
 
+from db.store import open_store
 from planner.app.auto_keys import AUTO_WORKLOAD
+from profiler.machine import machine_facts
 from runtime.dtypes import DType
+from runtime.version import TOOL_VERSION
 
 
 def stored_auto(url: str | None, model_id: str, storage: DType, device, budget_bytes: int):
     """(profile, plan or None) stored for this model id on this machine; None without a profile."""
-    from db.store import open_store
-    from profiler.machine import machine_facts
-    from runtime.version import TOOL_VERSION
-
     fingerprint = machine_facts(str(device)).fingerprint
     with open_store(url) as store:
         profile = store.latest_profile(fingerprint, model_id, AUTO_WORKLOAD, storage, TOOL_VERSION)
@@ -34,14 +33,10 @@ def stored_auto(url: str | None, model_id: str, storage: DType, device, budget_b
 
 def save_profile(url: str | None, profile):
     """`profile` stored, with its id."""
-    from db.store import open_store
-
     with open_store(url) as store:
         return profile.with_id(store.save_profile(profile))
 
 
 def save_plan(url: str | None, plan) -> int:
-    from db.store import open_store
-
     with open_store(url) as store:
         return store.save_plan(plan, allow_unknown_model=True)

@@ -11,13 +11,20 @@ from planner.space import space_of
 from runtime.plan import Plan, Predictions, Target, build_plan
 
 
-def plan_of(inventory, source: ProfileSource, scored: Scored, budget: int) -> tuple[Plan, Prediction]:
-    """The plan file for a scored candidate, with the cost model's full prediction."""
+def plan_of(inventory, source: ProfileSource, scored: Scored, budget: int,
+            on_disk: frozenset[str] = frozenset(), disk_floor_bytes: int = 0,
+            formats=None, pruned=None) -> tuple[Plan, Prediction]:
+    """The plan file for a scored candidate, with the cost model's full prediction; the
+    streamed blocks named in `on_disk` live on the disk tier, and the floor reads at least
+    `disk_floor_bytes` from it (planner.host_ram.Choice). `formats` (block -> format) and
+    `pruned` (block -> units) for a mixed plan, whose `inventory` holds those blocks converted."""
     c = scored.candidate
     profile = source.profiles[c.cfg]
     space = space_of(inventory, tuple(source.profiles))
     layout = space.layout(c)
-    prediction = CostModel(inventory, profile).predict(layout, budget)
+    if on_disk:
+        layout = dataclasses.replace(layout, on_disk=tuple(b.name in on_disk for b in inventory.blocks))
+    prediction = CostModel(inventory, profile).predict(layout, budget, disk_floor_bytes)
     streamed = {b.name for b, s in zip(inventory.blocks, layout.streamed) if s}
     plan = build_plan(
         inventory,
@@ -30,6 +37,9 @@ def plan_of(inventory, source: ProfileSource, scored: Scored, budget: int) -> tu
         casts={b.name: cast for b, cast in zip(inventory.blocks, layout.casts)},
         predictions=Predictions(prediction.step_ms, prediction.peak_vram_bytes, prediction.lower_bound_ms),
         profile_id=source.profile_id,
+        formats=formats,
+        pruned=pruned,
+        on_disk=on_disk,
     )
     return plan, prediction
 
@@ -48,15 +58,15 @@ def place_experts(inv, source: ProfileSource, result: SearchResult, req: TuneReq
     Returns (plan, first expert's prediction, its candidate, host choice, both phases): the
     plan carries the second expert's placement where it differs."""
     from planner.experts import plan_experts
-    from planner.host_ram import Evaluator, fitting, pinned_bytes, streamed_bytes
+    from planner.host_ram import Evaluator, fitting, pinned_bytes, streamed_bytes, tiered
     from runtime.catalog import get_model
     from runtime.plan import with_experts
 
     spec = get_model(req.model_id)
     ev = Evaluator(inv, source.profiles)
     cfg = best.candidate.cfg
-    options = [best] + [s for s in fitting(ev, result, host.host_ram_bytes)
-                        if s.candidate != best.candidate and s.candidate.cfg == cfg]
+    options = [best] + [t.scored for t in fitting(ev, result, host.host_ram_bytes, host.parts, experts=True)
+                        if t.scored.candidate != best.candidate and t.scored.candidate.cfg == cfg]
     space = space_of(inv, tuple(source.profiles))
     model = CostModel(inv, source.profiles[cfg])
     h, low, phases = plan_experts(
@@ -64,12 +74,18 @@ def place_experts(inv, source: ProfileSource, result: SearchResult, req: TuneReq
         req.budget_bytes, high=0 if keep_first else None,
     )
     high = options[h]
-    plan, prediction = plan_of(inv, source, high, req.budget_bytes)
-    if options[low].candidate != high.candidate:
-        second, _ = plan_of(inv, source, options[low], req.budget_bytes)
+    tiers = {i: tiered(ev, options[i], host.parts, host.host_ram_bytes, experts=True) for i in (h, low)}
+    floor = host.disk_floor_bytes
+    plan, prediction = plan_of(inv, source, high, req.budget_bytes, tiers[h].on_disk, floor)
+    if options[low].candidate != high.candidate or tiers[low].on_disk != tiers[h].on_disk:
+        second, _ = plan_of(inv, source, options[low], req.budget_bytes, tiers[low].on_disk, floor)
         plan = with_experts(plan, {spec.experts.attrs[1]: second})
-    pinned = max(pinned_bytes(ev, options[i].candidate) for i in (h, low))  # one packed at a time
+    # one expert packed at a time
+    pinned = max(pinned_bytes(ev, options[i].candidate, tiers[i].on_disk) for i in (h, low))
+    worst = max((tiers[i] for i in (h, low)), key=lambda t: t.host.peak_bytes)
     host = dataclasses.replace(host, scored=high, pinned_bytes=pinned,
                                streamed_bytes=streamed_bytes(ev, high.candidate),
-                               changed=high.candidate != result.best.candidate)
+                               changed=high.candidate != result.best.candidate,
+                               host=worst.host, on_disk=tiers[h].on_disk, step_ms=tiers[h].step_ms,
+                               disk_ms=tiers[h].disk_ms)
     return plan, prediction, high, host, phases

@@ -65,9 +65,13 @@ def _check_profile_workload(req: TuneRequest, profile) -> None:
         )
 
 
+AVAILABLE_HERE = "available on this machine (MemAvailable and the cgroup)"
+
+
 def host_ram_limit(req: TuneRequest, source: ProfileSource) -> tuple[int, str]:
-    """Pinned host RAM allowed: --host-ram, else what the machine can pin (this machine now,
-    or the profiled machine's RAM), else the stated default for a reference GPU."""
+    """Host RAM the whole run may hold: --host-ram, else what this machine has available now
+    (MemAvailable and the cgroup's room), the profiled machine's RAM, or the stated default
+    for a reference GPU."""
     from planner.host_ram import REFERENCE_HOST_RAM_BYTES
 
     if req.host_ram_bytes is not None:
@@ -80,7 +84,29 @@ def host_ram_limit(req: TuneRequest, source: ProfileSource) -> tuple[int, str]:
     from runtime.engine.host_memory import available_host_bytes
 
     return min(available_host_bytes(), profile.machine.host_ram_bytes or available_host_bytes()), \
-        "available on this machine"
+        AVAILABLE_HERE
+
+
+def host_parts(req: TuneRequest, source: ProfileSource, inventory, limit_source: str, experts: bool):
+    """What the run holds beside the streamed packs (planner.host_peak): the baseline (the
+    process alone where the limit is what this machine has available now, else the OS too),
+    the pipeline's text encoders and VAE, and a parked expert."""
+    from planner.host_peak import (OS_BASELINE_BYTES, PROCESS_BASELINE_BYTES, REFERENCE_BASELINE_BYTES,
+                                   HostParts)
+    from runtime.pipeline_parts import parts_bytes
+
+    profile = next(iter(source.profiles.values()))
+    measured = None if source.reference else profile.host_baseline_bytes
+    process = measured or PROCESS_BASELINE_BYTES
+    if limit_source == AVAILABLE_HERE:
+        baseline, said = process, "this process, " + ("measured" if measured else "stated")
+    elif measured:
+        baseline, said = OS_BASELINE_BYTES + measured, "OS stated, process measured"
+    else:
+        baseline, said = REFERENCE_BASELINE_BYTES, "OS and process, stated"
+    text, vae = parts_bytes(req.model_id)
+    return HostParts(baseline, text, vae, parked_expert_bytes=inventory.total_bytes if experts else 0,
+                     baseline_source=said)
 
 
 def _this_machine(req: TuneRequest) -> ProfileSource:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from planner.app.request import TuneOutcome
 from planner.costmodel import CostModel
 from planner.space import Candidate, space_of
+from runtime.plan import Tier
 
 
 def host_bytes(outcome: TuneOutcome) -> int:
-    """Host RAM the streamed blocks occupy, in the dtype the plan keeps them on the host."""
+    """Host RAM the RAM-tier streamed blocks occupy, in the dtype the plan keeps them on the host."""
     model = CostModel(outcome.inventory, outcome.source.profiles[outcome.plan.workload.cfg])
     cast = outcome.plan.streamed[0].cast if outcome.plan.streamed else outcome.plan.blocks[0].cast
-    names = {b.name for b in outcome.plan.streamed}
+    names = {b.name for b in outcome.plan.streamed if b.tier is Tier.RAM}
     return sum(t for b, t in zip(outcome.inventory.blocks, model.dev_total[cast]) if b.name in names)
 
 
@@ -20,14 +21,19 @@ def summary(outcome: TuneOutcome) -> dict:
     from runtime.plan import plan_to_dict
 
     res, plan, pred = outcome.result, outcome.plan, outcome.prediction
-    from planner.host_ram import pinned_bytes
+    from planner.host_ram import all_ram_peak, pinned_bytes
     from planner.search import Evaluator
 
     space = space_of(outcome.inventory, tuple(outcome.source.profiles))
     best = outcome.chosen
     ev = Evaluator(outcome.inventory, outcome.source.profiles)
     pinned = {p: pinned_bytes(ev, s.candidate) for p, s in res.policies if s is not None}
-    limit = outcome.host.host_ram_bytes if outcome.host else float("inf")
+    host = outcome.host
+    limit = host.host_ram_bytes if host else float("inf")
+    two = outcome.experts is not None
+    # the peers keep every streamed block in RAM: their runs' host peaks
+    needs = {p: all_ram_peak(ev, s.candidate, host.parts, two).peak_bytes
+             for p, s in res.policies if s is not None and host is not None and host.parts is not None}
     return {
         "plan_id": outcome.plan_id,
         "plan": plan_to_dict(plan),
@@ -43,7 +49,9 @@ def summary(outcome: TuneOutcome) -> dict:
             "limit_source": outcome.host_ram_source,
             "pinned_bytes": outcome.host.pinned_bytes if outcome.host else None,
             "streamed_bytes": outcome.host.streamed_bytes if outcome.host else None,
+            **_host_peak_dict(outcome),
         },
+        "host_ram_peak_bytes": host.host.peak_bytes if host and host.host else None,
         "weight_bytes": outcome.inventory.total_bytes,
         "step_ms": pred.step_ms,
         # the run's peak: with experts, the highest of both phases and the switch (one figure
@@ -57,9 +65,10 @@ def summary(outcome: TuneOutcome) -> dict:
             {
                 "policy": p.value,
                 "peer": p.peer,
-                "fits": s is not None and pinned.get(p, 0) <= limit,  # VRAM and host RAM
+                "fits": s is not None and needs.get(p, 0) <= limit,  # VRAM and host RAM
                 "fits_vram": s is not None,
                 "pinned_bytes": pinned.get(p),
+                "host_peak_bytes": needs.get(p),
                 "step_ms": s.step_ms if s else None,
                 "peak_vram_bytes": s.peak_vram_bytes if s else None,
                 "placement": s.candidate.to_dict() if s else None,
@@ -73,6 +82,22 @@ def summary(outcome: TuneOutcome) -> dict:
         "search": {"trials": res.trials, "seconds": res.seconds, "min_budget_bytes": res.min_budget_bytes},
         "experts": _experts_dict(outcome.experts),
         "calibration": _calibration_dict(outcome, space),
+    }
+
+
+def _host_peak_dict(outcome: TuneOutcome) -> dict:
+    """The run's host memory by phase, the disk tier, and what the baseline holds."""
+    host = outcome.host
+    if host is None or host.host is None:
+        return {}
+    parts = host.parts
+    return {
+        **host.host.to_dict(),
+        "disk_blocks": sorted(host.on_disk),
+        "disk_ms": host.disk_ms,
+        "baseline_bytes": parts.baseline_bytes, "baseline_source": parts.baseline_source,
+        "text_encoder_bytes": parts.text_encoder_bytes, "vae_bytes": parts.vae_bytes,
+        "parked_expert_bytes": parts.parked_expert_bytes,
     }
 
 

@@ -46,6 +46,15 @@ def explain(
     _print(result, png)
 
 
+def host_ram_line(host) -> str:
+    """`host RAM: peak ... (phase); encode ..., load ..., ...` of a planner.host_peak.HostPeak."""
+    from planner.budget import format_size
+
+    phases = ", ".join(f"{p.value} {format_size(n)}" for p, n in host.phases)
+    disk = f"; {format_size(host.disk_bytes)} on the disk tier" if host.disk_bytes else ""
+    return f"host RAM: peak {format_size(host.peak_bytes)} ({host.peak_phase.value}); {phases}{disk}"
+
+
 def _require_matplotlib() -> None:
     import importlib.util
 
@@ -77,6 +86,8 @@ def _print(result, png: Path | None) -> None:
         f"step {p.step_ms / 1000:.3f} s{floor}; compute stream idle {result.wait_ms:.1f} ms; "
         f"peak VRAM {format_size(p.peak_vram_bytes)}"
     )
+    if result.host is not None:
+        echo(host_ram_line(result.host))
     if result.calibration is not None:
         shown = f"{result.calibrated_step_ms / 1000:.3f} s/step, " if result.calibration.runs else ""
         echo(f"calibrated: {shown}{result.calibration.describe()}")

@@ -42,6 +42,9 @@ def list_models(json_out: JsonOption = False) -> None:
 def show(
     model: Annotated[str, typer.Argument(help="Model id from `planner models list`.")],
     dtype: Annotated[str, typer.Option(help="Storage dtype: bf16, fp16, fp8, fp32.")] = "",
+    breakdown: Annotated[bool, typer.Option(
+        "--breakdown", help="Each block kind's parameters by role: attention q/k/v/out, MLP, "
+        "modulation, norms, other.")] = False,
     json_out: JsonOption = False,
 ) -> None:
     """Every block of MODEL with its kind, parameters and bytes; non-block modules; totals."""
@@ -52,6 +55,9 @@ def show(
 
     from planner.cli._common import status
 
+    if breakdown:
+        _show_breakdown(model, DType.parse(dtype) if dtype else None, json_out)
+        return
     with status(f"building {model} on the meta device (no weights)", enabled=not json_out):
         inv = inventory(model, DType.parse(dtype) if dtype else None)
     spec = get_model(model)
@@ -87,7 +93,11 @@ def inspect_command(
     """Blocks of a local checkpoint with dtypes, tensors and bytes, read from headers only."""
     from planner.budget import format_size
     from runtime.checkpoint.inspect import inspect_checkpoint
+    from runtime.folder_blocks import discovered_reports, without_adapter
 
+    if without_adapter(path):  # a pipeline folder of a class no family adapter knows
+        _print_discovered(discovered_reports(path), json_out)
+        return
     report = inspect_checkpoint(path)
     if json_out:
         print_json(report.to_dict())
@@ -120,6 +130,41 @@ def inspect_command(
              f"refuses it", err=True)
 
 
+def _show_breakdown(model: str, dtype, json_out: bool) -> None:
+    from planner.budget import format_size
+    from runtime.analysis.breakdown import by_kind, model_breakdown
+    from runtime.catalog import get_model
+
+    from planner.cli._common import status
+
+    storage = dtype or get_model(model).storage_dtype
+    with status(f"building {model} on the meta device (no weights)", enabled=not json_out):
+        blocks = model_breakdown(model, storage)
+    kinds = by_kind(blocks)
+    if json_out:
+        print_json({"model": model, "dtype": storage.value,
+                    "kinds": [k.to_dict() for k in kinds], "blocks": [b.to_dict() for b in blocks]})
+        return
+    rows = []
+    for kind in kinds:
+        for role, share in kind.roles.items():
+            rows.append([f"{kind.kind} x{kind.blocks}", role.value, _params(share.params),
+                         f"{share.params / kind.params:.1%}", format_size(share.bytes)])
+        rows.append([f"{kind.kind} x{kind.blocks}", "total", _params(kind.params), "100.0%",
+                     format_size(kind.bytes)])
+    print_table(f"{model} by role ({storage.value})", ["blocks", "role", "params", "share", "size"],
+                rows)
+    groups = []
+    for kind in kinds:
+        groups.append([f"{kind.kind} x{kind.blocks}", *(
+            _params(kind.group(g).params) for g in _groups())])
+    print_table(None, ["blocks", *(g.value for g in _groups())], groups)
+
+
+def _groups():
+    from runtime.analysis.roles import Group
+
+    return list(Group)
 @app.command("tiny-pipeline")
 def tiny_pipeline(
     folder: Annotated[str, typer.Argument(help="A new folder to save it in, e.g. ./tiny-flux.")],
@@ -149,6 +194,27 @@ def tiny_pipeline(
 def _experts(spec) -> int:
     """How many transformers of this architecture the model's pipeline holds."""
     return len(spec.experts.attrs) if spec.experts is not None else 1
+
+
+def _print_discovered(reports, json_out: bool) -> None:
+    """Each component's blocks as generic discovery finds them (declaration order)."""
+    from planner.budget import format_size
+
+    if json_out:
+        print_json([{"component": r.component, "class": r.model_class, "role": r.role}
+                    | r.report.to_dict() for r in reports])
+        return
+    for r in reports:
+        rep = r.report
+        echo(f"{r.component}: {r.model_class} ({r.role}), no family adapter: "
+             f"{len(rep.blocks)} blocks found by discovery (declaration order; the first "
+             f"forward records the order they run in)" if rep.blocks else
+             f"{r.component}: {r.model_class} ({r.role}): no repeated blocks, runs whole")
+        rows = [[b.index, b.name, b.kind, b.tensors, b.bytes, format_size(b.bytes)] for b in rep.blocks]
+        rows.append(["", "(non-block)", "", rep.non_block_tensors, rep.non_block_bytes,
+                     format_size(rep.non_block_bytes)])
+        rows.append(["", "total", "", rep.total_tensors, rep.total_bytes, format_size(rep.total_bytes)])
+        print_table(None, ["#", "block", "kind", "tensors", "bytes", "size"], rows)
 
 
 def _params(n: int) -> str:

@@ -73,10 +73,12 @@ def best(
     dtype: Annotated[str, typer.Option("--dtype", help="Storage dtype (default: the model's).")] = "",
     text_tokens: Annotated[Optional[int], typer.Option("--text-tokens", help="Text length (default: the model's).", min=1, max=4096)] = None,
     frames: Annotated[Optional[int], typer.Option("--frames", help="Video frames (default: the model's; 1 for an image).", min=1, max=1024)] = None,
+    host_ram: Annotated[Optional[str], typer.Option("--host-ram", help="Host RAM the plan's run must fit at its predicted peak, e.g. 32GB.")] = None,
+    ram_only: Annotated[bool, typer.Option("--ram-only", help="Only plans that keep every streamed block in RAM (no disk tier).")] = False,
     db: DbOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """The fastest stored plan for this model, dtype and workload that fits VRAM: measured time
+    """The fastest stored plan for this model, dtype and workload that fits VRAM (and host RAM): measured time
     (runs of its workload on its target GPU) first, else predicted."""
     import dataclasses
 
@@ -89,6 +91,7 @@ def best(
     from runtime.workload import parse_resolution
 
     vram_bytes = parse_size(vram, "--vram")
+    host_bytes = parse_size(host_ram, "--host-ram") if host_ram is not None else None
     if resolution is not None:
         parse_resolution(resolution)
     spec = get_model(model)  # an unknown model has no trusted plans: refused here
@@ -97,13 +100,17 @@ def best(
         workload = dataclasses.replace(workload, text_tokens=text_tokens)
     storage = DType.parse(dtype) if dtype else spec.storage_dtype
     with open_store(db) as store:
-        stored = store.best_plan(spec.id, vram_bytes, gpu=gpu, storage_dtype=storage, workload=workload)
+        stored = store.best_plan(spec.id, vram_bytes, gpu=gpu, storage_dtype=storage, workload=workload,
+                                 max_host_ram=host_bytes, ram_only=ram_only)
     if stored is None:
         on = f" on {gpu}" if gpu else ""
+        on += f" within {format_size(host_bytes)} of host RAM" if host_bytes is not None else ""
+        on += " in RAM only" if ram_only else ""
         raise UserError(
             f"no stored plan for {model} ({storage.value}, {workload.resolution}, batch {workload.batch}){on} "
             f"fits {format_size(vram_bytes)}: make one with `planner tune --model {model} --vram {vram}"
-            f" --resolution {workload.resolution}`"
+            f" --resolution {workload.resolution}"
+            + (f" --host-ram {host_ram}" if host_ram is not None else "") + "`"
         )
     if json_out:
         print_json({**_summary(stored), "chosen_by": _chosen(stored), "plan": _plan_dict(stored)})
@@ -251,15 +258,40 @@ def _plan_dict(stored) -> dict:
     return plan_to_dict(stored.plan)
 
 
+def _host_peak(plan):
+    """The plan's run's host memory by phase (stated parts and baseline), None where the
+    catalog cannot say (a plan of a model this version does not know)."""
+    from planner.plan_host import plan_host_peak
+    from runtime.errors import UserError
+    from runtime.inventory import inventory
+
+    try:
+        return plan_host_peak(plan, inventory(plan.model.id, plan.model.storage_dtype))
+    except (UserError, KeyError):
+        return None
+
+
+def _print_host(plan) -> None:
+    from planner.cli._common import echo
+    from planner.cli.explain import host_ram_line
+
+    host = _host_peak(plan)
+    if host is not None:
+        echo("predicted " + host_ram_line(host))
+
+
 def _print_plan(stored, json_out: bool) -> None:
     from planner.budget import format_size
 
     if json_out:
-        print_json({**_summary(stored), "plan": _plan_dict(stored)})
+        host = _host_peak(stored.plan)
+        print_json({**_summary(stored), "plan": _plan_dict(stored),
+                    "host_ram": host.to_dict() if host is not None else None})
         return
     print_table(f"plan {stored.id}", _COLUMNS, [_row(stored)])
     plan = stored.plan
-    rows = [[i, b.name, b.kind, b.bytes, format_size(b.bytes), b.placement.value, b.cast.value]
+    rows = [[i, b.name, b.kind, b.bytes, format_size(b.bytes),
+             b.placement.value + (f" ({b.tier.value})" if b.tier.value != "ram" else ""), b.cast.value]
             for i, b in enumerate(plan.blocks)]
     columns = ["#", "block", "kind", "bytes", "size", "placement", "cast"]
     if plan.experts:  # a placement per expert: the first's columns, then each further one's
@@ -274,4 +306,5 @@ def _print_plan(stored, json_out: bool) -> None:
             streamed = sum(b.placement is Placement.STREAMED for b in e.blocks)
             echo(f"{e.attr}: {streamed}/{len(e.blocks)} streamed, depth {e.prefetch_depth}, "
                  f"host memory {e.host_memory.value}, predicted {e.predictions.step_ms:.1f} ms/step")
+    _print_host(plan)
     print_table(None, columns, rows)

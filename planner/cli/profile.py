@@ -6,6 +6,7 @@ A stored profile of the same machine, model, workload, dtype and tool version is
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -14,7 +15,10 @@ from planner.cli._common import DbOption, JsonOption, print_json, print_table
 
 
 def profile(
-    model: Annotated[str, typer.Option("--model", help="Model id from `planner models list`.")],
+    model: Annotated[Optional[str], typer.Option("--model", help="Model id from `planner models list`.")] = None,
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="A diffusers pipeline folder of any class: one real step of it is measured (instead of --model).")] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help="With --weights: the conditioning image of an image-to-video or edit pipeline.")] = None,
+    pipeline_arg: Annotated[Optional[list[str]], typer.Option("--pipeline-arg", help="With --weights: a further argument of the pipeline's own call, NAME=VALUE; repeatable.")] = None,
     resolution: Annotated[Optional[str], typer.Option(help="Image size WIDTHxHEIGHT (default: the model's).")] = None,
     batch: Annotated[int, typer.Option(help="Images per prompt.")] = 1,
     frames: Annotated[Optional[int], typer.Option(help="Video frames (default: the model's; 1 for images).")] = None,
@@ -25,6 +29,19 @@ def profile(
     json_out: JsonOption = False,
 ) -> None:
     """Measure this machine's GPU and a model's blocks."""
+    if (model is None) == (weights is None):
+        from runtime.errors import UserError
+
+        raise UserError("give --model ID (a catalog model) or --weights FOLDER (any pipeline folder), one of them")
+    if weights is not None:
+        if fresh:
+            from runtime.errors import UserError
+
+            raise UserError(
+                "--fresh works with --model; a --weights folder's stored profile is kept until "
+                "its model or its first step's input shapes change: drop --fresh"
+            )
+        return _profile_folder(weights, image, resolution, frames, device, db, json_out, pipeline_arg)
     from planner.app.stored import stored_or_measured
     from runtime.catalog import get_model
     from runtime.dtypes import DType
@@ -38,6 +55,26 @@ def profile(
             spec.id, workload, storage, device, db, fresh=fresh, progress=progress
         )
     _print(result, reused, json_out)
+
+
+def _profile_folder(weights, image, resolution, frames, device, db, json_out, pipeline_arg) -> None:
+    """One real step of any pipeline folder; each denoiser's measured profile printed."""
+    import dataclasses
+
+    from planner.app.any_profile import profile_folder
+    from planner.cli.apply_any import parse_call_args
+    from runtime.workload import parse_resolution
+
+    width, height = parse_resolution(resolution) if resolution else (None, None)
+    found = profile_folder(weights, device=device or None, store_url=db, height=height,
+                           width=width, frames=frames, image=image,
+                           call_args=parse_call_args(pipeline_arg))
+    if json_out:
+        print_json([{**dataclasses.asdict(f.profile), "component": f.component,
+                     "summary": summary(f.profile, f.reused)} for f in found])
+        return
+    for f in found:
+        _print(f.profile, f.reused, json_out)
 
 
 def _default_device() -> str:
@@ -108,9 +145,12 @@ def _print(p, reused: bool, json_out: bool) -> None:
         print_json({**dataclasses.asdict(p), "summary": facts})
         return
     rows = [
-        ["profile", f"#{p.id}" + (" (stored, reused; --fresh to measure again)" if reused else "")],
+        ["profile", f"#{p.id}" + ((" (stored, reused)" if p.model_id.startswith("auto:") else
+                                   " (stored, reused; --fresh to measure again)") if reused else "")],
         ["device", f"{facts['gpu']} ({p.device})"],
-        ["workload", f"{p.model_id} {p.workload.resolution}{_frames(p.workload)} batch {p.workload.batch} {p.storage_dtype.value}"],
+        ["workload", f"{p.model_id} (the first step's input shapes, in the id) {p.storage_dtype.value}"
+         if p.model_id.startswith("auto:") else
+         f"{p.model_id} {p.workload.resolution}{_frames(p.workload)} batch {p.workload.batch} {p.storage_dtype.value}"],
         ["pinned / pageable", f"{facts['pinned_gbps']} / {facts['pageable_gbps']} GB/s"],
         ["pinned under compute", f"{facts['pinned_under_compute_gbps']} GB/s"],
         ["copy overhead", f"{facts['copy_overhead_us']} us"],

@@ -12,8 +12,8 @@ from planner.cli._common import DbOption, check_output, store_name, JsonOption, 
 
 
 def tune(
-    model: Annotated[str, typer.Option("--model", help="Model id from `planner models list`.")],
-    vram: Annotated[str, typer.Option("--vram", help="VRAM budget, e.g. 8GB (GB means GiB).")],
+    model: Annotated[Optional[str], typer.Option("--model", help="Model id from `planner models list` (leave it out with a --profile measured by `planner profile --weights`).")] = None,
+    vram: Annotated[str, typer.Option("--vram", help="VRAM budget, e.g. 8GB (GB means GiB).")] = ...,
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="Plan from this reference GPU's profile.")] = None,
     profile: Annotated[Optional[int], typer.Option("--profile", help="Plan from this stored profile id (`planner profiles list`).")] = None,
     resolution: Annotated[Optional[str], typer.Option(help="Image size WIDTHxHEIGHT (default: the model's, or the --profile's).")] = None,
@@ -28,7 +28,9 @@ def tune(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the plan here.")] = None,
     verify: Annotated[int, typer.Option(help="Run the K best candidates on this GPU; keep the fastest.")] = 0,
     fresh: Annotated[bool, typer.Option("--fresh", help="Profile this machine's GPU again even if a profile is stored.")] = False,
-    host_ram: Annotated[Optional[str], typer.Option("--host-ram", help="Host RAM the plan may pin, e.g. 32GB (default: what this machine can pin; 64 GiB for a reference --gpu).")] = None,
+    max_error: Annotated[Optional[float], typer.Option("--max-error", help="Search mixed plans: blocks in fp8/q8_0/q4_k where the newest `planner analyze` table says so, summed relative output error under this (e.g. 0.05).")] = None,
+    host_ram: Annotated[Optional[str], typer.Option("--host-ram", help="Host RAM the whole run may use, e.g. 32GB (default: what this machine has available; 64 GiB for a reference --gpu).")] = None,
+    formats: Annotated[bool, typer.Option("--formats", help="Rank bf16, fp8, q8_0, q6_k, q5_k, q4_k and nf4 within both budgets (a reference --gpu).")] = False,
     db: DbOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -43,6 +45,12 @@ def tune(
     from runtime.errors import UserError
     from runtime.plan import save_plan
 
+    if model is None:  # a first-step profile of a pipeline folder names its own model
+        from planner.cli.tune_any import tune_profile_cli
+
+        if profile is None:
+            raise UserError("give --model ID, or --profile ID of a profile `planner profile --weights` measured")
+        return tune_profile_cli(profile, vram, host_ram, trials, output, db, json_out)
     spec = get_model(model)
     if batch is not None and not 1 <= batch <= 64:
         raise UserError(f"--batch {batch} is out of range: give 1 to 64 images per step")
@@ -64,23 +72,52 @@ def tune(
         fresh=fresh,
         host_ram_bytes=parse_size(host_ram, "--host-ram") if host_ram is not None else None,
         workload_from_profile=resolution is None and batch is None,
+        max_error=max_error,
     )
     if output is not None:
         check_output(output, "-o", db)  # before any work, and before anything is stored
+    if formats and gpu is None:
+        raise UserError("--formats compares reference profiles: give --gpu NAME")
     with status(f"searching placements for {spec.id} ({request.trials} trials)", enabled=not json_out):
-        outcome = run_tune(request)
-    formats = ()
-    if quant or weights is not None:
+        outcome = _tune_or_say_which_formats_fit(request, run_tune)
+    rows = ()
+    if formats:
+        from planner.app.formats import rank_for_request
+
+        with status("ranking storage formats", enabled=not json_out):
+            rows = rank_for_request(dataclasses.replace(request, storage_dtype=outcome.inventory.storage_dtype))
+    elif quant or weights is not None:
         from planner.app.formats import compare_formats
 
-        formats = compare_formats(dataclasses.replace(request, storage_dtype=outcome.inventory.storage_dtype))
+        rows = compare_formats(dataclasses.replace(request, storage_dtype=outcome.inventory.storage_dtype))
     if output is not None:
         save_plan(outcome.plan, output, option="-o")
-    data = {**summary(outcome), "formats": [row.to_dict() for row in formats], "store": store_name(db)}
+    data = {**summary(outcome), "formats": [row.to_dict() for row in rows], "formats_ranked": bool(formats),
+            "store": store_name(db),
+            "mixed": outcome.mixed.to_dict() if outcome.mixed is not None else None}
     if json_out:
         print_json({**data, "output": str(output) if output else None})
         return
     _print(data, output)
+
+
+def _tune_or_say_which_formats_fit(request, run_tune):
+    """The tuned outcome; where no plan fits the host RAM in the requested format (and the
+    text encoders are not what is over it), the refusal also names the formats that fit."""
+    from planner.host_ram import HostRamRefusal
+
+    try:
+        return run_tune(request)
+    except HostRamRefusal as e:
+        if e.by_encoders or request.gpu is None:
+            raise
+        from planner.app.formats import fitting_formats_sentence, rank_for_request
+        from runtime.errors import UserError
+
+        fits = fitting_formats_sentence(rank_for_request(request))
+        if not fits:
+            raise
+        raise UserError(f"{e}; within both budgets these formats fit: {fits}") from e
 
 
 def _storage(dtype: str, quant: str, weights: Optional[Path]):
@@ -124,8 +161,7 @@ def _print(data: dict, output: Path | None) -> None:
         f"plan {data['plan_id']} for {data['plan']['model']['id']} within {format_size(data['plan']['target']['vram_budget_bytes'])}, from the {where}",
         f"  blocks:        {counts} (pattern {p['pattern']})",
         f"  prefetch:      depth {p['depth']}, cast {_casts(p)}, host memory {p['host_memory']}",
-        f"  host RAM:      {format_size(data['host_bytes'])} {p['host_memory']} for streamed blocks"
-        f" (limit {format_size(data['host_ram']['limit_bytes'])}, {data['host_ram']['limit_source']})",
+        *host_lines(data["host_ram"], p["host_memory"]),
         f"  predicted:     {data['step_ms'] / 1000:.3f} s/step, peak VRAM {format_size(data['peak_vram_bytes'])}",
     ]
     cal = data.get("calibration")
@@ -141,6 +177,11 @@ def _print(data: dict, output: Path | None) -> None:
         lines.extend(_experts_lines(data["experts"]))
     if data["measured_step_ms"] is not None:
         lines.append(f"  measured:      {data['measured_step_ms'] / 1000:.3f} s/step")
+    if data.get("mixed") is not None:
+        m = data["mixed"]
+        lines.append(f"  mixed:         {len(m['options'])} blocks converted or pruned, predicted "
+                     f"error {m['predicted_error']:.3g} (max {m['max_error']:.3g}); the uniform plan: "
+                     f"{m['uniform_step_ms'] / 1000:.3f} s/step")
     plan_id, store = data["plan_id"], data["store"]
     if output is not None:
         lines.append(f"  written to:    {output} (and stored as plan {plan_id} in {store})")
@@ -154,12 +195,14 @@ def _print(data: dict, output: Path | None) -> None:
         if row["fits"]:
             rows.append([row["policy"], row["peer"], f"{row['step_ms'] / 1000:.3f}", format_size(row["peak_vram_bytes"])])
         elif row["fits_vram"]:
-            rows.append([row["policy"], row["peer"], f"pins {format_size(row['pinned_bytes'])}: over host RAM",
+            rows.append([row["policy"], row["peer"], f"needs {format_size(row['host_peak_bytes'])} host RAM: over",
                          format_size(row["peak_vram_bytes"])])
         else:
             rows.append([row["policy"], row["peer"], "does not fit", ""])
     print_table("peer policies at the same budget (predicted)", ["policy", "as in", "s/step", "peak VRAM"], rows)
-    if data["formats"]:
+    if data["formats_ranked"]:
+        _print_ranked(data["formats"])
+    elif data["formats"]:
         plan = data["plan"]
         rows = [[f"{plan['model']['storage_dtype']} (this plan)", format_size(data["weight_bytes"]),
                  f"{data['step_ms'] / 1000:.3f}", format_size(data["peak_vram_bytes"]), _casts(p)]]
@@ -171,6 +214,42 @@ def _print(data: dict, output: Path | None) -> None:
                 rows.append([row["storage"], format_size(row["weight_bytes"]), "does not fit", "", ""])
         print_table("storage formats at the same budget (predicted)",
                     ["storage", "weights", "s/step", "peak VRAM", "cast"], rows)
+
+
+def host_lines(host: dict, host_memory: str) -> list[str]:
+    """The run's host RAM: the peak and its phase against the limit, each phase, the tiers."""
+    from planner.budget import format_size
+
+    if "peak_bytes" not in host:
+        return []
+    phases = ", ".join(f"{phase} {format_size(n)}" for phase, n in host["phases"].items())
+    lines = [
+        f"  host RAM:      peak {format_size(host['peak_bytes'])} ({host['peak_phase']}) of "
+        f"{format_size(host['limit_bytes'])} ({host['limit_source']})",
+        f"  by phase:      {phases}; baseline {format_size(host['baseline_bytes'])} ({host['baseline_source']})",
+    ]
+    tier = f"  streamed:      {format_size(host['ram_pack_bytes'])} in RAM ({host_memory})"
+    if host["disk_blocks"]:
+        tier += (f", {len(host['disk_blocks'])} blocks ({format_size(host['disk_bytes'])}) on the disk tier, "
+                 f"read in {host['disk_ms'] / 1000:.3f} s/step through {format_size(host['staging_bytes'])} of staging")
+    return lines + [tier]
+
+
+def _print_ranked(rows: list[dict]) -> None:
+    """`--formats`: every format within both budgets, fastest first, then those that do not fit."""
+    from planner.budget import format_size
+
+    table = []
+    for row in rows:
+        kind = "lossless" if row["lossless"] else "lossy"
+        if row["fits"]:
+            disk = f", {format_size(row['disk_bytes'])} on disk" if row["disk_bytes"] else ""
+            table.append([row["storage"], kind, f"{row['step_ms'] / 1000:.3f}", format_size(row["peak_vram_bytes"]),
+                          format_size(row["host_peak_bytes"]) + disk, row["file"]])
+        else:
+            table.append([row["storage"], kind, "does not fit", "", "", row["file"]])
+    print_table("storage formats within both budgets (predicted, fastest first)",
+                ["storage", "", "s/step", "peak VRAM", "host RAM peak", "file you need"], table)
 
 
 def _experts_lines(experts: dict) -> list[str]:

@@ -126,16 +126,34 @@ class ExpertsHandle:
 
     def remove(self) -> None:
         """Undo: the active plan removed, the hooks gone; both experts as before. Idempotent."""
+        self.remove_hooks_only()
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        self.active = None
+
+
+    def release(self) -> None:
+        """Drop the active plan and every expert's weights (`OffloadHandle.release`)."""
+        from runtime.engine.offload import drop_tensors
+
+        self.remove_hooks_only()
+        if self._handle is not None:
+            self._handle.release()
+            self._handle = None
+        for attr in self.plans:
+            expert = getattr(self.pipe, attr, None)
+            if expert is not None:
+                drop_tensors(expert)
+        self.active = None
+
+    def remove_hooks_only(self) -> None:
         first = getattr(self.pipe, next(iter(self.plans)))
         if _APPLIED.get(first) is self:
             del _APPLIED[first]
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-        self.active = None
 
 
 def apply_experts(pipe, plans: Mapping[str, object], device=None) -> ExpertsHandle:

@@ -109,6 +109,31 @@ class OffloadHandle:
         use = ring.next_use
         return ring.host_buffers[use % ring.schedule.m], ring.slot_buffers[ring.schedule.slot(use)]
 
+    def bind_streamed(self, name: str) -> bool:
+        """Point streamed block `name` at its ring slot, as the ring's hook on the block does
+        when the block is called, for a forward that runs the block's children without calling
+        the block (`release_streamed` when they are done). False where `name` is not streamed."""
+        self._require_active()
+        j = self._streamed_position(name)
+        if j is None:
+            return False
+        self._state.ring.before(j)
+        return True
+
+    def release_streamed(self, name: str) -> None:
+        """End `bind_streamed(name)`: the slot is freed behind the children's compute and the
+        block points home again."""
+        self._require_active()
+        j = self._streamed_position(name)
+        if j is not None:
+            self._state.ring.after(j)
+
+    def _streamed_position(self, name: str) -> int | None:
+        if self._state.ring is None:
+            return None
+        names = [b.name for b in self.plan.streamed]  # plan blocks are in execution order
+        return names.index(name) if name in names else None
+
     def enable_timing(self) -> None:
         self._timer.enabled = True
 
@@ -130,6 +155,18 @@ class OffloadHandle:
         state, self._state = self._state, None
         if state is not None:
             state.undo()
+        forget(self.model, self)
+
+    def release(self) -> None:
+        """Drop the plan and the model's weights without restoring them: for a caller that
+        throws the model away (`runtime.generate`, before the decode), so that the host never
+        holds the whole transformer again. The model is unusable afterwards. Idempotent."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        state, self._state = self._state, None
+        if state is not None:
+            state.drop(self.model)
         forget(self.model, self)
 
     def _follow_adapters(self, module, args) -> None:

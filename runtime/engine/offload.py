@@ -12,15 +12,17 @@ import warnings
 
 import torch
 
-from runtime.engine import adapters, packing, quantized, staging
+from runtime.engine import adapters, disk_tier, packing, quantized, staging
 from runtime.engine.casting import install_casts
 from runtime.engine.checks import check_plan
+from runtime.engine.conversion import convert_blocks, converts
 from runtime.engine.host_memory import decide_host_memory
 from runtime.engine.ring import Ring
 from runtime.engine.stats import OffloadStats
 from runtime.dtypes import DType
 from runtime.inventory import device_bytes_by_dtype
-from runtime.plan import CastMode, Placement
+from runtime.plan import CastMode, Placement, Tier
+from runtime.tiers import staging_bytes
 from runtime.schedule import ring_of
 
 class AppliedState:
@@ -33,19 +35,22 @@ class AppliedState:
         self.moved: list[tuple[torch.Tensor, torch.device, torch.dtype, str]] = []
         self.dequantized: list[tuple[torch.Tensor, torch.Tensor]] = []  # tensor, packed bytes
         self.layouts: list[packing.Layout] = []
-        self.host_buffers: list[dict[str, torch.Tensor]] = []
+        self.host_buffers: list[dict[str, torch.Tensor] | None] = []  # None: on the disk tier
+        self.pack_file: disk_tier.PackFile | None = None
         self.host_views: list[list[torch.Tensor]] = []
         self.pinned: list[bool] = []
         self.ring: Ring | None = None
         self.hooks: list = []
         self.casts: list = []
         self.resident_block_count = 0
+        self.conversions = None  # conversion.BlockConversions of the plan's converted blocks
 
     def stats(self, device: torch.device) -> OffloadStats:
         def nbytes(kind: str) -> int:
             return sum(t.numel() * t.element_size() for t, _, _, k in self.moved if k == kind)
 
-        pack = [sum(t.numel() * t.element_size() for t in b.values()) for b in self.host_buffers]
+        pack = [sum(t.numel() * t.element_size() for t in (b or {}).values()) for b in self.host_buffers]
+        reader = self.ring.disk if self.ring is not None else None
         adapter_bytes = sum(
             t.numel() * t.element_size() for t, _, _, _ in self.moved if id(t) in self.adapter_ids
         ) + sum(
@@ -63,6 +68,9 @@ class AppliedState:
             pinned_bytes=sum(b for b, p in zip(pack, self.pinned) if p),
             pageable_bytes=sum(b for b, p in zip(pack, self.pinned) if not p),
             adapter_bytes=adapter_bytes,
+            disk_bytes=self.pack_file.nbytes if self.pack_file is not None else 0,
+            staging_bytes=reader.staging_bytes if reader is not None else 0,
+            direct_io=self.pack_file.direct if self.pack_file is not None else None,
         )
 
     def undo(self) -> None:
@@ -80,6 +88,9 @@ class AppliedState:
             packing.restore(layout, views)
             self.host_buffers.pop()
             self.pinned.pop()
+        if self.pack_file is not None:  # the views read from it were restored above
+            self.pack_file.close()
+            self.pack_file = None
         packed = {id(t): data for t, data in self.dequantized}
         back = []
         for tensor, orig_device, orig_dtype, _ in reversed(self.moved):
@@ -90,16 +101,61 @@ class AppliedState:
         _move_all(back, staging.to_host)
         self.moved = []
         self.dequantized = []
+        if self.conversions is not None:
+            self.conversions.undo()
+            self.conversions = None
+
+
+    def drop(self, model) -> None:
+        """Unhook and free every tensor of `model` (see `OffloadHandle.release`)."""
+        for hook in self.hooks:
+            hook.remove()
+        for cast in self.casts:
+            cast.remove()
+        self.hooks, self.casts = [], []
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
+        drop_tensors(model)
+        self.layouts, self.host_buffers, self.host_views, self.pinned = [], [], [], []
+        self.moved, self.dequantized = [], []
+        if self.pack_file is not None:
+            self.pack_file.close()
+            self.pack_file = None
+
+
+def drop_tensors(model) -> None:
+    """Every parameter and buffer of `model` emptied: its storage is freed."""
+    for tensor in packing.unique_tensors(model):
+        tensor.data = torch.empty(0, dtype=tensor.dtype)
 
 
 def apply_state(model, adapter, plan, device: torch.device) -> AppliedState:
-    """Everything `apply` does to the model's tensors and blocks, recorded for undo."""
+    """Everything `apply` does to the model's tensors and blocks, recorded for undo. Blocks
+    the plan gives their own format or pruned units are converted first (and put back last)."""
+    conversions = convert_blocks(adapter.blocks(model), plan) if converts(plan) else None
+    try:
+        state = _apply_converted(model, adapter, plan, device)
+    except BaseException:
+        if conversions is not None:
+            conversions.undo()
+        raise
+    state.conversions = conversions
+    if conversions is not None and not quantized.has_quantized(model):
+        compute = plan.model.compute_dtype.torch()
+        for block in conversions.converted:  # fp8 matrices and their bf16 vectors
+            state.casts.extend(quantized.install_dequant(block, compute))
+    return state
+
+
+def _apply_converted(model, adapter, plan, device: torch.device) -> AppliedState:
     inv = check_plan(model, adapter, plan)
     compute = plan.model.compute_dtype.torch()
     blocks = adapter.blocks(model)
     by_name = {b.name: b for b in plan.blocks}
     streamed = [by_name[name].placement is Placement.STREAMED for name, _, _ in blocks]
     pre = [by_name[name].cast is CastMode.PRE for name, _, _ in blocks]
+    on_disk = [by_name[name].tier is Tier.DISK for name, _, _ in blocks if by_name[name].placement is Placement.STREAMED]
     layouts = []
     adapter_signature = adapters.signature(model)
     for (name, _, module), info, s, p in zip(blocks, inv.blocks, streamed, pre):
@@ -107,10 +163,13 @@ def apply_state(model, adapter, plan, device: torch.device) -> AppliedState:
             layout = packing.layout_of(module, p, compute)
             # NF4's absmax and code books stay beside the packed bytes: the plan counts them
             assert plan.model.storage_dtype is DType.NF4 or \
-                _base_bytes(layout, adapter_signature[0]) == device_bytes_by_dtype(info, p), name
+                _base_bytes(layout, adapter_signature[0]) == \
+                device_bytes_by_dtype(info, p, plan.model.compute_dtype), name
             layouts.append(layout)
     freed = _host_bytes_released(model, blocks, streamed, device, pre)
-    decision = decide_host_memory([l.bytes for l in layouts], freed, _wants_pinned(plan))
+    in_ram = [l.bytes for l, d in zip(layouts, on_disk) if not d]
+    disk_staging = staging_bytes([l.bytes for l, d in zip(layouts, on_disk) if d])
+    decision = decide_host_memory(in_ram + ([disk_staging] if disk_staging else []), freed, _wants_pinned(plan))
     if decision.warning:
         warnings.warn(decision.warning, stacklevel=3)
 
@@ -118,10 +177,15 @@ def apply_state(model, adapter, plan, device: torch.device) -> AppliedState:
     try:
         _place_resident(state, model, blocks, streamed, pre, compute, device)
         if layouts:
-            _pack_streamed(state, layouts, decision.pinned, device)
+            pinned = iter(decision.pinned)
+            _pack_streamed(state, layouts, [False if d else next(pinned) for d in on_disk], on_disk, device)
+            reader = None
+            if state.pack_file is not None:
+                state.pack_file.seal()
+                reader = disk_tier.DiskReader(state.pack_file, [j for j, d in enumerate(on_disk) if d], device)
             state.ring = Ring(
                 ring_of(streamed, plan.prefetch_depth),
-                state.layouts, state.host_buffers, state.host_views, device,
+                state.layouts, state.host_buffers, state.host_views, device, disk=reader,
             )
             modules = [module for (_, _, module), s in zip(blocks, streamed) if s]
             _hook_streamed(state, modules)
@@ -238,9 +302,19 @@ def _dequantize(state, tensor, device, compute, kind: str) -> None:
     tensor.data = quantized.host_dequantized(tensor, compute).to(device)
 
 
-def _pack_streamed(state, layouts, pinned, device) -> None:
-    for layout, pin in zip(layouts, pinned):
-        buffers, host_views = packing.pack_host(layout, pin, device)
+def _pack_streamed(state, layouts, pinned, on_disk, device) -> None:
+    """RAM-tier blocks into host packs; disk-tier blocks into the pack file (its mapping)."""
+    disk_layouts = [layout for layout, d in zip(layouts, on_disk) if d]
+    if disk_layouts:
+        state.pack_file = disk_tier.PackFile(disk_layouts)
+    k = 0
+    for layout, pin, d in zip(layouts, pinned, on_disk):
+        if d:
+            buffers, host_views = None, state.pack_file.write(k, layout)
+            packing.bind(layout, host_views)
+            k += 1
+        else:
+            buffers, host_views = packing.pack_host(layout, pin, device)
         state.layouts.append(layout)
         state.host_buffers.append(buffers)
         state.host_views.append(host_views)

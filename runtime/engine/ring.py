@@ -113,6 +113,9 @@ class _CpuSync(_Sync):
     def _synchronize(self) -> None:
         pass
 
+    def staging_done(self):
+        return None  # CPU copies are done when they return
+
 
 class _CudaSync(_Sync):
     """One side copy stream; per slot, the event of its last copy and of its last compute."""
@@ -138,6 +141,12 @@ class _CudaSync(_Sync):
     def _record_copy(self, slot: int) -> None:
         self.copied_events[slot].record(self.stream)
 
+    def staging_done(self) -> torch.cuda.Event:
+        """An event behind the copies enqueued so far (a disk-tier staging buffer's copy)."""
+        event = torch.cuda.Event()
+        event.record(self.stream)
+        return event
+
     def reads(self, sources, slot: int) -> None:
         for source in sources:  # a page-locked mapping is not unregistered before this copy ends
             host_memory.note_read(source, self.copied_events[slot])
@@ -155,10 +164,13 @@ class _CudaSync(_Sync):
 class Ring:
     """Slots on the device and the use counter; `before`/`after` wrap each streamed block."""
 
-    def __init__(self, schedule: RingSchedule, layouts, host_buffers, host_views, device):
+    def __init__(self, schedule: RingSchedule, layouts, host_buffers, host_views, device, disk=None):
         self.schedule = schedule
         self.layouts = layouts  # per streamed block (j), its packing.Layout
-        self.host_buffers = host_buffers  # per j: {group: flat host tensor}
+        # per j: {group: flat host tensor}; None for a disk-tier block, which `disk` (a
+        # runtime.engine.disk_tier.DiskReader) reads into a staging buffer for each copy
+        self.host_buffers = host_buffers
+        self.disk = disk
         self.host_views = host_views  # per j: views of the host pack, one per entry
         self.device = torch.device(device)
         slot_numel: dict[str, int] = {}
@@ -187,13 +199,18 @@ class Ring:
         slot = self.schedule.slot(use)
         with self.sync.copy_context():
             self.sync.copy_waits_compute(slot)
-            for group, host in self.host_buffers[j].items():
+            on_disk = self.host_buffers[j] is None
+            source = self.disk.take(j) if on_disk else self.host_buffers[j]
+            for group, host in source.items():
                 self.slot_buffers[slot][group].narrow(0, 0, host.numel()).copy_(
                     host, non_blocking=True
                 )
             self.sync.copied(slot, use)
             self.sync.record_copy(slot, use)
-            self.sync.reads(self.host_buffers[j].values(), slot)
+            if on_disk:  # the reader waits for this before it reads into the buffer again
+                self.disk.release(self.sync.staging_done())
+            else:
+                self.sync.reads(source.values(), slot)
 
     def _start(self, first_use: int) -> None:
         for k in self.schedule.initial_copies():
@@ -227,6 +244,9 @@ class Ring:
 
     def close(self) -> None:
         self.sync.synchronize()
+        if self.disk is not None:
+            self.disk.close()
+            self.disk = None
         host_memory.release_deferred()
         self.slot_buffers = []
         self.slot_views = []

@@ -19,6 +19,9 @@ class OffloadStats:
     pinned_bytes: int  # streamed blocks' host buffers allocated as pinned
     pageable_bytes: int  # streamed blocks' host buffers in pageable memory
     adapter_bytes: int = 0  # LoRA weights among the above (resident, non-block or packed)
+    disk_bytes: int = 0  # disk-tier blocks' pack file (aligned extents)
+    staging_bytes: int = 0  # the disk reader's staging buffers (host RAM, pinned on CUDA)
+    direct_io: bool | None = None  # the pack file is read with O_DIRECT; None: no disk tier
 
     @property
     def device_weight_bytes(self) -> int:

@@ -99,6 +99,9 @@ class FamilyAdapter(abc.ABC):
     text_encoders: tuple[str, ...] = ()
     # The pipeline attribute (and pipeline subfolder) holding the model plans apply to.
     denoiser: str = "transformer"
+    # Further pipeline classes of this family's models (image-conditioned variants) that
+    # `planner apply` loads a folder with when its model_index.json names one of them.
+    variant_pipelines: tuple[str, ...] = ()
 
     # The catalog entries of this family (released configs, source named, and a tiny-*).
     catalog: tuple["ModelSpec", ...] = ()

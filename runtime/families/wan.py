@@ -49,7 +49,14 @@ class WanVae:
 # Wan-AI/Wan2.1-T2V-14B-Diffusers vae/config.json: z_dim 16, scale factors 4 and 8.
 # Wan-AI/Wan2.2-TI2V-5B-Diffusers vae/config.json: z_dim 48, scale factors 4 and 16; its
 # pipeline runs with expand_timesteps (model_index.json).
-_VAES = {16: WanVae(4, 8, False), 48: WanVae(4, 16, True)}
+# Image-to-video (Wan2.1-I2V-14B-*, Wan2.2-I2V-A14B): the z_dim-16 VAE, and the transformer
+# takes 36 channels, the noise's 16 concatenated with the first frame's latents (16) and a
+# 4-channel mask (WanImageToVideoPipeline.prepare_latents): the token count is the noise's.
+_VAES = {16: WanVae(4, 8, False), 36: WanVae(4, 8, False), 48: WanVae(4, 16, True)}
+I2V_CHANNELS = 36
+# Wan 2.1 I2V's CLIP ViT-H/14 image embedding: 257 tokens (16x16 patches + class) that the
+# transformer prepends to the text in every block's cross-attention (`image_dim` 1280).
+IMAGE_TOKENS = 257
 
 # The Wan team's configs (Wan-Video/Wan2.1 wan/configs/wan_t2v_{14B,1_3B}.py,
 # Wan-Video/Wan2.2 wan/configs/wan_t2v_A14B.py and wan_ti2v_5B.py), as the diffusers repos
@@ -72,6 +79,10 @@ _1_3B = {**_COMMON, "num_attention_heads": 12, "ffn_dim": 8960, "num_layers": 30
          "in_channels": 16, "out_channels": 16}
 _5B = {**_COMMON, "num_attention_heads": 24, "ffn_dim": 14336, "num_layers": 30,
        "in_channels": 48, "out_channels": 48}
+# Image-to-video: 36 input channels (above); Wan 2.1's adds the CLIP image embedding's
+# projections to each block's cross-attention (`added_kv_proj_dim` = its width).
+_I2V_14B = {**_14B, "in_channels": I2V_CHANNELS}
+_I2V_21_14B = {**_I2V_14B, "image_dim": 1280, "added_kv_proj_dim": 5120}
 _SOURCE = "Wan-AI/{}-Diffusers, transformer/config.json (Wan-Video/{} wan/configs/{})"
 _TINY = {
     **_COMMON, "num_attention_heads": 2, "attention_head_dim": 16, "ffn_dim": 64,
@@ -123,10 +134,44 @@ MODELS = (
         stated_params="5B",
     ),
     model_spec(
+        id="wan2.1-i2v-14b-480p", family="wan", config=_I2V_21_14B, storage_dtype=DType.BF16,
+        text_tokens=512, default_steps=50, default_guidance=5.0, cfg=CfgMode.SEQUENTIAL,
+        default_frames=81, default_resolution="832x480",
+        description=(
+            "Wan 2.1 image-to-video 14B, 480p: 36 input channels (the first frame's latents and "
+            "a mask beside the noise), a CLIP image embedding of 257 tokens in every block's "
+            "cross-attention (WanImageToVideoPipeline)"
+        ),
+        config_source=_SOURCE.format("Wan2.1-I2V-14B-480P", "Wan2.1", "wan_i2v_14B.py"),
+        stated_params=None,  # the name counts the 14B blocks; the image projections add more
+    ),
+    model_spec(
+        id="wan2.2-i2v-a14b", family="wan", config=_I2V_14B, storage_dtype=DType.BF16,
+        text_tokens=512, default_steps=40, default_guidance=3.5, cfg=CfgMode.SEQUENTIAL,
+        default_frames=81, default_resolution="1280x720",
+        description=(
+            "Wan 2.2 image-to-video A14B: two 14B experts taking 36 input channels "
+            "(WanImageToVideoPipeline), `transformer_2` after boundary_ratio 0.9"
+        ),
+        config_source=_SOURCE.format("Wan2.2-I2V-A14B", "Wan2.2", "wan_i2v_A14B.py"),
+        stated_params="14B",  # per expert, as the text-to-video A14B
+        # wan_i2v_A14B.py: boundary 0.900, sample_shift 5.0, sample_steps 40,
+        # sample_guide_scale (3.5, 3.5)
+        experts=Experts(("transformer", "transformer_2"), boundary_ratio=0.9, shift=5.0,
+                        guidance_2=3.5),
+    ),
+    model_spec(
         id="tiny-wan", family="wan", config=_TINY,
         storage_dtype=DType.FP32, text_tokens=16, default_steps=2, default_guidance=5.0,
         cfg=CfgMode.SEQUENTIAL, default_frames=5, default_resolution="64x64",
         description="tiny Wan for tests: 4 blocks of width 32, runs on CPU in ms",
+        config_source="ours (test model)",
+    ),
+    model_spec(
+        id="tiny-wan-i2v", family="wan", config={**_TINY, "in_channels": I2V_CHANNELS},
+        storage_dtype=DType.FP32, text_tokens=16, default_steps=2, default_guidance=5.0,
+        cfg=CfgMode.SEQUENTIAL, default_frames=5, default_resolution="64x64",
+        description="tiny Wan image-to-video for tests: tiny-wan's blocks taking 36 channels",
         config_source="ours (test model)",
     ),
     model_spec(
@@ -145,6 +190,7 @@ class WanAdapter(FamilyAdapter):
     name = "wan"
     diffusers_model = "WanTransformer3DModel"
     diffusers_pipeline = "WanPipeline"
+    variant_pipelines = ("WanImageToVideoPipeline",)  # 36 input channels: `--image` given
     block_lists = (BlockList(attr="blocks", kind="block"),)
     text_encoders = ("text_encoder",)
 
@@ -180,7 +226,7 @@ class WanAdapter(FamilyAdapter):
         cos, sin = _rotary(config, workload)
         kwargs = {
             "hidden_states": rand(batch, tokens, dim),
-            "encoder_hidden_states": rand(batch, workload.text_tokens, dim),
+            "encoder_hidden_states": rand(batch, context_tokens(config, workload), dim),
             "temb": temb,
             # in the model's dtype, as its rotary buffers are once loaded for a plan
             "rotary_emb": (cos.to(device=device, dtype=dtype), sin.to(device=device, dtype=dtype)),
@@ -204,7 +250,8 @@ class WanAdapter(FamilyAdapter):
             "timestep": torch.full(timestep_shape, 500.0, device=device, dtype=torch.float32),
             "encoder_hidden_states": rand(batch, workload.text_tokens, config.text_dim),
             "return_dict": False,
-        }
+        } | ({"encoder_hidden_states_image": rand(batch, IMAGE_TOKENS, config.image_dim)}
+             if config.image_dim else {})
 
     # ------------------------------------------------------------------ generation
 
@@ -252,8 +299,14 @@ def vae_of(config) -> WanVae:
         known = ", ".join(str(c) for c in _VAES)
         raise UserError(
             f"this Wan transformer takes {config.in_channels} latent channels, which no Wan "
-            f"VAE makes (known: {known}): image-conditioned variants are not supported yet"
+            f"VAE makes (known: {known}): it is not a Wan text- or image-to-video model"
         ) from None
+
+
+def context_tokens(config, workload: Workload) -> int:
+    """Tokens each block's cross-attention reads: the text's, after the image embedding's
+    where the model has one (Wan 2.1 I2V's `image_dim`)."""
+    return workload.text_tokens + (IMAGE_TOKENS if config.image_dim else 0)
 
 
 def latent_shape(config, workload: Workload) -> tuple[int, int, int]:
