@@ -11,27 +11,10 @@ import threading
 import time
 
 import pytest
-from typer.testing import CliRunner
 
-from planner.cli import app
+from cli_checks import ok as _ok
+from cli_checks import refused as _refused
 from store_fixtures import make_plan
-
-runner = CliRunner()
-
-
-def _ok(*args: str):
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def _refused(*args: str) -> str:
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 2, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 # ---------------------------------------------------------------- problem 13: terminal

@@ -11,20 +11,13 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import build_tiny_flux
+from cli_checks import ok as _ok
+from cli_checks import refused as _refused
 from planner.cli import app
 from tests.quant_files import nf4_state
 
 runner = CliRunner()
 STATE = "transformer_blocks.0.attn.to_q.weight.quant_state.bitsandbytes__nf4"
-
-
-def _refused(*args: str) -> str:
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 2, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 def _nf4_with_state(tmp_path, text: str):

@@ -9,31 +9,11 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from planner.cli import app
+from cli_checks import ok as _ok
+from cli_checks import refused as _refused
 
-runner = CliRunner()
 TUNE = ("tune", "--model", "tiny-flux", "--vram", "1GB", "--gpu", "rtx-4060", "--trials", "4")
-
-
-def _run(*args: str):
-    return runner.invoke(app, list(args))
-
-
-def _ok(*args: str):
-    result = _run(*args)
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def _refused(*args: str) -> str:
-    result = _run(*args)
-    assert result.exit_code == 2, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 def _is_sqlite(path: Path) -> bool:

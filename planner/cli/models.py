@@ -92,12 +92,16 @@ def inspect_command(
 ) -> None:
     """Blocks of a local checkpoint with dtypes, tensors and bytes, read from headers only."""
     from planner.budget import format_size
-    from runtime.checkpoint.inspect import inspect_checkpoint
-    from runtime.folder_blocks import discovered_reports, without_adapter
+    from pathlib import Path
 
-    if without_adapter(path):  # a pipeline folder of a class no family adapter knows
-        _print_discovered(discovered_reports(path), json_out)
-        return
+    from runtime.checkpoint.inspect import inspect_checkpoint
+
+    if (Path(path) / "model_index.json").is_file():  # a pipeline folder: generic discovery
+        from runtime.folder_blocks import discovered_reports, without_adapter  # (imports torch)
+
+        if without_adapter(path):  # of a class no family adapter knows
+            _print_discovered(discovered_reports(path), json_out)
+            return
     report = inspect_checkpoint(path)
     if json_out:
         print_json(report.to_dict())
