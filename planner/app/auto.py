@@ -83,7 +83,8 @@ class AutoConfig:
 def apply_auto(model_or_pipeline, vram="8GB", host_ram=None, device=None, store=None) -> "AutoHandle":
     """Offload `model_or_pipeline` (any `nn.Module`, or a diffusers pipeline's transformer or
     unet) within `vram` (a size: "8GB", or bytes), planned from its own first forward; see the
-    module docstring. `host_ram` caps the pinned host RAM (default: what is available),
+    module docstring. `host_ram` caps the host RAM the streamed blocks' packs hold (default:
+    what this machine has available now),
     `device` is the compute device (default CUDA when there is one, else CPU), `store` a
     database URL (default: the user's store). Returns an `AutoHandle`; `remove()` undoes it."""
     model = denoiser_of(model_or_pipeline)
