@@ -185,3 +185,14 @@ def test_apply_wan_two_experts_plans_each_at_its_phase(tmp_path):
     assert [len(c["forward_ms"]) for c in experts] == [1, 1]
     assert experts[0]["source"] == "measured" and experts[1]["source"] == "stored plan"
     assert len(data["runs"]) == 2
+
+
+def test_a_budget_below_the_vae_is_refused_and_nothing_is_written(sana, tmp_path):
+    out = tmp_path / "x.png"
+    result = CliRunner().invoke(app, [
+        "apply", "--weights", str(sana), "--vram", "1KB", "--prompt", "a cat", "-o", str(out),
+        "--device", "cpu", "--db", f"sqlite:///{tmp_path / 's.db'}",
+    ])
+    assert result.exit_code != 0
+    assert "does not hold SanaPipeline's vae" in result.output and "give a larger --vram" in result.output
+    assert not out.exists()
