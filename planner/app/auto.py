@@ -65,8 +65,8 @@ from runtime.engine import handle as engine
 from runtime.engine.host_memory import available_host_bytes
 from runtime.errors import PlanMismatchError, UserError
 from runtime.families import family_of_module
-from runtime.inventory import inventory_of_module
-from runtime.plan import HostMemory, Target, build_plan
+from runtime.inventory import inventory_of_module, stored_as_is
+from runtime.plan import CastMode, HostMemory, Target, build_plan
 
 AUTO_TRIALS = 48  # the analytic frontier pass and the peers do most of the work
 
@@ -228,6 +228,9 @@ class AutoHandle:
             inventory, {b.name for b in inventory.blocks}, workload=AUTO_WORKLOAD,
             target=Target(_gpu_name(self.config.device), self.config.budget_bytes),
             prefetch_depth=1, host_memory=HostMemory.PINNED,
+            # fp8 counted as stored (ComfyUI's fp8 weight_dtype) stays fp8 in its packs, so the
+            # inventory taken under this plan after the first forward still sees it as stored
+            cast=CastMode.AUTO if stored_as_is(self.model, self.storage) else CastMode.PRE,
         )
 
     def _tune_and_switch(self, inventory, source: str) -> None:
