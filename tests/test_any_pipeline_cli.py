@@ -56,6 +56,7 @@ def _apply(folder: Path, out: Path, db: str, *extra: str):
 @pytest.mark.parametrize("name, size, cls, forwards", [
     ("sana", 32, "SanaTransformer2DModel", 2),  # runs 512x512 (its size bins), then resizes
     ("lumina2", 64, "Lumina2Transformer2DModel", 4),  # CFG as two forwards a step
+    ("cogview4", 64, "CogView4Transformer2DModel", 4),
 ])
 def test_apply_a_pipeline_class_without_an_adapter(name, size, cls, forwards, sana, tmp_path):
     from PIL import Image
