@@ -5,6 +5,7 @@ variants of those that have one, built locally (nothing downloaded; tokenizers f
 - `sana`: SanaPipeline (SanaTransformer2DModel, Gemma2 text encoder, AutoencoderDC): no adapter.
 - `lumina2`: Lumina2Pipeline (Lumina2Transformer2DModel, Gemma2, AutoencoderKL): no adapter.
 - `cogview4`: CogView4Pipeline (CogView4Transformer2DModel, GLM, AutoencoderKL): no adapter.
+- `mochi`: MochiPipeline (MochiTransformer3DModel, T5, AutoencoderKLMochi): video, no adapter.
 - `wan-i2v`: WanImageToVideoPipeline, Wan 2.2 I2V style (36 input channels, no image encoder).
 - `wan-i2v-clip`: the same, Wan 2.1 I2V style (a CLIP vision encoder; `image_dim` set).
 - `wan-experts`: WanPipeline with two experts (Wan 2.2 A14B's layout).
@@ -130,6 +131,31 @@ def build_cogview4(seed: int = 0):
     )
 
 
+def build_mochi(seed: int = 0):
+    """MochiPipeline (MochiTransformer3DModel, T5, AutoencoderKLMochi): video, no adapter."""
+    import torch
+    from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel
+    from transformers import T5Config, T5EncoderModel
+
+    from tests.pipeline_fixtures import tiny_tokenizers
+
+    torch.manual_seed(seed)
+    transformer = MochiTransformer3DModel(
+        patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=4,
+        pooled_projection_dim=16, in_channels=12, text_embed_dim=32, time_embed_dim=4,
+        max_sequence_length=16,
+    )
+    vae = AutoencoderKLMochi(
+        latent_channels=12, out_channels=3, encoder_block_out_channels=(32,) * 4,
+        decoder_block_out_channels=(32,) * 4, layers_per_block=(1,) * 5,
+    )
+    _, _, tokenizer, vocab = tiny_tokenizers()
+    text_encoder = T5EncoderModel(T5Config(d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2,
+                                           vocab_size=vocab, pad_token_id=0, eos_token_id=1))
+    return MochiPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae.eval(),
+                         text_encoder=text_encoder.eval(), tokenizer=tokenizer, transformer=transformer)
+
+
 def build_wan_i2v(seed: int = 0, clip: bool = False):
     """WanImageToVideoPipeline: tiny-wan's blocks taking 36 channels (16 noise + 16 image
     latents + 4 mask); with `clip`, Wan 2.1's CLIP image encoder and `image_dim`."""
@@ -246,6 +272,7 @@ def build_flux(seed: int = 0):
 
 
 BUILDERS = {
+    "mochi": build_mochi,
     "cogview4": build_cogview4,
     "lumina2": build_lumina2,
     "wan-experts": build_wan_two_experts,

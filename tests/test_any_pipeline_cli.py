@@ -53,23 +53,25 @@ def _apply(folder: Path, out: Path, db: str, *extra: str):
     ])
 
 
-@pytest.mark.parametrize("name, size, cls, forwards", [
-    ("sana", 32, "SanaTransformer2DModel", 2),  # runs 512x512 (its size bins), then resizes
-    ("lumina2", 64, "Lumina2Transformer2DModel", 4),  # CFG as two forwards a step
-    ("cogview4", 64, "CogView4Transformer2DModel", 4),
+@pytest.mark.parametrize("name, size, cls, forwards, frames", [
+    ("sana", 32, "SanaTransformer2DModel", 2, 1),  # runs 512x512 (its size bins), then resizes
+    ("lumina2", 64, "Lumina2Transformer2DModel", 4, 1),  # CFG as two forwards a step
+    ("cogview4", 64, "CogView4Transformer2DModel", 4, 1),
+    ("mochi", 32, "MochiTransformer3DModel", 2, 7),  # a video (CFG batched)
 ])
-def test_apply_a_pipeline_class_without_an_adapter(name, size, cls, forwards, sana, tmp_path):
+def test_apply_a_pipeline_class_without_an_adapter(name, size, cls, forwards, frames, sana, tmp_path):
     from PIL import Image
 
     from runtime.folder_blocks import without_adapter
 
     folder = sana if name == "sana" else save_pipeline(name, tmp_path / name)
     assert without_adapter(folder)  # the test is about a class nobody wrote an adapter for
-    out, db = tmp_path / f"{name}.png", f"sqlite:///{tmp_path / 'store.db'}"
-    result = _apply(folder, out, db, "--height", str(size), "--width", str(size), "--json")
+    out, db = tmp_path / f"{name}{'.webp' if frames > 1 else '.png'}", f"sqlite:///{tmp_path / 'store.db'}"
+    video = ("--frames", str(frames)) if frames > 1 else ()
+    result = _apply(folder, out, db, "--height", str(size), "--width", str(size), *video, "--json")
     assert result.exit_code == 0, result.output
     with Image.open(out) as image:
-        assert image.size == (size, size)
+        assert image.size == (size, size) and getattr(image, "n_frames", 1) == frames
     data = json.loads(result.stdout)
     transformer = next(c for c in data["components"] if c["name"] == "transformer")
     assert transformer["placement"] == "streamed" and transformer["source"] == "measured"
