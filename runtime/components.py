@@ -11,12 +11,12 @@ driven the same way as FLUX.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 
 from runtime.errors import UserError
 from runtime.files import read_bounded
+from runtime.strict_json import loads_strict
 
 MAX_INDEX_BYTES = 1 << 20
 # diffusers models that encode or decode pixels rather than denoise: they stay whole.
@@ -32,6 +32,19 @@ class Roles:
     rest: tuple[str, ...]
 
 
+def read_model_index(folder: Path) -> dict:
+    """`folder/model_index.json` through the strict reader (bounded, unique keys, finite
+    numbers); one sentence where it is not a JSON object."""
+    index = Path(folder) / "model_index.json"
+    try:
+        data = loads_strict(read_bounded(index, MAX_INDEX_BYTES, "model_index.json").decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise UserError(f"{index} is not valid JSON ({e}): restore the pipeline folder") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{index} is not a JSON object: restore the pipeline folder")
+    return data
+
+
 def pipeline_class_name(folder: Path) -> str:
     """The pipeline class `folder/model_index.json` names; one sentence when it cannot."""
     folder = Path(folder)
@@ -41,11 +54,8 @@ def pipeline_class_name(folder: Path) -> str:
             f"weights folder {folder} has no model_index.json: give a local diffusers pipeline "
             f"folder (save_pretrained or a downloaded snapshot)"
         )
-    try:
-        data = json.loads(read_bounded(index, MAX_INDEX_BYTES, "model_index.json"))
-    except ValueError as e:
-        raise UserError(f"{index} is not valid JSON ({e}): restore the pipeline folder") from e
-    name = data.get("_class_name") if isinstance(data, dict) else None
+    data = read_model_index(folder)
+    name = data.get("_class_name")
     if not isinstance(name, str) or not name.isidentifier():
         raise UserError(f"{index} names no pipeline class (_class_name): restore the pipeline folder")
     return name

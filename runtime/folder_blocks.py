@@ -10,17 +10,15 @@ bytes by dtype. The reports have the shape of `inspect_checkpoint`'s, family `au
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from types import MappingProxyType
 
 from runtime.checkpoint.header import read_header
 from runtime.checkpoint.inspect import BlockReport, CheckpointReport, Naming, _read_index
 from runtime.checkpoint.stored import safetensors_tensors
-from runtime.components import MAX_INDEX_BYTES, CODEC_WORDS
+from runtime.components import CODEC_WORDS, read_model_index
 from runtime.discovery import AUTO_FAMILY, find_blocks
 from runtime.errors import CheckpointError, UserError
-from runtime.files import read_bounded
 
 _WEIGHTS = {"diffusers": "diffusion_pytorch_model.safetensors", "transformers": "model.safetensors"}
 
@@ -36,13 +34,9 @@ class ComponentReport:
 def components_of(folder: Path) -> list[tuple[str, str, str, str]]:
     """(component, library, class, role) of the pipeline folder's denoisers, then its text
     encoders, as model_index.json lists them."""
-    index = Path(folder) / "model_index.json"
-    try:
-        data = json.loads(read_bounded(index, MAX_INDEX_BYTES, "model_index.json"))
-    except ValueError as e:
-        raise UserError(f"{index} is not valid JSON ({e}): restore the pipeline folder") from e
+    data = read_model_index(folder)
     found = []
-    for name, entry in data.items() if isinstance(data, dict) else ():
+    for name, entry in data.items():
         if name.startswith("_") or not (isinstance(entry, list) and len(entry) == 2):
             continue
         library, cls = entry

@@ -4,6 +4,8 @@ variants of those that have one, built locally (nothing downloaded; tokenizers f
 
 - `sana`: SanaPipeline (SanaTransformer2DModel, Gemma2 text encoder, AutoencoderDC): no adapter.
 - `lumina2`: Lumina2Pipeline (Lumina2Transformer2DModel, Gemma2, AutoencoderKL): no adapter.
+- `cogview4`: CogView4Pipeline (CogView4Transformer2DModel, GLM, AutoencoderKL): no adapter.
+- `mochi`: MochiPipeline (MochiTransformer3DModel, T5, AutoencoderKLMochi): video, no adapter.
 - `wan-i2v`: WanImageToVideoPipeline, Wan 2.2 I2V style (36 input channels, no image encoder).
 - `wan-i2v-clip`: the same, Wan 2.1 I2V style (a CLIP vision encoder; `image_dim` set).
 - `wan-experts`: WanPipeline with two experts (Wan 2.2 A14B's layout).
@@ -79,6 +81,79 @@ def build_lumina2(seed: int = 0):
         vae=tiny_vae(4, scaling_factor=0.3611, shift_factor=0.1159).eval(),
         text_encoder=text_encoder.eval(), tokenizer=tokenizer,
     )
+
+
+def _glm_tokenizer():
+    """A word-level tokenizer that starts every text with GLM's `[gMASK]<sop>`, as GLM-4's
+    does (CogView4's empty negative prompt is those two tokens, not nothing)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.pipeline_fixtures import WORDS
+
+    special = ["<pad>", "[gMASK]", "<sop>", "<unk>"]
+    vocab = {tok: i for i, tok in enumerate(special + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[gMASK] <sop> $A", special_tokens=[("[gMASK]", 1), ("<sop>", 2)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
+                                   model_max_length=1024, padding_side="left")
+    return fast, len(vocab)
+
+
+def build_cogview4(seed: int = 0):
+    """CogView4Pipeline (CogView4Transformer2DModel, a GLM text encoder, AutoencoderKL): no
+    adapter."""
+    import torch
+    from diffusers import CogView4Pipeline, CogView4Transformer2DModel, FlowMatchEulerDiscreteScheduler
+    from transformers import GlmConfig, GlmModel
+
+    from tests.pipeline_fixtures import tiny_tokenizers, tiny_vae
+
+    torch.manual_seed(seed)
+    transformer = CogView4Transformer2DModel(
+        patch_size=2, in_channels=4, out_channels=4, num_layers=4, attention_head_dim=8,
+        num_attention_heads=4, text_embed_dim=32, time_embed_dim=8, condition_dim=4,
+        sample_size=8, rope_axes_dim=(4, 4),
+    )
+    tokenizer, vocab = _glm_tokenizer()
+    text_encoder = GlmModel(GlmConfig(
+        hidden_size=32, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, vocab_size=vocab, pad_token_id=0,
+    ))
+    return CogView4Pipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder.eval(),
+        vae=tiny_vae(4, scaling_factor=1.0).eval(), transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(base_shift=0.25, max_shift=0.75,
+                                                  base_image_seq_len=256, use_dynamic_shifting=True,
+                                                  time_shift_type="linear"),
+    )
+
+
+def build_mochi(seed: int = 0):
+    """MochiPipeline (MochiTransformer3DModel, T5, AutoencoderKLMochi): video, no adapter."""
+    import torch
+    from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel
+    from transformers import T5Config, T5EncoderModel
+
+    from tests.pipeline_fixtures import tiny_tokenizers
+
+    torch.manual_seed(seed)
+    transformer = MochiTransformer3DModel(
+        patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=4,
+        pooled_projection_dim=16, in_channels=12, text_embed_dim=32, time_embed_dim=4,
+        max_sequence_length=16,
+    )
+    vae = AutoencoderKLMochi(
+        latent_channels=12, out_channels=3, encoder_block_out_channels=(32,) * 4,
+        decoder_block_out_channels=(32,) * 4, layers_per_block=(1,) * 5,
+    )
+    _, _, tokenizer, vocab = tiny_tokenizers()
+    text_encoder = T5EncoderModel(T5Config(d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2,
+                                           vocab_size=vocab, pad_token_id=0, eos_token_id=1))
+    return MochiPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae.eval(),
+                         text_encoder=text_encoder.eval(), tokenizer=tokenizer, transformer=transformer)
 
 
 def build_wan_i2v(seed: int = 0, clip: bool = False):
@@ -197,6 +272,8 @@ def build_flux(seed: int = 0):
 
 
 BUILDERS = {
+    "mochi": build_mochi,
+    "cogview4": build_cogview4,
     "lumina2": build_lumina2,
     "wan-experts": build_wan_two_experts,
     "flux": build_flux,

@@ -53,22 +53,25 @@ def _apply(folder: Path, out: Path, db: str, *extra: str):
     ])
 
 
-@pytest.mark.parametrize("name, size, cls, forwards", [
-    ("sana", 32, "SanaTransformer2DModel", 2),  # runs 512x512 (its size bins), then resizes
-    ("lumina2", 64, "Lumina2Transformer2DModel", 4),  # CFG as two forwards a step
+@pytest.mark.parametrize("name, size, cls, forwards, frames", [
+    ("sana", 32, "SanaTransformer2DModel", 2, 1),  # runs 512x512 (its size bins), then resizes
+    ("lumina2", 64, "Lumina2Transformer2DModel", 4, 1),  # CFG as two forwards a step
+    ("cogview4", 64, "CogView4Transformer2DModel", 4, 1),
+    ("mochi", 32, "MochiTransformer3DModel", 2, 7),  # a video (CFG batched)
 ])
-def test_apply_a_pipeline_class_without_an_adapter(name, size, cls, forwards, sana, tmp_path):
+def test_apply_a_pipeline_class_without_an_adapter(name, size, cls, forwards, frames, sana, tmp_path):
     from PIL import Image
 
     from runtime.folder_blocks import without_adapter
 
     folder = sana if name == "sana" else save_pipeline(name, tmp_path / name)
     assert without_adapter(folder)  # the test is about a class nobody wrote an adapter for
-    out, db = tmp_path / f"{name}.png", f"sqlite:///{tmp_path / 'store.db'}"
-    result = _apply(folder, out, db, "--height", str(size), "--width", str(size), "--json")
+    out, db = tmp_path / f"{name}{'.webp' if frames > 1 else '.png'}", f"sqlite:///{tmp_path / 'store.db'}"
+    video = ("--frames", str(frames)) if frames > 1 else ()
+    result = _apply(folder, out, db, "--height", str(size), "--width", str(size), *video, "--json")
     assert result.exit_code == 0, result.output
     with Image.open(out) as image:
-        assert image.size == (size, size)
+        assert image.size == (size, size) and getattr(image, "n_frames", 1) == frames
     data = json.loads(result.stdout)
     transformer = next(c for c in data["components"] if c["name"] == "transformer")
     assert transformer["placement"] == "streamed" and transformer["source"] == "measured"
@@ -185,3 +188,14 @@ def test_apply_wan_two_experts_plans_each_at_its_phase(tmp_path):
     assert [len(c["forward_ms"]) for c in experts] == [1, 1]
     assert experts[0]["source"] == "measured" and experts[1]["source"] == "stored plan"
     assert len(data["runs"]) == 2
+
+
+def test_a_budget_below_the_vae_is_refused_and_nothing_is_written(sana, tmp_path):
+    out = tmp_path / "x.png"
+    result = CliRunner().invoke(app, [
+        "apply", "--weights", str(sana), "--vram", "1KB", "--prompt", "a cat", "-o", str(out),
+        "--device", "cpu", "--db", f"sqlite:///{tmp_path / 's.db'}",
+    ])
+    assert result.exit_code != 0
+    assert "does not hold SanaPipeline's vae" in result.output and "give a larger --vram" in result.output
+    assert not out.exists()

@@ -19,6 +19,7 @@ import inspect
 from pathlib import Path
 
 from planner.app.auto import apply_auto
+from planner.budget import format_size
 from runtime.engine.device import resolve_device
 from runtime.components import check_image, load_any_pipeline, module_bytes, roles_of
 from runtime.encoders import stream_encoder
@@ -100,14 +101,15 @@ def run_any(config: AnyRunConfig) -> AnyRunResult:
     dtype = _dtype(device)
     pipe = load_any_pipeline(config.weights, dtype)
     roles = roles_of(pipe)
-    rest = [Whole(getattr(pipe, name), device) for name in roles.rest]
-    budget = config.vram_bytes - sum(module_bytes(getattr(pipe, n)) for n in roles.rest)
+    rest_bytes = sum(module_bytes(getattr(pipe, n)) for n in roles.rest)
+    budget = config.vram_bytes - rest_bytes
     if budget <= 0:
         raise UserError(
-            f"--vram does not hold {type(pipe).__name__}'s {', '.join(roles.rest)} "
-            f"({sum(module_bytes(getattr(pipe, n)) for n in roles.rest)} bytes), which stay on the "
-            f"device for the run: give a larger --vram"
+            f"--vram {format_size(config.vram_bytes)} does not hold {type(pipe).__name__}'s "
+            f"{', '.join(roles.rest)} ({format_size(rest_bytes)}), which stay on the device "
+            f"for the run: give a larger --vram"
         )
+    rest = [Whole(getattr(pipe, name), device) for name in roles.rest]
 
     def place(name: str, module):
         if name in roles.encoders:  # run once or twice a prompt: nothing to tune

@@ -4,7 +4,6 @@ shapes in the id and the placeholder workload, as `planner.app.auto_store` keeps
 
 from __future__ import annotations
 
-import dataclasses
 
 from planner.app.auto_store import save_plan
 from planner.app.runs import RecordedRun, device_name
