@@ -25,6 +25,20 @@ CONFIG = {
 }
 
 
+def mid_flux_inputs(tokens: int, text: int) -> dict:
+    """Seeded random inputs of one forward of the `CONFIG` FLUX."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    return dict(
+        hidden_states=torch.randn(1, tokens, 64, generator=g),
+        encoder_hidden_states=torch.randn(1, text, 512, generator=g),
+        pooled_projections=torch.randn(1, 256, generator=g),
+        timestep=torch.tensor([0.5]), guidance=torch.tensor([3.5]),
+        img_ids=torch.zeros(tokens, 3), txt_ids=torch.zeros(text, 3),
+    )
+
+
 def main() -> None:
     import diffusers
     import torch
@@ -58,14 +72,7 @@ def main() -> None:
             "cpu",
         ),
     }
-    g = torch.Generator().manual_seed(0)
-    inputs = dict(
-        hidden_states=torch.randn(1, args.tokens, 64, generator=g),
-        encoder_hidden_states=torch.randn(1, args.text, 512, generator=g),
-        pooled_projections=torch.randn(1, 256, generator=g),
-        timestep=torch.tensor([0.5]), guidance=torch.tensor([3.5]),
-        img_ids=torch.zeros(args.tokens, 3), txt_ids=torch.zeros(args.text, 3),
-    )
+    inputs = mid_flux_inputs(args.tokens, args.text)
     times: dict[str, list[float]] = {name: [] for name in models}
     with torch.no_grad():
         reference = models["plain"](**inputs).sample

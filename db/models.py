@@ -163,3 +163,42 @@ class RunRow(Base):
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     plan: Mapped[PlanRow] = relationship(back_populates="runs")
+
+
+class BlockAnalysisRow(Base):
+    """One `planner analyze` run: each block's error in each format, over `inputs` forwards."""
+
+    __tablename__ = "block_analyses"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(128), index=True)
+    profile_id: Mapped[Optional[int]] = mapped_column(ForeignKey("profiles.id"))
+    inputs: Mapped[int] = mapped_column(Integer)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    errors: Mapped[list["BlockErrorRow"]] = relationship(
+        back_populates="analysis", cascade="all, delete-orphan", order_by="BlockErrorRow.id"
+    )
+
+
+class BlockErrorRow(Base):
+    __tablename__ = "block_errors"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    analysis_id: Mapped[int] = mapped_column(ForeignKey("block_analyses.id"), index=True)
+    block: Mapped[str]
+    kind: Mapped[str] = mapped_column(String(64))
+    option: Mapped[str] = mapped_column(String(32))  # "fp8", "q8_0", "q4_k", "prune:0.25"
+    rel_error: Mapped[float] = mapped_column(Float)
+    pruned: Mapped[Optional[dict[str, Any]]]  # a pruning option's units by MLP path (JSON)
+
+    analysis: Mapped[BlockAnalysisRow] = relationship(back_populates="errors")
+
+
+class BlockAnalysisPlanRow(Base):
+    """A plan `tune --max-error` made from a block analysis: the table it was made from."""
+
+    __tablename__ = "block_analysis_plans"
+
+    plan_id: Mapped[int] = mapped_column(ForeignKey("plans.id"), primary_key=True)
+    analysis_id: Mapped[int] = mapped_column(ForeignKey("block_analyses.id"), index=True)

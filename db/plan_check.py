@@ -30,6 +30,12 @@ def _inventory(model_id: str, storage):
     return inventory(model_id, storage)
 
 
+def _converted(inv, plan):
+    from runtime.analysis.mixed import converted_inventory, plan_conversions
+
+    return converted_inventory(inv, *plan_conversions(plan))
+
+
 def is_catalog_model(model_id: str) -> bool:
     from runtime.catalog import find_model
 
@@ -132,6 +138,7 @@ def _check_self_consistent(plan, source: str) -> None:
                     f"{source}: block {b.name!r} casts 'auto', which only fp8 or quantized storage "
                     f"has, but the plan stores {m.storage_dtype.value}: {_FIX}"
                 )
+    _check_quant(plan, source)
     if p.peak_vram_bytes > plan.target.vram_budget_bytes:
         raise PlanRejected(
             f"{source} predicts a peak of {p.peak_vram_bytes} bytes, over its own budget of "
@@ -144,9 +151,26 @@ def _check_self_consistent(plan, source: str) -> None:
         )
 
 
+def _check_quant(plan, source: str) -> None:
+    """Each block's quant types agree with the storage: none for plain storage, NF4 only in an
+    NF4 file, GGUF types only in a GGUF one."""
+    storage = plan.model.storage_dtype
+    for b in plan.blocks:
+        if not b.quant:
+            continue
+        nf4 = {q == "nf4" for q in b.quant}
+        if not storage.is_quantized or nf4 != {storage.value == "nf4"}:
+            raise PlanRejected(
+                f"{source}: block {b.name!r} is stored as {', '.join(b.quant)} but the plan stores "
+                f"{storage.value}: {_FIX}"
+            )
+
+
 def _check_against_model(plan, source: str) -> None:
     try:
         inv = _inventory(plan.model.id, plan.model.storage_dtype)
+        if any(b.format is not None or b.pruned for b in plan.blocks):
+            inv = _converted(inv, plan)  # blocks in their own format, pruned: their bytes
     except UserError as e:
         raise PlanRejected(f"{source} cannot be checked against {plan.model.id}: {e}") from None
     check_blocks(plan, inv, source)

@@ -23,6 +23,7 @@ from profiler.gpus import normalize as normalize_gpu_name
 from db.location import default_db_url, resolve_url, safe_url
 from db.matching import run_is_comparable, workload_matches
 from profiler.types import Profile
+from runtime.analysis.table import BlockError, BlockOption, SensitivityTable
 from runtime.dtypes import DType
 from runtime.plan import Plan
 from runtime.workload import Workload
@@ -333,10 +334,10 @@ class Store:
         return min(plans, key=lambda p: (p.ranking_ms, p.id), default=None)
 
     def remove_plan(self, plan_id: int) -> None:
-        """Remove a plan and its measured runs."""
+        """Remove a plan, its measured runs and its link to the block analysis it came from."""
         from sqlalchemy import delete
 
-        from db.models import PlanRow, RunRow
+        from db.models import BlockAnalysisPlanRow, PlanRow, RunRow
 
         _check_id(plan_id, "plan", self.url)
 
@@ -344,6 +345,7 @@ class Store:
             if session.get(PlanRow, plan_id) is None:
                 raise NotFound(f"no plan {plan_id} in {self.url}: `planner plans list` shows the ids")
             session.execute(delete(RunRow).where(RunRow.plan_id == plan_id))
+            session.execute(delete(BlockAnalysisPlanRow).where(BlockAnalysisPlanRow.plan_id == plan_id))
             session.execute(delete(PlanRow).where(PlanRow.id == plan_id))
 
         self._run(work)
@@ -425,6 +427,77 @@ class Store:
 
         return self._run(work, write=False)
 
+    # ------------------------------------------------------------ block analyses
+
+    def save_block_analysis(self, table: SensitivityTable, profile_id: int | None = None) -> int:
+        """Store `planner analyze`'s table (beside profile `profile_id` where given)."""
+        from db.models import BlockAnalysisRow, BlockErrorRow, ProfileRow
+
+        def work(session) -> int:
+            if profile_id is not None and session.get(ProfileRow, profile_id) is None:
+                raise NotFound(f"no profile {profile_id} in {self.url}: `planner profiles list` "
+                               f"shows the ids")
+            row = BlockAnalysisRow(model_id=table.model_id, profile_id=profile_id,
+                                   inputs=table.inputs)
+            row.errors = [BlockErrorRow(block=e.block, kind=e.kind, option=e.option.name,
+                                        rel_error=e.rel_error,
+                                        pruned={p: list(u) for p, u in e.pruned} or None)
+                          for e in table.rows]
+            session.add(row)
+            session.flush()
+            return row.id
+
+        return self._run(work)
+
+    def latest_block_analysis(self, model_id: str, profile_id: int | None = None
+                              ) -> "StoredBlockAnalysis | None":
+        """The newest table of `model_id` (of profile `profile_id` where given); None if none."""
+        from sqlalchemy import select
+
+        from db.models import BlockAnalysisRow
+
+        query = select(BlockAnalysisRow).where(BlockAnalysisRow.model_id == model_id)
+        if profile_id is not None:
+            query = query.where(BlockAnalysisRow.profile_id == profile_id)
+
+        def work(session) -> StoredBlockAnalysis | None:
+            row = session.scalars(query.order_by(BlockAnalysisRow.id.desc()).limit(1)).first()
+            if row is None:
+                return None
+            return StoredBlockAnalysis(row.id, row.profile_id, SensitivityTable(
+                row.model_id, row.inputs,
+                tuple(BlockError(e.block, e.kind, BlockOption.parse(e.option), e.rel_error,
+                                 tuple((p, tuple(u)) for p, u in (e.pruned or {}).items()))
+                      for e in row.errors)))
+
+        return self._run(work, write=False)
+
+    def link_plan_to_analysis(self, plan_id: int, analysis_id: int) -> None:
+        """Remember that plan `plan_id` was made from block analysis `analysis_id`."""
+        from db.models import BlockAnalysisPlanRow
+
+        def work(session) -> None:
+            if session.get(BlockAnalysisPlanRow, plan_id) is None:
+                session.add(BlockAnalysisPlanRow(plan_id=plan_id, analysis_id=analysis_id))
+
+        self._run(work)
+
+    def analysis_of_plan(self, plan_id: int) -> int | None:
+        """The block analysis plan `plan_id` was made from; None for other plans."""
+        from db.models import BlockAnalysisPlanRow
+
+        def work(session) -> int | None:
+            row = session.get(BlockAnalysisPlanRow, plan_id)
+            return row.analysis_id if row is not None else None
+
+        return self._run(work, write=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredBlockAnalysis:
+    analysis_id: int
+    profile_id: int | None
+    table: SensitivityTable
 
 MAX_ID = 2**63 - 1  # ids are signed 64-bit integers on every backend
 

@@ -67,6 +67,7 @@ import dataclasses
 import functools
 
 from planner import reserve
+from runtime.dtypes import DType, compute_dtype
 # the timeline's events and overheads are this module's API too (callers import them from here)
 from planner.timeline import (  # noqa: F401
     CUDA_OVERHEADS,
@@ -137,13 +138,19 @@ class CostModel:
         self._gbps = {HostMemory.PINNED: bw.pinned_under_compute_gbps, HostMemory.PAGEABLE: bw.pageable_gbps}
         self.best_gbps = max(self._gbps.values())
         self.dev = {  # cast -> per block {dtype: bytes} on the device
-            cast: tuple(device_bytes_by_dtype(b, cast_on_host=cast is CastMode.PRE) for b in inventory.blocks)
+            cast: tuple(device_bytes_by_dtype(b, cast_on_host=cast is CastMode.PRE,
+                                              compute=compute_dtype(inventory.storage_dtype))
+                        for b in inventory.blocks)
             for cast in CastMode
         }
         self.dev_total = {cast: tuple(sum(d.values()) for d in groups) for cast, groups in self.dev.items()}
         self.compute = tuple(b.compute_ms for b in profile.blocks)
         self.side = tuple(side_device_bytes(b) for b in inventory.blocks)
-        self.cast_ms = tuple(b.cast_ms if self.fp8 else 0.0 for b in profile.blocks)
+        # a mixed plan's blocks stored in their own format (fp8, quantized) convert too
+        self.cast_ms = tuple(
+            p.cast_ms if self.fp8 or any(DType(d).casts for d in b.bytes_by_dtype) else 0.0
+            for p, b in zip(profile.blocks, inventory.blocks)
+        )
         self.copy = {
             (cast, host): tuple(
                 bw.copy_overhead_us / 1000.0 * sum(1 for v in self.dev[cast][i].values() if v)

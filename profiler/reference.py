@@ -113,7 +113,7 @@ def dequant_ms_estimate(dtype: DType, packed_bytes: int, memory_gbps: float) -> 
     return moved / (memory_gbps * 1e9 * DEQUANT_EFFICIENCY) * 1e3
 
 
-def _cast_ms(bytes_by_dtype, memory_gbps: float) -> float:
+def cast_ms_of(bytes_by_dtype, memory_gbps: float) -> float:
     """On-device cast and dequantization time of one block's tensors."""
     total = 0.0
     for name, num_bytes in bytes_by_dtype.items():
@@ -183,7 +183,7 @@ def _reference_profile(spec: GpuSpec, model_id: str, workload: Workload, storage
                 index=info.index,
                 bytes=info.bytes,
                 compute_ms=count / rate * 1e3,
-                cast_ms=_cast_ms(info.bytes_by_dtype, spec.memory_gbps),
+                cast_ms=cast_ms_of(info.bytes_by_dtype, spec.memory_gbps),
                 activation_bytes=trace.activation_bytes,
             )
         )

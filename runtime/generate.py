@@ -33,6 +33,7 @@ class GenerateConfig:
     transformer_2_file: Path | None = None  # the second expert's (Wan 2.2 A14B's low-noise) file
     device: str | None = None
     loras: tuple = ()  # runtime.lora.LoraSpec, loaded before the plan is applied
+    record_stats: Path | None = None  # add this run's activation statistics to this file
     image: Path | None = None  # the conditioning image of an image-to-video variant
 
 
@@ -264,10 +265,17 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
         generator = torch.Generator("cpu").manual_seed(config.seed)
         phases.close("load_vae")
         handle.enable_timing()
-        latents = pipe(
-            **kwargs, num_inference_steps=config.steps, height=workload.height,
-            width=workload.width, generator=generator, output_type="latent", return_dict=False,
-        )[0]  # FLUX's images, a video pipeline's frames: the first output either way
+        recorder = _recorder(pipe, adapter, config.record_stats)
+        try:
+            latents = pipe(
+                **kwargs, num_inference_steps=config.steps, height=workload.height,
+                width=workload.width, generator=generator, output_type="latent", return_dict=False,
+            )[0]  # FLUX's images, a video pipeline's frames: the first output either way
+        finally:
+            if recorder is not None:
+                recorder.remove()
+        if recorder is not None:
+            recorder.collect().save(config.record_stats)
         forward_ms = handle.timings()
         by_expert = _expert_step_ms(handle, plan.workload.forwards_per_step)
         peak = phases.close("denoise")
@@ -300,6 +308,14 @@ def generate(plan, config: GenerateConfig) -> GenerateResult:
     )
 
 
+def _recorder(pipe, adapter, path: Path | None):
+    """Activation statistics hooks on the denoiser (`runtime.analysis.stats`), if asked."""
+    from runtime.analysis.stats import record_stats
+
+    if path is None:
+        return None
+    model = getattr(pipe, adapter.denoiser)
+    return record_stats(model, adapter.blocks(model))
 def conditioning_image(path: Path):
     """The image at `path` as RGB (a pipeline's conditioning image); one sentence otherwise."""
     from PIL import Image, UnidentifiedImageError
@@ -344,13 +360,13 @@ class _PhasePeaks:
     def __init__(self, device) -> None:
         import torch
 
-        from runtime import host_rss
+        from runtime.host_rss import reset_peak
 
         self.device = device
         self.cuda = device.type == "cuda"
         self.peaks: dict[str, int] = {}
         self.host_peaks: dict[str, int] = {}
-        self._reset_host = host_rss.reset_peak()  # False: each phase reads the lifetime peak
+        self._reset_host = reset_peak()  # False: each phase reads the lifetime peak
         if self.cuda:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
@@ -359,13 +375,13 @@ class _PhasePeaks:
         """The peak since the last phase closed, recorded under `phase`; the next one starts."""
         import torch
 
-        from runtime import host_rss
+        from runtime.host_rss import peak_rss_bytes, reset_peak
 
-        host = host_rss.peak_rss_bytes()
+        host = peak_rss_bytes()
         if host is not None:
             self.host_peaks[phase] = host
         if self._reset_host:
-            host_rss.reset_peak()
+            reset_peak()
         if not self.cuda:
             return None
         torch.cuda.synchronize(self.device)

@@ -130,23 +130,42 @@ def _tensor_bytes_of(tensors, storage: DType, as_stored: bool = False) -> tuple[
 
 
 def inventory_of_module(
-    model, adapter, model_id: str, storage: DType, skip: frozenset[int] = frozenset()
+    model, adapter, model_id: str, storage: DType, skip: frozenset[int] = frozenset(),
+    formats: Mapping[str, DType] | None = None,
 ) -> Inventory:
     """Inventory of a built model (on any device, meta included) stored as `storage`;
-    tensors whose ids are in `skip` (adapter weights) are left out."""
-    from runtime.engine.quantized import has_quantized
-
-    as_stored = storage.is_quantized and has_quantized(model)
+    tensors whose ids are in `skip` (adapter weights) are left out. Blocks named in `formats`
+    are stored in their own format (a plan's per-block formats)."""
+    as_stored = stored_as_is(model, storage)
     blocks = []
     block_ids = set(skip)
     for index, (name, kind, block) in enumerate(adapter.blocks(model)):
         tensors = [t for t in list(block.parameters()) + list(block.buffers()) if id(t) not in skip]
-        params, by_dtype = _tensor_bytes_of(tensors, storage, as_stored)
+        own = (formats or {}).get(name)
+        params, by_dtype = _tensor_bytes_of(tensors, own or storage, as_stored and own is None)
         blocks.append(BlockInfo(name, kind, index, params, by_dtype))
         block_ids.update(id(t) for t in tensors)
     rest = [t for t in list(model.parameters()) + list(model.buffers()) if id(t) not in block_ids]
     rest_params, rest_by_dtype = _tensor_bytes_of(rest, storage, as_stored)
     return Inventory(model_id, adapter.name, storage, tuple(blocks), rest_params, rest_by_dtype)
+
+
+def stored_as_is(model, storage: DType) -> bool:
+    """Whether `model`'s tensors are counted in the dtypes they are stored in rather than by
+    the storage rule (`runtime.dtypes.storage_dtype`): a loaded quantized checkpoint, or fp8
+    storage whose vectors are fp8 too (ComfyUI's fp8 `weight_dtype` stores biases and norm
+    scales in fp8, where released fp8 checkpoints keep them in bf16)."""
+    from runtime.engine.casting import is_fp8
+    from runtime.engine.quantized import has_quantized
+
+    if storage.is_quantized:
+        return has_quantized(model)
+    if not storage.is_fp8:
+        return False
+    return any(
+        t.dim() < 2 and is_fp8(t.dtype) and t.device.type != "meta"
+        for t in list(model.parameters()) + list(model.buffers())
+    )
 
 
 def inventory(model_id: str, storage: DType | None = None) -> Inventory:
@@ -179,25 +198,32 @@ def derive_inventory(model_id: str, storage: DType) -> Inventory:
     return inventory_of_module(model, adapter, model_id, storage)
 
 
-def device_bytes_by_dtype(block: BlockInfo, cast_on_host: bool) -> dict[str, int]:
+def device_bytes_by_dtype(block: BlockInfo, cast_on_host: bool,
+                          compute: DType | None = None) -> dict[str, int]:
     """Bytes by dtype a block occupies on the device (and moves per copy when streamed).
 
     fp8 storage with the cast on the host (`pre`) arrives in the compute dtype (bf16): its fp8
     matrices take twice the bytes; quantized matrices (GGUF, NF4) dequantized on the host take
     their bf16 bytes. Otherwise the device holds the storage as it is (packed, for quantized).
+    `compute`: the model's compute dtype where it is not the storage's own (a plan's block in
+    its own format inside an fp32 model dequantizes to fp32).
     """
-    return _device_groups(block.bytes_by_dtype, cast_on_host)
+    return _device_groups(block.bytes_by_dtype, cast_on_host, compute)
 
 
-def _device_groups(bytes_by_dtype: Mapping[str, int], cast_on_host: bool) -> dict[str, int]:
+def _device_groups(bytes_by_dtype: Mapping[str, int], cast_on_host: bool,
+                   compute: DType | None = None) -> dict[str, int]:
     from runtime.dtypes import compute_dtype, dequantized_bytes
 
     out: dict[str, int] = {}
     for name, num_bytes in bytes_by_dtype.items():
         dtype = DType(name)
         if cast_on_host and dtype.casts:
-            num_bytes = dequantized_bytes(dtype, num_bytes)
-            dtype = compute_dtype(dtype)
+            if compute is None or compute.casts:
+                num_bytes = dequantized_bytes(dtype, num_bytes)
+                dtype = compute_dtype(dtype)
+            else:
+                num_bytes, dtype = compute.nbytes(dtype.numel_of(num_bytes)), compute
         out[dtype.value] = out.get(dtype.value, 0) + num_bytes
     return out
 

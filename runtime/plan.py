@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+from runtime.analysis.convert import FORMATS
 from runtime.dtypes import DType
 from runtime.errors import PlanFormatError
 from runtime.strict_json import DuplicateKey, NonFiniteConstant, loads_strict
@@ -74,6 +75,12 @@ class BlockPlan:
     # quant types its tensors are stored in (GGUF q4_k..., nf4), sorted; () for plain storage.
     # Optional in the file: a plan without it (every plan before quantized storage) is plain.
     quant: tuple[str, ...] = ()
+    # Optional in the file (absent: the model's own storage, nothing pruned): the format this
+    # block alone is stored in (fp8, q8_0, q4_k; `runtime.engine.conversion` converts it when
+    # the plan is applied), and the MLP hidden units removed from it, by the in-block path of
+    # the Linear that reads them (`runtime.analysis.sites`), paths and units sorted.
+    format: DType | None = None
+    pruned: tuple[tuple[str, tuple[int, ...]], ...] = ()
     # where a streamed block lives on the host: optional in the file, absent means RAM (every
     # plan before the disk tier), written only for DISK so older plans keep their text and hash
     tier: Tier = Tier.RAM
@@ -189,6 +196,8 @@ def _blocks_to_list(blocks: tuple[BlockPlan, ...]) -> list[dict[str, Any]]:
             "placement": b.placement.value,
             "cast": b.cast.value,
             **({"quant": list(b.quant)} if b.quant else {}),
+            **({"format": b.format.value} if b.format is not None else {}),
+            **({"pruned": {path: list(units) for path, units in b.pruned}} if b.pruned else {}),
             **({"tier": b.tier.value} if b.tier is not Tier.RAM else {}),
         }
         for b in blocks
@@ -365,7 +374,9 @@ _TOP_KEYS = {
 _OPTIONAL_TOP_KEYS = {"experts"}
 _EXPERT_KEYS = {"attr", "blocks", "prefetch_depth", "host_memory", "predictions"}
 _BLOCK_KEYS = {"name", "kind", "bytes", "placement", "cast"}
-_OPTIONAL_BLOCK_KEYS = {"quant", "tier"}
+_OPTIONAL_BLOCK_KEYS = {"quant", "tier", "format", "pruned"}
+MAX_PRUNED_SITES = 64  # MLPs of one block that may be pruned (a UNet block has dozens)
+MAX_UNITS = 1 << 20
 
 
 def _read_blocks(r: "_Reader", items: Any, field: str) -> tuple[BlockPlan, ...]:
@@ -395,10 +406,40 @@ def _read_blocks(r: "_Reader", items: Any, field: str) -> tuple[BlockPlan, ...]:
                 placement=placement,
                 cast=r.enum(item, f"{where}.cast", CastMode),
                 quant=_read_quant(r, item, where),
+                format=_read_format(r, item, where),
+                pruned=_read_pruned(r, item, where),
                 tier=tier,
             )
         )
     return tuple(blocks)
+
+
+def _read_format(r: "_Reader", item: dict, where: str) -> DType | None:
+    if "format" not in item:
+        return None
+    value = item["format"]
+    if type(value) is not str or value not in {f.value for f in FORMATS}:
+        raise r.fail(f"{where}.format", f"one of {', '.join(f.value for f in FORMATS)}", value)
+    return DType(value)
+
+
+def _read_pruned(r: "_Reader", item: dict, where: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    if "pruned" not in item:
+        return ()
+    value = item["pruned"]
+    must = (f"an object of 1 to {MAX_PRUNED_SITES} module paths, in sorted order, each to a "
+            f"sorted list of distinct unit indices below {MAX_UNITS}")
+    if type(value) is not dict or not value or len(value) > MAX_PRUNED_SITES \
+            or list(value) != sorted(value):
+        raise r.fail(f"{where}.pruned", must, value)
+    out = []
+    for path, units in value.items():
+        if not path or len(path) > 256 or type(units) is not list or not units \
+                or len(units) > MAX_UNITS or any(type(u) is not int or not 0 <= u < MAX_UNITS
+                                                 for u in units) or units != sorted(set(units)):
+            raise r.fail(f"{where}.pruned", must, value)
+        out.append((path, tuple(units)))
+    return tuple(out)
 
 
 def _read_quant(r: "_Reader", item: dict, where: str) -> tuple[str, ...]:
@@ -503,12 +544,17 @@ def build_plan(
     predictions: Predictions | None = None,
     profile_id: int | None = None,
     created: str | None = None,
+    formats: "Mapping[str, DType] | None" = None,
+    pruned: "Mapping[str, tuple[tuple[str, tuple[int, ...]], ...]] | None" = None,
     on_disk: "set[str] | frozenset[str]" = frozenset(),
 ) -> Plan:
     """A plan for `inventory` (a `runtime.inventory.Inventory`) streaming the named blocks.
 
     `cast` applies to every block not named in `casts` (a cast per block name); casts only
     matter for fp8 and quantized storage (use PRE otherwise). Each block records the quant
+    types it is stored in (`runtime.inventory.quantization_of`). `formats` and `pruned` give
+    blocks their own storage format and pruned MLP units; `inventory` then holds those blocks'
+    bytes as converted (`runtime.analysis.mixed.converted_inventory`).
     types it is stored in (`runtime.inventory.quantization_of`). Streamed blocks named in
     `on_disk` live on the disk tier, the other streamed blocks in RAM.
     """
@@ -532,6 +578,8 @@ def build_plan(
             placement=Placement.STREAMED if b.name in streamed else Placement.RESIDENT,
             cast=(casts or {}).get(b.name, cast),
             quant=quantization_of(b),
+            format=(formats or {}).get(b.name),
+            pruned=(pruned or {}).get(b.name, ()),
             tier=Tier.DISK if b.name in on_disk else Tier.RAM,
         )
         for b in inventory.blocks

@@ -6,6 +6,7 @@ tools, and a test checks that every plan we write validates against it.
 
 from __future__ import annotations
 
+from runtime.analysis.convert import FORMATS
 from runtime.dtypes import DType
 from runtime.plan import (
     FIRST_EXPERT,
@@ -15,6 +16,8 @@ from runtime.plan import (
     MAX_EXPERTS,
     MAX_FRAMES,
     MAX_PREFETCH_DEPTH,
+    MAX_PRUNED_SITES,
+    MAX_UNITS,
     CastMode,
     HostMemory,
     Placement,
@@ -68,6 +71,14 @@ _BLOCKS = {
             "minItems": 1,
             "uniqueItems": True,
             "items": {"enum": [d.value for d in DType if d.is_quantized]},
+        },
+        format={"enum": [f.value for f in FORMATS]},  # this block's own storage format
+        pruned={  # MLP hidden units removed, by the path of the Linear that reads them
+            "type": "object", "minProperties": 1, "maxProperties": MAX_PRUNED_SITES,
+            "additionalProperties": {
+                "type": "array", "minItems": 1, "maxItems": MAX_UNITS, "uniqueItems": True,
+                "items": _int(0, MAX_UNITS - 1),
+            },
         },
         tier=_enum(Tier),  # absent means "ram"; "disk" only for a streamed block
     ),

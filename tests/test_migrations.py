@@ -13,7 +13,7 @@ import pytest
 
 from store_fixtures import store_url  # noqa: F401 (fixture)
 
-HEAD = "0005_host_ram_tier"
+HEAD = "0007_block_analysis"
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).parent.parent
 
@@ -202,4 +202,4 @@ def test_alembic_ini_works_from_the_repo_root(tmp_path):
     done = subprocess.run([*alembic, "current"], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0 and "0001_initial" in done.stdout, done.stderr
     done = subprocess.run([*alembic, "history"], cwd=REPO, capture_output=True, text=True)
-    assert "0003_trusted_plans -> 0005_host_ram_tier (head)" in done.stdout, done.stderr
+    assert "0005_host_ram_tier -> 0007_block_analysis (head)" in done.stdout, done.stderr

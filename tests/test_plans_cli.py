@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from store_fixtures import make_plan, measure, store_url  # noqa: F401 (fixture)
 
-HEAD = "0005_host_ram_tier"
+HEAD = "0007_block_analysis"
 
 
 def planner(*args: str):

@@ -11,7 +11,7 @@ from pathlib import Path
 from store_fixtures import make_plan, store_url  # noqa: F401 (fixture)
 
 DATA = Path(__file__).parent / "data"
-HEAD = "0005_host_ram_tier"
+HEAD = "0007_block_analysis"
 
 
 def _golden():

@@ -12,10 +12,12 @@ from runtime.plan import Plan, Predictions, Target, build_plan
 
 
 def plan_of(inventory, source: ProfileSource, scored: Scored, budget: int,
-            on_disk: frozenset[str] = frozenset(), disk_floor_bytes: int = 0) -> tuple[Plan, Prediction]:
+            on_disk: frozenset[str] = frozenset(), disk_floor_bytes: int = 0,
+            formats=None, pruned=None) -> tuple[Plan, Prediction]:
     """The plan file for a scored candidate, with the cost model's full prediction; the
     streamed blocks named in `on_disk` live on the disk tier, and the floor reads at least
-    `disk_floor_bytes` from it (planner.host_ram.Choice)."""
+    `disk_floor_bytes` from it (planner.host_ram.Choice). `formats` (block -> format) and
+    `pruned` (block -> units) for a mixed plan, whose `inventory` holds those blocks converted."""
     c = scored.candidate
     profile = source.profiles[c.cfg]
     space = space_of(inventory, tuple(source.profiles))
@@ -35,6 +37,8 @@ def plan_of(inventory, source: ProfileSource, scored: Scored, budget: int,
         casts={b.name: cast for b, cast in zip(inventory.blocks, layout.casts)},
         predictions=Predictions(prediction.step_ms, prediction.peak_vram_bytes, prediction.lower_bound_ms),
         profile_id=source.profile_id,
+        formats=formats,
+        pruned=pruned,
         on_disk=on_disk,
     )
     return plan, prediction

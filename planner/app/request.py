@@ -35,6 +35,9 @@ class TuneRequest:
     host_ram_bytes: int | None = None  # pinned host RAM allowed; None: see `host_ram_limit`
     workload_from_profile: bool = False  # --profile without --resolution/--batch: the profile's
     weights: Path | None = None  # plan for this checkpoint's exact bytes (GGUF, NF4, safetensors)
+    # search mixed plans (blocks in their own formats) whose summed predicted error, from the
+    # newest `planner analyze` table, stays under this; None: one storage for every block
+    max_error: float | None = None
 
     def __post_init__(self) -> None:
         if self.gpu is not None and self.profile_id is not None:
@@ -47,6 +50,9 @@ class TuneRequest:
             raise UserError(f"--profile {self.profile_id} is not a profile id: `planner profiles list` shows them")
         if self.timeout_s is not None and not self.timeout_s > 0:
             raise UserError(f"--timeout {self.timeout_s} is not a duration: give seconds above 0")
+        if self.max_error is not None and not self.max_error > 0:
+            raise UserError(f"--max-error {self.max_error} is not usable: give a relative error "
+                            f"above 0 (e.g. 0.05)")
         if not 0 <= self.verify <= 32:
             raise UserError(f"--verify {self.verify} is out of range: give 1 to 32 candidates")
 
@@ -73,6 +79,7 @@ class TuneOutcome:
     host: object | None = None  # planner.host_ram.Choice: pinned bytes and the limit
     host_ram_source: str = ""  # where the host RAM limit came from, for the summary
     experts: object = None  # planner.experts.ExpertsPrediction for two-expert models
+    mixed: object = None  # planner.app.mixed.MixedChoice of a --max-error plan
 
 
 def cfg_modes(workload: Workload) -> tuple[CfgMode, ...]:

@@ -13,10 +13,17 @@ from planner.app.profiles import host_parts, host_ram_limit, request_inventory, 
 from planner.app.request import TuneOutcome, TuneRequest
 from planner.app.verify import require_gpu_for_verify, verify
 from planner.search import Settings, search
+from runtime.errors import UserError
 
 
 def tune(req: TuneRequest) -> TuneOutcome:
     """Search the space for `req` and store the best plan (and return everything found)."""
+    if req.max_error is not None:
+        from planner.app.mixed import tune_mixed
+
+        if req.verify:
+            raise UserError("--verify and --max-error: verify runs uniform plans; give one")
+        return tune_mixed(req)
     if req.verify:
         require_gpu_for_verify()
     req = with_weights(req)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 from typer.core import TyperGroup
 
-from planner.cli import apply, db, explain, models, plans, profile, profiles, tune
+from planner.cli import analyze, apply, db, explain, models, plans, profile, profiles, tune
 
 
 class _CleanErrors(TyperGroup):
@@ -73,6 +73,7 @@ app.command("profile")(profile.profile)
 app.command("tune")(tune.tune)
 app.command("apply")(apply.apply)
 app.command("explain")(explain.explain)
+app.command("analyze")(analyze.analyze)
 
 
 def main() -> None:

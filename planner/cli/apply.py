@@ -31,6 +31,7 @@ def apply(
     output: Annotated[Path, typer.Option("-o", "--output", help="Image file to write; a video's frames go into an animated .webp or .gif.")] = Path("image.png"),
     device: Annotated[Optional[str], typer.Option(help="Compute device (default: cuda if present).")] = None,
     lora: Annotated[Optional[list[str]], typer.Option("--lora", help="LoRA file to load, FILE or FILE:SCALE; repeatable.")] = None,
+    record_stats: Annotated[Optional[Path], typer.Option("--record-stats", help="Add this run's activation statistics (how often each MLP hidden unit is active, each block's residual update) to this .safetensors file.")] = None,
     db: DbOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -72,6 +73,14 @@ def apply(
     )
     check_image(weights, image)  # an image-to-video folder takes one, others none
     preflight(plan, ApplyFiles(plan_file, weights, transformer, transformer_2, loras, height, width, frames))
+    if record_stats is not None:
+        from runtime.files import check_target
+
+        from runtime.analysis.stats import load_stats
+
+        check_target(record_stats, "--record-stats", (".safetensors",), "stats.safetensors")
+        if record_stats.exists():
+            load_stats(record_stats)  # a file runs are added to: refused now, not after the run
     with open_store(db):  # a locked, read-only or out-of-date store fails here, before any work
         pass
     steps = steps if steps is not None else (spec.default_steps if spec else 28)
@@ -83,7 +92,7 @@ def apply(
             guidance_2=_second_guidance(spec, guidance_2),
             height=height, width=width, frames=frames, transformer_file=transformer,
             transformer_2_file=transformer_2, device=device,
-            loras=loras, image=image,
+            loras=loras, image=image, record_stats=record_stats,
         )
         result = dataclasses.replace(generate(plan, config), output=str(output))
     run = record_measured_run(db, plan, result, steps=steps, height=height, width=width,

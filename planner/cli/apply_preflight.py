@@ -121,7 +121,7 @@ def _check_denoiser(plan, weights: Path, attr: str, adapter, single: Path | None
     import torch
 
     from db.plan_check import check_blocks
-    from runtime.inventory import inventory_of_module
+    from runtime.analysis.mixed import plan_conversions, planned_inventory
 
     path = weights / attr / "config.json"
     config = read_json(path, "--weights")
@@ -138,7 +138,8 @@ def _check_denoiser(plan, weights: Path, attr: str, adapter, single: Path | None
     except (TypeError, ValueError, KeyError, RuntimeError) as e:
         raise UserError(f"--weights {path} is not a config {want} can be built from ({str(e)[:120]}): "
                         f"download or save the pipeline again") from None
-    inv = inventory_of_module(model, adapter, plan.model.id, plan.model.storage_dtype)
+    inv = planned_inventory(model, adapter, plan.model.id, plan.model.storage_dtype,
+                            *plan_conversions(plan))  # blocks in their own format, pruned
     check_blocks(plan, inv, source, model=f"the {attr} of {weights}",
                  fix="give the folder of the plan's model, or tune a plan for this one")
     if single is not None:

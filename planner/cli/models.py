@@ -42,6 +42,9 @@ def list_models(json_out: JsonOption = False) -> None:
 def show(
     model: Annotated[str, typer.Argument(help="Model id from `planner models list`.")],
     dtype: Annotated[str, typer.Option(help="Storage dtype: bf16, fp16, fp8, fp32.")] = "",
+    breakdown: Annotated[bool, typer.Option(
+        "--breakdown", help="Each block kind's parameters by role: attention q/k/v/out, MLP, "
+        "modulation, norms, other.")] = False,
     json_out: JsonOption = False,
 ) -> None:
     """Every block of MODEL with its kind, parameters and bytes; non-block modules; totals."""
@@ -52,6 +55,9 @@ def show(
 
     from planner.cli._common import status
 
+    if breakdown:
+        _show_breakdown(model, DType.parse(dtype) if dtype else None, json_out)
+        return
     with status(f"building {model} on the meta device (no weights)", enabled=not json_out):
         inv = inventory(model, DType.parse(dtype) if dtype else None)
     spec = get_model(model)
@@ -117,8 +123,48 @@ def inspect_command(
     echo(f"{report.path}: {report.family}, {kind}{report.naming.value} naming, "
          f"{len(report.files)} file{'s' if len(report.files) > 1 else ''}")
     print_table(None, ["#", "block", "kind", "dtype", "tensors", "bytes", "size"], rows)
+    if report.unknown_tensors:
+        first = report.unknown_tensors[0]
+        echo(f"warning: {len(report.unknown_tensors)} tensor(s) belong to no {report.family} model this tool "
+             f"knows (first: {first!r}): the file is for another model or damaged, and `planner apply` "
+             f"refuses it", err=True)
 
 
+def _show_breakdown(model: str, dtype, json_out: bool) -> None:
+    from planner.budget import format_size
+    from runtime.analysis.breakdown import by_kind, model_breakdown
+    from runtime.catalog import get_model
+
+    from planner.cli._common import status
+
+    storage = dtype or get_model(model).storage_dtype
+    with status(f"building {model} on the meta device (no weights)", enabled=not json_out):
+        blocks = model_breakdown(model, storage)
+    kinds = by_kind(blocks)
+    if json_out:
+        print_json({"model": model, "dtype": storage.value,
+                    "kinds": [k.to_dict() for k in kinds], "blocks": [b.to_dict() for b in blocks]})
+        return
+    rows = []
+    for kind in kinds:
+        for role, share in kind.roles.items():
+            rows.append([f"{kind.kind} x{kind.blocks}", role.value, _params(share.params),
+                         f"{share.params / kind.params:.1%}", format_size(share.bytes)])
+        rows.append([f"{kind.kind} x{kind.blocks}", "total", _params(kind.params), "100.0%",
+                     format_size(kind.bytes)])
+    print_table(f"{model} by role ({storage.value})", ["blocks", "role", "params", "share", "size"],
+                rows)
+    groups = []
+    for kind in kinds:
+        groups.append([f"{kind.kind} x{kind.blocks}", *(
+            _params(kind.group(g).params) for g in _groups())])
+    print_table(None, ["blocks", *(g.value for g in _groups())], groups)
+
+
+def _groups():
+    from runtime.analysis.roles import Group
+
+    return list(Group)
 @app.command("tiny-pipeline")
 def tiny_pipeline(
     folder: Annotated[str, typer.Argument(help="A new folder to save it in, e.g. ./tiny-flux.")],

@@ -28,6 +28,7 @@ def tune(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the plan here.")] = None,
     verify: Annotated[int, typer.Option(help="Run the K best candidates on this GPU; keep the fastest.")] = 0,
     fresh: Annotated[bool, typer.Option("--fresh", help="Profile this machine's GPU again even if a profile is stored.")] = False,
+    max_error: Annotated[Optional[float], typer.Option("--max-error", help="Search mixed plans: blocks in fp8/q8_0/q4_k where the newest `planner analyze` table says so, summed relative output error under this (e.g. 0.05).")] = None,
     host_ram: Annotated[Optional[str], typer.Option("--host-ram", help="Host RAM the whole run may use, e.g. 32GB (default: what this machine has available; 64 GiB for a reference --gpu).")] = None,
     formats: Annotated[bool, typer.Option("--formats", help="Rank bf16, fp8, q8_0, q6_k, q5_k, q4_k and nf4 within both budgets (a reference --gpu).")] = False,
     db: DbOption = None,
@@ -71,6 +72,7 @@ def tune(
         fresh=fresh,
         host_ram_bytes=parse_size(host_ram, "--host-ram") if host_ram is not None else None,
         workload_from_profile=resolution is None and batch is None,
+        max_error=max_error,
     )
     if output is not None:
         check_output(output, "-o", db)  # before any work, and before anything is stored
@@ -91,7 +93,8 @@ def tune(
     if output is not None:
         save_plan(outcome.plan, output, option="-o")
     data = {**summary(outcome), "formats": [row.to_dict() for row in rows], "formats_ranked": bool(formats),
-            "store": store_name(db)}
+            "store": store_name(db),
+            "mixed": outcome.mixed.to_dict() if outcome.mixed is not None else None}
     if json_out:
         print_json({**data, "output": str(output) if output else None})
         return
@@ -174,6 +177,11 @@ def _print(data: dict, output: Path | None) -> None:
         lines.extend(_experts_lines(data["experts"]))
     if data["measured_step_ms"] is not None:
         lines.append(f"  measured:      {data['measured_step_ms'] / 1000:.3f} s/step")
+    if data.get("mixed") is not None:
+        m = data["mixed"]
+        lines.append(f"  mixed:         {len(m['options'])} blocks converted or pruned, predicted "
+                     f"error {m['predicted_error']:.3g} (max {m['max_error']:.3g}); the uniform plan: "
+                     f"{m['uniform_step_ms'] / 1000:.3f} s/step")
     plan_id, store = data["plan_id"], data["store"]
     if output is not None:
         lines.append(f"  written to:    {output} (and stored as plan {plan_id} in {store})")

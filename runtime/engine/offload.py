@@ -15,13 +15,14 @@ import torch
 from runtime.engine import adapters, disk_tier, packing, quantized, staging
 from runtime.engine.casting import install_casts
 from runtime.engine.checks import check_plan
+from runtime.engine.conversion import convert_blocks, converts
 from runtime.engine.host_memory import decide_host_memory
 from runtime.engine.ring import Ring
 from runtime.engine.stats import OffloadStats
 from runtime.dtypes import DType
 from runtime.inventory import device_bytes_by_dtype
 from runtime.plan import CastMode, Placement, Tier
-from runtime import tiers
+from runtime.tiers import staging_bytes
 from runtime.schedule import ring_of
 
 class AppliedState:
@@ -42,6 +43,7 @@ class AppliedState:
         self.hooks: list = []
         self.casts: list = []
         self.resident_block_count = 0
+        self.conversions = None  # conversion.BlockConversions of the plan's converted blocks
 
     def stats(self, device: torch.device) -> OffloadStats:
         def nbytes(kind: str) -> int:
@@ -99,6 +101,9 @@ class AppliedState:
         _move_all(back, staging.to_host)
         self.moved = []
         self.dequantized = []
+        if self.conversions is not None:
+            self.conversions.undo()
+            self.conversions = None
 
 
     def drop(self, model) -> None:
@@ -126,7 +131,24 @@ def drop_tensors(model) -> None:
 
 
 def apply_state(model, adapter, plan, device: torch.device) -> AppliedState:
-    """Everything `apply` does to the model's tensors and blocks, recorded for undo."""
+    """Everything `apply` does to the model's tensors and blocks, recorded for undo. Blocks
+    the plan gives their own format or pruned units are converted first (and put back last)."""
+    conversions = convert_blocks(adapter.blocks(model), plan) if converts(plan) else None
+    try:
+        state = _apply_converted(model, adapter, plan, device)
+    except BaseException:
+        if conversions is not None:
+            conversions.undo()
+        raise
+    state.conversions = conversions
+    if conversions is not None and not quantized.has_quantized(model):
+        compute = plan.model.compute_dtype.torch()
+        for block in conversions.converted:  # fp8 matrices and their bf16 vectors
+            state.casts.extend(quantized.install_dequant(block, compute))
+    return state
+
+
+def _apply_converted(model, adapter, plan, device: torch.device) -> AppliedState:
     inv = check_plan(model, adapter, plan)
     compute = plan.model.compute_dtype.torch()
     blocks = adapter.blocks(model)
@@ -141,11 +163,12 @@ def apply_state(model, adapter, plan, device: torch.device) -> AppliedState:
             layout = packing.layout_of(module, p, compute)
             # NF4's absmax and code books stay beside the packed bytes: the plan counts them
             assert plan.model.storage_dtype is DType.NF4 or \
-                _base_bytes(layout, adapter_signature[0]) == device_bytes_by_dtype(info, p), name
+                _base_bytes(layout, adapter_signature[0]) == \
+                device_bytes_by_dtype(info, p, plan.model.compute_dtype), name
             layouts.append(layout)
     freed = _host_bytes_released(model, blocks, streamed, device, pre)
     in_ram = [l.bytes for l, d in zip(layouts, on_disk) if not d]
-    disk_staging = tiers.staging_bytes([l.bytes for l, d in zip(layouts, on_disk) if d])
+    disk_staging = staging_bytes([l.bytes for l, d in zip(layouts, on_disk) if d])
     decision = decide_host_memory(in_ram + ([disk_staging] if disk_staging else []), freed, _wants_pinned(plan))
     if decision.warning:
         warnings.warn(decision.warning, stacklevel=3)
