@@ -21,6 +21,7 @@ class BlockRow:
     cast_ms: float
     copy_ms: float  # its copy's duration, on the copy stream (0 for resident blocks)
     wait_ms: float  # compute stream idle just before it: the bubble this block waits in
+    read_ms: float = 0.0  # its disk-tier reads in one step (0 for blocks in RAM or resident)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +106,7 @@ def explain(plan: Plan, profile, inventory=None, calibration=None) -> Explanatio
                 cast_ms=(model.block_compute_ms(i, cast) - model.compute[i]) * model.forwards,
                 copy_ms=model.copy_ms(i, cast, layout.host_memory) * model.forwards if layout.streamed[i] else 0.0,
                 wait_ms=waits.get(b.name, 0.0),
+                read_ms=model.read_ms(i, cast) * model.forwards if b.tier is Tier.DISK else 0.0,
             )
         )
     calibrated = calibration.step_ms(model, layout, prediction.step_ms) if calibration is not None else None

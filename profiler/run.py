@@ -101,13 +101,20 @@ def _profile(request: ProfileRequest, dev, progress: Progress) -> Profile:
 
 
 def _host_baseline(dev) -> int | None:
-    """This process's resident memory with torch loaded and the device's context created: what
-    a run holds before any weight (planner.host_peak's baseline)."""
+    """This process's resident memory with torch loaded, the device's context created and the
+    kernels a transformer block calls paged in (a matmul, attention, norms, activations): what
+    a run holds before any weight (planner.host_peak's baseline). Without the warm-up the
+    baseline misses the ~0.25 GB of kernel code the first forward pages in on CPU."""
     import torch
 
     from runtime.host_rss import rss_bytes
 
-    torch.empty(1, device=dev)
+    x = torch.randn(2, 16, 64, device=dev)
+    with torch.inference_mode():
+        y = torch.nn.functional.layer_norm(x @ x.transpose(1, 2) @ x, (64,))
+        y = torch.nn.functional.scaled_dot_product_attention(y[None], y[None], y[None])
+        torch.nn.functional.silu(torch.nn.functional.gelu(y, approximate="tanh")).sum().item()
+    del x, y
     return rss_bytes()
 
 

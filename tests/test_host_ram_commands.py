@@ -42,3 +42,21 @@ def test_wan_a14b_on_a_32gb_machine_counts_the_parked_expert(tmp_path):
     # the switch holds the first expert restored whole (26.6 GiB in bf16) beside the second's packs
     assert host["parked_expert_bytes"] == data["weight_bytes"]
     assert host["phases"]["switch"] >= host["baseline_bytes"] + host["parked_expert_bytes"]
+
+
+def test_plans_best_matches_the_host_ram_and_the_tier(tmp_path):
+    db = ["--db", f"sqlite:///{tmp_path / 'store.db'}"]
+    common = ["--model", "flux-dev", "--vram", "8GB", "--gpu", "rtx-4060"]
+    roomy = json.loads(_tune(tmp_path, *common, "--host-ram", "64GB", "--json").stdout)
+    tight = json.loads(_tune(tmp_path, *common, "--host-ram", "16GB", "--json").stdout)
+    assert not roomy["host_ram"]["disk_blocks"] and tight["host_ram"]["disk_blocks"]
+
+    def best(*args):
+        return runner.invoke(app, ["plans", "best", *common, *args, "--json", *db])
+
+    found = best("--host-ram", "16GB")
+    assert found.exit_code == 0, found.output
+    assert json.loads(found.stdout)["id"] == tight["plan_id"]  # the roomy plan's run needs 20 GiB
+    refused = best("--host-ram", "16GB", "--ram-only")
+    assert refused.exit_code != 0 and "within 16.00 GiB of host RAM in RAM only" in refused.output
+    assert best("--host-ram", "64GB", "--ram-only").exit_code == 0

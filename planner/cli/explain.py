@@ -68,13 +68,15 @@ def _print(result, png: Path | None) -> None:
     from planner.budget import format_size
 
     p = result.prediction
+    disk = any(r.read_ms for r in result.rows)  # a disk-tier plan: each block's reads too
     rows = [
-        [r.name, r.kind, r.placement, f"{r.compute_ms:.2f}", f"{r.cast_ms:.2f}", f"{r.copy_ms:.2f}", f"{r.wait_ms:.2f}"]
+        [r.name, r.kind, r.placement, f"{r.compute_ms:.2f}", f"{r.cast_ms:.2f}", f"{r.copy_ms:.2f}",
+         *([f"{r.read_ms:.2f}"] if disk else []), f"{r.wait_ms:.2f}"]
         for r in result.rows
     ]
     print_table(
         f"{result.plan.model.id}: one steady step (ms)",
-        ["block", "kind", "placement", "compute", "cast", "copy", "wait"],
+        ["block", "kind", "placement", "compute", "cast", "copy", *(["disk read"] if disk else []), "wait"],
         rows,
     )
     ratio = result.ratio_to_floor

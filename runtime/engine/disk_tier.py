@@ -93,7 +93,7 @@ class PackFile:
         return self.views(j, layout)
 
     def seal(self) -> None:
-        """Everything is written: flush it, drop it from the page cache, map it, open the reader."""
+        """Everything is written: flush it, drop it from the page cache, open the reader."""
         os.fsync(self._fd)
         drop_cached(self._fd, 0, self.nbytes)
         self._read_fd, self.direct = open_direct(self.path)
