@@ -369,3 +369,14 @@ def test_tune_node_takes_a_host_ram_budget(pack, db_url):
         )
     with open_store(db_url) as store:
         assert store.list_plans() == []
+
+
+def test_the_packs_requirements_are_the_librarys_dependencies_but_torch():
+    import tomllib
+
+    root = PACK.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())
+    wanted = [d for d in project["project"]["dependencies"] if not d.startswith("torch")]
+    lines = (PACK / "requirements.txt").read_text().splitlines()
+    assert [l for l in lines if l and not l.startswith("#")] == wanted
+    assert project["tool"]["comfy"]["includes"] == ["comfyui_nodes"]
