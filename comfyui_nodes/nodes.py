@@ -50,15 +50,20 @@ def _host_ram_input(name: str) -> tuple:
     return ("FLOAT", {"default": 0.0, "min": 0.0, "max": 4096.0, "step": 0.5, **tip(name)})
 
 
-class OffloadPlanApply:
-    """MODEL in, MODEL out: the diffusion model runs under a stored or saved plan."""
+class _PlanNode:
+    """What the three nodes declare alike: MODEL and plan text out, found as block swap."""
 
     CATEGORY = CATEGORY
-    FUNCTION = "apply"
     RETURN_TYPES = ("MODEL", "STRING")
     RETURN_NAMES = ("model", "plan")
     OUTPUT_TOOLTIPS = OUTPUT_TOOLTIPS
     SEARCH_ALIASES = SEARCH_ALIASES
+
+
+class OffloadPlanApply(_PlanNode):
+    """MODEL in, MODEL out: the diffusion model runs under a stored or saved plan."""
+
+    FUNCTION = "apply"
     DESCRIPTION = ("Run the diffusion model under an offload plan: some blocks stay on the GPU, "
                    "the rest stream from RAM while the others compute.")
 
@@ -105,15 +110,10 @@ class OffloadPlanApply:
         return _shown(clone, text)
 
 
-class OffloadPlanTune:
+class OffloadPlanTune(_PlanNode):
     """MODEL and a VRAM budget in: tune (or re-use a stored tune), apply, measure."""
 
-    CATEGORY = CATEGORY
     FUNCTION = "tune"
-    RETURN_TYPES = ("MODEL", "STRING")
-    RETURN_NAMES = ("model", "plan")
-    OUTPUT_TOOLTIPS = OUTPUT_TOOLTIPS
-    SEARCH_ALIASES = SEARCH_ALIASES
     DESCRIPTION = ("Tune an offload plan for this GPU and VRAM budget (or re-use the one stored "
                    "for the same model, budget and image size), apply it and time it.")
 
@@ -160,17 +160,12 @@ class OffloadPlanTune:
         return _shown(clone, text)
 
 
-class OffloadPlanAuto:
+class OffloadPlanAuto(_PlanNode):
     """MODEL and a VRAM budget in, MODEL out: no model id, no plan file. The first sampling
     step measures the model on this machine, the search tunes a plan from it, and the rest of
     the run (and every later prompt) runs tuned; the plan is stored for the next time."""
 
-    CATEGORY = CATEGORY
     FUNCTION = "auto"
-    RETURN_TYPES = ("MODEL", "STRING")
-    RETURN_NAMES = ("model", "plan")
-    OUTPUT_TOOLTIPS = OUTPUT_TOOLTIPS
-    SEARCH_ALIASES = SEARCH_ALIASES
     DESCRIPTION = ("Offload any diffusion model within a VRAM budget: measured on its first "
                    "sampling step, then tuned. Needs no model id or plan file.")
 

@@ -39,6 +39,9 @@ import time
 import weakref
 
 KEY = "offload_planner"
+# the engine's fix for a plan that does not fit, as the nodes word it
+CLI_FIX = "build a plan for this model (planner tune)"
+NODE_FIX = "tune a plan for this model with the 'Offload plan: tune' node, or use 'Offload plan: auto'"
 log = logging.getLogger("offload_planner")
 
 
@@ -294,7 +297,7 @@ def adopted_plan(patcher, plan):
     except PlanMismatchError as e:
         vector = fp8_vector(module)
         if vector is None or plan.model.storage_dtype.value not in ("fp8", "fp8_e5m2"):
-            raise
+            raise PlanMismatchError(str(e).replace(CLI_FIX, NODE_FIX)) from None
         raise PlanMismatchError(
             f"ComfyUI loaded this model with its biases and norms in fp8 too ({vector}), which "
             f"a plan tuned for the released fp8 checkpoint keeps in bf16 ({e}): use the "

@@ -76,7 +76,11 @@ def tune_for(patcher, model_id: str, vram: str, resolution: str, gpu: str, trial
     from planner.app.tune import tune
     from runtime.catalog import get_model
 
+    from .sources import this_gpu_name
+
     spec = get_model(model_id)
+    if not gpu.strip():
+        this_gpu_name()  # refused in the node's words where this machine has no GPU
     storage = storage_dtype_of(patcher)
     check_model_is(patcher, spec.id, storage)
     request = TuneRequest(
@@ -88,12 +92,20 @@ def tune_for(patcher, model_id: str, vram: str, resolution: str, gpu: str, trial
         trials=trials,
         db_url=db_url,
         host_ram_bytes=parse_size(host_ram, "host_ram") if host_ram.strip() else None,
+        between_trials=throw_if_interrupted,  # the search stops at ComfyUI's cancel
     )
     stored = stored_tune(request)
     if stored is not None:
         return Tuned(stored.plan, stored.id, reused=True)
     outcome = tune(request)
     return Tuned(outcome.plan, outcome.plan_id, reused=False)
+
+
+def throw_if_interrupted() -> None:
+    """ComfyUI's cancel (`/interrupt`, the queue's cancel button) raises here."""
+    import comfy.model_management
+
+    comfy.model_management.throw_exception_if_processing_interrupted()
 
 
 def stored_tune(request):
@@ -103,12 +115,7 @@ def stored_tune(request):
 
     from .sources import this_gpu_name
 
-    gpu = request.gpu
-    if gpu is None:
-        try:
-            gpu = this_gpu_name()
-        except Exception:  # no GPU here: tune says so in its own words
-            return None
+    gpu = request.gpu or this_gpu_name()
     with open_store(request.db_url) as store:
         plans = store.list_plans(
             model=request.model_id, gpu=gpu, max_vram=request.budget_bytes,

@@ -21,7 +21,7 @@ import itertools
 import math
 import time
 import warnings
-from typing import Mapping
+from typing import Callable, Mapping
 
 from planner.costmodel import CostModel
 from planner.policies import Policy, policy_candidates
@@ -43,6 +43,8 @@ class Settings:
     trials: int = DEFAULT_TRIALS
     timeout_s: float | None = None
     seed: int = 0
+    # called after every trial; it may raise to abandon the search (ComfyUI's interrupt)
+    between_trials: Callable[[], None] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,7 +288,10 @@ def _run_study(ev: Evaluator, settings: Settings, seeds: list[Candidate], budget
             study = optuna.create_study(direction="minimize", sampler=sampler)
             for c in seeds:
                 study.enqueue_trial(_params(ev, c, budget, others), skip_if_exists=True)
-            study.optimize(objective, n_trials=settings.trials, timeout=settings.timeout_s)
+            check = settings.between_trials
+            callbacks = [] if check is None else [lambda study, trial: check()]
+            study.optimize(objective, n_trials=settings.trials, timeout=settings.timeout_s,
+                           callbacks=callbacks)
     finally:
         optuna.logging.set_verbosity(verbosity)
     return len(study.trials)

@@ -197,9 +197,13 @@ def comfyui():
 def tiny_flux_patcher(seed: int = 0, flux2: bool = False):
     """A tiny real FLUX (or FLUX.2) built by `comfy.supported_models.Flux` (`Flux2`), seeded
     random fp32 weights, in a CPU `ModelPatcher` as ComfyUI's loader makes it."""
+    return build_tiny_flux(comfyui(), seed, flux2)
+
+
+def build_tiny_flux(comfy, seed: int = 0, flux2: bool = False):
+    """`tiny_flux_patcher` with ComfyUI's modules given (also used inside a ComfyUI server)."""
     import torch
 
-    comfy = comfyui()
     if flux2:
         config = comfy.supported_models.Flux2(dict(TINY_FLUX2_UNET_CONFIG))
     else:

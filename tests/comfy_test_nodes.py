@@ -4,7 +4,7 @@ of ComfyUI's own KSampler and SaveImage runs without model files or a VAE."""
 
 import torch
 
-from comfy_fixtures import TINY_UNET_CONFIG
+from comfy_fixtures import build_tiny_flux, conditioning
 
 
 class TinyFluxLoader:
@@ -20,17 +20,7 @@ class TinyFluxLoader:
         import comfy.model_patcher
         import comfy.supported_models
 
-        config = comfy.supported_models.Flux(dict(TINY_UNET_CONFIG))
-        config.set_inference_dtype(torch.float32, None)
-        model = config.get_model({}, device=torch.device("cpu"))
-        generator = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for name, param in model.diffusion_model.named_parameters():
-                values = torch.randn(param.shape, generator=generator) * 0.2
-                param.copy_(values + 1.0 if name.endswith("norm.weight") else values)
-        model.eval()
-        cpu = torch.device("cpu")
-        return (comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu),)
+        return (build_tiny_flux(comfy),)
 
 
 class TinyFluxConditioning:
@@ -43,10 +33,7 @@ class TinyFluxConditioning:
         return {"required": {}}
 
     def encode(self):
-        generator = torch.Generator().manual_seed(1)
-        cross = torch.randn(1, 16, TINY_UNET_CONFIG["context_in_dim"], generator=generator)
-        pooled = torch.randn(1, TINY_UNET_CONFIG["vec_in_dim"], generator=generator)
-        return ([[cross, {"pooled_output": pooled, "guidance": 3.5}]],)
+        return (conditioning(),)
 
 
 class TinyLatent:

@@ -97,8 +97,10 @@ def _attachment(planned):
 
 
 def test_pack_declares_its_nodes_for_comfyui(pack):
-    assert set(pack.NODE_CLASS_MAPPINGS) == {"OffloadPlanApply", "OffloadPlanTune"}
+    assert set(pack.NODE_CLASS_MAPPINGS) == {"OffloadPlanApply", "OffloadPlanTune", "OffloadPlanAuto"}
     assert pack.NODE_DISPLAY_NAME_MAPPINGS["OffloadPlanApply"] == "Offload plan: apply"
+    assert pack.NODE_DISPLAY_NAME_MAPPINGS["OffloadPlanAuto"] == "Offload plan: auto"
+    assert (PACK / pack.WEB_DIRECTORY / "plan_text.js").is_file()
     for cls in pack.NODE_CLASS_MAPPINGS.values():
         types = cls.INPUT_TYPES()
         assert types["required"]["model"][0] == "MODEL"
@@ -251,6 +253,29 @@ def test_tune_node_tunes_applies_measures_and_records(pack, db_url):
         assert len(store.list_plans(model="tiny-flux")) == 1
 
 
+def test_tune_node_stops_its_search_at_comfyuis_interrupt(pack, comfy, db_url):
+    import threading
+    import time
+
+    from db.store import open_store
+
+    timer = threading.Timer(1.0, comfy.model_management.interrupt_current_processing)
+    start = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            pack.NODE_CLASS_MAPPINGS["OffloadPlanTune"]().tune(
+                tiny_flux_patcher(), 1.0, model_id="tiny-flux", width=32, height=32,
+                gpu="rtx-4060", trials=100000,
+            )
+    finally:
+        timer.cancel()
+        comfy.model_management.interrupt_current_processing(False)
+    assert time.monotonic() - start < 60  # 100000 trials take many minutes
+    with open_store(db_url) as store:
+        assert store.list_plans() == []
+
+
 def test_tune_node_refuses_another_model_before_tuning(pack, db_url):
     from db.store import open_store
 
@@ -277,6 +302,12 @@ def test_a_catalog_fp8_plan_on_comfyuis_all_fp8_weights_is_refused_with_the_fix(
         pack.NODE_CLASS_MAPPINGS["OffloadPlanTune"]().tune(
             patcher, 1.0, model_id="tiny-flux", gpu="rtx-4060",
         )
+
+
+def test_tune_node_without_a_gpu_asks_for_a_reference_gpu_in_its_own_words(pack, db_url):
+    with pytest.raises(UserError, match="this machine's GPU but it has no CUDA GPU: choose") as e:
+        pack.NODE_CLASS_MAPPINGS["OffloadPlanTune"]().tune(tiny_flux_patcher(), 1.0, model_id="tiny-flux")
+    assert "--" not in str(e.value)
 
 
 def test_tune_node_refuses_a_model_of_mixed_dtypes(pack, db_url):
@@ -338,3 +369,14 @@ def test_tune_node_takes_a_host_ram_budget(pack, db_url):
         )
     with open_store(db_url) as store:
         assert store.list_plans() == []
+
+
+def test_the_packs_requirements_are_the_librarys_dependencies_but_torch():
+    import tomllib
+
+    root = PACK.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())
+    wanted = [d for d in project["project"]["dependencies"] if not d.startswith("torch")]
+    lines = (PACK / "requirements.txt").read_text().splitlines()
+    assert [l for l in lines if l and not l.startswith("#")] == wanted
+    assert project["tool"]["comfy"]["includes"] == ["comfyui_nodes"]

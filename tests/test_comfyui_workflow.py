@@ -222,6 +222,7 @@ def test_http_api_runs_the_auto_node_and_saves_no_store_url(server):
 
     info = server.call("/object_info/OffloadPlanAuto")["OffloadPlanAuto"]
     assert not info["output_node"] and "block swap" in info["search_aliases"]
+    assert "/extensions/offload-planner/plan_text.js" in server.call("/extensions")
 
     plain = {}
     for seed in (5, 6, 7):

@@ -103,7 +103,8 @@ def _row(req, storage: DType, host_ram: int | None, parts, trials: int | None) -
     other = dataclasses.replace(req, storage_dtype=storage, verify=0, weights=None)
     source = resolve_profiles(other)
     inv = inventory(req.model_id, storage)
-    settings = Settings(req.budget_bytes, trials=trials or req.trials, timeout_s=req.timeout_s, seed=req.seed)
+    settings = Settings(req.budget_bytes, trials=trials or req.trials, timeout_s=req.timeout_s, seed=req.seed,
+                        between_trials=req.between_trials)
     try:
         result = search(inv, source.profiles, settings)
     except UserError as e:  # not even everything streamed fits this budget in this format

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 from planner.costmodel import Prediction
 from planner.search import DEFAULT_TRIALS, Scored, SearchResult
@@ -28,6 +28,7 @@ class TuneRequest:
     profile_id: int | None = None  # a stored profile
     trials: int = DEFAULT_TRIALS
     timeout_s: float | None = None
+    between_trials: Callable[[], None] | None = None  # see planner.search.Settings
     seed: int = 0
     db_url: str | None = None
     verify: int = 0  # run this many best candidates on the GPU and keep the measured best

@@ -29,7 +29,8 @@ def tune(req: TuneRequest) -> TuneOutcome:
     req = with_weights(req)
     source = resolve_profiles(req)
     inv = request_inventory(req)
-    settings = Settings(req.budget_bytes, trials=req.trials, timeout_s=req.timeout_s, seed=req.seed)
+    settings = Settings(req.budget_bytes, trials=req.trials, timeout_s=req.timeout_s, seed=req.seed,
+                        between_trials=req.between_trials)
     result = search(inv, source.profiles, settings)
     from planner.host_ram import choose
 
