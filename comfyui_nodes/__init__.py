@@ -1,4 +1,5 @@
-"""offload-planner's ComfyUI nodes: "Offload plan: apply" and "Offload plan: tune".
+"""offload-planner's ComfyUI nodes: "Offload plan: apply", "Offload plan: tune" and
+"Offload plan: auto".
 
 Link or copy this folder into ComfyUI's `custom_nodes/` and install offload-planner into
 ComfyUI's Python (`pip install -e /path/to/offload-planner`); see the README. Importing the pack

@@ -15,13 +15,20 @@ class PlanSource(str, enum.Enum):
     BEST = "best stored plan"
 
 
-def plan_from_file(path: str):
+def plan_from_file(name: str):
     from runtime.errors import UserError
     from runtime.plan import load_plan
 
-    if not path.strip():
-        raise UserError("plan_file is empty: give the path of a plan.json (planner tune -o plan.json)")
-    return load_plan(path.strip()), None
+    from .widgets import NO_PLAN_FILE, plan_file_path
+
+    path = plan_file_path(name)
+    if path is None:
+        if not name or name == NO_PLAN_FILE:
+            raise UserError("plan_file is not chosen: put a plan.json in ComfyUI's models/plans "
+                            "folder and choose it, or choose another source")
+        raise UserError(f"plan_file {name!r} is not in ComfyUI's models/plans folder: choose a "
+                        f"file from the list")
+    return load_plan(path), None
 
 
 def plan_from_store(plan_id: int, db_url: str | None):
@@ -29,27 +36,28 @@ def plan_from_store(plan_id: int, db_url: str | None):
     from runtime.errors import UserError
 
     if plan_id < 1:
-        raise UserError(f"plan_id {plan_id} is not a plan id: `planner plans list` shows the ids")
+        raise UserError(f"plan_id {plan_id} is not a plan id: the planner's plan list shows the ids")
     with open_store(db_url) as store:
         stored = store.get_plan(plan_id)
     return stored.plan, stored.id
 
 
-def best_plan(model_id: str, vram: str, gpu: str, resolution: str, db_url: str | None):
+def best_plan(model_id: str, vram: str, gpu: str | None, resolution: str | None,
+              db_url: str | None):
     """The fastest stored plan of `model_id` that fits `vram` on `gpu` (this machine's GPU when
-    empty) at `resolution` (any when empty)."""
+    None) at `resolution` (any when None)."""
     from db.store import open_store
     from planner.budget import parse_size
     from runtime.errors import UserError
 
     budget = parse_size(vram, "vram")
-    gpu_name = gpu.strip() or this_gpu_name()
+    gpu_name = gpu or this_gpu_name()
     with open_store(db_url) as store:
-        stored = store.best_plan(model_id, budget, gpu=gpu_name, resolution=resolution.strip() or None)
+        stored = store.best_plan(model_id, budget, gpu=gpu_name, resolution=resolution)
     if stored is None:
         raise UserError(
             f"no stored plan of {model_id} fits {vram} on {gpu_name}: tune one with the "
-            f"'Offload plan: tune' node or `planner tune --model {model_id} --vram {vram}`"
+            f"'Offload plan: tune' node, or use the 'Offload plan: auto' node"
         )
     return stored.plan, stored.id
 
@@ -60,12 +68,13 @@ def this_gpu_name() -> str:
     from runtime.errors import UserError
 
     if not torch.cuda.is_available():
-        raise UserError("gpu is empty and this machine has no CUDA GPU: name the GPU the plan is for")
+        raise UserError("gpu is this machine's GPU but it has no CUDA GPU: choose the GPU the "
+                        "plan is for")
     return torch.cuda.get_device_name(torch.cuda.current_device())
 
 
-def resolve(source: str, plan_file: str, plan_id: int, model_id: str, vram: str, gpu: str,
-            resolution: str, db_url: str):
+def resolve(source: str, plan_file: str, plan_id: int, model_id: str, vram: str,
+            gpu: str | None, resolution: str | None, db_url: str | None):
     from runtime.errors import UserError
 
     try:
@@ -73,9 +82,8 @@ def resolve(source: str, plan_file: str, plan_id: int, model_id: str, vram: str,
     except ValueError:
         known = ", ".join(s.value for s in PlanSource)
         raise UserError(f"source {source!r} is not a plan source: choose one of {known}") from None
-    url = db_url.strip() or None
     if kind is PlanSource.FILE:
         return plan_from_file(plan_file)
     if kind is PlanSource.STORE_ID:
-        return plan_from_store(plan_id, url)
-    return best_plan(model_id.strip(), vram, gpu, resolution, url)
+        return plan_from_store(plan_id, db_url)
+    return best_plan(model_id.strip(), vram, gpu, resolution, db_url)

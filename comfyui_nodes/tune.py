@@ -12,6 +12,13 @@ import dataclasses
 
 
 @dataclasses.dataclass(frozen=True)
+class Tuned:
+    plan: object  # runtime.plan.Plan
+    plan_id: int
+    reused: bool  # a plan stored for the same model, budget, workload and GPU, not re-tuned
+
+
+@dataclasses.dataclass(frozen=True)
 class Measured:
     step_ms: float
     peak_vram_bytes: int
@@ -20,12 +27,18 @@ class Measured:
 
 def storage_dtype_of(patcher):
     """The dtype ComfyUI stores the diffusion model's block weights in, as a plan names it."""
-    from .patcher import diffusion_model, refuse_fp8_vectors
+    from .patcher import diffusion_model, fp8_vector
     from runtime.dtypes import DType
     from runtime.errors import UserError
 
     module = diffusion_model(patcher)
-    refuse_fp8_vectors(module)
+    vector = fp8_vector(module)
+    if vector is not None:
+        raise UserError(
+            f"ComfyUI loaded this model with its biases and norms in fp8 too ({vector}), which "
+            f"the catalog's fp8 model keeps in bf16, so it cannot be tuned as a catalog model: "
+            f"use the 'Offload plan: auto' node, or load it with weight_dtype 'default'"
+        )
     dtypes = {p.dtype for p in module.parameters() if p.dim() >= 2}
     if len(dtypes) != 1:
         names = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
@@ -55,8 +68,9 @@ def check_model_is(patcher, model_id: str, storage) -> None:
 
 
 def tune_for(patcher, model_id: str, vram: str, resolution: str, gpu: str, trials: int,
-             db_url: str | None):
-    """Tune (profiling this GPU first when no profile is stored) and return the outcome."""
+             db_url: str | None, host_ram: str = "") -> Tuned:
+    """The plan stored for this model, budget, workload and GPU, else a new tune of it
+    (profiling this GPU first when no profile is stored)."""
     from planner.budget import parse_size
     from planner.app.request import TuneRequest
     from planner.app.tune import tune
@@ -73,8 +87,35 @@ def tune_for(patcher, model_id: str, vram: str, resolution: str, gpu: str, trial
         gpu=gpu.strip() or None,
         trials=trials,
         db_url=db_url,
+        host_ram_bytes=parse_size(host_ram, "host_ram") if host_ram.strip() else None,
     )
-    return tune(request)
+    stored = stored_tune(request)
+    if stored is not None:
+        return Tuned(stored.plan, stored.id, reused=True)
+    outcome = tune(request)
+    return Tuned(outcome.plan, outcome.plan_id, reused=False)
+
+
+def stored_tune(request):
+    """The newest stored plan tuned for exactly this request's model, storage, budget,
+    workload and GPU (a reference GPU by its id, else this machine's GPU), or None."""
+    from db.store import open_store
+
+    from .sources import this_gpu_name
+
+    gpu = request.gpu
+    if gpu is None:
+        try:
+            gpu = this_gpu_name()
+        except Exception:  # no GPU here: tune says so in its own words
+            return None
+    with open_store(request.db_url) as store:
+        plans = store.list_plans(
+            model=request.model_id, gpu=gpu, max_vram=request.budget_bytes,
+            storage_dtype=request.storage_dtype, workload=request.workload,
+        )
+    same = [p for p in plans if p.plan.target.vram_budget_bytes == request.budget_bytes]
+    return max(same, key=lambda p: p.id, default=None)
 
 
 def measure(patcher, attachment, steps: int) -> Measured:

@@ -138,6 +138,7 @@ def _check_self_consistent(plan, source: str) -> None:
                     f"{source}: block {b.name!r} casts 'auto', which only fp8 or quantized storage "
                     f"has, but the plan stores {m.storage_dtype.value}: {_FIX}"
                 )
+    _check_quant(plan, source)
     if p.peak_vram_bytes > plan.target.vram_budget_bytes:
         raise PlanRejected(
             f"{source} predicts a peak of {p.peak_vram_bytes} bytes, over its own budget of "
@@ -148,6 +149,21 @@ def _check_self_consistent(plan, source: str) -> None:
             f"{source} predicts {p.step_ms} ms/step, faster than its own lower bound of "
             f"{p.lower_bound_ms} ms: those figures cannot both hold; {_FIX}"
         )
+
+
+def _check_quant(plan, source: str) -> None:
+    """Each block's quant types agree with the storage: none for plain storage, NF4 only in an
+    NF4 file, GGUF types only in a GGUF one."""
+    storage = plan.model.storage_dtype
+    for b in plan.blocks:
+        if not b.quant:
+            continue
+        nf4 = {q == "nf4" for q in b.quant}
+        if not storage.is_quantized or nf4 != {storage.value == "nf4"}:
+            raise PlanRejected(
+                f"{source}: block {b.name!r} is stored as {', '.join(b.quant)} but the plan stores "
+                f"{storage.value}: {_FIX}"
+            )
 
 
 def _check_against_model(plan, source: str) -> None:

@@ -360,13 +360,13 @@ class _PhasePeaks:
     def __init__(self, device) -> None:
         import torch
 
-        from runtime import host_rss
+        from runtime.host_rss import reset_peak
 
         self.device = device
         self.cuda = device.type == "cuda"
         self.peaks: dict[str, int] = {}
         self.host_peaks: dict[str, int] = {}
-        self._reset_host = host_rss.reset_peak()  # False: each phase reads the lifetime peak
+        self._reset_host = reset_peak()  # False: each phase reads the lifetime peak
         if self.cuda:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
@@ -375,13 +375,13 @@ class _PhasePeaks:
         """The peak since the last phase closed, recorded under `phase`; the next one starts."""
         import torch
 
-        from runtime import host_rss
+        from runtime.host_rss import peak_rss_bytes, reset_peak
 
-        host = host_rss.peak_rss_bytes()
+        host = peak_rss_bytes()
         if host is not None:
             self.host_peaks[phase] = host
         if self._reset_host:
-            host_rss.reset_peak()
+            reset_peak()
         if not self.cuda:
             return None
         torch.cuda.synchronize(self.device)

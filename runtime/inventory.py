@@ -136,9 +136,7 @@ def inventory_of_module(
     """Inventory of a built model (on any device, meta included) stored as `storage`;
     tensors whose ids are in `skip` (adapter weights) are left out. Blocks named in `formats`
     are stored in their own format (a plan's per-block formats)."""
-    from runtime.engine.quantized import has_quantized
-
-    as_stored = storage.is_quantized and has_quantized(model)
+    as_stored = stored_as_is(model, storage)
     blocks = []
     block_ids = set(skip)
     for index, (name, kind, block) in enumerate(adapter.blocks(model)):
@@ -150,6 +148,24 @@ def inventory_of_module(
     rest = [t for t in list(model.parameters()) + list(model.buffers()) if id(t) not in block_ids]
     rest_params, rest_by_dtype = _tensor_bytes_of(rest, storage, as_stored)
     return Inventory(model_id, adapter.name, storage, tuple(blocks), rest_params, rest_by_dtype)
+
+
+def stored_as_is(model, storage: DType) -> bool:
+    """Whether `model`'s tensors are counted in the dtypes they are stored in rather than by
+    the storage rule (`runtime.dtypes.storage_dtype`): a loaded quantized checkpoint, or fp8
+    storage whose vectors are fp8 too (ComfyUI's fp8 `weight_dtype` stores biases and norm
+    scales in fp8, where released fp8 checkpoints keep them in bf16)."""
+    from runtime.engine.casting import is_fp8
+    from runtime.engine.quantized import has_quantized
+
+    if storage.is_quantized:
+        return has_quantized(model)
+    if not storage.is_fp8:
+        return False
+    return any(
+        t.dim() < 2 and is_fp8(t.dtype) and t.device.type != "meta"
+        for t in list(model.parameters()) + list(model.buffers())
+    )
 
 
 def inventory(model_id: str, storage: DType | None = None) -> Inventory:

@@ -3,6 +3,7 @@ variants of those that have one, built locally (nothing downloaded; tokenizers f
 `tokenizers` library, as tests/pipeline_fixtures.py makes them).
 
 - `sana`: SanaPipeline (SanaTransformer2DModel, Gemma2 text encoder, AutoencoderDC): no adapter.
+- `lumina2`: Lumina2Pipeline (Lumina2Transformer2DModel, Gemma2, AutoencoderKL): no adapter.
 - `wan-i2v`: WanImageToVideoPipeline, Wan 2.2 I2V style (36 input channels, no image encoder).
 - `wan-i2v-clip`: the same, Wan 2.1 I2V style (a CLIP vision encoder; `image_dim` set).
 - `wan-experts`: WanPipeline with two experts (Wan 2.2 A14B's layout).
@@ -49,6 +50,34 @@ def build_sana(seed: int = 0):
     return SanaPipeline(
         tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(),
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+    )
+
+
+def build_lumina2(seed: int = 0):
+    """Lumina2Pipeline (Lumina2Transformer2DModel, Gemma2 text encoder, AutoencoderKL): no
+    adapter."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline, Lumina2Transformer2DModel
+    from transformers import Gemma2Config, Gemma2Model
+
+    from tests.pipeline_fixtures import tiny_tokenizers, tiny_vae
+
+    torch.manual_seed(seed)
+    transformer = Lumina2Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, hidden_size=32, num_layers=4,
+        num_refiner_layers=1, num_attention_heads=4, num_kv_heads=2, multiple_of=16,
+        axes_dim_rope=(4, 2, 2), axes_lens=(64, 32, 32), cap_feat_dim=16,
+    )
+    _, _, tokenizer, vocab = tiny_tokenizers()
+    text_encoder = Gemma2Model(Gemma2Config(
+        head_dim=8, hidden_size=16, intermediate_size=32, num_attention_heads=2,
+        num_hidden_layers=2, num_key_value_heads=1, vocab_size=vocab, pad_token_id=0,
+        bos_token_id=1, eos_token_id=1,
+    ))
+    return Lumina2Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=tiny_vae(4, scaling_factor=0.3611, shift_factor=0.1159).eval(),
+        text_encoder=text_encoder.eval(), tokenizer=tokenizer,
     )
 
 
@@ -168,6 +197,7 @@ def build_flux(seed: int = 0):
 
 
 BUILDERS = {
+    "lumina2": build_lumina2,
     "wan-experts": build_wan_two_experts,
     "flux": build_flux,
     "flux-kontext": build_flux_kontext,

@@ -238,3 +238,87 @@ def sample(patcher, steps: int = 2, seed: int = 7, size: int = 32):
         patcher, noise, steps, 1.0, "euler", "simple", positive, positive, latent,
         denoise=1.0, seed=seed,
     )
+
+
+# Tiny ComfyUI models of classes no adapter knows (the auto node's tests): the supported-model
+# class, its unet config, the cross-attention width and extra conditioning, the latent shape.
+TINY_COMFY_MODELS = {
+    "wan": ("WAN21_T2V", {
+        "image_model": "wan2.1", "model_type": "t2v", "patch_size": (1, 2, 2), "text_len": 16,
+        "in_dim": 16, "dim": 32, "ffn_dim": 64, "freq_dim": 32, "text_dim": 24, "out_dim": 16,
+        "num_heads": 2, "num_layers": 4,
+    }, 24, {}, (1, 16, 1, 4, 4)),
+    "qwen-image": ("QwenImage", {
+        "image_model": "qwen_image", "patch_size": 2, "in_channels": 64, "out_channels": 16,
+        "num_layers": 4, "attention_head_dim": 16, "num_attention_heads": 2,
+        "joint_attention_dim": 24, "axes_dims_rope": (4, 6, 6),
+    }, 24, {}, (1, 16, 1, 4, 4)),
+    "sd3": ("SD3", {
+        "in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 2, "num_blocks": 4,
+        "input_size": None,
+        "adm_in_channels": 32, "pos_embed_max_size": 8, "pos_embed_scaling_factor": None,
+        "context_embedder_config": {"target": "torch.nn.Linear",
+                                    "params": {"in_features": 24, "out_features": 128}},
+    }, 24, {"pooled_output": (1, 32)}, (1, 16, 4, 4)),
+    "sdxl": ("SDXL", {
+        "use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4,
+        "model_channels": 32, "num_res_blocks": [1, 1], "channel_mult": [1, 2],
+        "transformer_depth": [0, 1], "transformer_depth_middle": 1,
+        "transformer_depth_output": [0, 0, 1, 1], "use_linear_in_transformer": True,
+        "context_dim": 24, "num_head_channels": 16, "use_spatial_transformer": True,
+        "legacy": False, "num_classes": "sequential", "adm_in_channels": 2816,
+        "use_temporal_attention": False, "use_temporal_resblock": False,
+    }, 24, {"pooled_output": (1, 1280)}, (1, 4, 4, 4)),
+}
+
+
+def tiny_comfy_patcher(kind: str, seed: int = 0, dtype=None, manual_cast=None):
+    """A tiny real ComfyUI model of `kind` (TINY_COMFY_MODELS) built by its supported-model
+    class as ComfyUI's loader builds it (`dtype` and `manual_cast` as `weight_dtype` sets
+    them), seeded random weights, in a CPU `ModelPatcher`."""
+    import torch
+
+    comfy = comfyui()
+    name, unet_config = TINY_COMFY_MODELS[kind][:2]
+    config = getattr(comfy.supported_models, name)(dict(unet_config))
+    config.set_inference_dtype(dtype or torch.float32, manual_cast)
+    model = config.get_model({}, device=torch.device("cpu"))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for pname, param in model.diffusion_model.named_parameters():
+            values = torch.randn(param.shape, generator=generator) * 0.2
+            if pname.endswith("norm.weight") or pname.endswith("scale"):
+                values += 1.0
+            param.copy_(values.to(param.dtype))
+    model.eval()
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+def sample_tiny(patcher, kind: str, steps: int = 2, seed: int = 7):
+    """`comfy.sample.sample` of a TINY_COMFY_MODELS model with its conditioning."""
+    import torch
+
+    comfy = comfyui()
+    _, _, width, extra, shape = TINY_COMFY_MODELS[kind]
+    generator = torch.Generator().manual_seed(1)
+    cross = torch.randn(1, 8, width, generator=generator)
+    options = {key: torch.randn(*size, generator=generator) for key, size in extra.items()}
+    positive = [[cross, options]]
+    latent = torch.zeros(*shape)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    return comfy.sample.sample(
+        patcher, noise, steps, 1.0, "euler", "simple", positive, positive, latent,
+        denoise=1.0, seed=seed,
+    )
+
+
+def comfy_nodes():
+    """ComfyUI's own node module (`nodes.py`: UNETLoader, KSampler, SaveImage...), which also
+    needs PyAV; a skip (or, required, a failure) with the reason where it cannot be imported."""
+    comfyui()
+    if importlib.util.find_spec("av") is None:
+        _unavailable("ComfyUI's nodes need PyAV (av), which is not installed in this Python")
+    import nodes
+
+    return nodes

@@ -53,25 +53,30 @@ def _apply(folder: Path, out: Path, db: str, *extra: str):
     ])
 
 
-def test_apply_a_pipeline_class_without_an_adapter(sana, tmp_path):
+@pytest.mark.parametrize("name, size, cls, forwards", [
+    ("sana", 32, "SanaTransformer2DModel", 2),  # runs 512x512 (its size bins), then resizes
+    ("lumina2", 64, "Lumina2Transformer2DModel", 4),  # CFG as two forwards a step
+])
+def test_apply_a_pipeline_class_without_an_adapter(name, size, cls, forwards, sana, tmp_path):
     from PIL import Image
 
     from runtime.folder_blocks import without_adapter
 
-    assert without_adapter(sana)  # the test is about a class nobody wrote an adapter for
-    out, db = tmp_path / "sana.png", f"sqlite:///{tmp_path / 'store.db'}"
-    result = _apply(sana, out, db, "--height", "32", "--width", "32", "--json")
+    folder = sana if name == "sana" else save_pipeline(name, tmp_path / name)
+    assert without_adapter(folder)  # the test is about a class nobody wrote an adapter for
+    out, db = tmp_path / f"{name}.png", f"sqlite:///{tmp_path / 'store.db'}"
+    result = _apply(folder, out, db, "--height", str(size), "--width", str(size), "--json")
     assert result.exit_code == 0, result.output
-    with Image.open(out) as image:  # SanaPipeline runs 512x512 (its size bins), then resizes
-        assert image.size == (32, 32)
-    data = json.loads(result.output[result.output.index("{"):])
+    with Image.open(out) as image:
+        assert image.size == (size, size)
+    data = json.loads(result.stdout)
     transformer = next(c for c in data["components"] if c["name"] == "transformer")
     assert transformer["placement"] == "streamed" and transformer["source"] == "measured"
-    assert len(transformer["forward_ms"]) == 2
+    assert len(transformer["forward_ms"]) == forwards
     assert data["encode_ms"] > 0
     runs = _runs(db)
     assert [p.runs for p in runs] == [1]  # the transformer's plan, one run
-    assert runs[0].plan.model.id.startswith("auto:SanaTransformer2DModel:")
+    assert runs[0].plan.model.id.startswith(f"auto:{cls}:")
     assert data["runs"][0]["plan_id"] == runs[0].id
 
 

@@ -141,12 +141,13 @@ def test_sampling_under_the_plan_is_identical_and_undone_afterwards(comfy):
         probe.remove()
     assert torch.equal(out, plain)
     assert seen and all(seen), "the streamed block did not run from a ring slot"
-    assert attachment.applied == 1 and attachment.removed == 1 and attachment.handle is None
+    # the plan stays applied with the loaded model, for the next prompt
+    assert attachment.applied == 1 and attachment.removed == 0 and attachment.handle.active
     assert attachment.last_stats.streamed_blocks == 3 and attachment.last_stats.slots == 2
-    # the model stays loaded in ComfyUI, exactly as it loaded it
     assert planned in comfy.model_management.loaded_models()
-    _assert_restored(module, before)
+    # ComfyUI unloading the model undoes the plan: every tensor back, the packs freed
     comfy.model_management.unload_all_models()
+    assert attachment.handle is None and attachment.removed == 1
     _assert_restored(module, before)
 
 
@@ -178,9 +179,69 @@ def test_sampling_again_reuses_the_loaded_model(comfy):
     patcher = tiny_flux_patcher()
     planned, attachment = attach_plan(patcher, tiny_plan())
     first = sample(planned)
+    handle = attachment.handle
     second = sample(planned)
     assert torch.equal(first, second)
-    assert attachment.applied == attachment.removed == 2  # once per sampling run, not per eject
+    assert attachment.applied == 1 and attachment.reused == 1 and attachment.removed == 0
+    assert attachment.handle is handle
+
+
+def test_a_second_prompt_with_a_new_seed_reuses_the_packs(comfy):
+    """As ComfyUI runs a second prompt: the same planned clone, the model kept loaded, another
+    seed. The plan found applied and unchanged is kept: nothing is packed again."""
+    from comfyui_nodes.patcher import attach_plan
+
+    patcher = tiny_flux_patcher()
+    plain = sample(patcher, seed=8)
+    comfy.model_management.unload_all_models()
+    planned, attachment = attach_plan(patcher, tiny_plan())
+    sample(planned, seed=7)
+    first = attachment.last_report
+    assert not first.reused and first.pack_s > 0 and first.streamed_blocks == 3
+    assert first.line().startswith("offload-planner: 3 of 8 blocks streamed")
+    assert torch.equal(sample(planned, seed=8), plain)
+    second = attachment.last_report
+    assert second.reused and second.pack_s == 0.0 and "packs re-used" in second.line()
+    assert attachment.applied == 1 and attachment.reused == 1
+
+
+def test_a_changed_lora_applies_the_plan_again_and_its_packs_hold_the_patched_weights(comfy):
+    from comfyui_nodes.patcher import attach_plan, diffusion_model
+
+    patcher = tiny_flux_patcher()
+    module = diffusion_model(patcher)
+    lora = _lora(module, ["single_blocks.3"])
+    with_lora, _ = comfy.sd.load_lora_for_models(patcher, None, lora, 0.8, 0.0)
+    plain, reference = sample(patcher), sample(with_lora)
+    comfy.model_management.unload_all_models()
+
+    planned, attachment = attach_plan(patcher, tiny_plan())
+    assert torch.equal(sample(planned), plain)
+    lora_planned, _ = comfy.sd.load_lora_for_models(planned, None, lora, 0.8, 0.0)
+    assert torch.equal(sample(lora_planned), reference)  # other patches: packed again
+    assert attachment.applied == 2 and not attachment.last_report.reused
+    assert torch.equal(sample(lora_planned), reference)  # unchanged: kept
+    assert attachment.applied == 2 and attachment.last_report.reused
+    assert torch.equal(sample(planned), plain)  # the LoRA gone: packed again
+    assert attachment.applied == 3
+
+
+def test_the_plan_is_undone_when_its_patcher_is_garbage_collected(comfy):
+    import gc
+
+    from comfyui_nodes.patcher import attach_plan, diffusion_model
+
+    patcher = tiny_flux_patcher()
+    module = diffusion_model(patcher)
+    before = _state(module)
+    planned, attachment = attach_plan(patcher, tiny_plan())
+    sample(planned)
+    assert attachment.handle is not None
+    attachment_ref = attachment
+    del planned, attachment  # ComfyUI holds its loaded patchers weakly
+    gc.collect()
+    assert attachment_ref.handle is None
+    _assert_restored(module, before)
 
 
 def test_clones_share_the_module_but_not_the_plan(comfy):
@@ -204,6 +265,7 @@ def test_clones_share_the_module_but_not_the_plan(comfy):
     finally:
         probe.remove()
     assert seen and not any(seen)
+    # the sibling's load detached the planned clone, which undid its plan
     assert attachment.applied == 1 and attachment.handle is None
     assert attachment_of(sibling) is None
     assert attachment_of(planned.clone()) is attachment
@@ -221,6 +283,7 @@ def test_a_second_apply_replaces_the_plan_it_is_given(comfy):
     assert len(second.get_wrappers("sampler_sample", "offload_planner")) == 1
     sample(second)
     assert attachment.last_stats.streamed_blocks == 1
+    assert first.get_attachment("offload_planner").handle is None
 
 
 def _lora(module, blocks, rank: int = 2, seed: int = 3):

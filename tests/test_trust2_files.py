@@ -76,3 +76,60 @@ def test_a_gguf_float_metadata_that_is_not_finite_is_refused(tmp_path):
     writer.close()
     line = _refused("models", "inspect", str(path))
     assert "NaN or infinite" in line and "flux.scale" in line
+
+
+# ---------------------------------------------------------------- problem 7: what inspect calls fine
+
+
+def _inspect(path):
+    return runner.invoke(app, ["models", "inspect", str(path)])
+
+
+def test_a_gguf_whose_header_lists_a_tensor_too_few_is_refused(tmp_path):
+    import gguf
+    import numpy as np
+
+    state = {k: v.detach().float().numpy().astype(np.float32) for k, v in build_tiny_flux().state_dict().items()}
+    path = tmp_path / "short.gguf"
+    writer = gguf.GGUFWriter(str(path), arch="flux")
+    for name, array in state.items():
+        writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert _inspect(path).exit_code == 0
+    raw = bytearray(path.read_bytes())
+    count = struct.unpack_from("<Q", raw, 8)[0]
+    struct.pack_into("<Q", raw, 8, count - 1)  # the last tensor's record stays, unread
+    short = tmp_path / "one-too-few.gguf"
+    short.write_bytes(bytes(raw))
+    line = _refused("models", "inspect", str(short))
+    assert str(short) in line
+
+
+def test_an_nf4_file_with_its_quant_states_stripped_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    state = {k: v for k, v in nf4_state(build_tiny_flux()).items() if "quant_state" not in k}
+    path = tmp_path / "stripped.safetensors"
+    save_file(state, str(path))
+    line = _refused("models", "inspect", str(path))
+    assert "stripped" in line and "quant state" in line
+
+
+def test_inspect_says_when_tensors_belong_to_no_model_it_knows(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in build_tiny_flux().state_dict().items()}
+    state["my_extra_head.weight"] = torch.zeros(4, 4)
+    path = tmp_path / "extra.safetensors"
+    save_file(state, str(path))
+    result = _inspect(path)
+    assert "1 tensor(s) belong to no flux model" in result.stderr and "my_extra_head.weight" in result.stderr
+    data = json.loads(runner.invoke(app, ["models", "inspect", str(path), "--json"]).stdout)
+    assert data["unknown_tensors"] == ["my_extra_head.weight"]
+    clean = tmp_path / "clean.safetensors"
+    save_file({k: v for k, v in state.items() if k != "my_extra_head.weight"}, str(clean))
+    assert "warning" not in _inspect(clean).stderr

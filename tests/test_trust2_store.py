@@ -162,3 +162,27 @@ def test_import_refuses_a_workload_the_model_cannot_run(tmp_path):
         path = tmp_path / f"bad-{field}.json"
         path.write_text(json.dumps(bad))
         assert words in _refused("plans", "import", str(path), "--db", url)
+
+
+def test_import_refuses_quant_fields_that_contradict_the_storage(tmp_path):
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    data = _tuned_file(tmp_path)
+    data["blocks"][0]["quant"] = ["q4_k"]
+    path = tmp_path / "quant.json"
+    path.write_text(json.dumps(data))
+    line = _refused("plans", "import", str(path), "--db", url)
+    assert "stored as q4_k but the plan stores fp32" in line
+
+
+def test_explain_checks_every_experts_placement(tmp_path):
+    out = tmp_path / "a14b.json"
+    _ok("tune", "--model", "tiny-wan-a14b", "--vram", "1GB", "--gpu", "rtx-4060", "--trials", "4",
+        "--db", f"sqlite:///{tmp_path / 's.db'}", "-o", str(out))
+    data = json.loads(out.read_text())
+    second = json.loads(json.dumps(data["blocks"]))
+    second[0]["bytes"] += 4
+    data["experts"] = [{"attr": "transformer_2", "blocks": second, "prefetch_depth": 1,
+                        "host_memory": "pageable", "predictions": data["predictions"]}]
+    out.write_text(json.dumps(data))
+    line = _refused("explain", str(out))
+    assert "expert transformer_2" in line and "bytes" in line

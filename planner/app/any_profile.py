@@ -36,13 +36,14 @@ class FolderProfile:
 def profile_folder(weights: Path, *, device: str | None, store_url: str | None,
                    height: int | None = None, width: int | None = None,
                    frames: int | None = None, image: Path | None = None,
-                   prompt: str = "a photo of a cat") -> list[FolderProfile]:
+                   prompt: str = "a photo of a cat",
+                   call_args: tuple = ()) -> list[FolderProfile]:
     """One real step of the folder's pipeline, each denoiser's first forward measured."""
     budget = _whole_budget(device)
     result = run_any(AnyRunConfig(
         weights=Path(weights), prompt=prompt, output=Path("unused"), vram_bytes=budget,
         steps=1, height=height, width=width, frames=frames, image=image, device=device,
-        store_url=store_url, output_type="latent",
+        store_url=store_url, output_type="latent", call_args=call_args,
     ))
     found = [c for c in result.components if c.role == DENOISER and c.profile is not None]
     if not found:

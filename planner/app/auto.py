@@ -20,7 +20,7 @@ How it runs:
    the block) and `profiler.first_step.FirstStepMeter` measures each block's compute,
    activation and the workspace (on CUDA it resets the allocator's peak statistics as it
    goes); the copy bandwidth is measured on the model's own packs right after.
-3. The search (`planner.search`, `planner.host_ram.choose`: the same planner as `planner
+3. The search (`planner.search`, `planner.host_ram.fitting`: the same planner as `planner
    tune`) tunes a plan from that profile within the VRAM budget (on CPU: the budget itself,
    counted against measured activations and workspace, no margin) and the host RAM limit;
    profile and plan are stored; the handle switches to the plan between the first forward
@@ -53,9 +53,10 @@ from planner.app.auto_keys import AUTO_WORKLOAD, auto_model_id, storage_of
 from planner.app.auto_store import save_plan, save_profile, stored_auto
 from planner.app.placing import plan_of
 from planner.app.request import ProfileSource
-from planner.budget import parse_size
-from planner.host_ram import choose
-from planner.search import Settings, search
+from planner.budget import format_size, parse_size
+from planner.host_peak import HostParts
+from planner.host_ram import fitting, streamed_bytes
+from planner.search import Evaluator, Settings, search
 from profiler.first_step import FirstStepMeter, measure_pack_bandwidth, profile_of
 from runtime.apply import denoiser_of
 from runtime.engine.device import resolve_device
@@ -64,8 +65,8 @@ from runtime.engine import handle as engine
 from runtime.engine.host_memory import available_host_bytes
 from runtime.errors import PlanMismatchError, UserError
 from runtime.families import family_of_module
-from runtime.inventory import inventory_of_module
-from runtime.plan import HostMemory, Target, build_plan
+from runtime.inventory import inventory_of_module, stored_as_is
+from runtime.plan import CastMode, HostMemory, Target, build_plan
 
 AUTO_TRIALS = 48  # the analytic frontier pass and the peers do most of the work
 
@@ -227,6 +228,9 @@ class AutoHandle:
             inventory, {b.name for b in inventory.blocks}, workload=AUTO_WORKLOAD,
             target=Target(_gpu_name(self.config.device), self.config.budget_bytes),
             prefetch_depth=1, host_memory=HostMemory.PINNED,
+            # fp8 counted as stored (ComfyUI's fp8 weight_dtype) stays fp8 in its packs, so the
+            # inventory taken under this plan after the first forward still sees it as stored
+            cast=CastMode.AUTO if stored_as_is(self.model, self.storage) else CastMode.PRE,
         )
 
     def _tune_and_switch(self, inventory, source: str) -> None:
@@ -288,18 +292,29 @@ class AutoHandle:
 
 def tune_auto(inventory, profile, config: AutoConfig):
     """The plan the search finds for `inventory` from `profile` within the VRAM budget and
-    the host RAM limit (as `planner tune` does, without a store or an engine)."""
+    the host RAM (as `planner tune` does, without a store or an engine). The host RAM counts
+    the streamed packs alone (`config.host_ram_bytes`, else what this machine has available
+    now, which the running process is already out of), and keeps every block in RAM: the
+    weights are in memory, there is no file for a disk tier to read. On a CPU the ring's
+    copies are memcpys on the compute thread: only pageable plans, whose copies the cost model
+    serialises with compute, describe that. Ties go to fewer streamed bytes."""
     profiles = {profile.workload.cfg: profile}
     result = search(inventory, profiles, Settings(config.budget_bytes, trials=config.trials))
+    limit = config.host_ram_bytes if config.host_ram_bytes is not None else available_host_bytes()
+    parts = HostParts(0, 0, 0, baseline_source="apply_auto: the packs alone")
+    ev = Evaluator(inventory, profiles)
+    fits = [t for t in fitting(ev, result, limit, parts) if not t.on_disk]
     if config.device.type == "cpu":
-        # no pinned memory on a CPU: the ring's copies are memcpys on the compute thread, which
-        # the cost model prices as it prices pageable copies (serial with compute)
-        limit = 0
-    else:
-        limit = config.host_ram_bytes if config.host_ram_bytes is not None else available_host_bytes()
-    chosen = choose(inventory, profiles, result, config.budget_bytes, limit)
+        fits = [t for t in fits if t.scored.candidate.host_memory is HostMemory.PAGEABLE] or fits
+    if not fits:
+        raise UserError(
+            f"no plan's streamed blocks fit a host RAM of {format_size(limit)}: give a larger "
+            f"host_ram, or a larger vram so that more blocks stay on the device"
+        )
+    best = min(fits, key=lambda t: (t.step_ms, streamed_bytes(ev, t.scored.candidate),
+                                    t.scored.peak_vram_bytes, t.scored.candidate.describe()))
     source = ProfileSource(profiles, profile.machine.gpu_name, profile.id, False)
-    plan, _ = plan_of(inventory, source, chosen.scored, config.budget_bytes)
+    plan, _ = plan_of(inventory, source, best.scored, config.budget_bytes)
     return plan
 
 

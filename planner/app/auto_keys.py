@@ -74,7 +74,8 @@ def _describe(value) -> str:
 def storage_of(model: torch.nn.Module, adapter) -> DType:
     """The storage dtype of the model's blocks: the one under which every floating block
     tensor has the dtype `runtime.dtypes.storage_dtype` gives it (fp32 throughout; fp8
-    matrices beside bf16 vectors is fp8). The non-block modules may keep dtypes of their own
+    matrices beside bf16 vectors is fp8, and so is fp8 throughout, as ComfyUI's fp8
+    `weight_dtype` stores a model). The non-block modules may keep dtypes of their own
     where the adapter allows it (`free_non_block_dtypes`, discovered blocks). A `UserError`
     for blocks no storage dtype describes (plans count bytes by one storage dtype)."""
     if getattr(adapter, "free_non_block_dtypes", False):
@@ -91,6 +92,8 @@ def storage_of(model: torch.nn.Module, adapter) -> DType:
             continue
         if all(storage_dtype(storage, tuple(t.shape)).torch() == t.dtype for t in tensors):
             return storage
+        if storage.is_fp8 and all(t.dtype == dtype for t in tensors):
+            return storage  # ComfyUI's fp8 weight_dtype: vectors in fp8 too, counted as stored
     shown = ", ".join(sorted(str(d).removeprefix("torch.") for d in found)) or "none"
     raise UserError(
         f"{type(model).__name__} stores its blocks' floating tensors as {shown}, which no "

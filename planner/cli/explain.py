@@ -25,6 +25,10 @@ def explain(
     from runtime.plan import load_plan
 
     plan = load_plan(plan_file)
+    from db.plan_check import check_storable, is_catalog_model
+
+    if is_catalog_model(plan.model.id):  # every expert's placement too, before any work
+        check_storable(plan, source=str(plan_file))
     if png is not None:
         check_target(png, "--png", (".png",), "timeline.png")  # before any work: a directory is not a file name
         _require_matplotlib()

@@ -123,6 +123,11 @@ def inspect_command(
     echo(f"{report.path}: {report.family}, {kind}{report.naming.value} naming, "
          f"{len(report.files)} file{'s' if len(report.files) > 1 else ''}")
     print_table(None, ["#", "block", "kind", "dtype", "tensors", "bytes", "size"], rows)
+    if report.unknown_tensors:
+        first = report.unknown_tensors[0]
+        echo(f"warning: {len(report.unknown_tensors)} tensor(s) belong to no {report.family} model this tool "
+             f"knows (first: {first!r}): the file is for another model or damaged, and `planner apply` "
+             f"refuses it", err=True)
 
 
 def _show_breakdown(model: str, dtype, json_out: bool) -> None:

@@ -18,6 +18,7 @@ def profile(
     model: Annotated[Optional[str], typer.Option("--model", help="Model id from `planner models list`.")] = None,
     weights: Annotated[Optional[Path], typer.Option("--weights", help="A diffusers pipeline folder of any class: one real step of it is measured (instead of --model).")] = None,
     image: Annotated[Optional[Path], typer.Option("--image", help="With --weights: the conditioning image of an image-to-video or edit pipeline.")] = None,
+    pipeline_arg: Annotated[Optional[list[str]], typer.Option("--pipeline-arg", help="With --weights: a further argument of the pipeline's own call, NAME=VALUE; repeatable.")] = None,
     resolution: Annotated[Optional[str], typer.Option(help="Image size WIDTHxHEIGHT (default: the model's).")] = None,
     batch: Annotated[int, typer.Option(help="Images per prompt.")] = 1,
     frames: Annotated[Optional[int], typer.Option(help="Video frames (default: the model's; 1 for images).")] = None,
@@ -33,7 +34,14 @@ def profile(
 
         raise UserError("give --model ID (a catalog model) or --weights FOLDER (any pipeline folder), one of them")
     if weights is not None:
-        return _profile_folder(weights, image, resolution, frames, device, db, json_out)
+        if fresh:
+            from runtime.errors import UserError
+
+            raise UserError(
+                "--fresh works with --model; a --weights folder's stored profile is kept until "
+                "its model or its first step's input shapes change: drop --fresh"
+            )
+        return _profile_folder(weights, image, resolution, frames, device, db, json_out, pipeline_arg)
     from planner.app.stored import stored_or_measured
     from runtime.catalog import get_model
     from runtime.dtypes import DType
@@ -49,16 +57,18 @@ def profile(
     _print(result, reused, json_out)
 
 
-def _profile_folder(weights, image, resolution, frames, device, db, json_out) -> None:
+def _profile_folder(weights, image, resolution, frames, device, db, json_out, pipeline_arg) -> None:
     """One real step of any pipeline folder; each denoiser's measured profile printed."""
     import dataclasses
 
     from planner.app.any_profile import profile_folder
+    from planner.cli.apply_any import parse_call_args
     from runtime.workload import parse_resolution
 
     width, height = parse_resolution(resolution) if resolution else (None, None)
     found = profile_folder(weights, device=device or None, store_url=db, height=height,
-                           width=width, frames=frames, image=image)
+                           width=width, frames=frames, image=image,
+                           call_args=parse_call_args(pipeline_arg))
     if json_out:
         print_json([{**dataclasses.asdict(f.profile), "component": f.component,
                      "summary": summary(f.profile, f.reused)} for f in found])
@@ -135,7 +145,8 @@ def _print(p, reused: bool, json_out: bool) -> None:
         print_json({**dataclasses.asdict(p), "summary": facts})
         return
     rows = [
-        ["profile", f"#{p.id}" + (" (stored, reused; --fresh to measure again)" if reused else "")],
+        ["profile", f"#{p.id}" + ((" (stored, reused)" if p.model_id.startswith("auto:") else
+                                   " (stored, reused; --fresh to measure again)") if reused else "")],
         ["device", f"{facts['gpu']} ({p.device})"],
         ["workload", f"{p.model_id} (the first step's input shapes, in the id) {p.storage_dtype.value}"
          if p.model_id.startswith("auto:") else

@@ -104,6 +104,8 @@ def read_gguf_header(path: str | Path) -> GGUFHeader:
 
 
 class _Parser:
+    alignment_bytes = 32  # the file's alignment, once its metadata is read
+
     def __init__(self, f: BinaryIO, path: Path, size: int):
         self.f = f
         self.path = path
@@ -164,6 +166,7 @@ class _Parser:
                 raise self.fail(f"declares {count} {what}, more than its {self.size} bytes hold")
         metadata = self.metadata(n_kv)
         alignment = self.alignment(metadata)
+        self.alignment_bytes = alignment
         infos = [self.tensor_info(i) for i in range(n_tensors)]
         data_start = -(-self.pos // alignment) * alignment
         tensors = self.layout(infos, data_start, alignment)
@@ -275,8 +278,19 @@ class _Parser:
         for info in tensors:
             if info.begin < position:
                 raise self.fail(f"stores tensor {info.name!r} over the tensor before it")
+            self.no_gap(position, info.begin, f"before tensor {info.name!r}")
             position = info.end
+        self.no_gap(position, data_bytes, "after its last tensor")
         return tuple(tensors)
+
+    def no_gap(self, end: int, begin: int, where: str) -> None:
+        """Tensors tile the data region (up to alignment padding): bytes no tensor claims mean
+        the header lists fewer tensors than the file holds."""
+        if begin - end >= self.alignment_bytes:
+            raise self.fail(
+                f"holds {begin - end} bytes {where} that no tensor in its header claims: the "
+                f"header lists fewer tensors than the file holds"
+            )
 
 
 def _byte_size(dims: tuple[int, ...], block: int, type_size: int) -> int | None:

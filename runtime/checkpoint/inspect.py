@@ -63,6 +63,9 @@ class CheckpointReport:
     non_block_tensors: int
     non_block_bytes_by_dtype: Mapping[str, int]
     format: FileFormat = FileFormat.SAFETENSORS
+    # tensors outside the blocks that no catalog model of the family has (a file for another
+    # model, or damaged): `apply` refuses such a file
+    unknown_tensors: tuple[str, ...] = ()
 
     @property
     def non_block_bytes(self) -> int:
@@ -105,6 +108,7 @@ class CheckpointReport:
                 "bytes_by_dtype": dict(self.non_block_bytes_by_dtype),
             },
             "total": {"tensors": self.total_tensors, "bytes": self.total_bytes},
+            "unknown_tensors": list(self.unknown_tensors),
         }
 
 
@@ -345,6 +349,12 @@ def _report(path: Path, files: tuple[Path, ...], adapter, tensors: list[StoredTe
     )
     # a file whose block tensors are all spelled alike in both namings needs no conversion
     naming = Naming.MIXED if len(namings) > 1 else (namings.pop() if namings else Naming.DIFFUSERS)
+    unknown = ()
+    if naming is Naming.DIFFUSERS:  # original names are converted when loaded, and checked then
+        known = _non_block_names(adapter.name)
+        unknown = tuple(sorted(t.name for t in tensors
+                               if adapter.block_of_tensor(t.name) is None and _unprefixed(t.name) not in known))
     return CheckpointReport(
-        path, files, adapter.name, naming, blocks, rest_count, MappingProxyType(rest_bytes)
+        path, files, adapter.name, naming, blocks, rest_count, MappingProxyType(rest_bytes),
+        unknown_tensors=unknown,
     )

@@ -74,6 +74,20 @@ def nf4_weights(header: Header) -> tuple[NF4Weight, ...]:
     return tuple(out)
 
 
+def check_companions(header: Header, weights: tuple[NF4Weight, ...]) -> None:
+    """Every NF4 companion tensor (block scales, code books) belongs to a matrix whose quant
+    state the file holds: a file whose states were stripped is not read as plain weights."""
+    owned = {n for w in weights for n in w.tensors}
+    for info in header.tensors:
+        part = info.name.rpartition(".")[2]
+        if part in _PARTS and info.name not in owned:
+            base = info.name[: -len(part) - 1]
+            raise CheckpointError(
+                f"tensor {info.name!r} in {header.path} is an NF4 {part} but the file lacks the "
+                f"quant state of {base!r} ({base}{NF4_STATE}): it was stripped; {_FIX}"
+            )
+
+
 def _state(header: Header, info) -> dict[str, Any]:
     where = f"quant state {info.name!r} in {header.path}"
     if info.dtype != "U8" or len(info.shape) != 1 or not 0 < info.nbytes <= MAX_STATE_BYTES:

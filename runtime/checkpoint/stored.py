@@ -45,15 +45,17 @@ def storage_name(tag: str) -> str:
 
 def safetensors_tensors(headers) -> tuple[FileFormat, list[StoredTensor]]:
     """The tensors of safetensors headers; NF4 matrices grouped with their companions."""
-    from runtime.checkpoint.nf4 import is_nf4, nf4_weights
+    from runtime.checkpoint.nf4 import check_companions, is_nf4, nf4_weights
 
     out: list[StoredTensor] = []
     kind = FileFormat.SAFETENSORS
     for header in headers:
         grouped: dict[str, str] = {}
-        if is_nf4(header):
+        weights = nf4_weights(header) if is_nf4(header) else ()
+        check_companions(header, weights)
+        if weights:
             kind = FileFormat.NF4
-            for weight in nf4_weights(header):
+            for weight in weights:
                 out.append(StoredTensor(weight.name, NF4, weight.nbytes))
                 grouped.update((n, weight.name) for n in weight.tensors)
         out.extend(

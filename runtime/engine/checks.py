@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from runtime.dtypes import DType, compute_dtype, storage_dtype
 from runtime.errors import PlanMismatchError
-from runtime.inventory import Inventory, inventory_of_module
+from runtime.inventory import Inventory, inventory_of_module, stored_as_is
 
 from runtime.engine.adapters import adapter_tensors
 
@@ -105,7 +105,7 @@ def _check_dtypes(model, storage: DType, model_id: str, skip: frozenset[int]) ->
     model computes its rotary and position tables (Wan's `rope.freqs_cos`, SD3's
     `pos_embed.pos_embed`, Chroma's `mod_proj`) in a float dtype whatever the checkpoint holds,
     so they are left to the block byte check."""
-    if storage.is_quantized:
+    if storage.is_quantized or stored_as_is(model, storage):
         return  # the checkpoint decides each tensor's dtype; the block bytes were checked
     for name, tensor in model.named_parameters():
         if not tensor.is_floating_point() or id(tensor) in skip:

@@ -22,7 +22,7 @@ from runtime.engine.stats import OffloadStats
 from runtime.dtypes import DType
 from runtime.inventory import device_bytes_by_dtype
 from runtime.plan import CastMode, Placement, Tier
-from runtime import tiers
+from runtime.tiers import staging_bytes
 from runtime.schedule import ring_of
 
 class AppliedState:
@@ -168,7 +168,7 @@ def _apply_converted(model, adapter, plan, device: torch.device) -> AppliedState
             layouts.append(layout)
     freed = _host_bytes_released(model, blocks, streamed, device, pre)
     in_ram = [l.bytes for l, d in zip(layouts, on_disk) if not d]
-    disk_staging = tiers.staging_bytes([l.bytes for l, d in zip(layouts, on_disk) if d])
+    disk_staging = staging_bytes([l.bytes for l, d in zip(layouts, on_disk) if d])
     decision = decide_host_memory(in_ram + ([disk_staging] if disk_staging else []), freed, _wants_pinned(plan))
     if decision.warning:
         warnings.warn(decision.warning, stacklevel=3)
