@@ -132,8 +132,8 @@ def _check_self_consistent(plan, source: str) -> None:
             f"which computes in {compute_dtype(m.storage_dtype).value}: {_FIX}"
         )
     if not m.storage_dtype.casts:  # only fp8 and quantized storage is cast on the device
-        for b in plan.blocks:
-            if b.cast is CastMode.AUTO:
+        for b in plan.blocks:  # (or a block a mixed plan stores in its own format)
+            if b.cast is CastMode.AUTO and b.format is None:
                 raise PlanRejected(
                     f"{source}: block {b.name!r} casts 'auto', which only fp8 or quantized storage "
                     f"has, but the plan stores {m.storage_dtype.value}: {_FIX}"
@@ -153,9 +153,18 @@ def _check_self_consistent(plan, source: str) -> None:
 
 def _check_quant(plan, source: str) -> None:
     """Each block's quant types agree with the storage: none for plain storage, NF4 only in an
-    NF4 file, GGUF types only in a GGUF one."""
+    NF4 file, GGUF types only in a GGUF one; a block in its own format (a mixed plan), that
+    format's."""
     storage = plan.model.storage_dtype
     for b in plan.blocks:
+        if b.format is not None:  # a block in its own format holds that format's quant type
+            own = (b.format.value,) if b.format.is_quantized else ()
+            if b.quant != own:
+                raise PlanRejected(
+                    f"{source}: block {b.name!r} is stored as {b.format.value} but its quant "
+                    f"types say {', '.join(b.quant) or 'none'}: {_FIX}"
+                )
+            continue
         if not b.quant:
             continue
         nf4 = {q == "nf4" for q in b.quant}

@@ -37,8 +37,10 @@ def _plan(formats=FORMATS, pruned=PRUNED, streamed=("transformer_blocks.0", "tra
           "single_transformer_blocks.1", "single_transformer_blocks.2"), cast=CastMode.AUTO,
           storage=DType.FP32):
     inv = converted_inventory(inventory("tiny-flux", storage), formats, pruned)
+    # `cast` for the blocks in their own format; plain blocks have nothing to cast (`pre`)
     return build_plan(inv, set(streamed), workload=WORKLOAD, target=Target("cpu", 1 << 30),
-                      cast=cast, formats=formats, pruned=pruned)
+                      cast=CastMode.PRE, casts={name: cast for name in formats},
+                      formats=formats, pruned=pruned)
 
 
 def _by_hand(model):
@@ -148,3 +150,20 @@ def test_pruning_unknown_units_is_refused_and_leaves_the_model():
     with pytest.raises(UserError, match="outside the 128 hidden units"):
         apply_plan(model, plan, "cpu")
     assert all(p is before[n] for n, p in model.named_parameters())
+
+
+def test_the_store_keeps_a_mixed_plan_and_refuses_one_whose_quant_disagrees(tmp_path):
+    import dataclasses
+
+    from db.plan_check import PlanRejected
+    from db.store import open_store
+
+    plan = _plan()
+    with open_store(f"sqlite:///{tmp_path / 's.db'}") as store:
+        assert store.get_plan(store.save_plan(plan)).plan == plan
+        block = plan.blocks[0]
+        assert block.format is DType.Q8_0 and block.quant == ("q8_0",)
+        bad = dataclasses.replace(plan, blocks=(dataclasses.replace(block, quant=()),
+                                                *plan.blocks[1:]))
+        with pytest.raises(PlanRejected, match="stored as q8_0 but its quant types say none"):
+            store.save_plan(bad)

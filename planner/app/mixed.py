@@ -16,6 +16,7 @@ from planner.search import Settings, search
 from profiler.gpus import keys, normalize, specs
 from runtime.analysis.mixed import converted_inventory
 from runtime.errors import UserError
+from runtime.plan import CastMode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +75,7 @@ def tune_mixed(req: TuneRequest) -> TuneOutcome:
     if host.host is not None:  # the plan file states its run's host peak (planner.host_peak)
         plan = dataclasses.replace(plan, predictions=dataclasses.replace(
             plan.predictions, host_peak_bytes=host.host.peak_bytes))
+    plan = _plain_blocks_pre(plan)
     with open_store(req.db_url) as store:
         plan_id = store.save_plan(plan)
         store.link_plan_to_analysis(plan_id, stored.analysis_id)
@@ -82,6 +84,14 @@ def tune_mixed(req: TuneRequest) -> TuneOutcome:
                          uniform.scored.peak_vram_bytes)
     return TuneOutcome(plan, prediction, result, mixed_source, mixed, plan_id, host.scored,
                        None, host, limit_source, mixed=choice)
+
+
+def _plain_blocks_pre(plan):
+    """Blocks left in the model's plain storage have nothing to cast: `pre`, as every plain
+    plan says (the search may have drawn `auto` for them; it costs and moves the same)."""
+    blocks = tuple(b if b.format is not None else dataclasses.replace(b, cast=CastMode.PRE)
+                   for b in plan.blocks)
+    return dataclasses.replace(plan, blocks=blocks)
 
 
 def _converted(inv, formats, pruned=None):

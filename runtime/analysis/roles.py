@@ -164,6 +164,35 @@ def _parallel_attention_in(block, owner_path: str, leaf: str, tensor) -> Split |
                              (Role.MLP, mlp * factor)))
 
 
+def _bfl_single(block, owner_path: str):
+    """The BFL/ComfyUI single block owning `owner_path`: (width, MLP input rows, MLP width)."""
+    parent = _parent(block, owner_path)
+    width, mlp = getattr(parent, "hidden_size", None), getattr(parent, "mlp_hidden_dim", None)
+    if width is None or mlp is None:
+        return None
+    return width, getattr(parent, "mlp_hidden_dim_first", mlp), mlp
+
+
+def _bfl_linear1(block, owner_path: str, leaf: str, tensor) -> Split | None:
+    """BFL/ComfyUI single blocks: `linear1` writes `[q | k | v | mlp input]`."""
+    sizes = _bfl_single(block, owner_path)
+    if sizes is None:
+        return None
+    width, first, _ = sizes
+    return _by_rows(tensor, ((Role.Q, width), (Role.K, width), (Role.V, width), (Role.MLP, first)))
+
+
+def _bfl_linear2(block, owner_path: str, leaf: str, tensor) -> Split | None:
+    """BFL/ComfyUI single blocks: `linear2` reads `[attention | mlp]`; its bias is the output's."""
+    sizes = _bfl_single(block, owner_path)
+    if sizes is None:
+        return None
+    if leaf != "weight":
+        return ((Role.OUT, tensor.numel()),)
+    width, _, mlp = sizes
+    return _by_columns(tensor, ((Role.OUT, width), (Role.MLP, mlp)))
+
+
 def _fused_qkv(block, owner_path: str, leaf: str, tensor) -> Split | None:
     """One projection writing q, k and v in thirds (BFL / ComfyUI `img_attn.qkv`)."""
     rows = tensor.shape[0]
@@ -218,6 +247,8 @@ for _built_in in (
     _rule(_NAME + r"to_out\.\w+$", split=_parallel_attention_out),
     _rule(_NAME + r"to_qkv_mlp_proj\.\w+$", split=_parallel_attention_in),
     _rule(_NAME + r"qkv\.\w+$", split=_fused_qkv),
+    _rule(r"^linear1\.\w+$", split=_bfl_linear1),
+    _rule(r"^linear2\.\w+$", split=_bfl_linear2),
     # attention projections (self, cross and the context stream's added ones)
     _rule(_NAME + r"(?:to_q|add_q_proj|q_proj)" + _TAIL, Role.Q),
     _rule(_NAME + r"(?:to_k|add_k_proj|k_proj)" + _TAIL, Role.K),

@@ -140,8 +140,11 @@ class StatsRecorder:
         def hook(_module, args):
             with torch.no_grad():
                 hidden = args[0][..., site.start:site.stop]
-                active = (hidden.abs() > self.threshold).reshape(-1, site.units)
-                self._add(f"{key}/active", active.sum(dim=0, dtype=torch.int64))
+                # 0/1 in the activation's dtype, summed in float32 (exact below 2**24 tokens a
+                # forward): several times faster than counting a bool mask into int64
+                active = hidden.abs().gt_(self.threshold).reshape(-1, site.units)
+                counts = active.sum(dim=0, dtype=torch.float32).to(torch.int64)
+                self._add(f"{key}/active", counts)
                 tokens = torch.tensor([active.shape[0]], dtype=torch.int64, device=hidden.device)
                 self._add(f"{key}/tokens", tokens)
         return hook
