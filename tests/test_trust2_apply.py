@@ -94,7 +94,7 @@ def test_a_bad_experts_section_is_refused_before_the_first_phase(folder, tmp_pat
     ("{not json", "JSON"),
     ('{"_class_name": "FluxPipeline", "transformer": ["my_code", "MyTransformer"]}', "code outside"),
     ('{"_class_name": "FluxPipeline", "scale": NaN}', "NaN"),
-    ("[]", "_class_name"),
+    ("[]", "model_index.json"),
 ])
 def test_a_model_index_that_is_not_a_diffusers_one(folder, tmp_path, index, words):
     (folder / "model_index.json").write_text(index)
