@@ -76,7 +76,9 @@ def test_inspect_of_a_plain_file_imports_neither_torch_nor_bitsandbytes(tmp_path
 
 
 def test_the_readme_quick_start_ends_with_a_dry_run_of_apply():
-    block = (ROOT / "README.md").read_text().split("```bash\n", 1)[1].split("```", 1)[0]
-    lines = block.strip().splitlines()
-    assert lines[0].startswith("python3 -m venv .venv && .venv/bin/pip install -q torch==2.13.0 -e .")
-    assert "planner models tiny-pipeline tiny-flux" in lines[-1] and "planner apply tiny.json --weights tiny-flux" in lines[-1]
+    blocks = [b.split("```", 1)[0] for b in (ROOT / "README.md").read_text().split("```bash\n")[1:]]
+    setup, dry_run = blocks[0].strip().splitlines(), blocks[1].strip().splitlines()
+    assert len(setup) == 2, "the README opens with exactly two set-up commands: install, tests"
+    assert setup[0].startswith("python3 -m venv .venv && .venv/bin/pip install -q torch==2.13.0 -e .")
+    assert "planner models tiny-pipeline tiny-flux" in dry_run[-1]
+    assert "planner apply tiny.json --weights tiny-flux" in dry_run[-1]
