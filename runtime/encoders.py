@@ -18,10 +18,11 @@ import torch
 
 from runtime.discovery import find_blocks
 from runtime.dtypes import DType
+from runtime.engine.device import device_name
 from runtime.engine.handle import apply as apply_engine
 from runtime.errors import UserError
 from runtime.inventory import inventory_of_module
-from runtime.plan import HostMemory, Target, build_plan
+from runtime.plan import Target, stream_all_plan
 from runtime.workload import Workload
 
 # Encoders are keyed by nothing a workload says: the plan carries this placeholder.
@@ -53,13 +54,5 @@ def stream_encoder(module, device: torch.device, budget_bytes: int):
     adapter = discovery.adapter()
     storage = DType.from_torch(floating_dtypes(module).pop())
     inventory = inventory_of_module(module, adapter, f"auto:{type(module).__name__}", storage)
-    plan = build_plan(
-        inventory, {b.name for b in inventory.blocks}, workload=ENCODER_WORKLOAD,
-        target=Target(_gpu_name(device), budget_bytes), prefetch_depth=1,
-        host_memory=HostMemory.PINNED,
-    )
+    plan = stream_all_plan(inventory, ENCODER_WORKLOAD, Target(device_name(device), budget_bytes))
     return apply_engine(module, adapter, plan, device)
-
-
-def _gpu_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -616,3 +616,11 @@ def with_experts(plan: Plan, others: "Mapping[str, Plan]") -> Plan:
         for attr, o in others.items() if attr != FIRST_EXPERT
     )
     return dataclasses.replace(plan, experts=experts)
+
+
+def stream_all_plan(inventory, workload: Workload, target: Target,
+                    cast: CastMode = CastMode.PRE) -> "Plan":
+    """Every block streamed at depth 1 from pinned memory: the plan that always fits, under
+    which a first forward is measured (`apply_auto`) or a text encoder is streamed."""
+    return build_plan(inventory, {b.name for b in inventory.blocks}, workload=workload,
+                      target=target, prefetch_depth=1, host_memory=HostMemory.PINNED, cast=cast)

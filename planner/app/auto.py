@@ -59,14 +59,14 @@ from planner.host_ram import fitting, streamed_bytes
 from planner.search import Evaluator, Settings, search
 from profiler.first_step import FirstStepMeter, measure_pack_bandwidth, profile_of
 from runtime.apply import denoiser_of
-from runtime.engine.device import resolve_device
+from runtime.engine.device import device_name, resolve_device
 from runtime.discovery import ChildCallBinder, Discovery, FoundBlock, OrderRecorder, find_blocks
 from runtime.engine import handle as engine
 from runtime.engine.host_memory import available_host_bytes
 from runtime.errors import PlanMismatchError, UserError
 from runtime.families import family_of_module
 from runtime.inventory import inventory_of_module, stored_as_is
-from runtime.plan import CastMode, HostMemory, Target, build_plan
+from runtime.plan import CastMode, HostMemory, Target, stream_all_plan
 
 AUTO_TRIALS = 48  # the analytic frontier pass and the peers do most of the work
 
@@ -225,10 +225,8 @@ class AutoHandle:
 
     def _stream_all_plan(self):
         inventory = self._inventory()
-        return build_plan(
-            inventory, {b.name for b in inventory.blocks}, workload=AUTO_WORKLOAD,
-            target=Target(_gpu_name(self.config.device), self.config.budget_bytes),
-            prefetch_depth=1, host_memory=HostMemory.PINNED,
+        return stream_all_plan(
+            inventory, AUTO_WORKLOAD, Target(device_name(self.config.device), self.config.budget_bytes),
             # fp8 counted as stored (ComfyUI's fp8 weight_dtype) stays fp8 in its packs, so the
             # inventory taken under this plan after the first forward still sees it as stored
             cast=CastMode.AUTO if stored_as_is(self.model, self.storage) else CastMode.PRE,
@@ -318,8 +316,3 @@ def tune_auto(inventory, profile, config: AutoConfig):
     plan, _ = plan_of(inventory, source, best.scored, config.budget_bytes)
     return plan
 
-
-def _gpu_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return "cpu"

@@ -23,3 +23,8 @@ def resolve_device(device) -> torch.device:
     elif device.type != "cpu":
         raise UserError(f"device {device} is not supported: use cuda or cpu")
     return device
+
+
+def device_name(device: torch.device) -> str:
+    """The name a plan's target carries for `device`: the GPU's name, or "cpu"."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
