@@ -36,7 +36,7 @@ def apply_any(o: AnyApplyOptions) -> None:
     from planner.app.any_runs import record_component_runs
     from planner.budget import parse_size
     from planner.cli.apply_checks import check_apply_inputs
-    from planner.cli.apply_preflight import _check_components, _model_index
+    from planner.cli.apply_preflight import check_components, model_index
     from runtime.components import check_image, takes_frames
     from runtime.files import atomic_path
 
@@ -50,7 +50,7 @@ def apply_any(o: AnyApplyOptions) -> None:
         guidance=o.guidance, height=o.height, width=o.width, frames=2 if animated else 1,
         denoiser=_first_denoiser(o.weights), pipeline="pipeline",
     )
-    _check_components(o.weights, _model_index(o.weights), set())  # no custom code, no pickles
+    check_components(o.weights, model_index(o.weights), set())  # no custom code, no pickles
     check_image(o.weights, o.image)
     with open_store(o.db):  # a locked, read-only or out-of-date store fails here, before any work
         pass

@@ -52,14 +52,14 @@ def preflight(plan, files: ApplyFiles) -> None:
         frames=files.frames if files.frames is not None else plan.workload.frames,
     ))
     adapter = get_family(spec.family)
-    index = _model_index(files.weights)
+    index = model_index(files.weights)
     attrs = spec.experts.attrs if spec.experts is not None else (adapter.denoiser,)
     models = []
     for attr in attrs:
         part = plan.for_expert(attr) if spec.experts is not None else plan
         single = files.transformer if attr == attrs[0] else files.transformer_2
         models.append(_check_denoiser(part, files.weights, attr, adapter, single, source))
-    _check_components(files.weights, index, skip={attrs[0]} if files.transformer else set())
+    check_components(files.weights, index, skip={attrs[0]} if files.transformer else set())
     for lora in files.loras:
         _check_lora(lora.path, adapter, models[0])
 
@@ -78,7 +78,7 @@ def read_json(path: Path, what: str) -> Any:
         raise UserError(f"{what} {path} is not JSON: download or save the pipeline again") from None
 
 
-def _model_index(weights: Path) -> dict:
+def model_index(weights: Path) -> dict:
     index = read_json(weights / "model_index.json", "--weights")
     if type(index) is not dict or type(index.get("_class_name")) is not str:
         raise UserError(
@@ -88,7 +88,7 @@ def _model_index(weights: Path) -> dict:
     return index
 
 
-def _check_components(weights: Path, index: dict, skip: set[str]) -> None:
+def check_components(weights: Path, index: dict, skip: set[str]) -> None:
     """Every component (a list: [library, class]) is null or of diffusers or transformers, and
     any with weights has safetensors ones (a pickle is never loaded). Scalars are the pipeline's
     own config values (Wan 2.2's `boundary_ratio`), not components."""
