@@ -326,3 +326,19 @@ def comfy_nodes():
     import nodes
 
     return nodes
+
+
+@pytest.fixture(scope="module")
+def comfy():
+    """ComfyUI, imported once per test module (skips where it cannot be had)."""
+    return comfyui()
+
+
+@pytest.fixture(autouse=True)
+def isolated_comfy(comfy, tmp_path, monkeypatch):
+    """A test-private store, and no model left loaded by ComfyUI before or after the test
+    (autouse in the modules that import it)."""
+    monkeypatch.setenv("PLANNER_DB_URL", f"sqlite:///{tmp_path / 'planner.db'}")
+    comfy.model_management.unload_all_models()
+    yield
+    comfy.model_management.unload_all_models()

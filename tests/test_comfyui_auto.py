@@ -11,22 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfy_fixtures import comfyui, sample_tiny, tiny_comfy_patcher
+from comfy_fixtures import sample_tiny, tiny_comfy_patcher
+from comfy_fixtures import comfy, isolated_comfy  # noqa: F401 (fixtures: ComfyUI, a private store)
 
 BUDGET = 0.9  # of the model's weight bytes
-
-
-@pytest.fixture(scope="module")
-def comfy():
-    return comfyui()
-
-
-@pytest.fixture(autouse=True)
-def _nothing_loaded(comfy, tmp_path, monkeypatch):
-    monkeypatch.setenv("PLANNER_DB_URL", f"sqlite:///{tmp_path / 'planner.db'}")
-    comfy.model_management.unload_all_models()
-    yield
-    comfy.model_management.unload_all_models()
 
 
 def _auto(patcher, vram_gb: float):

@@ -11,23 +11,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfy_fixtures import TINY_UNET_CONFIG, comfy_nodes, comfyui, sample, tiny_flux_patcher
+from comfy_fixtures import TINY_UNET_CONFIG, comfy_nodes, sample, tiny_flux_patcher
+from comfy_fixtures import comfy, isolated_comfy  # noqa: F401 (fixtures: ComfyUI, a private store)
 from runtime.dtypes import DType
 from runtime.plan import Target, build_plan
 from runtime.workload import Workload
-
-
-@pytest.fixture(scope="module")
-def comfy():
-    return comfyui()
-
-
-@pytest.fixture(autouse=True)
-def _nothing_loaded(comfy, tmp_path, monkeypatch):
-    monkeypatch.setenv("PLANNER_DB_URL", f"sqlite:///{tmp_path / 'planner.db'}")
-    comfy.model_management.unload_all_models()
-    yield
-    comfy.model_management.unload_all_models()
 
 
 @pytest.fixture
