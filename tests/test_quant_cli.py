@@ -41,7 +41,7 @@ def test_tune_quant_compares_formats(quant, tmp_path):
     assert data["weight_bytes"] < formats["fp8"]["weight_bytes"] < formats["bf16"]["weight_bytes"]
     text = invoke("tune", "--model", "flux-dev", "--quant", quant, "--vram", "6GB",
                   "--gpu", "rtx-4060", "--trials", "30").stdout
-    assert "storage formats at the same budget" in text and f"{quant} (this plan)" in text
+    assert "storage formats within both budgets" in text and f"{quant} (this plan)" in text
 
 
 def test_quant_is_faster_where_the_bus_binds(tmp_path):

@@ -32,17 +32,18 @@ def test_a_model_that_fits_stays_resident(tmp_path):
 
 def test_fp8_cast_on_the_host_must_fit_the_host_ram(tmp_path):
     roomy = _tune(tmp_path, "--vram", "8GB", "--gpu", "rtx-4060", "--dtype", "fp8", "--host-ram", "64GB")
-    assert roomy["placement"]["cast"] == "pre" and roomy["host_ram"]["pinned_bytes"] > 16 * GIB
+    # the fastest placement casts the streamed blocks on the host, over 16 GiB of them: within
+    # HEAVY_MARGIN of it, the plan keeps them as fp8 (issue 25, problem 14; test_trust2_formats.py)
+    assert roomy["placement"]["cast"] == "auto" and roomy["passed_over"]["dequantized_bytes"] > 16 * GIB
     tight = _tune(tmp_path, "--vram", "8GB", "--gpu", "rtx-4060", "--dtype", "fp8", "--host-ram", "16GB")
     assert tight["host_ram"]["limit_bytes"] == 16 * GIB and tight["host_ram"]["limit_source"] == "--host-ram"
     assert tight["host_ram"]["pinned_bytes"] <= 16 * GIB
     assert tight["host_ram_peak_bytes"] <= 16 * GIB  # every phase of the run, not only the packs
-    assert tight["host_ram"]["pinned_bytes"] < roomy["host_ram"]["pinned_bytes"]
+    assert tight["host_ram"]["pinned_bytes"] <= roomy["host_ram"]["pinned_bytes"]
     assert tight["step_ms"] >= roomy["step_ms"], "a tighter budget cannot predict faster"
     for data in (roomy, tight):  # the summary's host bytes are the pinned bytes the limit checked
         assert data["host_bytes"] == data["host_ram"]["pinned_bytes"]
     assert tight["peak_vram_bytes"] <= 8 * GIB
-    assert tight["plan_id"] != roomy["plan_id"]
 
 
 def test_too_little_host_ram_is_refused_in_one_sentence(tmp_path):

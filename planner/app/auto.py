@@ -55,7 +55,7 @@ from planner.app.placing import plan_of
 from planner.app.request import ProfileSource
 from planner.budget import format_size, parse_size
 from planner.host_peak import HostParts
-from planner.host_ram import fitting, streamed_bytes
+from planner.host_ram import fitting, rank_ms, streamed_bytes
 from planner.search import Evaluator, Settings, search
 from profiler.first_step import FirstStepMeter, measure_pack_bandwidth, profile_of
 from runtime.apply import denoiser_of
@@ -296,7 +296,8 @@ def tune_auto(inventory, profile, config: AutoConfig):
     now, which the running process is already out of), and keeps every block in RAM: the
     weights are in memory, there is no file for a disk tier to read. On a CPU the ring's
     copies are memcpys on the compute thread: only pageable plans, whose copies the cost model
-    serialises with compute, describe that. Ties go to fewer streamed bytes."""
+    serialises with compute, describe that. Ranked as `planner tune` ranks (`rank_ms`: casting
+    fp8 or quantized blocks on the host must buy `HEAVY_MARGIN`); ties go to fewer streamed bytes."""
     profiles = {profile.workload.cfg: profile}
     result = search(inventory, profiles, Settings(config.budget_bytes, trials=config.trials))
     limit = config.host_ram_bytes if config.host_ram_bytes is not None else available_host_bytes()
@@ -310,7 +311,7 @@ def tune_auto(inventory, profile, config: AutoConfig):
             f"no plan's streamed blocks fit a host RAM of {format_size(limit)}: give a larger "
             f"host_ram, or a larger vram so that more blocks stay on the device"
         )
-    best = min(fits, key=lambda t: (t.step_ms, streamed_bytes(ev, t.scored.candidate),
+    best = min(fits, key=lambda t: (rank_ms(ev, t), streamed_bytes(ev, t.scored.candidate),
                                     t.scored.peak_vram_bytes, t.scored.candidate.describe()))
     source = ProfileSource(profiles, profile.machine.gpu_name, profile.id, False)
     plan, _ = plan_of(inventory, source, best.scored, config.budget_bytes)

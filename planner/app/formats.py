@@ -57,32 +57,42 @@ def file_of(model_id: str, storage: DType, released: DType) -> str:
     return f"the {model_id} transformer cast to {storage.value} safetensors"
 
 
-def compare_formats(req, formats=COMPARED, host_ram: int | None = None, parts=None,
-                    trials: int | None = None) -> tuple[FormatRow, ...]:
-    """The best predicted step of `req` (a `planner.app.request.TuneRequest` with a reference
-    GPU) in each of `formats` other than its own, searched with the request's settings; with
-    `host_ram` and `parts` (planner.host_peak.HostParts), within that host RAM too."""
+def compare_formats(req, host_ram: int, parts, formats=COMPARED, trials: int | None = None,
+                    own: bool = False) -> tuple[FormatRow, ...]:
+    """The best plan of `req` (a `planner.app.request.TuneRequest` with a reference GPU) in each
+    of `formats` (its own storage too where `own`), searched with the request's settings and
+    chosen within `host_ram` and `parts` (planner.host_peak.HostParts) as `tune` chooses."""
     if req.gpu is None:
         return ()
     return tuple(_row(req, storage, host_ram, parts, trials) for storage in formats
-                 if storage is not req.storage_dtype or host_ram is not None)
+                 if own or storage is not req.storage_dtype)
 
 
 def rank_formats(req, host_ram: int, parts) -> tuple[FormatRow, ...]:
     """Every format (`ALL_FORMATS`), those that fit both budgets first, fastest first."""
-    rows = compare_formats(req, ALL_FORMATS, host_ram, parts, trials=min(req.trials, RANKING_TRIALS))
+    rows = compare_formats(req, host_ram, parts, ALL_FORMATS, trials=min(req.trials, RANKING_TRIALS), own=True)
     return tuple(sorted(rows, key=lambda r: (not r.fits, r.step_ms or 0.0, r.weight_bytes)))
 
 
-def rank_for_request(req) -> tuple[FormatRow, ...]:
-    """`rank_formats` at the request's host RAM limit and pipeline parts (planner.app.profiles)."""
+def request_limits(req) -> tuple[int, object]:
+    """The request's host RAM limit and pipeline parts (planner.app.profiles), as `tune` takes them."""
     from planner.app.profiles import host_parts, host_ram_limit, request_inventory, resolve_profiles
     from runtime.catalog import get_model
 
     source = resolve_profiles(req)
     limit, said = host_ram_limit(req, source)
     experts = get_model(req.model_id).experts is not None
-    return rank_formats(req, limit, host_parts(req, source, request_inventory(req), said, experts))
+    return limit, host_parts(req, source, request_inventory(req), said, experts)
+
+
+def rank_for_request(req) -> tuple[FormatRow, ...]:
+    """`rank_formats` at the request's host RAM limit and pipeline parts."""
+    return rank_formats(req, *request_limits(req))
+
+
+def compare_for_request(req) -> tuple[FormatRow, ...]:
+    """`compare_formats` (bf16 and fp8 beside the request's own) within the request's host RAM."""
+    return compare_formats(req, *request_limits(req))
 
 
 def fitting_formats_sentence(rows) -> str:
@@ -91,7 +101,7 @@ def fitting_formats_sentence(rows) -> str:
     return ", ".join(f"{r.storage.value} ({r.step_ms / 1000:.2f} s/step: {r.file})" for r in fits)
 
 
-def _row(req, storage: DType, host_ram: int | None, parts, trials: int | None) -> FormatRow:
+def _row(req, storage: DType, host_ram: int, parts, trials: int | None) -> FormatRow:
     from planner.app.profiles import resolve_profiles
     from planner.host_ram import choose
     from planner.search import Settings, search
@@ -109,10 +119,6 @@ def _row(req, storage: DType, host_ram: int | None, parts, trials: int | None) -
         result = search(inv, source.profiles, settings)
     except UserError as e:  # not even everything streamed fits this budget in this format
         return FormatRow(storage, False, None, None, inv.total_bytes, None, why_not=str(e), **info)
-    best = result.best
-    if host_ram is None:
-        return FormatRow(storage, True, best.step_ms, best.peak_vram_bytes, inv.total_bytes,
-                         best.candidate.cast.value, **info)
     experts = get_model(req.model_id).experts is not None
     try:
         choice = choose(inv, source.profiles, result, req.budget_bytes, host_ram,

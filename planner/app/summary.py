@@ -52,6 +52,7 @@ def summary(outcome: TuneOutcome) -> dict:
             **_host_peak_dict(outcome),
         },
         "host_ram_peak_bytes": host.host.peak_bytes if host and host.host else None,
+        "passed_over": _passed_over(outcome),
         "weight_bytes": outcome.inventory.total_bytes,
         "step_ms": pred.step_ms,
         # the run's peak: with experts, the highest of both phases and the switch (one figure
@@ -83,6 +84,14 @@ def summary(outcome: TuneOutcome) -> dict:
         "experts": _experts_dict(outcome.experts),
         "calibration": _calibration_dict(outcome, space),
     }
+
+
+def _passed_over(outcome: TuneOutcome) -> dict | None:
+    """The faster heavy plan (disk-tier reads, host-side dequantization) the chosen one won over."""
+    host = outcome.host
+    if host is None or host.passed_over is None or outcome.chosen != host.scored:
+        return None
+    return host.passed_over.to_dict()
 
 
 def _host_peak_dict(outcome: TuneOutcome) -> dict:

@@ -87,9 +87,9 @@ def tune(
         with status("ranking storage formats", enabled=not json_out):
             rows = rank_for_request(dataclasses.replace(request, storage_dtype=outcome.inventory.storage_dtype))
     elif quant or weights is not None:
-        from planner.app.formats import compare_formats
+        from planner.app.formats import compare_for_request
 
-        rows = compare_formats(dataclasses.replace(request, storage_dtype=outcome.inventory.storage_dtype))
+        rows = compare_for_request(dataclasses.replace(request, storage_dtype=outcome.inventory.storage_dtype))
     if output is not None:
         save_plan(outcome.plan, output, option="-o")
     data = {**summary(outcome), "formats": [row.to_dict() for row in rows], "formats_ranked": bool(formats),
@@ -164,6 +164,8 @@ def _print(data: dict, output: Path | None) -> None:
         *host_lines(data["host_ram"], p["host_memory"]),
         f"  predicted:     {data['step_ms'] / 1000:.3f} s/step, peak VRAM {format_size(data['peak_vram_bytes'])}",
     ]
+    if data.get("passed_over") is not None:
+        lines.append(passed_over_line(data["passed_over"], data["step_ms"]))
     cal = data.get("calibration")
     if cal is not None:
         shown = f"{cal['step_ms'] / 1000:.3f} s/step, " if cal["runs"] else ""
@@ -204,16 +206,43 @@ def _print(data: dict, output: Path | None) -> None:
         _print_ranked(data["formats"])
     elif data["formats"]:
         plan = data["plan"]
+        host = data["host_ram"]
         rows = [[f"{plan['model']['storage_dtype']} (this plan)", format_size(data["weight_bytes"]),
-                 f"{data['step_ms'] / 1000:.3f}", format_size(data["peak_vram_bytes"]), _casts(p)]]
+                 f"{data['step_ms'] / 1000:.3f}", format_size(data["peak_vram_bytes"]),
+                 _host_cell(host.get("peak_bytes"), host.get("disk_bytes", 0)), _casts(p)]]
         for row in data["formats"]:
             if row["fits"]:
                 rows.append([row["storage"], format_size(row["weight_bytes"]), f"{row['step_ms'] / 1000:.3f}",
-                             format_size(row["peak_vram_bytes"]), row["cast"]])
+                             format_size(row["peak_vram_bytes"]), _host_cell(row["host_peak_bytes"], row["disk_bytes"]),
+                             row["cast"]])
             else:
-                rows.append([row["storage"], format_size(row["weight_bytes"]), "does not fit", "", ""])
-        print_table("storage formats at the same budget (predicted)",
-                    ["storage", "weights", "s/step", "peak VRAM", "cast"], rows)
+                rows.append([row["storage"], format_size(row["weight_bytes"]), "does not fit", "", "", ""])
+        print_table("storage formats within both budgets (predicted)",
+                    ["storage", "weights", "s/step", "peak VRAM", "host RAM peak", "cast"], rows)
+
+
+def _host_cell(peak: int | None, disk: int) -> str:
+    """`15.45 GiB`, with `, 8.07 GiB on disk` where the plan reads from the disk tier."""
+    from planner.budget import format_size
+
+    if peak is None:
+        return ""
+    return format_size(peak) + (f", {format_size(disk)} on disk" if disk else "")
+
+
+def passed_over_line(faster: dict, step_ms: float) -> str:
+    """The faster plan a lighter one won over, and what it would cost beside its step."""
+    from planner.budget import format_size
+    from planner.host_ram import HEAVY_MARGIN
+
+    costs = []
+    if faster["disk_bytes"]:
+        costs.append(f"reads {format_size(faster['disk_bytes'])} from disk per forward")
+    if faster["dequantized_bytes"]:
+        costs.append(f"casts its streamed blocks on the host (`pre`, {format_size(faster['dequantized_bytes'])} "
+                     "in host RAM)")
+    return (f"  passed over:   a plan {step_ms / faster['step_ms']:.3f}x as fast ({faster['step_ms'] / 1000:.3f} s/step) "
+            f"that {' and '.join(costs)}; each such cost must buy {HEAVY_MARGIN:.0%} of speed")
 
 
 def host_lines(host: dict, host_memory: str) -> list[str]:
@@ -243,9 +272,8 @@ def _print_ranked(rows: list[dict]) -> None:
     for row in rows:
         kind = "lossless" if row["lossless"] else "lossy"
         if row["fits"]:
-            disk = f", {format_size(row['disk_bytes'])} on disk" if row["disk_bytes"] else ""
             table.append([row["storage"], kind, f"{row['step_ms'] / 1000:.3f}", format_size(row["peak_vram_bytes"]),
-                          format_size(row["host_peak_bytes"]) + disk, row["file"]])
+                          _host_cell(row["host_peak_bytes"], row["disk_bytes"]), row["file"]])
         else:
             table.append([row["storage"], kind, "does not fit", "", "", row["file"]])
     print_table("storage formats within both budgets (predicted, fastest first)",
