@@ -146,8 +146,10 @@ def test_tune_prunes_the_least_active_units_the_statistics_found(tmp_path):
     pruned = {b.name: b.pruned for b in plan.blocks if b.pruned}
     assert set(pruned) == set(data["mixed"]["options"])
 
-    # fp32 matmuls on the CPU round differently with the weights' memory alignment: both models
-    # get tensors of their own (aligned as the engine's packs are), not views of the loaded file
+    # fp32 matmuls on the CPU round differently with the weights' memory alignment. A pruned
+    # block mixes fresh tensors with views of the loaded file, at other offsets past a 64-byte
+    # line, and the ring matches one offset per block (runtime.engine.packing): both models get
+    # tensors of their own, aligned as fresh allocations are
     engine = _own_memory(FluxPipeline.from_pretrained(weights, local_files_only=True).transformer)
     by_hand = _own_memory(FluxPipeline.from_pretrained(weights, local_files_only=True).transformer)
     for name, sites in pruned.items():

@@ -107,7 +107,8 @@ class OffloadHandle:
             return None
         ring.sync.synchronize()
         use = ring.next_use
-        return ring.host_buffers[use % ring.schedule.m], ring.slot_buffers[ring.schedule.slot(use)]
+        j = use % ring.schedule.m
+        return ring.host_buffers[j], ring.slot_target(ring.schedule.slot(use), j)
 
     def bind_streamed(self, name: str) -> bool:
         """Point streamed block `name` at its ring slot, as the ring's hook on the block does

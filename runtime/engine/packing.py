@@ -6,6 +6,15 @@ buffer, every ring slot and the views into them agree. Sizes per dtype group are
 when cast on the host (`pre`), everything else keeps its storage dtype. Quantized matrices
 (`runtime.engine.quantized`) are one more group of packed bytes named by their quant type, or
 dequantized into the compute dtype on the host (`pre`), their packed bytes kept for `restore`.
+
+Where a block's tensors sit on the host at one common offset from a 64-byte line (a
+safetensors file puts every tensor 8 + header bytes from the file's start, and a pipeline
+loaded on the CPU computes from there), `Layout.phase` records it, and a ring on the CPU
+places the block's views at that same offset: CPU GEMM kernels take other paths for operands
+that are not 16-byte aligned, so the streamed block computes exactly what the plain model
+computes where it sits (`runtime.engine.ring`). A block whose tensors disagree (pruned or
+converted tensors beside loaded ones) starts on the line, as on a CUDA device, where the plain
+model's tensors are fresh allocations.
 """
 
 from __future__ import annotations
@@ -33,10 +42,15 @@ class Entry:
     original: torch.Tensor | None = None  # packed bytes of a matrix dequantized on the host
 
 
+LINE_BYTES = 64  # the alignment a fresh allocation has (torch's CPU allocator, CUDA's is more)
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
     entries: tuple[Entry, ...]
     numel_by_group: dict[str, int]
+    # per group: elements past a 64-byte line the block's host tensors all started at (none: 0)
+    phase: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def bytes_by_group(self) -> dict[str, int]:
         return {g: n * DType(g).element_size for g, n in self.numel_by_group.items()}
@@ -84,7 +98,24 @@ def layout_of(module, cast_on_host: bool, compute: torch.dtype) -> Layout:
             Entry(tensor, group, offset, numel, shape, tensor.dtype, tensor.device, original)
         )
         numel_by_group[group] = offset + numel
-    return Layout(tuple(entries), numel_by_group)
+    return Layout(tuple(entries), numel_by_group, _phases(entries, numel_by_group))
+
+
+def _phases(entries: list[Entry], numel_by_group: dict[str, int]) -> dict[str, int]:
+    """Per group, the elements past a 64-byte line at which the group's tensors, laid back to
+    back, would sit where they sit now on the host; only groups kept in their stored dtype
+    whose tensors agree on it."""
+    out = {}
+    for group in numel_by_group:
+        size = DType(group).element_size
+        members = [e for e in entries if e.group == group and e.numel]
+        if not members or any(e.original is not None or e.orig_dtype != DType(group).torch()
+                              or e.orig_device.type != "cpu" for e in members):
+            continue
+        found = {(e.tensor.data_ptr() - e.offset * size) % LINE_BYTES for e in members}
+        if len(found) == 1 and (phase := found.pop()) % size == 0 and phase:
+            out[group] = phase // size
+    return out
 
 
 def empty_group_buffers(numel_by_group: dict[str, int], device, *, pinned: bool = False):
