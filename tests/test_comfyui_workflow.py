@@ -126,15 +126,21 @@ class Server:
         return json.loads(text) if text.strip() else None
 
     def run(self, prompt: dict, wait_s: float = 240.0, interrupt_after_s: float | None = None):
-        """POST /prompt, then poll /history until it is done; its history entry."""
+        """POST /prompt, then poll /history until it is done; its history entry. With
+        `interrupt_after_s`, POST /interrupt that long after ComfyUI began executing it."""
         import time
 
         prompt_id = self.call("/prompt", {"prompt": prompt, "extra_data": {"extra_pnginfo": {
             "workflow": {"nodes": list(prompt)}}}})["prompt_id"]
         start = time.monotonic()
         interrupted = interrupt_after_s is None
+        running_since = None
         while time.monotonic() - start < wait_s:
-            if not interrupted and time.monotonic() - start > interrupt_after_s:
+            if not interrupted and running_since is None and any(
+                    item[1] == prompt_id for item in self.call("/queue")["queue_running"]):
+                running_since = time.monotonic()
+            if not interrupted and running_since is not None \
+                    and time.monotonic() - running_since > interrupt_after_s:
                 self.call("/interrupt", {})
                 interrupted = True
             history = self.call(f"/history/{prompt_id}")
@@ -226,7 +232,8 @@ def test_http_api_runs_the_auto_node_and_saves_no_store_url(server):
     assert np.array_equal(np.asarray(_png(server, second)), plain[6])
 
     # a long prompt interrupted while sampling, then another: the plan undone and re-applied
-    stopped = server.run(_workflow(planned=True, steps=400, seed=9), interrupt_after_s=3.0)
+    # (far more steps than can run before the interrupt: 400 once finished within 3 s)
+    stopped = server.run(_workflow(planned=True, steps=10000, seed=9), interrupt_after_s=1.5)
     assert stopped["status"]["status_str"] == "error"
     assert any(m[0] == "execution_interrupted" for m in stopped["status"]["messages"])
     again = server.run(_workflow(planned=True, seed=7))
