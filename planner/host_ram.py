@@ -189,11 +189,8 @@ def choose(inventory, profiles, result: SearchResult, vram_budget: int, host_ram
         base = parts.baseline_bytes
         raise HostRamRefusal(refusal(ev, result, host_ram, parts, experts),
                              by_encoders=base + parts.text_encoder_bytes > host_ram)
-    ranks = [rank_ms(ev, t) for t in fits]
-    fastest = min(ranks)
-    tied = [t for t, r in zip(fits, ranks) if r <= fastest * (1 + TIE_RELATIVE) + 1e-9]
     best = min(
-        tied,
+        _tied(fits, [rank_ms(ev, t) for t in fits]),
         key=lambda t: (t.host.disk_bytes, streamed_bytes(ev, t.scored.candidate),
                        pinned_bytes(ev, t.scored.candidate, t.on_disk),
                        ev.synchronized_ms(t.scored.candidate), t.scored.step_ms,
@@ -215,12 +212,17 @@ def choose(inventory, profiles, result: SearchResult, vram_budget: int, host_ram
     )
 
 
+def _tied(fits: list[Tiered], values: list[float]) -> list[Tiered]:
+    """The fits whose value is the least, up to float rounding (`TIE_RELATIVE`)."""
+    least = min(values)
+    return [t for t, v in zip(fits, values) if v <= least * (1 + TIE_RELATIVE) + 1e-9]
+
+
 def _passed_over(ev: Evaluator, fits: list[Tiered], best: Tiered) -> PassedOver | None:
-    fastest = min(t.step_ms for t in fits)
-    if fastest >= best.step_ms * (1 - TIE_RELATIVE) - 1e-9:
+    fastest = _tied(fits, [t.step_ms for t in fits])
+    if any(t is best for t in fastest):
         return None
-    quickest = min((t for t in fits if t.step_ms <= fastest * (1 + TIE_RELATIVE) + 1e-9),
-                   key=lambda t: (t.host.disk_bytes, dequantized_bytes(ev, t.scored.candidate)))
+    quickest = min(fastest, key=lambda t: (t.host.disk_bytes, dequantized_bytes(ev, t.scored.candidate)))
     return PassedOver(quickest.step_ms, quickest.host.disk_bytes,
                       dequantized_bytes(ev, quickest.scored.candidate))
 

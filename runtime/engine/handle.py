@@ -108,7 +108,7 @@ class OffloadHandle:
         ring.sync.synchronize()
         use = ring.next_use
         j = use % ring.schedule.m
-        return ring.host_buffers[j], ring.slot_target(ring.schedule.slot(use), j)
+        return ring.host_buffers[j], ring.slot_targets[j][ring.schedule.slot(use)]
 
     def bind_streamed(self, name: str) -> bool:
         """Point streamed block `name` at its ring slot, as the ring's hook on the block does

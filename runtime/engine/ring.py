@@ -175,17 +175,23 @@ class Ring:
         self.device = torch.device(device)
         # on the CPU each block's views sit as far past a 64-byte line as its tensors did
         # (packing.Layout.phase); a CUDA plain model's tensors are fresh, aligned allocations
-        self.phases = [dict(layout.phase) if self.device.type == "cpu" else {} for layout in layouts]
+        phases = [layout.phase if self.device.type == "cpu" else {} for layout in layouts]
         slot_numel: dict[str, int] = {}
-        for layout, phase in zip(layouts, self.phases):
+        for layout, phase in zip(layouts, phases):
             for group, numel in layout.numel_by_group.items():
                 slot_numel[group] = max(slot_numel.get(group, 0), numel + phase.get(group, 0))
         self.slot_buffers = [
             packing.empty_group_buffers(slot_numel, self.device) for _ in range(schedule.slots)
         ]
+        # per j, per slot: {group: where block j's bytes go in that slot}, and the views there
+        self.slot_targets = [
+            [{group: slot[group].narrow(0, phase.get(group, 0), numel)
+              for group, numel in layout.numel_by_group.items()} for slot in self.slot_buffers]
+            for layout, phase in zip(layouts, phases)
+        ]
         self.slot_views = [
-            [packing.views(layout, self.slot_target(slot, j)) for slot in range(schedule.slots)]
-            for j, layout in enumerate(layouts)
+            [packing.views(layout, target) for target in targets]
+            for layout, targets in zip(layouts, self.slot_targets)
         ]
         cuda = self.device.type == "cuda"
         self.sync = _CudaSync(self.device, schedule.slots) if cuda else _CpuSync(schedule.slots)
@@ -193,12 +199,6 @@ class Ring:
         self.next_use = 0
         self.resyncs = 0
         self._start(0)
-
-    def slot_target(self, slot: int, j: int) -> dict[str, torch.Tensor]:
-        """Per group, where streamed block `j`'s bytes go in ring slot `slot`."""
-        phase = self.phases[j]
-        return {group: self.slot_buffers[slot][group].narrow(0, phase.get(group, 0), numel)
-                for group, numel in self.layouts[j].numel_by_group.items()}
 
     @property
     def nbytes(self) -> int:
@@ -211,7 +211,7 @@ class Ring:
             self.sync.copy_waits_compute(slot)
             on_disk = self.host_buffers[j] is None
             source = self.disk.take(j) if on_disk else self.host_buffers[j]
-            target = self.slot_target(slot, j)
+            target = self.slot_targets[j][slot]
             for group, host in source.items():
                 target[group].narrow(0, 0, host.numel()).copy_(host, non_blocking=True)
             self.sync.copied(slot, use)
@@ -258,4 +258,5 @@ class Ring:
             self.disk = None
         host_memory.release_deferred()
         self.slot_buffers = []
+        self.slot_targets = []
         self.slot_views = []
