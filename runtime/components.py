@@ -75,11 +75,11 @@ def pipeline_class(folder: Path):
     return cls
 
 
-def image_argument(folder: Path) -> str:
-    """How the folder's pipeline takes a conditioning image: "required", "optional" or "none"."""
+def image_argument(cls) -> str:
+    """How pipeline class `cls` takes a conditioning image: "required", "optional" or "none"."""
     import inspect
 
-    found = inspect.signature(pipeline_class(folder).__call__).parameters.get("image")
+    found = inspect.signature(cls.__call__).parameters.get("image")
     if found is None:
         return "none"
     return "required" if found.default is inspect.Parameter.empty else "optional"
@@ -87,8 +87,8 @@ def image_argument(folder: Path) -> str:
 
 def check_image(folder: Path, image) -> None:
     """Refuse a missing conditioning image the pipeline needs, or one it does not take."""
-    taken = image_argument(folder)
-    name = pipeline_class_name(folder)
+    cls = pipeline_class(folder)
+    taken, name = image_argument(cls), cls.__name__
     if taken == "required" and image is None:
         raise UserError(f"{name} is conditioned on an image: give one with --image FILE")
     if taken == "none" and image is not None:
@@ -146,12 +146,9 @@ def roles_of(pipe) -> Roles:
 
 def module_bytes(module) -> int:
     """Bytes of a module's parameters and buffers (shared tensors once)."""
-    seen, total = set(), 0
-    for t in list(module.parameters()) + list(module.buffers()):
-        if id(t) not in seen:
-            seen.add(id(t))
-            total += t.numel() * t.element_size()
-    return total
+    from runtime.engine.packing import unique_tensors
+
+    return sum(t.numel() * t.element_size() for t in unique_tensors(module))
 
 
 def drop_fp32_kept(model, dtype) -> None:

@@ -91,12 +91,12 @@ def load_pipeline(adapter, weights: Path, transformer_file: Path | None, dtype,
     quiet_hf_libraries()
     os.environ["HF_HUB_OFFLINE"] = "1"
     weights = Path(weights)
-    pipeline_class = _pipeline_class(adapter, weights)
     if not (weights / "model_index.json").is_file():
         raise UserError(
             f"weights folder {weights} has no model_index.json: give a local diffusers "
-            f"{pipeline_class.__name__} folder (save_pretrained or a downloaded snapshot)"
+            f"{adapter.pipeline_class().__name__} folder (save_pretrained or a downloaded snapshot)"
         )
+    pipeline_class = _pipeline_class(adapter, weights)
     extra = {}
     if transformer_file is not None:
         extra[adapter.denoiser] = _transformer_from_file(adapter, weights, Path(transformer_file))
@@ -118,10 +118,9 @@ def _pipeline_class(adapter, weights: Path):
     (`FamilyAdapter.variant_pipelines`: Wan's image-to-video)."""
     import diffusers
 
-    if (weights / "model_index.json").is_file():
-        name = pipeline_class_name(weights)
-        if name in adapter.variant_pipelines:
-            return getattr(diffusers, name)
+    name = pipeline_class_name(weights)
+    if name in adapter.variant_pipelines:
+        return getattr(diffusers, name)
     return adapter.pipeline_class()
 
 
@@ -145,17 +144,19 @@ def _prompt_kwargs(adapter, pipe, prompt: str, workload, guidance: float, device
 
     import torch
 
+    from runtime.engine.device import synchronize
+
     named = [(name, getattr(pipe, name, None)) for name in adapter.text_encoders]
     named = [(name, enc) for name, enc in named if enc is not None]
     if device.type == "cuda":
         room = min(room, int(torch.cuda.mem_get_info(device)[0] * 0.9))
     placed, streamed, target = _place_encoders(named, device, room)
     try:
-        _synchronize(target)
+        synchronize(target)
         start = time.perf_counter()
         with torch.no_grad():
             kwargs = adapter.prompt_kwargs(pipe, prompt, workload, guidance, target)
-        _synchronize(target)
+        synchronize(target)
         encode_ms = (time.perf_counter() - start) * 1000.0
     finally:
         for handle in placed:
@@ -203,13 +204,6 @@ def _place_encoders(named, device, room: int):
         return [Whole(enc, cpu) for _, enc in named], [], cpu
     placed += [Whole(enc, device) for _, enc in whole]
     return placed, [name for name, _ in streamed], device
-
-
-def _synchronize(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def generate(plan, config: GenerateConfig) -> GenerateResult:

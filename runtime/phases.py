@@ -19,6 +19,8 @@ import contextlib
 import time
 from typing import Callable, Iterator
 
+from runtime.engine.device import synchronize
+
 
 class Whole:
     """A component on the device whole for its phase; `remove()` puts it back on the host."""
@@ -74,12 +76,12 @@ class Phases:
             known = set(module._forward_pre_hooks)
             self._switch(name)
             changed = _run_new_pre_hooks(module, known, args, kwargs)
-        self._sync()
+        synchronize(self.device)
         self._start = time.perf_counter()
         return changed
 
     def _after(self, name: str) -> None:
-        self._sync()
+        synchronize(self.device)
         self.forward_ms.setdefault(name, []).append((time.perf_counter() - self._start) * 1000.0)
 
     def _switch(self, name: str) -> None:
@@ -105,12 +107,6 @@ class Phases:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
-
-    def _sync(self) -> None:
-        import torch
-
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
     def remove(self) -> None:
         """End the active phase and take the hooks off: every component as it was."""

@@ -554,9 +554,8 @@ def build_plan(
     matter for fp8 and quantized storage (use PRE otherwise). Each block records the quant
     types it is stored in (`runtime.inventory.quantization_of`). `formats` and `pruned` give
     blocks their own storage format and pruned MLP units; `inventory` then holds those blocks'
-    bytes as converted (`runtime.analysis.mixed.converted_inventory`).
-    types it is stored in (`runtime.inventory.quantization_of`). Streamed blocks named in
-    `on_disk` live on the disk tier, the other streamed blocks in RAM.
+    bytes as converted (`runtime.analysis.mixed.converted_inventory`). Streamed blocks named
+    in `on_disk` live on the disk tier, the other streamed blocks in RAM.
     """
     from datetime import datetime, timezone
 

@@ -58,7 +58,8 @@ def prune_units(block, path: str, units: Sequence[int]) -> None:
                         f"the {site.units} hidden units of {path}: give 0 to {site.units - 1}")
     if len(drop) == site.units:
         raise UserError(f"pruning all {site.units} units of {path} leaves no MLP: keep some")
-    keep = torch.tensor([u for u in range(site.units) if u not in set(drop)])
+    dropped = set(drop)
+    keep = torch.tensor([u for u in range(site.units) if u not in dropped])
     ups = producers(block, site)
     down = block.get_submodule(site.path)
     columns = torch.cat([torch.arange(site.start), site.start + keep,

@@ -318,13 +318,13 @@ def _report(path: Path, files: tuple[Path, ...], adapter, tensors: list[StoredTe
     from runtime.families.base import block_position
 
     per_block: dict[str, tuple[int, dict[str, int]]] = {}
-    rest_count, rest_bytes = 0, {}
+    rest_names, rest_bytes = [], {}
     namings = set()
     for tensor in tensors:
         block = adapter.block_of_tensor(tensor.name)
         dtype = tensor.storage
         if block is None:
-            rest_count += 1
+            rest_names.append(tensor.name)
             rest_bytes[dtype] = rest_bytes.get(dtype, 0) + tensor.nbytes
             continue
         naming = _naming_of(adapter, tensor.name, block)
@@ -352,9 +352,8 @@ def _report(path: Path, files: tuple[Path, ...], adapter, tensors: list[StoredTe
     unknown = ()
     if naming is Naming.DIFFUSERS:  # original names are converted when loaded, and checked then
         known = _non_block_names(adapter.name)
-        unknown = tuple(sorted(t.name for t in tensors
-                               if adapter.block_of_tensor(t.name) is None and _unprefixed(t.name) not in known))
+        unknown = tuple(sorted(n for n in rest_names if _unprefixed(n) not in known))
     return CheckpointReport(
-        path, files, adapter.name, naming, blocks, rest_count, MappingProxyType(rest_bytes),
+        path, files, adapter.name, naming, blocks, len(rest_names), MappingProxyType(rest_bytes),
         unknown_tensors=unknown,
     )

@@ -28,3 +28,9 @@ def resolve_device(device) -> torch.device:
 def device_name(device: torch.device) -> str:
     """The name a plan's target carries for `device`: the GPU's name, or "cpu"."""
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for `device` to finish its work (on the CPU there is none to wait for)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -74,23 +74,13 @@ class AppliedState:
         )
 
     def undo(self) -> None:
-        for hook in self.hooks:
-            hook.remove()
-        self.hooks = []
-        for cast in self.casts:
-            cast.remove()
-        self.casts = []
-        if self.ring is not None:
-            self.ring.close()
-            self.ring = None
+        self._unhook()
         while self.layouts:
             layout, views = self.layouts.pop(), self.host_views.pop()
             packing.restore(layout, views)
             self.host_buffers.pop()
             self.pinned.pop()
-        if self.pack_file is not None:  # the views read from it were restored above
-            self.pack_file.close()
-            self.pack_file = None
+        self._close_pack()  # the views read from it were restored above
         packed = {id(t): data for t, data in self.dequantized}
         back = []
         for tensor, orig_device, orig_dtype, _ in reversed(self.moved):
@@ -105,20 +95,27 @@ class AppliedState:
             self.conversions.undo()
             self.conversions = None
 
-
     def drop(self, model) -> None:
         """Unhook and free every tensor of `model` (see `OffloadHandle.release`)."""
-        for hook in self.hooks:
-            hook.remove()
-        for cast in self.casts:
-            cast.remove()
-        self.hooks, self.casts = [], []
-        if self.ring is not None:
-            self.ring.close()
-            self.ring = None
+        self._unhook()
         drop_tensors(model)
         self.layouts, self.host_buffers, self.host_views, self.pinned = [], [], [], []
         self.moved, self.dequantized = [], []
+        self._close_pack()
+
+    def _unhook(self) -> None:
+        """The block hooks and cast hooks removed, the ring closed."""
+        for hook in self.hooks:
+            hook.remove()
+        self.hooks = []
+        for cast in self.casts:
+            cast.remove()
+        self.casts = []
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
+
+    def _close_pack(self) -> None:
         if self.pack_file is not None:
             self.pack_file.close()
             self.pack_file = None
