@@ -39,6 +39,14 @@ PROCESS_BASELINE_BYTES = 3 << 29
 REFERENCE_BASELINE_BYTES = OS_BASELINE_BYTES + PROCESS_BASELINE_BYTES
 
 
+def stated_baseline(measured: int | None) -> tuple[int, str]:
+    """(baseline bytes, how they are known) of the OS and the process: the OS stated and the
+    process as the profiler measured it, or both stated."""
+    if measured:
+        return OS_BASELINE_BYTES + measured, "OS stated, process measured"
+    return REFERENCE_BASELINE_BYTES, "OS and process, stated"
+
+
 class Phase(str, enum.Enum):
     ENCODE = "encode"
     LOAD = "load"

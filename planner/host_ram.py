@@ -84,6 +84,7 @@ class Choice:
     disk_ms: float = 0.0
     disk_floor_bytes: int = 0  # the fewest disk-tier bytes any plan within both budgets reads
     passed_over: "PassedOver | None" = None  # the faster heavy plan a lighter one won over
+    fits: tuple[Tiered, ...] = ()  # every candidate within both budgets it was chosen from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,11 +156,7 @@ def _tiered(ev: Evaluator, s: Scored, parts: HostParts, host_ram: int, experts: 
 
 def disk_step_ms(ev: Evaluator, c: Candidate, streamed: Streamed) -> float:
     """One step's disk-tier reads at the profile's disk bandwidth (each forward reads them)."""
-    model = ev.models[c.cfg]
-    if not streamed.disk_bytes:
-        return 0.0
-    per_forward = streamed.disk_bytes / (model.profile.bandwidth.disk_gbps * 1e6)  # GB/s -> bytes/ms
-    return per_forward * model.profile.workload.forwards_per_step
+    return ev.models[c.cfg].disk_floor_ms(streamed.disk_bytes) if streamed.disk_bytes else 0.0
 
 
 def dequantized_bytes(ev: Evaluator, c: Candidate) -> int:
@@ -209,6 +206,7 @@ def choose(inventory, profiles, result: SearchResult, vram_budget: int, host_ram
         disk_ms=best.disk_ms,
         disk_floor_bytes=min(t.host.disk_bytes for t in fits),
         passed_over=_passed_over(ev, fits, best),
+        fits=tuple(fits),
     )
 
 
@@ -243,8 +241,12 @@ def fitting(ev: Evaluator, result: SearchResult, host_ram: int, parts: HostParts
 def all_ram_peak(ev: Evaluator, c: Candidate, parts: HostParts, experts: bool = False) -> HostPeak:
     """The run's host memory with every streamed block in RAM (how the peers run)."""
     sizes = streamed_sizes(ev, c)
-    ram = Streamed(sizes, tuple(False for _ in sizes))
-    return host_peak(parts_for(ev, c, parts), ram, ram if experts else None)
+    return _peak_with(ev, c, parts, Streamed(sizes, tuple(False for _ in sizes)), experts)
+
+
+def _peak_with(ev: Evaluator, c: Candidate, parts: HostParts, streamed: Streamed, experts: bool) -> HostPeak:
+    """The run's host memory with `c`'s streamed blocks tiered as `streamed` (each expert alike)."""
+    return host_peak(parts_for(ev, c, parts), streamed, streamed if experts else None)
 
 
 def refusal(ev: Evaluator, result: SearchResult, host_ram: int, parts: HostParts, experts: bool) -> str:
@@ -259,8 +261,7 @@ def refusal(ev: Evaluator, result: SearchResult, host_ram: int, parts: HostParts
                 f"{-(-need // 2**30)}GB or more")
     pool = [s for s in _pool(ev, result, result.room_bytes) if s.peak_vram_bytes <= result.room_bytes]
     need = min(
-        (host_peak(parts_for(ev, s.candidate, parts), all_on_disk(streamed_sizes(ev, s.candidate)),
-                   all_on_disk(streamed_sizes(ev, s.candidate)) if experts else None).peak_bytes
+        (_peak_with(ev, s.candidate, parts, all_on_disk(streamed_sizes(ev, s.candidate)), experts).peak_bytes
          for s in pool),
         default=None,
     )

@@ -4,8 +4,7 @@ stated baseline of a machine's RAM (the OS and the process) unless a profile mea
 
 from __future__ import annotations
 
-from planner.host_peak import (OS_BASELINE_BYTES, REFERENCE_BASELINE_BYTES, HostParts, HostPeak,
-                               Streamed, host_peak)
+from planner.host_peak import HostParts, HostPeak, Streamed, host_peak, stated_baseline
 from runtime.catalog import find_model
 from runtime.inventory import device_bytes_by_dtype
 from runtime.pipeline_parts import parts_bytes
@@ -15,8 +14,7 @@ from runtime.plan import FIRST_EXPERT, CastMode, Placement, Plan, Tier
 def plan_parts(plan: Plan, inventory, profile=None) -> HostParts:
     """What `plan`'s run holds beside its packs."""
     measured = getattr(profile, "host_baseline_bytes", None) if profile is not None and not profile.is_estimate else None
-    baseline = OS_BASELINE_BYTES + measured if measured else REFERENCE_BASELINE_BYTES
-    said = "OS stated, process measured" if measured else "OS and process, stated"
+    baseline, said = stated_baseline(measured)
     text, vae = parts_bytes(plan.model.id)
     spec = find_model(plan.model.id)
     parked = inventory.total_bytes if spec is not None and spec.experts is not None else 0

@@ -53,16 +53,15 @@ def profile_folder(weights: Path, *, device: str | None, store_url: str | None,
 
 def _whole_budget(device: str | None) -> int:
     """The device's memory: CUDA's, or the machine's RAM for the CPU."""
-    import os
-
     import torch
 
+    from profiler.machine import host_ram_bytes
     from runtime.engine.device import resolve_device
 
     resolved = resolve_device(device)
     if resolved.type == "cuda":
         return int(torch.cuda.mem_get_info(resolved)[1])
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return host_ram_bytes()
 
 
 def is_auto(model_id: str) -> bool:

@@ -74,25 +74,16 @@ def rank_formats(req, host_ram: int, parts) -> tuple[FormatRow, ...]:
     return tuple(sorted(rows, key=lambda r: (not r.fits, r.step_ms or 0.0, r.weight_bytes)))
 
 
-def request_limits(req) -> tuple[int, object]:
-    """The request's host RAM limit and pipeline parts (planner.app.profiles), as `tune` takes them."""
+def rank_for_request(req) -> tuple[FormatRow, ...]:
+    """`rank_formats` at the request's host RAM limit and pipeline parts (planner.app.profiles),
+    as `tune` takes them: where no tune outcome holds them (a refusal)."""
     from planner.app.profiles import host_parts, host_ram_limit, request_inventory, resolve_profiles
     from runtime.catalog import get_model
 
     source = resolve_profiles(req)
     limit, said = host_ram_limit(req, source)
     experts = get_model(req.model_id).experts is not None
-    return limit, host_parts(req, source, request_inventory(req), said, experts)
-
-
-def rank_for_request(req) -> tuple[FormatRow, ...]:
-    """`rank_formats` at the request's host RAM limit and pipeline parts."""
-    return rank_formats(req, *request_limits(req))
-
-
-def compare_for_request(req) -> tuple[FormatRow, ...]:
-    """`compare_formats` (bf16 and fp8 beside the request's own) within the request's host RAM."""
-    return compare_formats(req, *request_limits(req))
+    return rank_formats(req, limit, host_parts(req, source, request_inventory(req), said, experts))
 
 
 def fitting_formats_sentence(rows) -> str:

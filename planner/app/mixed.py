@@ -13,7 +13,7 @@ from planner.app.request import TuneOutcome, TuneRequest
 from planner.host_ram import choose
 from planner.mixed import DEFAULT_MEMORY_GBPS, assignments, profile_for
 from planner.search import Settings, search
-from profiler.gpus import keys, normalize, specs
+from profiler.reference import find_gpu
 from runtime.analysis.mixed import converted_inventory
 from runtime.errors import UserError
 from runtime.plan import CastMode
@@ -58,7 +58,7 @@ def tune_mixed(req: TuneRequest) -> TuneOutcome:
     gbps = _memory_gbps(source)
     best = None
     for assignment in assignments(table.errors_by_block(), _saved(inv, table), req.max_error):
-        mixed = _converted(inv, *_conversions(table, assignment.formats))
+        mixed = converted_inventory(inv, *_conversions(table, assignment.formats))
         profiles = {cfg: profile_for(p, mixed, gbps) for cfg, p in source.profiles.items()}
         result = search(mixed, profiles, settings)
         host = choose(mixed, profiles, result, req.budget_bytes, limit, parts)
@@ -94,10 +94,6 @@ def _plain_blocks_pre(plan):
     return dataclasses.replace(plan, blocks=blocks)
 
 
-def _converted(inv, formats, pruned=None):
-    return converted_inventory(inv, formats, pruned)
-
-
 def _conversions(table, options) -> tuple[dict, dict]:
     """(formats, pruned units) by block, of `options` (block -> BlockOption)."""
     formats = {b: o.format for b, o in options.items() if o.format is not None}
@@ -111,9 +107,9 @@ def _saved(inv, table) -> dict:
     saved: dict[str, dict] = {b.name: {} for b in inv.blocks}
     for option in options:
         if option.format is not None:
-            converted = _converted(inv, {b.name: option.format for b in inv.blocks})
+            converted = converted_inventory(inv, {b.name: option.format for b in inv.blocks})
         else:
-            converted = _converted(inv, {}, {r.block: r.pruned for r in table.rows
+            converted = converted_inventory(inv, {}, {r.block: r.pruned for r in table.rows
                                              if r.option == option})
         for plain, conv in zip(inv.blocks, converted.blocks):
             saved[plain.name][option] = plain.bytes - conv.bytes
@@ -123,7 +119,7 @@ def _saved(inv, table) -> dict:
 def _memory_gbps(source) -> float:
     """The GPU's memory bandwidth for dequantization estimates: its spec sheet where the
     profile's target is a known GPU, else a conservative default."""
-    for spec in specs():
-        if normalize(source.target_name) in keys(spec):
-            return spec.memory_gbps
-    return DEFAULT_MEMORY_GBPS
+    try:
+        return find_gpu(source.target_name).memory_gbps
+    except UserError:
+        return DEFAULT_MEMORY_GBPS

@@ -58,14 +58,14 @@ def place_experts(inv, source: ProfileSource, result: SearchResult, req: TuneReq
     Returns (plan, first expert's prediction, its candidate, host choice, both phases): the
     plan carries the second expert's placement where it differs."""
     from planner.experts import plan_experts
-    from planner.host_ram import Evaluator, fitting, pinned_bytes, streamed_bytes, tiered
+    from planner.host_ram import Evaluator, pinned_bytes, streamed_bytes, tiered
     from runtime.catalog import get_model
     from runtime.plan import with_experts
 
     spec = get_model(req.model_id)
     ev = Evaluator(inv, source.profiles)
     cfg = best.candidate.cfg
-    options = [best] + [t.scored for t in fitting(ev, result, host.host_ram_bytes, host.parts, experts=True)
+    options = [best] + [t.scored for t in host.fits  # choose's, within both budgets (experts=True)
                         if t.scored.candidate != best.candidate and t.scored.candidate.cfg == cfg]
     space = space_of(inv, tuple(source.profiles))
     model = CostModel(inv, source.profiles[cfg])

@@ -91,8 +91,7 @@ def host_parts(req: TuneRequest, source: ProfileSource, inventory, limit_source:
     """What the run holds beside the streamed packs (planner.host_peak): the baseline (the
     process alone where the limit is what this machine has available now, else the OS too),
     the pipeline's text encoders and VAE, and a parked expert."""
-    from planner.host_peak import (OS_BASELINE_BYTES, PROCESS_BASELINE_BYTES, REFERENCE_BASELINE_BYTES,
-                                   HostParts)
+    from planner.host_peak import PROCESS_BASELINE_BYTES, HostParts, stated_baseline
     from runtime.pipeline_parts import parts_bytes
 
     profile = next(iter(source.profiles.values()))
@@ -100,10 +99,8 @@ def host_parts(req: TuneRequest, source: ProfileSource, inventory, limit_source:
     process = measured or PROCESS_BASELINE_BYTES
     if limit_source == AVAILABLE_HERE:
         baseline, said = process, "this process, " + ("measured" if measured else "stated")
-    elif measured:
-        baseline, said = OS_BASELINE_BYTES + measured, "OS stated, process measured"
     else:
-        baseline, said = REFERENCE_BASELINE_BYTES, "OS and process, stated"
+        baseline, said = stated_baseline(measured)
     text, vae = parts_bytes(req.model_id)
     return HostParts(baseline, text, vae, parked_expert_bytes=inventory.total_bytes if experts else 0,
                      baseline_source=said)

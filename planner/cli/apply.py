@@ -43,8 +43,6 @@ def apply(
     for option, given in (("--host-ram", host_ram), ("--pipeline-arg", pipeline_arg)):
         if given is not None:
             raise UserError(f"{option} is for planning from the first step: give --vram instead of a plan, or drop {option}")
-    import dataclasses
-
     from planner.budget import format_size
     from planner.cli._common import echo
     from planner.cli.apply_checks import check_apply_inputs

@@ -72,12 +72,13 @@ def apply_any(o: AnyApplyOptions) -> None:
 def parse_call_args(texts: list[str] | None) -> tuple[tuple[str, object], ...]:
     """`NAME=VALUE` texts as (name, value): the value a JSON number, boolean or null where it
     reads as one, else the text."""
+    from runtime.errors import UserError
 
     parsed = []
     for text in texts or ():
         name, sep, value = text.partition("=")
         if not sep or not name.strip().isidentifier():
-            raise _error(f"--pipeline-arg {text!r} is not NAME=VALUE: write e.g. max_area=1048576")
+            raise UserError(f"--pipeline-arg {text!r} is not NAME=VALUE: write e.g. max_area=1048576")
         try:
             decoded = json.loads(value)
             if isinstance(decoded, (list, dict)):
@@ -94,12 +95,6 @@ def _first_denoiser(weights: Path) -> str:
     found = [c[0] for c in components_of(weights) if c[3] == "denoiser"] \
         if (Path(weights) / "model_index.json").is_file() else []
     return found[0] if found else "transformer"
-
-
-def _error(text: str):
-    from runtime.errors import UserError
-
-    return UserError(text)
 
 
 def _print(result, runs) -> None:

@@ -81,15 +81,16 @@ def tune(
     with status(f"searching placements for {spec.id} ({request.trials} trials)", enabled=not json_out):
         outcome = _tune_or_say_which_formats_fit(request, run_tune)
     rows = ()
-    if formats:
-        from planner.app.formats import rank_for_request
+    if formats or quant or weights is not None:  # within the host RAM the plan was chosen in
+        from planner.app.formats import compare_formats, rank_formats
 
-        with status("ranking storage formats", enabled=not json_out):
-            rows = rank_for_request(dataclasses.replace(request, storage_dtype=outcome.inventory.storage_dtype))
-    elif quant or weights is not None:
-        from planner.app.formats import compare_for_request
-
-        rows = compare_for_request(dataclasses.replace(request, storage_dtype=outcome.inventory.storage_dtype))
+        as_tuned = dataclasses.replace(request, storage_dtype=outcome.inventory.storage_dtype)
+        limits = (outcome.host.host_ram_bytes, outcome.host.parts)
+        if formats:
+            with status("ranking storage formats", enabled=not json_out):
+                rows = rank_formats(as_tuned, *limits)
+        else:
+            rows = compare_formats(as_tuned, *limits)
     if output is not None:
         save_plan(outcome.plan, output, option="-o")
     data = {**summary(outcome), "formats": [row.to_dict() for row in rows], "formats_ranked": bool(formats),
