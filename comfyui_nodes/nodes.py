@@ -119,14 +119,15 @@ class OffloadPlanTune(_PlanNode):
 
     @classmethod
     def INPUT_TYPES(cls):
+        inputs = _model_inputs()
         return {
             "required": {
                 "model": ("MODEL", tip("model")),
-                "vram_gb": _model_inputs()["vram_gb"],
+                "vram_gb": inputs["vram_gb"],
             },
             "optional": {
-                "model_id": _model_inputs()["model_id"],
-                "gpu": _model_inputs()["gpu"],
+                "model_id": inputs["model_id"],
+                "gpu": inputs["gpu"],
                 "width": ("INT", {"default": 1024, "min": 64, "max": 16384, "step": 8,
                                   **tip("width")}),
                 "height": ("INT", {"default": 1024, "min": 64, "max": 16384, "step": 8,

@@ -180,7 +180,7 @@ class PlanAttachment:
         if not self._running:
             self.remove()
 
-    def remove(self, *_args) -> None:
+    def remove(self) -> None:
         """Undo the plan if it is applied (idempotent)."""
         self._kept = None
         if self._guard is not None:
@@ -203,7 +203,7 @@ class PlanAttachment:
             return  # exiting: nothing to give back; or handed on as it is
         had = self.handle is not None
         self.remove()
-        if had and unpatch_all:
+        if had:
             patcher.model.to(patcher.offload_device)
 
     def sampler_wrapper(self, executor, guider, sigmas, *args, **kwargs):
@@ -268,8 +268,7 @@ def attach(patcher, source):
     if old is not None:
         old.remove()
     clone.remove_wrappers_with_key(WrappersMP.SAMPLER_SAMPLE, KEY)
-    for kind in (CallbacksMP.ON_CLEANUP, CallbacksMP.ON_DETACH):
-        clone.remove_callbacks_with_key(kind, KEY)
+    clone.remove_callbacks_with_key(CallbacksMP.ON_DETACH, KEY)
     attachment = PlanAttachment(source)
     clone.set_attachments(KEY, attachment)
     clone.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, KEY, attachment.sampler_wrapper)

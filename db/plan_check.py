@@ -49,6 +49,11 @@ def check_storable(plan, *, allow_unknown_model: bool = False, source: str = "th
     The plan is first read back through the plan file's own reader, the one every read of the
     store uses: a plan the store could not read back is never stored."""
     _readable(plan, source)
+    return _check_catalog(plan, allow_unknown_model, source)
+
+
+def _check_catalog(plan, allow_unknown_model: bool, source: str) -> bool:
+    """`check_storable` less the read-back (a plan the store has just read)."""
     parts = _expert_parts(plan, source)
     if not is_catalog_model(plan.model.id):
         if allow_unknown_model:
@@ -114,9 +119,10 @@ def _check_workload(plan, source: str) -> None:
 
 
 def fits_catalog(plan) -> bool:
-    """True where `plan` passes `check_storable` against the catalog (no exception)."""
+    """True where `plan`, read from the store, passes `check_storable` against the catalog
+    (no exception)."""
     try:
-        return check_storable(plan)
+        return _check_catalog(plan, False, "the plan")
     except UserError:
         return False
 

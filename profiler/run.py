@@ -61,8 +61,9 @@ def _profile(request: ProfileRequest, dev, progress: Progress) -> Profile:
     inv = inventory_of_module(model, adapter, request.model_id, request.storage)
     trace = model_trace(request.model_id, request.workload, compute)
     workspace = _workspace_bytes(model, adapter, request.workload, dev, compute)
-    bandwidth = measure_bandwidth(dev, copy_sizes(max(b.bytes for b in inv.blocks)), progress)
-    disk = measure_disk(dev, max(b.bytes for b in inv.blocks))
+    largest = max(b.bytes for b in inv.blocks)
+    bandwidth = measure_bandwidth(dev, copy_sizes(largest), progress)
+    disk = measure_disk(dev, largest)
     bandwidth = dataclasses.replace(bandwidth, disk_read_gbps=disk.read_gbps,
                                     disk_read_under_copy_gbps=disk.read_under_copy_gbps)
     costs = _measure_blocks(model, adapter, request, dev, compute, trace, progress)

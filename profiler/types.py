@@ -41,7 +41,6 @@ class BandwidthPoint:
 # 980 PRO data sheet). Planning with the Gen3 figure never promises a step a common drive
 # cannot feed; a profile measured on the machine (`profiler.disk`) replaces it.
 REFERENCE_DISK_GBPS = 3.5
-GEN4_DISK_GBPS = 7.0
 
 
 @dataclasses.dataclass(frozen=True)
