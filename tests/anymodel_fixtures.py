@@ -21,7 +21,6 @@ from pathlib import Path
 def build_sana(seed: int = 0):
     import torch
     from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaPipeline, SanaTransformer2DModel
-    from transformers import Gemma2Config, Gemma2Model
 
     from tests.pipeline_fixtures import tiny_tokenizers
 
@@ -44,11 +43,7 @@ def build_sana(seed: int = 0):
         decoder_norm_types="rms_norm", decoder_act_fns="silu", scaling_factor=0.41407,
     )
     _, _, tokenizer, vocab = tiny_tokenizers()
-    text_encoder = Gemma2Model(Gemma2Config(
-        head_dim=8, hidden_size=16, intermediate_size=32, num_attention_heads=2,
-        num_hidden_layers=2, num_key_value_heads=1, vocab_size=vocab, pad_token_id=0,
-        bos_token_id=1, eos_token_id=1,
-    ))
+    text_encoder = _gemma2(vocab)
     return SanaPipeline(
         tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(),
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
@@ -60,7 +55,6 @@ def build_lumina2(seed: int = 0):
     adapter."""
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline, Lumina2Transformer2DModel
-    from transformers import Gemma2Config, Gemma2Model
 
     from tests.pipeline_fixtures import tiny_tokenizers, tiny_vae
 
@@ -71,11 +65,7 @@ def build_lumina2(seed: int = 0):
         axes_dim_rope=(4, 2, 2), axes_lens=(64, 32, 32), cap_feat_dim=16,
     )
     _, _, tokenizer, vocab = tiny_tokenizers()
-    text_encoder = Gemma2Model(Gemma2Config(
-        head_dim=8, hidden_size=16, intermediate_size=32, num_attention_heads=2,
-        num_hidden_layers=2, num_key_value_heads=1, vocab_size=vocab, pad_token_id=0,
-        bos_token_id=1, eos_token_id=1,
-    ))
+    text_encoder = _gemma2(vocab)
     return Lumina2Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=tiny_vae(4, scaling_factor=0.3611, shift_factor=0.1159).eval(),
@@ -83,23 +73,31 @@ def build_lumina2(seed: int = 0):
     )
 
 
+def _gemma2(vocab: int):
+    """The tiny Gemma2 text encoder Sana and Lumina 2 take."""
+    from transformers import Gemma2Config, Gemma2Model
+
+    return Gemma2Model(Gemma2Config(
+        head_dim=8, hidden_size=16, intermediate_size=32, num_attention_heads=2,
+        num_hidden_layers=2, num_key_value_heads=1, vocab_size=vocab, pad_token_id=0,
+        bos_token_id=1, eos_token_id=1,
+    ))
+
+
 def _glm_tokenizer():
     """A word-level tokenizer that starts every text with GLM's `[gMASK]<sop>`, as GLM-4's
     does (CogView4's empty negative prompt is those two tokens, not nothing)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
-    from tests.pipeline_fixtures import WORDS
+    from tests.pipeline_fixtures import _word_level
 
-    special = ["<pad>", "[gMASK]", "<sop>", "<unk>"]
-    vocab = {tok: i for i, tok in enumerate(special + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok, vocab = _word_level(["<pad>", "[gMASK]", "<sop>", "<unk>"], "<unk>")
     tok.post_processor = processors.TemplateProcessing(
         single="[gMASK] <sop> $A", special_tokens=[("[gMASK]", 1), ("<sop>", 2)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
                                    model_max_length=1024, padding_side="left")
-    return fast, len(vocab)
+    return fast, vocab
 
 
 def build_cogview4(seed: int = 0):
@@ -109,7 +107,7 @@ def build_cogview4(seed: int = 0):
     from diffusers import CogView4Pipeline, CogView4Transformer2DModel, FlowMatchEulerDiscreteScheduler
     from transformers import GlmConfig, GlmModel
 
-    from tests.pipeline_fixtures import tiny_tokenizers, tiny_vae
+    from tests.pipeline_fixtures import tiny_vae
 
     torch.manual_seed(seed)
     transformer = CogView4Transformer2DModel(
@@ -195,9 +193,10 @@ def build_wan_i2v(seed: int = 0, clip: bool = False):
     )
 
 
-def build_wan_two_experts(seed: int = 0):
+def build_wan_two_experts(seed: int = 0, boundary_ratio: float = 0.5):
     """WanPipeline with two tiny-wan experts (Wan 2.2 A14B's layout): `transformer` for the
-    high-noise steps, `transformer_2` after boundary_ratio 0.5."""
+    high-noise steps, `transformer_2` (its weights from seed + 1) after `boundary_ratio`."""
+    import torch
     from diffusers import WanPipeline
 
     from runtime.catalog import get_model
@@ -205,8 +204,9 @@ def build_wan_two_experts(seed: int = 0):
     from tests.family_support.wan import build_tiny_pipeline
 
     parts = build_tiny_pipeline("tiny-wan", seed).components
+    torch.manual_seed(seed + 1)
     second = get_family("wan").build(get_model("tiny-wan").config, device="cpu")
-    return WanPipeline(**parts | {"transformer_2": second, "boundary_ratio": 0.5})
+    return WanPipeline(**parts | {"transformer_2": second, "boundary_ratio": boundary_ratio})
 
 
 def build_stable_cascade(seed: int = 0):

@@ -11,15 +11,16 @@ from planner.cli import app
 runner = CliRunner()
 
 
-def ok(*args: str):
-    result = runner.invoke(app, list(args))
+def ok(*args):
+    """The result of `args` (each as text), which must succeed."""
+    result = runner.invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     return result
 
 
-def refused(*args: str) -> str:
-    """The one line of a refusal of `args`."""
-    result = runner.invoke(app, list(args))
+def refused(*args) -> str:
+    """The one line of a refusal of `args` (each as text)."""
+    result = runner.invoke(app, [str(a) for a in args])
     assert result.exit_code == 2, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     lines = result.stderr.strip().splitlines()

@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 POSTGRES_ENV = "PLANNER_TEST_POSTGRES_URL"
+HEAD = "0007_block_analysis"  # the newest migration (db/migrations/versions)
 
 
 def _postgres_schema_url():

@@ -81,7 +81,7 @@ def test_breakdown_adds_up_to_each_blocks_inventory(model_id, storage):
     adapter, model = _built(model_id)
     blocks = adapter.blocks(model)
     inv = inventory_of_module(model, adapter, model_id, storage)
-    for info, broken in zip(inv.blocks, breakdown_of_blocks(blocks, storage)):
+    for info, broken in zip(inv.blocks, breakdown_of_blocks(blocks, storage), strict=True):
         assert (broken.name, broken.params, broken.bytes) == (info.name, info.params, info.bytes)
 
 
@@ -124,7 +124,7 @@ def test_blocks_the_generic_path_discovers_break_down_too():
     adapter = find_blocks(model).adapter()
     blocks = adapter.blocks(model)
     inv = inventory_of_module(model, adapter, "t5", DType.BF16)
-    for info, broken in zip(inv.blocks, breakdown_of_blocks(blocks, DType.BF16)):
+    for info, broken in zip(inv.blocks, breakdown_of_blocks(blocks, DType.BF16), strict=True):
         assert (broken.params, broken.bytes) == (info.params, info.bytes)
         assert broken.roles[Role.Q].params == broken.roles[Role.OUT].params == 32 * 32
         assert broken.roles[Role.MLP].params == 3 * 32 * 96  # wi_0, wi_1, wo

@@ -23,7 +23,7 @@ def test_comfy_flux_breaks_down_as_the_diffusers_model_does():
     diffusers = build_tiny_flux()
     ours = breakdown_of_blocks(comfy_blocks, DType.BF16)
     theirs = breakdown_of_blocks(get_family("flux").blocks(diffusers), DType.BF16)
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         assert {r: s.params for r, s in a.roles.items()} == \
             {r: s.params for r, s in b.roles.items()}, (a.name, b.name)
     single = comfy_blocks[-1][2]

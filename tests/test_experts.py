@@ -11,25 +11,10 @@ import torch
 from runtime.catalog import get_model
 from runtime.inventory import inventory
 from runtime.plan import HostMemory, Target, build_plan
+from tests.anymodel_fixtures import build_wan_two_experts
 
 BOUNDARY = 0.5
 STEPS = 4
-
-
-def _two_expert_pipeline():
-    from diffusers import WanPipeline
-
-    from runtime.families import get_family
-    from tests.family_support.wan import build_tiny_pipeline
-
-    one = build_tiny_pipeline(seed=0)
-    torch.manual_seed(1)
-    second = get_family("wan").build(get_model("tiny-wan").config, device="cpu")
-    return WanPipeline(
-        tokenizer=one.tokenizer, text_encoder=one.text_encoder, vae=one.vae,
-        scheduler=one.scheduler, transformer=one.transformer, transformer_2=second,
-        boundary_ratio=BOUNDARY,
-    )
 
 
 def _denoise(pipe, embeds):
@@ -52,7 +37,7 @@ def _plan(streamed_idx, depth=2):
 
 @pytest.fixture(scope="module")
 def pipe_and_embeds():
-    pipe = _two_expert_pipeline()
+    pipe = build_wan_two_experts(boundary_ratio=BOUNDARY)
     with torch.no_grad():
         embeds, _ = pipe.encode_prompt("a cat on the mat", do_classifier_free_guidance=False,
                                        max_sequence_length=16, device="cpu")

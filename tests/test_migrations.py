@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from store_fixtures import store_url  # noqa: F401 (fixture)
+from store_fixtures import HEAD, store_url  # noqa: F401 (fixture)
 
-HEAD = "0007_block_analysis"
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).parent.parent
 

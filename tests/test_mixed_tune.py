@@ -10,9 +10,8 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from planner.cli import app
+from cli_checks import ok, refused
 from runtime.analysis.convert import convert_block
 from runtime.analysis.stats import load_stats
 from runtime.apply import apply_plan
@@ -25,12 +24,6 @@ from tests.pipeline_fixtures import save_tiny_pipeline
 
 BUDGET = 300_000  # bytes: the plain blocks stream through one slot; the mixed ones do not all fit either
 WORKLOAD = Workload(64, 64, text_tokens=16)
-
-
-def _run(*args):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
 
 
 def _uniform_plan(path):
@@ -50,20 +43,20 @@ def test_stats_analyze_tune_mixed_and_apply(tmp_path):
     uniform = _uniform_plan(tmp_path / "uniform.json")
     stats = tmp_path / "stats.safetensors"
     for _ in range(2):
-        _run("apply", uniform, "--weights", weights, "-o", tmp_path / "u.png",
+        ok("apply", uniform, "--weights", weights, "-o", tmp_path / "u.png",
              "--record-stats", stats, *image_args)
     assert load_stats(stats).runs == 2
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat\na dog\n")
-    _run("analyze", "--model", "tiny-flux", "--weights", weights, "--prompts", prompts,
+    ok("analyze", "--model", "tiny-flux", "--weights", weights, "--prompts", prompts,
          "--steps", "2", "--height", "64", "--width", "64", "--device", "cpu", "--db", url)
 
     with open_store(url) as store:
         profile_id = store.save_profile(profile_for(inventory("tiny-flux"), 0.05,
                                                     under_compute_gbps=0.001))
     mixed_path = tmp_path / "mixed.json"
-    result = _run("tune", "--model", "tiny-flux", "--vram", BUDGET, "--profile", profile_id,
+    result = ok("tune", "--model", "tiny-flux", "--vram", BUDGET, "--profile", profile_id,
                   "--max-error", "0.5", "--trials", "20", "--db", url, "-o", mixed_path, "--json")
     data = json.loads(result.stdout)
     mixed = data["mixed"]
@@ -83,8 +76,8 @@ def test_stats_analyze_tune_mixed_and_apply(tmp_path):
         if block.format is not None:
             convert_block(converted.get_submodule(block.name), block.format, torch.float32)
     pipe.save_pretrained(tmp_path / "converted", safe_serialization=True)
-    _run("apply", mixed_path, "--weights", weights, "-o", tmp_path / "mixed.png", *image_args)
-    _run("apply", uniform, "--weights", tmp_path / "converted", "-o", tmp_path / "aot.png",
+    ok("apply", mixed_path, "--weights", weights, "-o", tmp_path / "mixed.png", *image_args)
+    ok("apply", uniform, "--weights", tmp_path / "converted", "-o", tmp_path / "aot.png",
          *image_args)
     assert (tmp_path / "mixed.png").read_bytes() == (tmp_path / "aot.png").read_bytes()
 
@@ -108,10 +101,9 @@ def _own_memory(model):
 
 
 def test_max_error_without_an_analysis_is_refused(tmp_path):
-    result = CliRunner().invoke(app, [
-        "tune", "--model", "tiny-flux", "--vram", "1GB", "--gpu", "rtx-4060", "--max-error",
-        "0.1", "--db", f"sqlite:///{tmp_path / 'store.db'}"])
-    assert result.exit_code == 2 and "run `planner analyze" in result.output
+    line = refused("tune", "--model", "tiny-flux", "--vram", "1GB", "--gpu", "rtx-4060", "--max-error",
+                   "0.1", "--db", f"sqlite:///{tmp_path / 'store.db'}")
+    assert "run `planner analyze" in line
 
 
 def test_tune_prunes_the_least_active_units_the_statistics_found(tmp_path):
@@ -125,19 +117,19 @@ def test_tune_prunes_the_least_active_units_the_statistics_found(tmp_path):
     weights = save_tiny_pipeline(tmp_path / "tiny-flux")
     url = f"sqlite:///{tmp_path / 'store.db'}"
     stats = tmp_path / "stats.safetensors"
-    _run("apply", _uniform_plan(tmp_path / "uniform.json"), "--weights", weights, "-o",
+    ok("apply", _uniform_plan(tmp_path / "uniform.json"), "--weights", weights, "-o",
          tmp_path / "u.png", "--record-stats", stats, "--prompt", "a cat", "--steps", "2",
          "--device", "cpu", "--db", url)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat\n")
-    _run("analyze", "--model", "tiny-flux", "--weights", weights, "--prompts", prompts,
+    ok("analyze", "--model", "tiny-flux", "--weights", weights, "--prompts", prompts,
          "--steps", "2", "--height", "64", "--width", "64", "--device", "cpu", "--db", url,
          "--formats", "", "--stats", stats, "--prune", "0.25")
     with open_store(url) as store:
         profile_id = store.save_profile(profile_for(inventory("tiny-flux"), 0.05,
                                                     under_compute_gbps=0.001))
     out = tmp_path / "pruned.json"
-    data = json.loads(_run("tune", "--model", "tiny-flux", "--vram", BUDGET, "--profile",
+    data = json.loads(ok("tune", "--model", "tiny-flux", "--vram", BUDGET, "--profile",
                            profile_id, "--max-error", "1.0", "--trials", "10", "--db", url,
                            "-o", out, "--json").stdout)
     assert set(data["mixed"]["options"].values()) == {"prune:0.25"}
@@ -161,5 +153,5 @@ def test_tune_prunes_the_least_active_units_the_statistics_found(tmp_path):
     with torch.no_grad():
         assert torch.equal(engine(**inputs)[0], by_hand(**inputs)[0])
     handle.remove()
-    _run("apply", out, "--weights", weights, "-o", tmp_path / "p.png", "--prompt", "a cat",
+    ok("apply", out, "--weights", weights, "-o", tmp_path / "p.png", "--prompt", "a cat",
          "--steps", "2", "--device", "cpu", "--db", url)

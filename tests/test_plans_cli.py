@@ -9,9 +9,8 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from store_fixtures import make_plan, measure, store_url  # noqa: F401 (fixture)
+from store_fixtures import HEAD, make_plan, measure, store_url  # noqa: F401 (fixture)
 
-HEAD = "0007_block_analysis"
 
 
 def planner(*args: str):

@@ -12,20 +12,16 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from planner.cli import app
+from cli_checks import ok
 from planner.host_ram import HEAVY_MARGIN
 
-runner = CliRunner()
 GIB = 1 << 30
 
 
 def _tune(tmp_path, *args: str) -> dict:
-    result = runner.invoke(app, ["tune", "--model", "flux-dev", "--vram", "6GB", "--gpu", "rtx-4060", *args,
-                                 "--trials", "40", "--db", f"sqlite:///{tmp_path / 'store.db'}", "--json"])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+    return json.loads(ok("tune", "--model", "flux-dev", "--vram", "6GB", "--gpu", "rtx-4060", *args,
+                         "--trials", "40", "--db", f"sqlite:///{tmp_path / 'store.db'}", "--json").stdout)
 
 
 @pytest.mark.parametrize("host_ram", ["16GB", "64GB"])
@@ -52,11 +48,8 @@ def test_fp8_and_q4_k_plans_keep_their_own_bytes_on_the_host(tmp_path, host_ram)
 
 
 def test_tune_names_the_faster_plan_it_passed_over(tmp_path):
-    result = runner.invoke(app, ["tune", "--model", "flux-dev", "--quant", "q4_k", "--vram", "6GB",
-                                 "--gpu", "rtx-4060", "--host-ram", "16GB", "--trials", "40",
-                                 "--db", f"sqlite:///{tmp_path / 'store.db'}"])
-    assert result.exit_code == 0, result.output
-    out = result.stdout
+    out = ok("tune", "--model", "flux-dev", "--quant", "q4_k", "--vram", "6GB", "--gpu", "rtx-4060",
+             "--host-ram", "16GB", "--trials", "40", "--db", f"sqlite:///{tmp_path / 'store.db'}").stdout
     line = next(line for line in out.splitlines() if line.strip().startswith("passed over:"))
     assert "casts its streamed blocks on the host (`pre`" in line and "must buy 5% of speed" in line
     assert "on the disk tier" not in out  # this plan reads nothing from disk

@@ -8,10 +8,9 @@ import importlib.util
 import shutil
 from pathlib import Path
 
-from store_fixtures import make_plan, store_url  # noqa: F401 (fixture)
+from store_fixtures import HEAD, make_plan, store_url  # noqa: F401 (fixture)
 
 DATA = Path(__file__).parent / "data"
-HEAD = "0007_block_analysis"
 
 
 def _golden():

@@ -13,15 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from planner.cli import app
+from cli_checks import ok as _ok
 from store_fixtures import make_plan, make_profile, measure, store_url  # noqa: F401 (fixture)
 
 runner = CliRunner()
-
-
-def _ok(*args: str):
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 0, result.output
-    return result
 
 
 def _fails(*args: str) -> str:
